@@ -1,0 +1,1 @@
+"""Run compiled programs under MP-SPDZ and measure them."""

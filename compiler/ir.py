@@ -36,6 +36,8 @@ NODE_KINDS: dict[str, str] = {
     "reduce_mean": "(x) -> mean over attrs['axes'], keepdims=attrs['keepdims']",
     "div": "(a, b) -> a / b with b secret (element-wise; avoided by the attention/layernorm patterns)",
     "rsqrt": "(x) -> 1/sqrt(x)",
+    "sqrt": "(x) -> sqrt(x) (generic, before the layernorm pattern fuses it)",
+    "erf": "(x) -> erf(x) (generic, before the gelu pattern fuses it)",
     "layernorm": "(x[..., C], gamma[C] param, beta[C] param) -> layer norm over the last axis; attrs: eps",
     "attention": "(q_src[B, N, Cq], k_src[B, N, Ck], v_src[B, N, Cv]) -> [B, N, H*d]; attrs: heads=[{kind, q_cols, "
                  "k_cols, v_cols}], scale, eps (relu_softmax). Head h writes output columns h*d..h*d+d-1",

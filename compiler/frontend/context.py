@@ -1,0 +1,107 @@
+"""State shared by the converters while one ONNX graph is turned into IR.
+
+Every ONNX tensor is either *known at compile time* (``consts``: initializers, Constant nodes and everything folded
+from them — shapes, the attention scale, the expanded class token) or a *secret* IR value computed under MPC.
+A constant becomes an IR value only when a secret computation consumes it: ``param`` when it derives from a
+non-scalar initializer (a model weight, private to party 0), ``public`` otherwise (eps, scales).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+
+from compiler.errors import CompileError
+from compiler.ir import Graph, Node, Value
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    return f"ONNX node {node.name or node.output[0]!r} ({node.op_type})"
+
+
+def onnx_attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+
+
+class ConvertContext:
+    def __init__(self, graph: Graph, opset: int) -> None:
+        self.graph = graph
+        self.opset = opset
+        self.consts: dict[str, np.ndarray] = {}
+        self.from_initializer: set[str] = set()
+        self.alias: dict[str, str] = {}
+
+    # --- looking tensors up -------------------------------------------------------------------------------
+    def resolve(self, name: str) -> str:
+        return self.alias.get(name, name)
+
+    def is_const(self, name: str) -> bool:
+        return self.resolve(name) in self.consts
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.consts.get(self.resolve(name))
+
+    def require_const(self, node: onnx.NodeProto, index: int, what: str) -> np.ndarray:
+        if index >= len(node.input) or not node.input[index]:
+            raise CompileError(f"{node_label(node)}: missing input {index} ({what})")
+        value = self.const(node.input[index])
+        if value is None:
+            raise CompileError(f"{node_label(node)}: {what} (input {node.input[index]!r}) must be a compile-time "
+                               f"constant, not computed from the secret input")
+        return value
+
+    def optional_const(self, node: onnx.NodeProto, index: int) -> np.ndarray | None:
+        if index >= len(node.input) or not node.input[index]:
+            return None
+        return self.require_const(node, index, f"input {index}")
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        resolved = self.resolve(name)
+        if resolved in self.consts:
+            return tuple(self.consts[resolved].shape)
+        if resolved not in self.graph.values:
+            raise CompileError(f"ONNX tensor {name!r} is used before it is produced (graph not topologically sorted)")
+        return self.graph.values[resolved].shape
+
+    # --- producing tensors --------------------------------------------------------------------------------
+    def set_const(self, name: str, array: np.ndarray, sources: Sequence[str] = ()) -> None:
+        self.consts[name] = np.asarray(array)
+        if any(self.resolve(s) in self.from_initializer for s in sources):
+            self.from_initializer.add(name)
+
+    def set_alias(self, name: str, target: str) -> None:
+        self.alias[name] = self.resolve(target)
+
+    def value(self, name: str) -> str:
+        """The IR value name for an ONNX tensor, materialising a constant as a param/public value on first use."""
+        resolved = self.resolve(name)
+        if resolved in self.consts and resolved not in self.graph.values:
+            data = self.consts[resolved]
+            if data.dtype.kind == "f":
+                data = data.astype(np.float64)
+            role = "param" if resolved in self.from_initializer and data.size > 1 else "public"
+            self.graph.add_value(Value(resolved, data.shape, role, data))
+        return resolved
+
+    def emit(self, op: str, inputs: Sequence[str], output: str, shape: Sequence[int], node: onnx.NodeProto,
+             **attrs: Any) -> str:
+        self.graph.add_value(Value(output, tuple(shape)))
+        self.graph.add_node(Node(op, [self.value(i) for i in inputs], [output], attrs,
+                                 name=node.name or node.output[0]))
+        return output
+
+    def emit_layout(self, node: onnx.NodeProto, inputs: Sequence[str], output: str,
+                    build: Callable[[list[np.ndarray]], np.ndarray]) -> None:
+        """A data-movement op: ``build`` applies the op to index arrays of the inputs (numbered across the
+        concatenation of their flattened contents); on constants it folds, on secrets it becomes a ``layout``."""
+        shapes = [self.shape(i) for i in inputs]
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        index = np.asarray(build([np.arange(offsets[i], offsets[i + 1]).reshape(s) for i, s in enumerate(shapes)]))
+        if all(self.is_const(i) for i in inputs):
+            flat = np.concatenate([self.const(i).reshape(-1) for i in inputs]) if inputs else np.zeros(0)
+            self.set_const(output, flat[index], inputs)
+        else:
+            self.emit("layout", inputs, output, index.shape, node, index=index.astype(np.int64))

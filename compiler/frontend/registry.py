@@ -1,0 +1,41 @@
+"""Converter registry keyed by ONNX op type and opset (like onnx2torch): ``@converter("Softmax", since=13)``.
+
+A converter turns one ONNX node into IR nodes (or into a folded constant) through a :class:`ConvertContext`.
+Several converters may exist for one op type; the one with the largest ``since`` not above the model's opset wins.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import onnx
+
+from compiler.errors import CompileError
+
+if TYPE_CHECKING:
+    from compiler.frontend.context import ConvertContext
+
+Converter = Callable[["ConvertContext", onnx.NodeProto], None]
+
+REGISTRY: dict[str, list[tuple[int, Converter]]] = {}
+
+
+def converter(op_type: str, since: int = 1) -> Callable[[Converter], Converter]:
+    def register(fn: Converter) -> Converter:
+        REGISTRY.setdefault(op_type, []).append((since, fn))
+        REGISTRY[op_type].sort(key=lambda entry: entry[0])
+        return fn
+
+    return register
+
+
+def supported_ops() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def find_converter(node: onnx.NodeProto, opset: int) -> Converter:
+    candidates = [fn for since, fn in REGISTRY.get(node.op_type, []) if since <= opset]
+    if not candidates:
+        raise CompileError(
+            f"ONNX node {node.name or node.output[0]!r}: op {node.op_type} (opset {opset}) is not supported; "
+            f"supported ops: {', '.join(supported_ops())}")
+    return candidates[-1]

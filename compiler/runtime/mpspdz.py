@@ -47,3 +47,66 @@ def find_mpspdz(binaries: tuple[str, ...] = ()) -> MPSPDZ:
             f"MP-SPDZ at {home} lacks {', '.join(missing)}: run `make {' '.join(missing)}` there"
         )
     return MPSPDZ(home)
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """How to compile and start one MP-SPDZ protocol (flags checked against 3a0a7b1d's `Scripts/*.sh`)."""
+
+    name: str          # mpcvit's name
+    compile_name: str  # `./compile.py -E <compile_name>`
+    binary: str
+    parties: int
+    pass_n: bool       # the binary takes `-N <parties>`
+    needs_ssl: bool    # 3-party protocols talk over TLS with Player-Data/P<i>.pem
+
+    def party_command(self, index: int, port_base: int, program: str, extra: tuple[str, ...] = ()) -> list[str]:
+        count = ["-N", str(self.parties)] if self.pass_n else []
+        # `-OF .`: every party prints to stdout (by default only party 0 does; party 1 holds the revealed logits)
+        return [f"./{self.binary}", *count, "-h", "localhost", "-pn", str(port_base), "-OF", ".", *extra,
+                str(index), program]
+
+
+PROTOCOLS: dict[str, ProtocolSpec] = {
+    "semi2k": ProtocolSpec("semi2k", "semi2k", "semi2k-party.x", 2, True, False),
+    "dealer": ProtocolSpec("dealer", "dealer-ring", "dealer-ring-party.x", 3, True, True),
+    "replicated-ring": ProtocolSpec("replicated-ring", "replicated-ring", "replicated-ring-party.x", 3, False, True),
+}
+ALIASES = {"dealer-ring": "dealer", "rep3": "replicated-ring", "rep3-ring": "replicated-ring", "ring": "replicated-ring"}
+
+
+def protocol_spec(name: str) -> ProtocolSpec:
+    spec = PROTOCOLS.get(ALIASES.get(name, name))
+    if spec is None:
+        raise MPSPDZError(f"unknown protocol {name!r}: use one of {', '.join(PROTOCOLS)}")
+    return spec
+
+
+def check_protocol_ready(mpspdz: MPSPDZ, spec: ProtocolSpec) -> None:
+    """Stop with what exactly is missing: the party binary or the parties' SSL certificates."""
+    if not mpspdz.binary(spec.binary).is_file():
+        raise MPSPDZError(f"MP-SPDZ at {mpspdz.home} lacks {spec.binary} (needed for {spec.name}): "
+                          f"run `make {spec.binary}` there")
+    if spec.needs_ssl:
+        missing = [f"P{i}.pem" for i in range(spec.parties) if not (mpspdz.home / "Player-Data" / f"P{i}.pem").is_file()]
+        if missing:
+            raise MPSPDZError(f"{spec.name} needs SSL certificates {', '.join(missing)} in {mpspdz.home}/Player-Data: "
+                              f"run `Scripts/setup-ssl.sh {spec.parties}` in {mpspdz.home}")
+
+
+def mpspdz_commit(mpspdz: MPSPDZ) -> str | None:
+    """The checked-out commit of the MP-SPDZ tree (None when it is not a git checkout)."""
+    head = mpspdz.home / ".git" / "HEAD"
+    if not head.is_file():
+        return None
+    ref = head.read_text().strip()
+    if not ref.startswith("ref: "):
+        return ref
+    ref_file = mpspdz.home / ".git" / ref[5:]
+    if ref_file.is_file():
+        return ref_file.read_text().strip()
+    packed = mpspdz.home / ".git" / "packed-refs"
+    for line in packed.read_text().splitlines() if packed.is_file() else []:
+        if line.endswith(" " + ref[5:]):
+            return line.split()[0]
+    return None

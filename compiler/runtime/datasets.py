@@ -1,0 +1,68 @@
+"""Evaluation images for accuracy under MPC: the dataset named in the ONNX metadata, or arrays from a `.npz`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from compiler.errors import UserError
+
+# The digits split of the PyTorch side (mpcvit.data): sklearn's 1797 8x8 images scaled to [0, 1], a seeded
+# permutation, the last 20% for testing, normalised with the mean/std recorded in the ONNX metadata.
+DIGITS_SEED = 0
+DIGITS_TEST_FRACTION = 0.2
+
+
+def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrays `x` (images, float) and optionally `y` (labels) from `path`."""
+    if not path.is_file():
+        raise UserError(f"--data {path}: no such file; give an .npz with arrays x (images) and y (labels)")
+    with np.load(path) as archive:
+        if "x" not in archive:
+            raise UserError(f"--data {path}: no array 'x' (found {', '.join(archive.files) or 'none'}); "
+                            "save images as x and labels as y")
+        return archive["x"].astype(np.float32), (archive["y"].astype(np.int64) if "y" in archive else None)
+
+
+def digits_test_set() -> tuple[np.ndarray, np.ndarray]:
+    """The digits test images `[N, 1, 8, 8]` in [0, 1] (before normalisation) and labels."""
+    try:  # the PyTorch side's own torch-free split, when it provides one
+        from mpcvit.data.digits import digits_test_arrays  # type: ignore[import-not-found]
+    except ImportError:
+        digits_test_arrays = None
+    if digits_test_arrays is not None:
+        x, y = digits_test_arrays()
+        return np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(DIGITS_SEED).permutation(len(digits.target))
+    test = order[int(round(len(order) * (1 - DIGITS_TEST_FRACTION))):]
+    x = (digits.images[test] / 16.0).astype(np.float32)[:, None]
+    return x, digits.target[test].astype(np.int64)
+
+
+def normalise(x: np.ndarray, metadata: dict[str, str]) -> np.ndarray:
+    """Apply the ONNX metadata's `mpcvit.input_mean` / `input_std` (scalars or per-channel JSON lists)."""
+    import json
+
+    mean = np.asarray(json.loads(metadata.get("mpcvit.input_mean", "0")), dtype=np.float32)
+    std = np.asarray(json.loads(metadata.get("mpcvit.input_std", "1")), dtype=np.float32)
+    shape = (1, -1) + (1,) * (x.ndim - 2) if mean.ndim else ()
+    return ((x - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
+
+
+def eval_images(metadata: dict[str, str], count: int, data: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """`count` model-ready (normalised) images and labels: from `data`, else the metadata's dataset."""
+    if data is not None:
+        x, y = load_npz(data)
+    else:
+        dataset = metadata.get("mpcvit.dataset")
+        if dataset != "digits":
+            raise UserError(f"no built-in test set for dataset {dataset!r} (ONNX metadata mpcvit.dataset): "
+                            "pass --data FILE.npz with arrays x (normalised images) and y (labels)")
+        x, y = digits_test_set()
+        x = normalise(x, metadata)
+    if count > len(x):
+        raise UserError(f"--images {count}: the test set has only {len(x)} images; ask for at most {len(x)}")
+    return x[:count], (y[:count] if y is not None else None)

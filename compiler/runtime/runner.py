@@ -1,0 +1,286 @@
+"""`run(OUT, protocol)`: compile a backend output with MP-SPDZ's compiler, run the parties, measure, check logits.
+
+The program runs in a private overlay directory (see `overlay.py`); images are fed in batches of the program's
+batch size B (one MP-SPDZ execution per batch, compiled once), and the revealed logits are compared with the plain
+float model (onnxruntime) on the same images.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from compiler.errors import MPSPDZError, UserError
+from compiler.runtime import datasets
+from compiler.runtime.mpspdz import (MPSPDZ, ProtocolSpec, check_protocol_ready, find_mpspdz, mpspdz_commit,
+                                     protocol_spec)
+from compiler.runtime.network import network_profile
+from compiler.runtime.overlay import install_inputs, make_overlay
+from compiler.runtime.parser import OUTPUT_MARKER, PartyStats, parse_party_output, revealed_matrix
+from compiler.runtime.prep import generate_fake_preprocessing
+from compiler.runtime.processes import free_port_base, run_parties
+
+# Real semi2k pays one OT-based triple per scalar product (~3.1 KB all parties, ~8 µs here): warn above this.
+SEMI2K_WARN_BYTES = 2e9
+COMPILE_TIMEOUT_S = 1800
+
+ClientInputWriter = Callable[[dict, np.ndarray, Path], None]
+Reference = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class RunResult:
+    protocol: str
+    online_only: bool
+    time_s: float                # party 0's `Time =`, summed over batches (excludes preprocessing when online_only)
+    bytes_party0: int
+    global_bytes: int | None
+    rounds: int
+    top1_agreement: float | None
+    max_logit_error: float | None
+    images: int
+    batches: int
+    details: dict[str, Any] = field(default_factory=dict)
+    logits: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k not in ("details", "logits")}
+        return {**data, **self.details}
+
+
+def load_manifest(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{out_dir}: no manifest.json; compile a model into it first (mpcvit-compile MODEL.onnx -o {out_dir})")
+    manifest = json.loads(path.read_text())
+    missing = [k for k in ("name", "protocol", "compile_flags", "batch", "output_shape") if k not in manifest]
+    if missing:
+        raise UserError(f"{path}: lacks {', '.join(missing)}; recompile with this version of mpcvit-compile")
+    return manifest
+
+
+def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None = None, data: str | Path | None = None,
+        network: str = "lan", online_only: bool = False, timeout_s: float = 600.0, json_path: str | Path | None = None,
+        mpspdz: MPSPDZ | None = None, client_input_writer: ClientInputWriter | None = None,
+        reference: Reference | None = None, log: Callable[[str], None] | None = None) -> RunResult:
+    """Run the program in `out_dir` under MP-SPDZ; see module doc. Writes `json_path` only when the run succeeds."""
+    out_dir = Path(out_dir)
+    log = log or (lambda message: print(message, file=sys.stderr))
+    manifest = load_manifest(out_dir)
+    spec = protocol_spec(protocol or manifest["protocol"])
+    if protocol_spec(manifest["protocol"]).name != spec.name:
+        raise UserError(f"{out_dir} was compiled for {manifest['protocol']}: recompile it with --protocol {spec.name}")
+    if online_only and spec.name != "semi2k":
+        raise UserError(f"--online-only applies to semi2k (preprocessing from files), not {spec.name}")
+    mpspdz = mpspdz or find_mpspdz()
+    check_protocol_ready(mpspdz, spec)
+    profile = network_profile(network)
+    _warn_if_too_big(manifest, spec, online_only, log)
+
+    batch, rows_cols = int(manifest["batch"]), tuple(manifest["output_shape"])[-2:]
+    x, y = _select_images(manifest, images, data)
+    with tempfile.TemporaryDirectory(prefix="mpcvit-run-") as tmp:
+        root = make_overlay(mpspdz, Path(tmp) / "mpspdz", spec, out_dir / f"{manifest['name']}.mpc")
+        compile_s, compile_output = _compile(root, manifest, spec)
+        extra = ("-v",)
+        if online_only:
+            generate_fake_preprocessing(mpspdz, root, spec, compile_output)
+            extra += ("-F",)
+        stats, logits = [], []
+        for index, chunk in enumerate(_batches(x, batch) if x is not None else [None]):
+            inputs = {0: out_dir / "Player-Data" / "Input-P0-0", 1: out_dir / "Player-Data" / "Input-P1-0"}
+            if chunk is not None:
+                client_file = Path(tmp) / "client-input"
+                (client_input_writer or _backend_client_writer())(manifest, chunk, client_file)
+                inputs[1] = client_file
+            install_inputs(root, inputs)
+            party0, revealed = _run_once(root, spec, manifest, extra, timeout_s, Path(tmp) / "logs" / str(index))
+            stats.append(party0)
+            logits.append(revealed)
+    mpc_logits = np.concatenate(logits)[: len(x) if x is not None else None]
+    result = _result(manifest, spec, online_only, stats, mpc_logits, x, y, reference, out_dir, profile, mpspdz, compile_s)
+    if json_path is not None:
+        write_json_atomic(Path(json_path), result.to_json())
+    return result
+
+
+def _select_images(manifest: dict, images: int | None, data: str | Path | None):
+    if images is None and data is None:
+        return None, None
+    metadata = manifest.get("onnx", {}).get("metadata", {})
+    if images is None:
+        x, y = datasets.load_npz(Path(data))
+        return x, y
+    return datasets.eval_images(metadata, images, Path(data) if data else None)
+
+
+def _batches(x: np.ndarray, batch: int):
+    """Chunks of exactly `batch` images; the last is padded by repeating its first image (extra rows are dropped)."""
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        if len(chunk) < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), axis=0)])
+        yield chunk
+
+
+def _backend_client_writer() -> ClientInputWriter:
+    try:
+        from compiler.backend import write_client_input
+    except ImportError as exc:
+        raise UserError(f"--images/--data need compiler.backend.write_client_input, which is unavailable ({exc})") from exc
+    return write_client_input
+
+
+def _warn_if_too_big(manifest: dict, spec: ProtocolSpec, online_only: bool, log: Callable[[str], None]) -> None:
+    expected = manifest.get("expected", {})
+    total = expected.get("bytes_all")
+    if spec.name == "semi2k" and not online_only and total and total > SEMI2K_WARN_BYTES:
+        seconds = expected.get("time_s")
+        log(f"warning: semi2k generates every multiplication triple by OT: the cost model expects "
+            f"{total / 1e9:.1f} GB" + (f" and ~{seconds:.0f} s" if seconds else "") +
+            " for this program; consider --online-only or replicated-ring/dealer")
+
+
+def _compile(root: Path, manifest: dict, spec: ProtocolSpec) -> tuple[float, str]:
+    """Run MP-SPDZ's compile.py in the overlay; returns its duration and output."""
+    flags = [str(f) for f in manifest["compile_flags"]]
+    if "-E" not in flags:
+        flags = ["-E", spec.compile_name, *flags]
+    start = time.monotonic()
+    try:
+        done = subprocess.run([sys.executable, "compile.py", *flags, manifest["name"]], cwd=root, capture_output=True,
+                              text=True, timeout=COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise MPSPDZError(f"MP-SPDZ compile.py {manifest['name']} took over {COMPILE_TIMEOUT_S} s") from exc
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).rstrip().splitlines()[-12:])
+        raise MPSPDZError(f"MP-SPDZ compile.py {' '.join(flags)} {manifest['name']} failed:\n{tail}")
+    return time.monotonic() - start, done.stdout + done.stderr
+
+
+def _run_once(root: Path, spec: ProtocolSpec, manifest: dict, extra: tuple[str, ...], timeout_s: float,
+              log_dir: Path) -> tuple[PartyStats, np.ndarray]:
+    base = free_port_base(spec.parties + 1)
+    commands = [spec.party_command(i, base, manifest["name"], extra) for i in range(spec.parties)]
+    names = [f"{spec.binary} party {i}" for i in range(spec.parties)]
+    parties = run_parties(commands, root, timeout_s, log_dir, names)
+    party0 = parse_party_output(parties[0].output, names[0])
+    rows, cols = (int(v) for v in manifest["output_shape"][-2:])
+    logits = revealed_matrix(parties[1].output, rows, cols, manifest.get("output_marker", OUTPUT_MARKER), names[1])
+    return party0, logits
+
+
+def _result(manifest: dict, spec: ProtocolSpec, online_only: bool, stats: list[PartyStats], logits: np.ndarray,
+            x: np.ndarray | None, y: np.ndarray | None, reference: Reference | None, out_dir: Path, profile,
+            mpspdz: MPSPDZ, compile_s: float) -> RunResult:
+    # with -F, MP-SPDZ's totals already exclude preprocessing ("benchmarks are excluding preprocessing")
+    time_s, bytes_p0, rounds = (sum(s.time_s for s in stats), sum(s.bytes_sent for s in stats),
+                                sum(s.rounds for s in stats))
+    global_bytes = sum(s.global_bytes or 0 for s in stats)
+    plain = _plain_logits(manifest, x, reference, out_dir)
+    accuracy = compare_logits(logits, plain, y)
+    model_time = profile.time_s(rounds, bytes_p0)
+    details = {
+        "model": manifest.get("model", manifest["name"]),
+        "onnx_sha256": manifest.get("onnx", {}).get("sha256"),
+        "compile_flags": manifest["compile_flags"],
+        "f": manifest.get("f"), "k": manifest.get("k"),
+        "approximations": manifest.get("approximations"),
+        "batch": manifest["batch"],
+        "online": _phase_sum(stats, "online"), "offline": _phase_sum(stats, "offline"),
+        "timers": {str(t): {"seconds": sum(s.timers[t].seconds for s in stats),
+                            "bytes": sum(s.timers[t].bytes for s in stats),
+                            "rounds": sum(s.timers[t].rounds for s in stats)} for t in stats[0].timers},
+        "expected": manifest.get("expected"),
+        "accuracy": accuracy,
+        "network_emulation": "model",
+        "network_model": {**profile.to_dict(), "model_time_s": model_time, "measured_plus_model_s": time_s + model_time},
+        "mpspdz_compile_s": compile_s,
+        "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(), "python": platform.python_version()},
+        "mpspdz": {"home": str(mpspdz.home), "commit": mpspdz_commit(mpspdz)},
+        "preprocessing": "files (Fake-Offline.x, -F)" if online_only else "live",
+    }
+    return RunResult(spec.name, online_only, time_s, bytes_p0, global_bytes, rounds,
+                     accuracy.get("top1_agreement"), accuracy.get("max_logit_error"),
+                     len(logits), len(stats), details, logits)
+
+
+def _phase_sum(stats: list[PartyStats], phase: str) -> dict[str, float] | None:
+    phases = [getattr(s, phase) for s in stats]
+    if any(p is None for p in phases):
+        return None
+    return {"seconds": sum(p.seconds for p in phases), "bytes": sum(p.bytes for p in phases),
+            "rounds": sum(p.rounds for p in phases)}
+
+
+def _plain_logits(manifest: dict, x: np.ndarray | None, reference: Reference | None, out_dir: Path) -> np.ndarray | None:
+    if x is None:
+        expected = manifest.get("reference_output")  # the float model's logits on the compiled-in input, if recorded
+        return None if expected is None else np.asarray(expected, dtype=np.float64).reshape(int(manifest["batch"]), -1)
+    if reference is not None:
+        return reference(x)
+    onnx_path = Path(manifest.get("onnx", {}).get("path", ""))
+    if not onnx_path.is_absolute():
+        onnx_path = out_dir / onnx_path
+    if not onnx_path.is_file():
+        raise UserError(f"{out_dir}/manifest.json: ONNX model {onnx_path} not found for the plaintext comparison")
+    return onnx_logits(onnx_path, x)
+
+
+def onnx_logits(onnx_path: Path, x: np.ndarray) -> np.ndarray:
+    """The float model's logits on `x`, one image at a time when the ONNX input has a fixed batch of 1."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    spec = session.get_inputs()[0]
+    if spec.shape and spec.shape[0] == 1:
+        return np.concatenate([session.run(None, {spec.name: x[i:i + 1]})[0] for i in range(len(x))])
+    return session.run(None, {spec.name: x})[0]
+
+
+def compare_logits(mpc: np.ndarray, plain: np.ndarray | None, labels: np.ndarray | None) -> dict[str, Any]:
+    """Top-1 agreement with the plaintext model, the logit error distribution and accuracies vs labels."""
+    report: dict[str, Any] = {"images": int(len(mpc))}
+    if plain is not None:
+        plain = np.asarray(plain, dtype=np.float64).reshape(mpc.shape)
+        error = np.abs(mpc - plain)
+        report.update(top1_agreement=float(np.mean(mpc.argmax(-1) == plain.argmax(-1))),
+                      max_logit_error=float(error.max()), mean_logit_error=float(error.mean()),
+                      logit_error_percentiles={str(q): float(np.percentile(error, q)) for q in (50, 90, 99)})
+        if labels is not None:
+            report["plaintext_accuracy"] = float(np.mean(plain.argmax(-1) == labels))
+    if labels is not None:
+        report["mpc_accuracy"] = float(np.mean(mpc.argmax(-1) == labels))
+    return report
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write via a temp file in the same directory and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as sink:
+            json.dump(data, sink, indent=2, default=_json_default)
+            sink.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

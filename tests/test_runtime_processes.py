@@ -1,0 +1,205 @@
+"""Party processes: free ports, timeouts, crashes, Ctrl-C, and `run()` end to end — with fake MP-SPDZ parties.
+
+The fake tree has a `compile.py` and `*-party.x` scripts that behave like MP-SPDZ's at the interface the runtime
+uses (argv, port base + party number, Player-Data inputs, the end-of-run report, party 1's output lines).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compiler.errors import MPSPDZError, UserError
+from compiler.runtime import run
+from compiler.runtime.mpspdz import MPSPDZ, protocol_spec
+from compiler.runtime.processes import free_port_base, run_parties
+
+FAKE_PARTY = r'''#!PYTHON
+"""Fake MP-SPDZ party: FAKE_MODE = ok | crash | hang (FAKE_BAD_PARTY picks the party that misbehaves)."""
+import os, socket, subprocess, sys, time
+args = sys.argv[1:]
+index, program, base = int(args[-2]), args[-1], int(args[args.index("-pn") + 1])
+listener = socket.socket()
+listener.bind(("127.0.0.1", base + index))  # fails if another run uses the same port
+print("Trying to run 64-bit computation", flush=True)
+mode = os.environ.get("FAKE_MODE", "ok") if str(index) == os.environ.get("FAKE_BAD_PARTY", "1") else "ok"
+if mode == "crash":
+    print("Fatal error at prog-0:0 (INPUTMIXED): not enough inputs", flush=True)
+    sys.exit(1)
+if mode == "hang":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    open(os.environ["FAKE_PID_FILE"], "w").write(f"{os.getpid()} {child.pid}")
+    time.sleep(600)
+time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+if index == 1:  # the client: logits = 2 * its input, 3 per image
+    x = [float(v) for v in open("Player-Data/Input-P1-0").read().split()]
+    for b in range(len(x) // 3):
+        print(f"MPCVIT_OUT {b} [{', '.join(str(2 * v) for v in x[3 * b:3 * b + 3])}]")
+print("Time = 0.25 seconds ")
+print("Time1 = 0.125 seconds (0.5 MB, 7 rounds)")
+print(f"Data sent = 1.5 MB in ~40 rounds (party {index} only; use '-v' for more details)")
+print("Global data sent = 4.5 MB (all parties)")
+'''
+FAKE_COMPILE = '#!PYTHON\nimport sys\nopen("compiled.txt", "w").write(" ".join(sys.argv[1:]))\nprint("  12 integer triples")\n'
+
+
+@pytest.fixture
+def fake_mpspdz(tmp_path: Path) -> MPSPDZ:
+    home = tmp_path / "MP-SPDZ"
+    (home / "Compiler").mkdir(parents=True)
+    (home / "Player-Data").mkdir()
+    for i in range(3):
+        (home / "Player-Data" / f"P{i}.pem").write_text("cert")
+    for name, text in [("compile.py", FAKE_COMPILE), ("replicated-ring-party.x", FAKE_PARTY),
+                       ("semi2k-party.x", FAKE_PARTY)]:
+        (home / name).write_text(text.replace("PYTHON", sys.executable))
+        (home / name).chmod(0o755)
+    return MPSPDZ(home)
+
+
+@pytest.fixture
+def program_dir(tmp_path: Path) -> Path:
+    """A backend output: batch 2, 3 logits per image, compiled for replicated-ring."""
+    out = tmp_path / "out"
+    (out / "Player-Data").mkdir(parents=True)
+    (out / "prog.mpc").write_text("# fake\n")
+    (out / "Player-Data" / "Input-P0-0").write_text("0\n")
+    (out / "Player-Data" / "Input-P1-0").write_text("1 2 3 4 5 6\n")
+    manifest = {"name": "prog", "protocol": "replicated-ring", "compile_flags": ["-E", "replicated-ring", "-R", "64"],
+                "batch": 2, "output_shape": [2, 3], "f": 16, "k": 31, "expected": {"bytes_all": 4.5e6}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def write_floats(manifest: dict, images: np.ndarray, path: Path) -> None:
+    path.write_text(" ".join(str(v) for v in images.ravel()) + "\n")
+
+
+def pids_alive(*pids: int, grace_s: float = 2.0) -> list[int]:
+    """The pids still running after `grace_s` (SIGKILL of a grandchild lands asynchronously)."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = [pid for pid in pids if _running(pid)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:  # a zombie (exited, not yet reaped by init) is not a running orphan
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_free_port_base_gives_consecutive_bindable_ports() -> None:
+    base = free_port_base(4)
+    sockets = [socket.socket() for _ in range(4)]
+    try:
+        for offset, sock in enumerate(sockets):
+            sock.bind(("127.0.0.1", base + offset))
+        assert free_port_base(4) not in range(base - 3, base + 4)  # held ports are never handed out
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_two_concurrent_runs_do_not_collide(fake_mpspdz: MPSPDZ, program_dir: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_SLEEP", "0.5")  # both runs hold their ports at the same time
+    results: list = [None, None]
+
+    def one(i: int) -> None:
+        results[i] = run(program_dir, mpspdz=fake_mpspdz, log=lambda m: None)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.rounds for r in results] == [40, 40]
+
+
+def test_crashing_party_stops_the_others(tmp_path: Path, fake_mpspdz: MPSPDZ, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_MODE", "hang")
+    monkeypatch.setenv("FAKE_BAD_PARTY", "2")
+    monkeypatch.setenv("FAKE_PID_FILE", str(tmp_path / "pids"))
+    (tmp_path / "Player-Data").mkdir()
+    (tmp_path / "Player-Data" / "Input-P1-0").write_text("1 2 3\n")
+    spec = protocol_spec("replicated-ring")
+    base = free_port_base(4)
+    binary = str(fake_mpspdz.binary(spec.binary))
+    commands = [[binary, *spec.party_command(i, base, "prog")[1:]] for i in range(3)]
+    commands[0] = [sys.executable, "-c", "import sys, time; time.sleep(0.3); print('Fatal error: boom'); sys.exit(3)"]
+    start = time.monotonic()
+    with pytest.raises(MPSPDZError, match=r"party 0 failed \(exit code 3\); its last lines:\nFatal error: boom"):
+        run_parties(commands, tmp_path, 30, tmp_path / "logs")
+    assert time.monotonic() - start < 10
+    assert pids_alive(*map(int, (tmp_path / "pids").read_text().split())) == []  # the hung party and its child
+
+
+def test_timeout_kills_hanging_party_and_its_children(tmp_path: Path, fake_mpspdz: MPSPDZ, program_dir: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_MODE", "hang")
+    monkeypatch.setenv("FAKE_PID_FILE", str(tmp_path / "pids"))
+    json_path = tmp_path / "result.json"
+    with pytest.raises(MPSPDZError, match=r"timeout after 2 s: replicated-ring-party.x party 1 still running"):
+        run(program_dir, timeout_s=2, json_path=json_path, mpspdz=fake_mpspdz, log=lambda m: None)
+    assert not json_path.exists()  # a failed run never leaves a results file
+    assert pids_alive(*map(int, (tmp_path / "pids").read_text().split())) == []
+
+
+def test_ctrl_c_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pid_file = tmp_path / "pid"
+    sleeper = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                                     "time.sleep(600)"]
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_parties([sleeper, sleeper[:2] + ["import time; time.sleep(600)"]], tmp_path, 60, tmp_path / "logs")
+    assert pids_alive(int(pid_file.read_text())) == []
+
+
+def test_run_parses_compares_and_writes_json(fake_mpspdz: MPSPDZ, program_dir: Path, tmp_path: Path) -> None:
+    images = np.arange(9, dtype=np.float32).reshape(3, 3)  # 3 images → 2 batches of 2, the last one padded
+    np.savez(tmp_path / "data.npz", x=images, y=np.array([2, 2, 0]))
+    json_path = tmp_path / "res" / "result.json"
+
+    def plain(x: np.ndarray) -> np.ndarray:  # image 0's logits reversed: its argmax differs, error 4
+        logits = 2 * x
+        logits[0] = logits[0, ::-1]
+        return logits
+
+    result = run(program_dir, "replicated-ring", data=tmp_path / "data.npz", network="wan", json_path=json_path,
+                 mpspdz=fake_mpspdz, client_input_writer=write_floats, reference=plain, log=lambda m: None)
+    np.testing.assert_allclose(result.logits, 2 * images)
+    assert (result.images, result.batches) == (3, 2)
+    assert (result.time_s, result.bytes_party0, result.global_bytes, result.rounds) == (0.5, 3_000_000, 9_000_000, 80)
+    assert result.top1_agreement == pytest.approx(2 / 3) and result.max_logit_error == pytest.approx(4)
+    saved = json.loads(json_path.read_text())
+    assert saved["accuracy"]["mpc_accuracy"] == pytest.approx(2 / 3)
+    assert saved["network_emulation"] == "model"
+    wan = saved["network_model"]  # 80 rounds × 40 ms + 3 MB at 25 MB/s
+    assert wan["model_time_s"] == pytest.approx(80 * 0.04 + 3e6 / 25e6)
+    assert saved["timers"]["1"] == {"seconds": 0.25, "bytes": 1_000_000, "rounds": 14}
+    assert saved["protocol"] == "replicated-ring" and saved["online_only"] is False
+    assert not list(fake_mpspdz.home.glob("Programs")) and not (fake_mpspdz.home / "compiled.txt").exists()
+
+
+def test_missing_binary_and_certificates_are_named(fake_mpspdz: MPSPDZ, program_dir: Path) -> None:
+    (fake_mpspdz.home / "Player-Data" / "P2.pem").unlink()
+    with pytest.raises(MPSPDZError, match=r"replicated-ring needs SSL certificates P2\.pem .*setup-ssl\.sh 3"):
+        run(program_dir, mpspdz=fake_mpspdz)
+    manifest = json.loads((program_dir / "manifest.json").read_text())
+    (program_dir / "manifest.json").write_text(json.dumps({**manifest, "protocol": "dealer-ring"}))
+    with pytest.raises(MPSPDZError, match=r"lacks dealer-ring-party\.x .*make dealer-ring-party\.x"):
+        run(program_dir, "dealer", mpspdz=fake_mpspdz)
+    with pytest.raises(UserError, match="compiled for dealer-ring: recompile it with --protocol semi2k"):
+        run(program_dir, "semi2k", mpspdz=fake_mpspdz)

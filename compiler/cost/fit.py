@@ -1,0 +1,134 @@
+"""Fit the per-primitive cost formulas of :mod:`compiler.cost.primitives` to MP-SPDZ measurements.
+
+``python -m compiler.cost.fit /work/shared/mpspdz-costs/mpspdz_costs.csv`` rewrites ``compiler/cost/fitted.py``.
+The formulas (see :class:`compiler.cost.primitives.Formula`) are linear in a few features of n (elements of the
+vectorised call; matmul: M·P outputs and M·K·P scalar products), the compile-time budget B and the run-time
+preprocessing batch b; the chunk widths w (how much budget one element consumes) and v (how much of a batch)
+are chosen by a small grid search minimising the worst relative error, the coefficients by non-negative
+least squares on relative residuals.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import nnls
+
+# CSV primitive -> step primitive it calibrates (composites such as exp_limit/rowmax are checked, not fitted)
+FITTED_PRIMS = {
+    "mul_sfix": "mul", "mul_sint": "mul_int", "ltz": "ltz", "relu": "relu", "trunc": "trunc",
+    "exp": "exp:mpspdz", "recip_div": "reciprocal:mpspdz", "recip_nearest": "fpdiv_nearest",
+    "recip_apprcr": "apprcr", "invsqrt": "rsqrt:mpspdz", "gelu": "gelu:mpspdz", "matmul": "matmul",
+}
+PROTOCOLS = {"semi2k": "semi2k", "dealer-ring": "dealer", "rep3-ring": "replicated-ring"}
+GRID = (1 / 8, 1 / 4, 1 / 2, 1, 3 / 2, 2, 3, 4, 8)
+OUT = Path(__file__).with_name("fitted.py")
+
+
+def load_rows(path: str | Path) -> list[dict]:
+    """The ok rows of the measurement CSV, with parsed numbers and the step primitive they calibrate."""
+    rows = []
+    for r in csv.DictReader(open(path)):
+        if r["status"] != "ok" or r["primitive"] in ("noop", "matnoop"):
+            continue
+        is_mat = r["primitive"] == "matmul"
+        shape = (int(r["mat_M"]), int(r["mat_K"]), int(r["mat_P"])) if is_mat else ()
+        rows.append({
+            "protocol": PROTOCOLS[r["protocol"]], "primitive": r["primitive"], "variant": r["variant"],
+            "n": int(r["n"]), "shape": shape,
+            "budget": 100000 if "-b 100000" in r["compile_cmd"] else 1000,
+            "batch": 100000 if "-b 100000" in r["run_flags"] else 1000,
+            "bytes_p0": float(r["p0_timer_MB"]) * 1e6, "bytes_all": float(r["allparties_timer_MB"]) * 1e6,
+            "rounds": float(r["p0_timer_rounds"]), "seconds": float(r["timer_s_median"]),
+            "on_rounds": float(r["op_p0_online_rounds"] or 0), "off_rounds": float(r["op_p0_offline_rounds"] or 0),
+            "on_bytes_all": float(r["op_allparties_online_MB"] or 0) * 1e6,
+            "off_bytes_all": float(r["op_allparties_offline_MB"] or 0) * 1e6,
+        })
+    return rows
+
+
+def _volume(row: dict) -> tuple[float, float]:
+    """(outputs, work): element-wise ops n, n; matmul M·P, M·K·P."""
+    if row["shape"]:
+        m, k, p = row["shape"]
+        return float(m * p), float(m * k * p)
+    return float(row["n"]), float(row["n"])
+
+
+def _solve(features: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
+    weight = 1.0 / np.maximum(target, 1e-9)
+    coef, _ = nnls(features * weight[:, None], target * weight)
+    pred = features @ coef
+    return coef, float(np.max(np.abs(pred - target) / np.maximum(target, 1e-9)))
+
+
+def _fit_chunked(rows: list[dict], key: str, limit_key: str) -> tuple[list[float], float]:
+    """target = a + c·⌈outputs·w/limit⌉ + d·work/1000 (matmul only): best w on the grid."""
+    target = np.array([r[key] for r in rows])
+    if not target.any():
+        return [0.0, 0.0, 1.0, 0.0], 0.0
+    best: tuple[list[float], float] | None = None
+    has_work = any(r["shape"] for r in rows)
+    for w in GRID:
+        cols = [[1.0, np.ceil(_volume(r)[0] * w / r[limit_key])] + ([_volume(r)[1] / 1000] if has_work else [])
+                for r in rows]
+        coef, err = _solve(np.array(cols), target)
+        cand = [float(coef[0]), float(coef[1]), w, float(coef[2]) if has_work else 0.0]
+        if best is None or err < best[1] - 1e-9:
+            best = (cand, err)
+    assert best is not None
+    return best
+
+
+def _fit_linear(rows: list[dict], key: str) -> list[float]:
+    """target = a + b·outputs + c·work (+ d·(M·K + K·P) for matmul)."""
+    target = np.array([r[key] for r in rows])
+    cols = []
+    for r in rows:
+        outputs, work = _volume(r)
+        operands = float(r["shape"][0] * r["shape"][1] + r["shape"][1] * r["shape"][2]) if r["shape"] else 0.0
+        cols.append([1.0, outputs, work if r["shape"] else 0.0, operands])
+    coef, _ = _solve(np.array(cols), target)
+    return [float(c) for c in coef]
+
+
+def fit(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    fits = {}
+    for protocol, (csv_prim, prim) in product(PROTOCOLS.values(), FITTED_PRIMS.items()):
+        sel = [r for r in rows if r["protocol"] == protocol and r["primitive"] == csv_prim]
+        if not sel:
+            continue
+        on, _ = _fit_chunked(sel, "on_rounds", "budget")
+        off, _ = _fit_chunked(sel, "off_rounds", "batch")
+        big = max(sel, key=lambda r: _volume(r)[1])
+        moved = big["on_bytes_all"] + big["off_bytes_all"]
+        fits[(protocol, prim)] = {
+            "online_rounds": on, "offline_rounds": off,
+            "bytes_all": _fit_linear(sel, "bytes_all"), "bytes_p0": _fit_linear(sel, "bytes_p0"),
+            "online_share": round(big["on_bytes_all"] / moved, 4) if moved else 1.0,
+            "seconds": _fit_linear([r for r in sel if r["variant"] == "def"] or sel, "seconds"),
+        }
+    return fits
+
+
+def write(fits: dict, source: str) -> None:
+    lines = [f'"""GENERATED by `python -m compiler.cost.fit {source}`: coefficients of the cost formulas.',
+             "",
+             "Key (protocol, step primitive). online_rounds / offline_rounds: [fixed, per chunk, chunk width, per 1000",
+             "scalar products]; bytes_*/seconds: [fixed, per output, per scalar product, per matmul operand];",
+             'online_share: the online part of bytes_all."""',
+             "FITS: dict[tuple[str, str], dict] = {"]
+    for key, val in fits.items():
+        rounded = {k: ([float(f"{x:.6g}") for x in v] if isinstance(v, list) else v) for k, v in val.items()}
+        lines.append(f"    {key!r}: {rounded!r},")
+    lines.append("}")
+    OUT.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    csv_path = sys.argv[1] if len(sys.argv) > 1 else "/work/shared/mpspdz-costs/mpspdz_costs.csv"
+    write(fit(load_rows(csv_path)), Path(csv_path).name)
+    print(f"wrote {OUT}")

@@ -1,0 +1,195 @@
+"""Cost of one vectorised MP-SPDZ call (a :class:`Step`) per protocol, from formulas fitted to measurements.
+
+Formulas (coefficients in :mod:`compiler.cost.fitted`, produced by :mod:`compiler.cost.fit` from
+``shared/mpspdz-costs/mpspdz_costs.csv``: MP-SPDZ 3a0a7b1d, 64-bit rings, f=16, k=31), for a call on n elements
+(matmul: O = M·P outputs and W = M·K·P scalar products, times ``instances``):
+
+* online rounds  = a + c·⌈O·w / budget⌉ (+ d·W/1000): the compiler cuts a vectorised non-linear call into
+  chunks of ``budget`` (``compile.py -b``, default 1000) that run one after another, so rounds grow with n
+  under the default budget and are flat with ``-b 100000``;
+* offline rounds = c·⌈O·v / batch⌉ (+ d·W/1000) plus a *setup* a: the first preprocessing batch (run-time
+  ``-b``, default 1000). Setup is paid once per program, so costs combine it with max, not +;
+* bytes (all parties / party 0) = a + b·O + c·W + d·(M·K + K·P), linear: semi2k pays ~3.1 KB per scalar
+  product of a matmul (one OT triple each, no matrix triples); ``online_share`` splits bytes;
+* seconds (local compute, loopback) = a + b·O + c·W + d·(M·K + K·P).
+
+Comparison-based primitives (ltz, relu and the built-ins) decompose k bits: their bytes are scaled by k/31
+beyond the measured k (an extrapolation; measurements exist for k=31 only).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from compiler.cost.fitted import FITS
+from compiler.errors import CompileError
+
+PROTOCOL_ALIASES = {"semi2k": "semi2k", "dealer": "dealer", "dealer-ring": "dealer",
+                    "replicated-ring": "replicated-ring", "rep3-ring": "replicated-ring", "ring": "replicated-ring"}
+PARTIES = {"semi2k": 2, "dealer": 3, "replicated-ring": 3}  # dealer: two computing parties and the dealer
+WORD_BYTES = 8  # one ring element of Z_2^64
+MEASURED_K = 31
+BIT_DECOMPOSING = {"ltz", "relu", "exp:mpspdz", "reciprocal:mpspdz", "rsqrt:mpspdz", "gelu:mpspdz", "apprcr",
+                   "fpdiv_nearest"}
+PRIMITIVES = ("matmul", "mul", "mul_int", "trunc", "ltz", "relu", "input", "reveal")
+
+
+@dataclass(frozen=True)
+class Step:
+    prim: str  # "matmul" | "mul" | "mul_int" | "trunc" | "ltz" | "relu" | "input" | "reveal" | "<op>:<choice>"
+    n: int  # elements of the one vectorised call (matmul: M*P outputs)
+    shape: tuple[int, ...] = ()  # matmul: (M, K, P) per instance
+    instances: int = 1  # independent copies issued together (heads, images)
+    party: int | None = None  # "input": the party providing it
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a step (or a sum of steps) costs. ``+`` adds everything except ``setup_rounds`` (max: paid once)."""
+
+    bytes_p0: float = 0.0
+    bytes_all: float = 0.0
+    online_bytes_all: float = 0.0
+    online_rounds: float = 0.0
+    offline_rounds: float = 0.0
+    setup_rounds: float = 0.0
+    seconds: float = 0.0  # local computation (fitted on loopback)
+
+    def __add__(self, other: "Cost") -> "Cost":
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return Cost(self.bytes_p0 + other.bytes_p0, self.bytes_all + other.bytes_all,
+                    self.online_bytes_all + other.online_bytes_all, self.online_rounds + other.online_rounds,
+                    self.offline_rounds + other.offline_rounds, max(self.setup_rounds, other.setup_rounds),
+                    self.seconds + other.seconds)
+
+    def __radd__(self, other: Any) -> "Cost":  # sum() starts from 0
+        return self if other == 0 else self.__add__(other)
+
+    def times(self, count: int) -> "Cost":
+        """``count`` copies run one after another (e.g. identical layers)."""
+        return Cost(self.bytes_p0 * count, self.bytes_all * count, self.online_bytes_all * count,
+                    self.online_rounds * count, self.offline_rounds * count, self.setup_rounds,
+                    self.seconds * count)
+
+    @property
+    def rounds(self) -> float:
+        return self.online_rounds + self.offline_rounds + self.setup_rounds
+
+    @property
+    def offline_bytes_all(self) -> float:
+        return self.bytes_all - self.online_bytes_all
+
+    def latency(self, network: Any) -> float:
+        """Seconds: rounds × RTT + bytes (all parties) / bandwidth + local compute."""
+        from compiler.cost.network import get_network
+
+        net = get_network(network) if isinstance(network, str) else network
+        return self.rounds * net.rtt_s + self.bytes_all * 8 / net.bandwidth_bps + self.seconds
+
+    def as_dict(self) -> dict[str, float]:
+        return {"bytes_p0": self.bytes_p0, "bytes_all": self.bytes_all, "rounds": self.rounds,
+                "online_bytes_all": self.online_bytes_all, "offline_bytes_all": self.offline_bytes_all,
+                "online_rounds": self.online_rounds, "offline_rounds": self.offline_rounds + self.setup_rounds,
+                "compute_s": self.seconds}
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    """The profile attributes the cost model reads (any object with these attributes works, e.g. the
+    lowering's Profile): protocol, f, k, compile-time ``budget`` and run-time preprocessing ``batch``."""
+
+    protocol: str = "replicated-ring"
+    f: int = 16
+    k: int = 31
+    budget: int = 1000
+    batch: int = 1000
+    approx: dict[str, str] = field(default_factory=dict)
+
+
+def normalise_protocol(protocol: str) -> str:
+    try:
+        return PROTOCOL_ALIASES[protocol]
+    except KeyError:
+        raise CompileError(f"unknown protocol {protocol!r} for the cost model; use one of "
+                           f"semi2k, dealer, replicated-ring") from None
+
+
+def profile_params(profile: Any) -> tuple[str, int, int, int]:
+    """(protocol, k, budget, batch) of any profile-like object; absent attributes take MP-SPDZ defaults."""
+    protocol = normalise_protocol(getattr(profile, "protocol", profile if isinstance(profile, str) else ""))
+    return (protocol, int(getattr(profile, "k", MEASURED_K)), int(getattr(profile, "budget", 1000) or 1000),
+            int(getattr(profile, "batch", 1000) or 1000))
+
+
+def _linear(coef: list[float], outputs: float, work: float, operands: float) -> float:
+    return coef[0] + coef[1] * outputs + coef[2] * work + coef[3] * operands
+
+
+def _chunked(coef: list[float], outputs: float, work: float, limit: int) -> tuple[float, float]:
+    """(fixed part, volume part) of a chunked rounds formula."""
+    fixed, per_chunk, width, per_kwork = coef
+    return fixed, per_chunk * math.ceil(outputs * width / limit) + per_kwork * work / 1000
+
+
+def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, operands: float = 0.0,
+                k: int = MEASURED_K, budget: int = 1000, batch: int = 1000) -> Cost:
+    """Evaluate the fitted formula of ``prim`` (a measured primitive or MP-SPDZ built-in)."""
+    fit = FITS.get((protocol, prim))
+    if fit is None:
+        raise CompileError(f"no cost formula for primitive {prim!r} under protocol {protocol!r}")
+    if outputs <= 0:
+        return Cost()
+    on_fixed, on_var = _chunked(fit["online_rounds"], outputs, work, budget)
+    off_fixed, off_var = _chunked(fit["offline_rounds"], outputs, work, batch)
+    scale = k / MEASURED_K if prim in BIT_DECOMPOSING else 1.0
+    bytes_all = _linear(fit["bytes_all"], outputs, work, operands) * scale
+    return Cost(bytes_p0=_linear(fit["bytes_p0"], outputs, work, operands) * scale, bytes_all=bytes_all,
+                online_bytes_all=bytes_all * fit["online_share"], online_rounds=on_fixed + on_var,
+                offline_rounds=off_var, setup_rounds=off_fixed,
+                seconds=max(_linear(fit["seconds"], outputs, work, operands), 0.0))
+
+
+def _transfer(protocol: str, n: int, party: int | None) -> Cost:
+    """Secret input from ``party`` or reveal: one message of n ring elements to each other party, one round."""
+    others = PARTIES[protocol] - 1 - (1 if protocol == "dealer" else 0)  # the dealer neither inputs nor learns
+    total = float(n * WORD_BYTES * max(others, 1))
+    sent_by_p0 = total if party in (None, 0) else 0.0
+    return Cost(bytes_p0=sent_by_p0, bytes_all=total, online_bytes_all=total, online_rounds=1.0)
+
+
+def step_cost(step: Step, profile: Any) -> Cost:
+    """Price one step under ``profile`` (anything with protocol/k/budget/batch; a protocol name works too)."""
+    protocol, k, budget, batch = profile_params(profile)
+    copies = max(int(step.instances), 1)
+    if step.prim == "matmul":
+        if len(step.shape) != 3:
+            raise CompileError(f"matmul step needs shape (M, K, P), got {step.shape!r}")
+        m, kk, p = step.shape
+        return fitted_cost("matmul", protocol, float(m * p * copies), float(m * kk * p * copies),
+                           float((m * kk + kk * p) * copies), k, budget, batch)
+    if step.prim in ("input", "reveal"):
+        return _transfer(protocol, step.n * copies, step.party)
+    if (protocol, step.prim) in FITS:
+        return fitted_cost(step.prim, protocol, float(step.n * copies), k=k, budget=budget, batch=batch)
+    if ":" in step.prim:  # an approximation priced through its own steps (default params)
+        from compiler.approx import get
+
+        op, choice = step.prim.split(":", 1)
+        return get(op, choice).cost(step.n * copies, replace_profile(profile, protocol))
+    raise CompileError(f"unknown cost primitive {step.prim!r}; known: {', '.join(PRIMITIVES)} or <op>:<choice>")
+
+
+def replace_profile(profile: Any, protocol: str) -> Any:
+    """The profile itself when it is an object; a CostProfile when only a protocol name was given."""
+    return CostProfile(protocol=protocol) if isinstance(profile, str) else profile
+
+
+def steps_cost(steps: list[Step], profile: Any) -> Cost:
+    """Steps run in sequence: their costs add (setup once)."""
+    return sum((step_cost(s, profile) for s in steps), Cost())
+
+
+__all__ = ["Step", "Cost", "CostProfile", "step_cost", "steps_cost", "fitted_cost", "normalise_protocol",
+           "PARTIES"]

@@ -186,8 +186,8 @@ def test_run_parses_compares_and_writes_json(fake_mpspdz: MPSPDZ, program_dir: P
     saved = json.loads(json_path.read_text())
     assert saved["accuracy"]["mpc_accuracy"] == pytest.approx(2 / 3)
     assert saved["network_emulation"] == "model"
-    wan = saved["network_model"]  # 80 rounds × 40 ms + 3 MB at 25 MB/s
-    assert wan["model_time_s"] == pytest.approx(80 * 0.04 + 3e6 / 25e6)
+    wan = saved["network_model"]  # 80 rounds × 20 ms one way + 3 MB at 100 Mbit/s (the cost model's WAN)
+    assert wan["model_time_s"] == pytest.approx(80 * 0.02 + 3e6 * 8 / 100e6)
     assert saved["timers"]["1"] == {"seconds": 0.25, "bytes": 1_000_000, "rounds": 14}
     assert saved["protocol"] == "replicated-ring" and saved["online_only"] is False
     assert not list(fake_mpspdz.home.glob("Programs")) and not (fake_mpspdz.home / "compiled.txt").exists()

@@ -7,8 +7,8 @@ import numpy as np
 
 from compiler.errors import UserError
 
-# The digits split of the PyTorch side (mpcvit.data): sklearn's 1797 8x8 images scaled to [0, 1], a seeded
-# permutation, the last 20% for testing, normalised with the mean/std recorded in the ONNX metadata.
+# The digits split of the PyTorch side (mpcvit/data/digits.py, which imports torch): sklearn's 1797 8x8 images
+# scaled to [0, 1], a stratified 80/20 split with seed 0, normalised with the mean/std in the ONNX metadata.
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 
@@ -26,20 +26,13 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def digits_test_set() -> tuple[np.ndarray, np.ndarray]:
     """The digits test images `[N, 1, 8, 8]` in [0, 1] (before normalisation) and labels."""
-    try:  # the PyTorch side's own torch-free split, when it provides one
-        from mpcvit.data.digits import digits_test_arrays  # type: ignore[import-not-found]
-    except ImportError:
-        digits_test_arrays = None
-    if digits_test_arrays is not None:
-        x, y = digits_test_arrays()
-        return np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
     from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    order = np.random.default_rng(DIGITS_SEED).permutation(len(digits.target))
-    test = order[int(round(len(order) * (1 - DIGITS_TEST_FRACTION))):]
-    x = (digits.images[test] / 16.0).astype(np.float32)[:, None]
-    return x, digits.target[test].astype(np.int64)
+    _, x, _, y = train_test_split((digits.images / 16.0).astype(np.float32), digits.target,
+                                  test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SEED, stratify=digits.target)
+    return x[:, None], y.astype(np.int64)
 
 
 def normalise(x: np.ndarray, metadata: dict[str, str]) -> np.ndarray:

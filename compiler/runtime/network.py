@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from compiler.errors import UserError
+from compiler.cost.network import get_network
 
 
 @dataclass(frozen=True)
@@ -23,22 +23,7 @@ class NetworkProfile:
         return asdict(self)
 
 
-# The settings of the MPCViT paper's evaluation: LAN 3 Gbit/s with 0.8 ms round trip; WAN 200 Mbit/s, 80 ms.
-DEFAULT_PROFILES = {
-    "lan": NetworkProfile("lan", 0.4e-3, 3e9 / 8),
-    "wan": NetworkProfile("wan", 40e-3, 200e6 / 8),
-}
-
-
 def network_profile(name: str) -> NetworkProfile:
-    """The cost model's profile of that name when `compiler.cost` defines one, else the defaults above."""
-    try:
-        from compiler.cost import network_profile as cost_profile  # type: ignore[attr-defined]
-    except ImportError:
-        cost_profile = None
-    if cost_profile is not None:
-        profile = cost_profile(name)
-        return NetworkProfile(name, float(profile.latency_s), float(profile.bandwidth_Bps))
-    if name not in DEFAULT_PROFILES:
-        raise UserError(f"unknown network profile {name!r}: use one of {', '.join(DEFAULT_PROFILES)}")
-    return DEFAULT_PROFILES[name]
+    """The cost model's network of that name (`compiler.cost.network`), with one-way latency = RTT / 2."""
+    network = get_network(name)
+    return NetworkProfile(name, network.rtt_s / 2, network.bandwidth_bps / 8)

@@ -135,6 +135,10 @@ class Graph:
 def _short(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return f"<{value.dtype} {'x'.join(map(str, value.shape))}>"
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):  # attention heads
+        return "[" + ", ".join("{" + " ".join(f"{k}={_short(v)}" for k, v in d.items()) + "}" for d in value) + "]"
+    if isinstance(value, list) and len(value) > 1 and value == list(range(value[0], value[0] + len(value))):
+        return f"{value[0]}..{value[-1]}"
     if isinstance(value, (list, tuple)) and len(value) > 8:
         return f"[{len(value)} items]"
     return repr(value)

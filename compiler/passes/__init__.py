@@ -1,0 +1,41 @@
+"""Pattern passes: generic IR from the frontend -> the ViT-level kinds (DESIGN.md). Entry point: :func:`run_passes`.
+
+Each pass is a function ``Graph -> Graph`` (rewriting in place) that preserves the float semantics
+(:mod:`compiler.ir_eval`); :data:`PIPELINE` lists them in order.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from compiler.ir import Graph
+from compiler.passes.attention import fold_attention_scale, fuse_attention, merge_attention
+from compiler.passes.layouts import compose_layouts, fold_layouts_into_linear, layout_into_input
+from compiler.passes.linear import fold_scales, fuse_linear_chains, linear_from_matmul, scale_from_mul
+from compiler.passes.patterns import fuse_gelu, fuse_layernorm
+
+Pass = Callable[[Graph], Graph]
+
+PIPELINE: list[Pass] = [
+    scale_from_mul,
+    linear_from_matmul,
+    compose_layouts,
+    fuse_layernorm,
+    fuse_gelu,
+    fuse_attention,
+    compose_layouts,  # the attention's head-major output meets the exporter's transpose/reshape: identity
+    merge_attention,  # per-kind groups concatenated on the head axis -> one attention per layer
+    fold_attention_scale,
+    fold_layouts_into_linear,
+    fuse_linear_chains,
+    fold_scales,
+    layout_into_input,
+]
+
+
+def run_passes(graph: Graph) -> Graph:
+    for step in PIPELINE:
+        graph = step(graph)
+    return graph
+
+
+__all__ = ["run_passes", "PIPELINE"]

@@ -1,0 +1,294 @@
+"""Attention pattern: one ``attention`` node per layer with a kind per head.
+
+Starting from each secret ``P @ V`` product, walk back: V, Q and K^T are layouts of [B, N, C] sources (their
+composed index maps give each head's columns); P is a head-axis concatenation (a layout) of groups, each one
+kind — softmax, ReLU-softmax relu(S)/(sum(relu(S)) + eps), or scaling S * c — of a head selection of
+S = (Q * a) @ K^T * b. Models that run each kind group as its own chain (slices/index_select of q, k, v, then
+a head-axis concat of the group outputs) give one attention per group; :func:`merge_attention` joins them.
+Per-head factors (1/sqrt(d), and c * N for scaling heads, whose kind means S / N) become the ``scale`` attr and
+then fold into the q projection's columns when that linear feeds only this attention (:func:`fold_attention_scale`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.ir import Graph, Node, Value
+from compiler.passes.graph_tools import consumers, fresh_name, producer_op, producers, public_scalar, remove_dead
+from compiler.passes.linear import linear_parts, set_linear_parts
+
+
+@dataclass
+class _Group:
+    kind: str
+    s_heads: np.ndarray  # head of S feeding each head of this group
+    factor: float  # multiplies S before the kind (scaling heads: relative to S / N)
+    eps: float | None
+
+
+@dataclass
+class _Match:
+    sources: tuple[str, str, str]
+    q_cols: np.ndarray  # [H_s, d] per head of S
+    k_cols: np.ndarray
+    v_cols: np.ndarray  # [H, d] per output head
+    head_group: list[tuple[_Group, int]]  # per output head: its group and the S head it reads
+    q_factor: float
+    nodes: list[Node] = field(default_factory=list)  # every node of the matched subgraph
+
+
+def _head_columns(index: np.ndarray, src_shape: tuple[int, ...], transposed: bool) -> np.ndarray | None:
+    """Columns per head if ``index`` ([B, H, N, d], or [B, H, d, N] when transposed) reads token n of batch b
+    from row n of a [B, N, C] source: index[b, h, n, j] = (b * N + n) * C + cols[h, j]."""
+    if len(src_shape) != 3 or index.ndim != 4:
+        return None
+    index = np.swapaxes(index, -1, -2) if transposed else index
+    batch, tokens, width = src_shape
+    if index.shape[0] != batch or index.shape[2] != tokens:
+        return None
+    cols = index[0, :, 0, :]
+    rows = (np.arange(batch)[:, None] * tokens + np.arange(tokens)[None, :]) * width
+    ok = np.array_equal(index, rows[:, None, :, None] + cols[None, :, None, :]) and 0 <= cols.min() and \
+        cols.max() < width
+    return cols if ok else None
+
+
+def _head_selection(index: np.ndarray, in_shapes: list[tuple[int, ...]]) -> list[tuple[int, int]] | None:
+    """For a layout [B, H, R, S] over inputs [B, h_i, R, S] that copies whole heads: (input, head) per head."""
+    if index.ndim != 4 or any(len(s) != 4 or s[0] != index.shape[0] or s[2:] != index.shape[2:] for s in in_shapes):
+        return None
+    batch, _, rows, cols = index.shape
+    block = rows * cols
+    sizes = np.array([s[1] for s in in_shapes])
+    offsets = np.concatenate([[0], np.cumsum(batch * sizes * block)])
+    first = index[0, :, 0, 0]
+    which = np.searchsorted(offsets, first, side="right") - 1
+    head = (first - offsets[which]) // block
+    if np.any((first - offsets[which]) % block) or np.any(head >= sizes[which]):
+        return None
+    expected = (offsets[which] + head * block)[None, :, None, None] + \
+        (np.arange(batch)[:, None] * sizes[which][None, :] * block)[:, :, None, None] + \
+        np.arange(block).reshape(rows, cols)[None, None]
+    return list(zip(which.tolist(), head.tolist())) if np.array_equal(index, expected) else None
+
+
+class _Matcher:
+    def __init__(self, graph: Graph) -> None:
+        self.graph, self.prod = graph, producers(graph)
+
+    def node(self, name: str, *ops: str) -> Node | None:
+        return producer_op(self.prod, name, *ops)
+
+    def peel_scales(self, name: str, nodes: list[Node]) -> tuple[str, float]:
+        factor = 1.0
+        while (scale := self.node(name, "scale")) is not None:
+            factor *= scale.attrs["factor"]
+            nodes.append(scale)
+            name = scale.inputs[0]
+        return name, factor
+
+    def columns(self, name: str, nodes: list[Node], transposed: bool = False) -> tuple[str, np.ndarray] | None:
+        layout = self.node(name, "layout")
+        if layout is None or len(layout.inputs) != 1:
+            return None
+        nodes.append(layout)
+        cols = _head_columns(layout.attrs["index"], self.graph.values[layout.inputs[0]].shape, transposed)
+        return None if cols is None else (layout.inputs[0], cols)
+
+    def kind(self, name: str, tokens: int, nodes: list[Node]) -> tuple[str, str, float, float | None] | None:
+        """(kind, S-side input, factor, eps) of the op producing a group of probabilities."""
+        node = self.node(name, "softmax", "div", "scale")
+        if node is None:
+            return None
+        nodes.append(node)
+        if node.op == "softmax":
+            return ("softmax", node.inputs[0], 1.0, None) if node.attrs["axis"] == 3 else None
+        if node.op == "scale":
+            return "scaling", node.inputs[0], node.attrs["factor"] * tokens, None
+        relu, denominator = self.node(node.inputs[0], "relu"), node.inputs[1]
+        eps, add = 0.0, self.node(denominator, "add")
+        if add is not None:
+            for total, constant in (add.inputs, add.inputs[::-1]):
+                if public_scalar(self.graph, constant) is not None:
+                    eps, denominator = public_scalar(self.graph, constant), total
+                    nodes.append(add)
+                    break
+        summed = self.node(denominator, "reduce_sum")
+        if relu is None or summed is None or list(summed.attrs["axes"]) != [3] or not summed.attrs["keepdims"]:
+            return None
+        other_relu = self.node(summed.inputs[0], "relu")
+        if other_relu is None or other_relu.inputs != relu.inputs:
+            return None
+        nodes.extend([relu, summed, other_relu])
+        return "relu_softmax", relu.inputs[0], 1.0, eps
+
+    def group(self, name: str, tokens: int, nodes: list[Node]) -> tuple[_Group, Node] | None:
+        """A group of heads: its kind and which heads of S (the Q @ K^T matmul) it reads."""
+        found = self.kind(name, tokens, nodes)
+        if found is None:
+            return None
+        kind, current, factor, eps = found
+        heads = np.arange(self.graph.values[name].shape[1])
+        while True:
+            node = self.node(current, "scale", "layout", "matmul")
+            if node is None:
+                return None
+            nodes.append(node)
+            if node.op == "matmul":
+                return _Group(kind, heads, factor, eps), node
+            if node.op == "scale":
+                factor *= node.attrs["factor"]
+            else:
+                picked = _head_selection(node.attrs["index"], [self.graph.values[i].shape for i in node.inputs])
+                if picked is None or len(node.inputs) != 1:
+                    return None
+                heads = np.array([h for _, h in picked])[heads]
+            current = node.inputs[0]
+
+    def match(self, pv: Node) -> _Match | None:
+        probs, values = pv.inputs
+        nodes: list[Node] = [pv]
+        shape = self.graph.values[probs].shape
+        if len(shape) != 4 or shape[2] != shape[3]:
+            return None
+        tokens = shape[3]
+        v = self.columns(values, nodes)
+        concat = self.node(probs, "layout")
+        if concat is not None and (picked := _head_selection(concat.attrs["index"],
+                                                             [self.graph.values[i].shape for i in concat.inputs])):
+            nodes.append(concat)
+            group_names = concat.inputs
+        else:
+            group_names, picked = [probs], [(0, h) for h in range(shape[1])]
+        groups = [self.group(name, tokens, nodes) for name in group_names]
+        if v is None or any(g is None for g in groups) or len({id(s) for _, s in groups}) != 1:
+            return None
+        scores = groups[0][1]
+        q_name, q_factor = self.peel_scales(scores.inputs[0], nodes)
+        q, k = self.columns(q_name, nodes), self.columns(scores.inputs[1], nodes, transposed=True)
+        if q is None or k is None:
+            return None
+        head_group = [(groups[i][0], int(groups[i][0].s_heads[h])) for i, h in picked]
+        return _Match((q[0], k[0], v[0]), q[1], k[1], v[1], head_group, q_factor, nodes)
+
+
+def _fold_into_q(graph: Graph, q_src: str, q_cols: np.ndarray, factors: np.ndarray, others: list[np.ndarray],
+                 readers: set[int]) -> bool:
+    """Multiply the q columns of each head (``q_cols`` [H, d]) of the linear producing ``q_src`` by the head's
+    factor. Only when every reader of ``q_src`` is in ``readers`` (node ids) and no column of a head is also read
+    as k/v (``others``) or by a head with another factor."""
+    linear = graph.producer(q_src)
+    if linear is None or linear.op != "linear" or any(id(n) not in readers for n in consumers(graph).get(q_src, [])):
+        return False
+    column_factor = np.ones(graph.values[q_src].shape[-1])
+    column_factor[q_cols] = factors[:, None]
+    if any(np.isin(q_cols, cols).any() for cols in others) or not np.allclose(column_factor[q_cols],
+                                                                              factors[:, None]):
+        return False
+    weight, bias = linear_parts(graph, linear)
+    set_linear_parts(graph, linear, weight * column_factor, bias * column_factor)
+    return True
+
+
+def _private_readers(graph: Graph, match: _Match) -> set[int]:
+    """Ids of the matched nodes, if nothing outside the match reads any of their outputs (else empty)."""
+    inside = {id(n) for n in match.nodes}
+    uses = consumers(graph)
+    leaks = any(id(user) not in inside for n in match.nodes[1:] for out in n.outputs for user in uses.get(out, []))
+    return set() if leaks else inside
+
+
+def _rewrite(graph: Graph, pv: Node, match: _Match) -> bool:
+    factors = np.array([match.q_factor * group.factor for group, _ in match.head_group])
+    eps_values = {group.eps for group, _ in match.head_group if group.eps is not None}
+    if len(eps_values) > 1:
+        return False
+    q_src, k_src, v_src = match.sources
+    s_heads = np.array([s for _, s in match.head_group])
+    if np.allclose(factors, factors[0]):
+        scale = float(factors[0])  # folded into q later, once the layer's groups are merged
+    elif _fold_into_q(graph, q_src, match.q_cols[s_heads], factors,
+                      [c for src, c in ((k_src, match.k_cols), (v_src, match.v_cols)) if src == q_src],
+                      _private_readers(graph, match)):
+        scale = 1.0
+    else:
+        return False
+    out_shape = graph.values[pv.outputs[0]].shape  # [B, H, N, d]
+    batch, heads, tokens, dim = out_shape
+    heads_attr = [{"kind": group.kind, "q_cols": match.q_cols[s].tolist(), "k_cols": match.k_cols[s].tolist(),
+                   "v_cols": match.v_cols[h].tolist()} for h, (group, s) in enumerate(match.head_group)]
+    fused = fresh_name(graph, pv.outputs[0] + "_attention")
+    graph.add_value(Value(fused, (batch, tokens, heads * dim)))
+    attention = Node("attention", list(match.sources), [fused], name=pv.name, attrs={
+        "heads": heads_attr, "scale": scale, "eps": eps_values.pop() if eps_values else 0.0, "tokens": tokens,
+        "head_dim": dim})
+    back = np.arange(batch * tokens * heads * dim).reshape(batch, tokens, heads, dim).transpose(0, 2, 1, 3)
+    position = graph.nodes.index(pv)
+    graph.nodes[position:position + 1] = [attention, Node("layout", [fused], pv.outputs, {"index": back},
+                                                           name=pv.name)]
+    return True
+
+
+def _head_blocks(index: np.ndarray, in_shapes: list[tuple[int, ...]], dim: int) -> list[tuple[int, int]] | None:
+    """For a layout [B, N, H*d] over attention outputs [B, N, h_i*d] that copies whole heads: (input, head) per
+    output head, else None."""
+    if index.ndim != 3 or index.shape[-1] % dim or any(s[:2] != index.shape[:2] or s[2] % dim for s in in_shapes):
+        return None
+    batch, tokens = index.shape[:2]
+    sizes = np.array([s[2] // dim for s in in_shapes])
+    offsets = np.concatenate([[0], np.cumsum(batch * tokens * sizes * dim)])
+    first = index[0, 0, ::dim]
+    which = np.searchsorted(offsets, first, side="right") - 1
+    head, rest = np.divmod(first - offsets[which], dim)
+    if rest.any() or np.any(head >= sizes[which]):
+        return None
+    rows = np.arange(batch * tokens).reshape(batch, tokens)
+    expected = (offsets[which] + head * dim)[None, None, :, None] + \
+        (rows[:, :, None] * sizes[which][None, None, :] * dim)[..., None] + np.arange(dim)
+    ok = np.array_equal(index.reshape(batch, tokens, -1, dim), expected)
+    return list(zip(which.tolist(), head.tolist())) if ok else None
+
+
+def merge_attention(graph: Graph) -> Graph:
+    """Per-kind attention groups whose outputs one layout concatenates head-wise -> one attention per layer."""
+    prod, uses = producers(graph), consumers(graph)
+    for layout in [n for n in graph.nodes if n.op == "layout"]:
+        parts = [producer_op(prod, name, "attention") for name in layout.inputs]
+        if not parts or any(p is None or len(uses.get(p.outputs[0], [])) != 1 for p in parts):
+            continue
+        same = {(tuple(p.inputs), p.attrs["tokens"], p.attrs["head_dim"], p.attrs["scale"]) for p in parts}
+        eps = {p.attrs["eps"] for p in parts if any(h["kind"] == "relu_softmax" for h in p.attrs["heads"])}
+        picked = _head_blocks(layout.attrs["index"], [graph.values[i].shape for i in layout.inputs],
+                              parts[0].attrs["head_dim"])
+        if len(same) != 1 or len(eps) > 1 or picked is None:
+            continue
+        merged = Node("attention", list(parts[0].inputs), layout.outputs, name=layout.name,
+                      attrs={**parts[0].attrs, "heads": [parts[i].attrs["heads"][h] for i, h in picked],
+                             "eps": eps.pop() if eps else 0.0})
+        graph.nodes[graph.nodes.index(layout)] = merged
+        prod, uses = producers(graph), consumers(graph)
+    return remove_dead(graph)
+
+
+def fold_attention_scale(graph: Graph) -> Graph:
+    """attention(scale=a) with q from a linear read only by this attention: a goes into the q columns."""
+    for node in [n for n in graph.nodes if n.op == "attention" and n.attrs["scale"] != 1.0]:
+        q_src, k_src, v_src = node.inputs
+        cols = {key: np.array([h[key] for h in node.attrs["heads"]]) for key in ("q_cols", "k_cols", "v_cols")}
+        factors = np.full(len(node.attrs["heads"]), node.attrs["scale"])
+        others = [cols[key] for src, key in ((k_src, "k_cols"), (v_src, "v_cols")) if src == q_src]
+        if _fold_into_q(graph, q_src, cols["q_cols"], factors, others, {id(node)}):
+            node.attrs["scale"] = 1.0
+    return graph
+
+
+def fuse_attention(graph: Graph) -> Graph:
+    for pv in [n for n in graph.nodes if n.op == "matmul"]:
+        if any(graph.values[i].role != "secret" for i in pv.inputs):
+            continue
+        match = _Matcher(graph).match(pv)
+        if match is not None and _rewrite(graph, pv, match):
+            remove_dead(graph)
+    return graph

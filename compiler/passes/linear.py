@@ -1,0 +1,122 @@
+"""Products with weights: MatMul/Gemm -> ``linear`` (+ bias), Mul by a public scalar -> ``scale``, and exact
+algebraic folds into the weights (scales, MPCViT+ linear MLPs)."""
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.ir import Graph, Node
+from compiler.passes.graph_tools import (consumers, new_constant, only_use, producer_op, producers, public_scalar,
+                                         remove_dead, rename_uses)
+
+
+def scale_from_mul(graph: Graph) -> Graph:
+    """mul(x, c) / mul(c, x) with c a public scalar -> scale(x, factor=c)."""
+    for node in graph.nodes:
+        if node.op != "mul":
+            continue
+        for secret, const in (node.inputs, node.inputs[::-1]):
+            factor = public_scalar(graph, const)
+            if factor is not None and graph.values[secret].role == "secret":
+                node.op, node.inputs, node.attrs = "scale", [secret], {"factor": factor}
+                break
+    return remove_dead(graph)
+
+
+def _weight(graph: Graph, name: str) -> np.ndarray | None:
+    value = graph.values[name]
+    return value.data if value.role in ("param", "public") and value.data is not None else None
+
+
+def linear_from_matmul(graph: Graph) -> Graph:
+    """matmul(x, W) with W a 2-D weight -> linear(x, W); a following add of a bias vector folds in."""
+    for node in graph.nodes:
+        weight = _weight(graph, node.inputs[1]) if node.op == "matmul" else None
+        if weight is not None and weight.ndim == 2 and graph.values[node.inputs[0]].role == "secret":
+            node.op = "linear"
+    uses, prod = consumers(graph), producers(graph)
+    folded: list[Node] = []
+    for add in graph.nodes:
+        if add.op != "add":
+            continue
+        for product, bias in (add.inputs, add.inputs[::-1]):
+            linear = producer_op(prod, product, "linear")
+            data = _weight(graph, bias)
+            if (linear is None or len(linear.inputs) != 2 or data is None or only_use(uses, graph, product) is None
+                    or data.size != graph.values[linear.inputs[1]].shape[1]
+                    or graph.values[add.outputs[0]].shape != graph.values[product].shape):
+                continue
+            linear.inputs.append(bias if data.ndim == 1 else new_constant(graph, bias, data.reshape(-1)))
+            linear.outputs = add.outputs
+            folded.append(add)
+            break
+    graph.nodes = [n for n in graph.nodes if all(n is not f for f in folded)]
+    return remove_dead(graph)
+
+
+def linear_parts(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray]:
+    weight = graph.values[node.inputs[1]].data
+    bias = graph.values[node.inputs[2]].data if len(node.inputs) > 2 else np.zeros(weight.shape[1])
+    return weight.astype(np.float64), bias.astype(np.float64)
+
+
+def set_linear_parts(graph: Graph, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Give ``node`` new (private copies of) weights: shared weight values stay untouched."""
+    node.inputs = [node.inputs[0], new_constant(graph, node.inputs[1], weight),
+                   new_constant(graph, node.inputs[2] if len(node.inputs) > 2 else node.inputs[1] + "_bias", bias)]
+    graph.values[node.outputs[0]].shape = (*graph.values[node.inputs[0]].shape[:-1], weight.shape[1])
+
+
+def fold_scales(graph: Graph) -> Graph:
+    """scale(scale(x)) merges; scale after a linear (its only use) or before one folds into W and b; scale 1 goes."""
+    changed = True
+    while changed:
+        changed = False
+        uses, prod = consumers(graph), producers(graph)
+        for node in graph.nodes:
+            if node.op != "scale":
+                continue
+            factor, source, out = node.attrs["factor"], node.inputs[0], node.outputs[0]
+            before = producer_op(prod, source, "linear", "scale")
+            after = only_use(uses, graph, out)
+            if before is not None and only_use(uses, graph, source) is node:
+                if before.op == "scale":
+                    before.attrs["factor"] *= factor
+                else:
+                    weight, bias = linear_parts(graph, before)
+                    set_linear_parts(graph, before, weight * factor, bias * factor)
+            elif after is not None and after.op == "linear" and after.inputs[0] == out:
+                weight, bias = linear_parts(graph, after)
+                set_linear_parts(graph, after, weight * factor, bias)
+            elif factor != 1.0 or out in graph.outputs:
+                continue
+            _bypass(graph, node)
+            remove_dead(graph)
+            changed = True
+            break
+    return graph
+
+
+def _bypass(graph: Graph, node: Node) -> None:
+    """Remove a node whose output now equals its input, rewiring consumers (and graph outputs) to the input."""
+    graph.nodes.remove(node)
+    rename_uses(graph, node.outputs[0], node.inputs[0])
+
+
+def fuse_linear_chains(graph: Graph) -> Graph:
+    """MPCViT+ linear MLP: linear2(linear1(x)) with nothing between -> one linear (W1 @ W2, b1 @ W2 + b2)."""
+    changed = True
+    while changed:
+        changed = False
+        uses = consumers(graph)
+        for first in graph.nodes:
+            second = only_use(uses, graph, first.outputs[0]) if first.op == "linear" else None
+            if second is None or second.op != "linear" or second.inputs[0] != first.outputs[0]:
+                continue
+            w1, b1 = linear_parts(graph, first)
+            w2, b2 = linear_parts(graph, second)
+            second.inputs[0] = first.inputs[0]
+            set_linear_parts(graph, second, w1 @ w2, b1 @ w2 + b2)
+            graph.nodes.remove(first)
+            changed = True
+            break
+    return remove_dead(graph)

@@ -49,9 +49,11 @@ def initial_error(lo: float, hi: float, fx: FixedPoint) -> float:
     """max |1 − x·y0| over [lo, hi] with the encoded constants (attained at the segment ends)."""
     thresholds, guesses = segment_guess(lo, hi, fx)
     top = fx.encode(hi)
-    starts = np.minimum(np.concatenate([[fx.encode(lo)], thresholds]), top).astype(np.float64)
-    ends = np.minimum(np.concatenate([thresholds, [top]]), top).astype(np.float64)
-    w = guesses.astype(np.float64)
+    starts = np.concatenate([[fx.encode(lo)], thresholds])
+    reached = starts <= top  # a last segment starting above hi is never used on [lo, hi]
+    ends = np.minimum(np.concatenate([thresholds, [top]]), top)[reached].astype(np.float64)
+    starts = starts[reached].astype(np.float64)
+    w = guesses[reached].astype(np.float64)
     products = np.concatenate([starts * w, ends * w]) / float(fx.scale) ** 2
     if np.any(guesses <= 0):
         raise CompileError(f"reciprocal range [{lo}, {hi}] is too wide for {fx.f} fractional bits: the initial "

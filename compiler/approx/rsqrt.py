@@ -50,9 +50,11 @@ def initial_error(eps: float, hi: float, fx: FixedPoint) -> float:
     """max |1 − x·y0²| over [lo, hi] with the encoded constants."""
     thresholds, guesses = segment_guess(eps, hi, fx)
     top = fx.encode(hi)
-    starts = np.minimum(np.concatenate([[fx.encode(_lo(eps, fx))], thresholds]), top).astype(np.float64)
-    ends = np.minimum(np.concatenate([thresholds, [top]]), top).astype(np.float64)
-    w2 = guesses.astype(np.float64) ** 2
+    starts = np.concatenate([[fx.encode(_lo(eps, fx))], thresholds])
+    reached = starts <= top  # a last segment starting above hi is never used on [lo, hi]
+    ends = np.minimum(np.concatenate([thresholds, [top]]), top)[reached].astype(np.float64)
+    starts = starts[reached].astype(np.float64)
+    w2 = guesses[reached].astype(np.float64) ** 2
     return float(np.max(np.abs(1.0 - np.concatenate([starts * w2, ends * w2]) / float(fx.scale) ** 3)))
 
 

@@ -7,8 +7,10 @@ Formulas (coefficients in :mod:`compiler.cost.fitted`, produced by :mod:`compile
 * online rounds  = a + c·⌈O·w / budget⌉ (+ d·W/1000): the compiler cuts a vectorised non-linear call into
   chunks of ``budget`` (``compile.py -b``, default 1000) that run one after another, so rounds grow with n
   under the default budget and are flat with ``-b 100000``;
-* offline rounds = c·⌈O·v / batch⌉ (+ d·W/1000) plus a *setup* a: the first preprocessing batch (run-time
-  ``-b``, default 1000). Setup is paid once per program, so costs combine it with max, not +;
+* offline rounds = c·O·v / min(batch, cap) (+ d·W/1000) plus a *setup* a: the first preprocessing batch
+  (run-time ``-b``, default 1000; beyond ``cap`` a larger batch stops helping); consecutive calls share
+  batches, so the batch count is continuous. Setup rounds and setup
+  bytes (the constant terms) are paid once per program, so costs combine them with max, not +;
 * bytes (all parties / party 0) = a + b·O + c·W + d·(M·K + K·P), linear: semi2k pays ~3.1 KB per scalar
   product of a matmul (one OT triple each, no matrix triples); ``online_share`` splits bytes;
 * seconds (local compute, loopback) = a + b·O + c·W + d·(M·K + K·P).
@@ -44,24 +46,40 @@ class Step:
     party: int | None = None  # "input": the party providing it
 
 
+Setup = tuple[tuple[str, float, float, float], ...]  # (primitive, rounds, bytes p0, bytes all), sorted
+
+
+def _merge_setup(a: Setup, b: Setup) -> Setup:
+    merged: dict[str, tuple[float, float, float]] = {}
+    for prim, *values in a + b:
+        old = merged.get(prim, (0.0, 0.0, 0.0))
+        merged[prim] = tuple(max(x, y) for x, y in zip(old, values))  # type: ignore[assignment]
+    return tuple(sorted((prim, *values) for prim, values in merged.items()))
+
+
 @dataclass(frozen=True)
 class Cost:
-    """What a step (or a sum of steps) costs. ``+`` adds everything except ``setup_rounds`` (max: paid once)."""
+    """What a step (or a sum of steps) costs.
 
-    bytes_p0: float = 0.0
-    bytes_all: float = 0.0
+    ``+`` adds everything except the one-time preprocessing setup (the first batch of each kind of correlated
+    randomness): per primitive the setup is paid once (max), different primitives' setups add.
+    ``bytes_*`` and ``rounds`` include the setup."""
+
+    variable_bytes_p0: float = 0.0
+    variable_bytes_all: float = 0.0
     online_bytes_all: float = 0.0
     online_rounds: float = 0.0
     offline_rounds: float = 0.0
-    setup_rounds: float = 0.0
+    setup: Setup = ()
     seconds: float = 0.0  # local computation (fitted on loopback)
 
     def __add__(self, other: "Cost") -> "Cost":
         if not isinstance(other, Cost):
             return NotImplemented
-        return Cost(self.bytes_p0 + other.bytes_p0, self.bytes_all + other.bytes_all,
+        return Cost(self.variable_bytes_p0 + other.variable_bytes_p0,
+                    self.variable_bytes_all + other.variable_bytes_all,
                     self.online_bytes_all + other.online_bytes_all, self.online_rounds + other.online_rounds,
-                    self.offline_rounds + other.offline_rounds, max(self.setup_rounds, other.setup_rounds),
+                    self.offline_rounds + other.offline_rounds, _merge_setup(self.setup, other.setup),
                     self.seconds + other.seconds)
 
     def __radd__(self, other: Any) -> "Cost":  # sum() starts from 0
@@ -69,9 +87,21 @@ class Cost:
 
     def times(self, count: int) -> "Cost":
         """``count`` copies run one after another (e.g. identical layers)."""
-        return Cost(self.bytes_p0 * count, self.bytes_all * count, self.online_bytes_all * count,
-                    self.online_rounds * count, self.offline_rounds * count, self.setup_rounds,
-                    self.seconds * count)
+        return Cost(self.variable_bytes_p0 * count, self.variable_bytes_all * count,
+                    self.online_bytes_all * count, self.online_rounds * count, self.offline_rounds * count,
+                    self.setup, self.seconds * count)
+
+    @property
+    def setup_rounds(self) -> float:
+        return sum(entry[1] for entry in self.setup)
+
+    @property
+    def bytes_p0(self) -> float:
+        return self.variable_bytes_p0 + sum(entry[2] for entry in self.setup)
+
+    @property
+    def bytes_all(self) -> float:
+        return self.variable_bytes_all + sum(entry[3] for entry in self.setup)
 
     @property
     def rounds(self) -> float:
@@ -127,10 +157,12 @@ def _linear(coef: list[float], outputs: float, work: float, operands: float) -> 
     return coef[0] + coef[1] * outputs + coef[2] * work + coef[3] * operands
 
 
-def _chunked(coef: list[float], outputs: float, work: float, limit: int) -> tuple[float, float]:
-    """(fixed part, volume part) of a chunked rounds formula."""
-    fixed, per_chunk, width, per_kwork = coef
-    return fixed, per_chunk * math.ceil(outputs * width / limit) + per_kwork * work / 1000
+def _chunked(coef: list[float], outputs: float, work: float, limit: int, shared: bool) -> tuple[float, float]:
+    """(fixed part, volume part) of a chunked rounds formula (``shared``: preprocessing batches, which
+    consecutive calls share, so the batch count is continuous)."""
+    fixed, per_chunk, width, per_kwork, cap = coef
+    count = outputs * width / min(limit, cap)
+    return fixed, per_chunk * (count if shared else math.ceil(count)) + per_kwork * work / 1000
 
 
 def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, operands: float = 0.0,
@@ -141,13 +173,15 @@ def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, ope
         raise CompileError(f"no cost formula for primitive {prim!r} under protocol {protocol!r}")
     if outputs <= 0:
         return Cost()
-    on_fixed, on_var = _chunked(fit["online_rounds"], outputs, work, budget)
-    off_fixed, off_var = _chunked(fit["offline_rounds"], outputs, work, batch)
+    on_fixed, on_var = _chunked(fit["online_rounds"], outputs, work, budget, False)
+    off_fixed, off_var = _chunked(fit["offline_rounds"], outputs, work, batch, True)
     scale = k / MEASURED_K if prim in BIT_DECOMPOSING else 1.0
-    bytes_all = _linear(fit["bytes_all"], outputs, work, operands) * scale
-    return Cost(bytes_p0=_linear(fit["bytes_p0"], outputs, work, operands) * scale, bytes_all=bytes_all,
-                online_bytes_all=bytes_all * fit["online_share"], online_rounds=on_fixed + on_var,
-                offline_rounds=off_var, setup_rounds=off_fixed,
+    all_coef, p0_coef = fit["bytes_all"], fit["bytes_p0"]
+    variable_all = (_linear(all_coef, outputs, work, operands) - all_coef[0]) * scale
+    return Cost(variable_bytes_p0=(_linear(p0_coef, outputs, work, operands) - p0_coef[0]) * scale,
+                variable_bytes_all=variable_all, online_bytes_all=variable_all * fit["online_share"],
+                online_rounds=on_fixed + on_var, offline_rounds=off_var,
+                setup=((prim, off_fixed, p0_coef[0], all_coef[0]),),
                 seconds=max(_linear(fit["seconds"], outputs, work, operands), 0.0))
 
 
@@ -156,7 +190,7 @@ def _transfer(protocol: str, n: int, party: int | None) -> Cost:
     others = PARTIES[protocol] - 1 - (1 if protocol == "dealer" else 0)  # the dealer neither inputs nor learns
     total = float(n * WORD_BYTES * max(others, 1))
     sent_by_p0 = total if party in (None, 0) else 0.0
-    return Cost(bytes_p0=sent_by_p0, bytes_all=total, online_bytes_all=total, online_rounds=1.0)
+    return Cost(variable_bytes_p0=sent_by_p0, variable_bytes_all=total, online_bytes_all=total, online_rounds=1.0)
 
 
 def step_cost(step: Step, profile: Any) -> Cost:

@@ -1,0 +1,111 @@
+"""The fitted cost formulas reproduce every measured MP-SPDZ row (bytes of party 0 / all parties, rounds)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compiler.approx import get
+from compiler.cost import Cost, CostProfile, Step, cost_table, estimate_steps, step_cost, steps_cost
+from compiler.cost.fit import load_rows
+from compiler.errors import CompileError
+
+CSV = Path("/work/shared/mpspdz-costs/mpspdz_costs.csv")
+TOLERANCE = 0.25
+ELEMENTWISE = {"mul_sfix": "mul", "mul_sint": "mul_int", "ltz": "ltz", "relu": "relu", "trunc": "trunc",
+               "exp": "exp:mpspdz", "recip_div": "reciprocal:mpspdz", "recip_nearest": "fpdiv_nearest",
+               "recip_apprcr": "apprcr", "invsqrt": "rsqrt:mpspdz", "gelu": "gelu:mpspdz"}
+
+
+def predict(row: dict) -> Cost:
+    profile = CostProfile(protocol=row["protocol"], budget=row["budget"], batch=row["batch"])
+    n, prim = row["n"], row["primitive"]
+    if prim == "matmul":
+        m, k, p = row["shape"]
+        return step_cost(Step("matmul", m * p, (m, k, p)), profile)
+    if prim == "exp_limit":  # the measured program: one truncation by 8 bits, then 8 squarings
+        return steps_cost([Step("trunc", n)] + [Step("mul", n)] * 8, profile)
+    if prim == "rowmax":  # R x 64 rows, 6 tree levels of (a < b).if_else(b, a)
+        return get("rowmax", "tree").cost(n, profile, cols=64)
+    return step_cost(Step(ELEMENTWISE[prim], n), profile)
+
+
+@pytest.mark.skipif(not CSV.is_file(), reason="measurements not present")
+def test_every_measured_row_within_25_percent():
+    rows = load_rows(CSV)
+    assert len(rows) > 300
+    deviations = []
+    for row in rows:
+        cost = predict(row)
+        for key, predicted in (("bytes_all", cost.bytes_all), ("bytes_p0", cost.bytes_p0), ("rounds", cost.rounds)):
+            rel = abs(predicted - row[key]) / row[key]
+            deviations.append((rel, key, row["protocol"], row["variant"], row["primitive"], row["n"],
+                               row[key], predicted))
+    deviations.sort(reverse=True)
+    print("\nworst deviations (rel, quantity, protocol, variant, primitive, n, measured, predicted):")
+    for dev in deviations[:12]:
+        print(f"  {dev[0]:6.1%} {dev[1]:9} {dev[2]:15} {dev[3]:4} {dev[4]:13} {dev[5]:6} {dev[6]:12.6g} {dev[7]:12.6g}")
+    failing = [d for d in deviations if d[0] > TOLERANCE]
+    assert not failing, f"{len(failing)} of {len(deviations)} figures off by more than 25%: {failing[:5]}"
+
+
+def test_costs_add_and_setup_is_paid_once_per_primitive():
+    one = step_cost(Step("mul", 100), "semi2k")
+    two = one + one
+    assert two.online_rounds == 2 * one.online_rounds
+    assert two.variable_bytes_all == pytest.approx(2 * one.variable_bytes_all)
+    assert two.setup_rounds == one.setup_rounds  # the first preprocessing batch is shared
+    assert sum([one, one]) == two
+    mixed = one + step_cost(Step("trunc", 100), "semi2k")
+    assert mixed.setup_rounds > one.setup_rounds  # different correlated randomness: both setups
+
+
+def test_budget_chunks_rounds_and_large_budget_flattens_them():
+    small, large = CostProfile(budget=1000), CostProfile(budget=100000)
+    assert step_cost(Step("ltz", 65536), small).rounds == 8 * 66  # measured rep3: 528
+    assert step_cost(Step("ltz", 65536), large).rounds == 8
+    # instances multiply the volume of the one vectorised call
+    assert step_cost(Step("ltz", 1000, instances=4), large).bytes_all == pytest.approx(
+        step_cost(Step("ltz", 4000), large).bytes_all)
+
+
+def test_semi2k_matmul_pays_per_scalar_product():
+    cost = step_cost(Step("matmul", 65 * 65, (65, 64, 65)), "semi2k")
+    assert cost.bytes_all / (65 * 64 * 65) == pytest.approx(3140, rel=0.1)
+    rep3 = step_cost(Step("matmul", 65 * 65, (65, 64, 65)), "replicated-ring")
+    assert rep3.bytes_all / (65 * 65) == pytest.approx(56, rel=0.1)
+
+
+def test_latency_uses_rounds_rtt_and_bandwidth():
+    cost = step_cost(Step("ltz", 1), "replicated-ring")
+    assert cost.latency("wan") - cost.latency("lan") == pytest.approx(
+        cost.rounds * (0.040 - 0.0005) + cost.bytes_all * 8 * (1 / 100e6 - 1 / 1e9))
+
+
+def test_report_rows_totals_table_and_json():
+    report = estimate_steps([("layer0.attn", "attention", [Step("matmul", 65 * 65, (65, 16, 65)), Step("relu", 4225)]),
+                             ("layer0.mlp", "gelu", [Step("gelu:poly", 8320)])], CostProfile())
+    assert [r.name for r in report.rows] == ["layer0.attn", "layer0.mlp"]
+    assert report.total.bytes_all == pytest.approx(sum(r.cost.bytes_all for r in report.rows), rel=0.01)
+    assert "TOTAL" in report.table() and "layer0.mlp" in report.table()
+    data = json.loads(report.to_json())
+    assert data["nodes"][1]["op"] == "gelu" and data["total"]["latency_wan_s"] > data["total"]["latency_lan_s"]
+
+
+def test_cost_table_orders_head_and_mlp_kinds():
+    table = cost_table(depth=7, heads=4, dim=256, tokens=65, mlp_ratio=2, protocol="replicated-ring", network="lan",
+                       profile=CostProfile(approx={"exp": "limit", "reciprocal": "newton", "rowmax": "tree",
+                                                   "gelu": "poly"}))
+    att, mlp = table["attention"], table["mlp"]
+    assert att["softmax"] > att["relu_softmax"] > att["scaling"] > 0
+    assert mlp["gelu"] > mlp["relu"] > mlp["linear"] > 0
+    assert table["unit"] == "seconds" and table["model"]["tokens"] == 65
+    json.dumps(table)
+
+
+def test_unknown_protocol_and_primitive_are_user_errors():
+    with pytest.raises(CompileError, match="protocol"):
+        step_cost(Step("mul", 1), "spdz2k")
+    with pytest.raises(CompileError, match="primitive"):
+        step_cost(Step("frobnicate", 1), "semi2k")

@@ -238,14 +238,16 @@ def _plain_logits(manifest: dict, x: np.ndarray | None, reference: Reference | N
 
 
 def onnx_logits(onnx_path: Path, x: np.ndarray) -> np.ndarray:
-    """The float model's logits on `x`, one image at a time when the ONNX input has a fixed batch of 1."""
+    """The float model's logits on `x`, fed in chunks of the ONNX input's batch when it is fixed."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     spec = session.get_inputs()[0]
-    if spec.shape and spec.shape[0] == 1:
-        return np.concatenate([session.run(None, {spec.name: x[i:i + 1]})[0] for i in range(len(x))])
-    return session.run(None, {spec.name: x})[0]
+    x = np.asarray(x, dtype=np.float32)
+    if not spec.shape or not isinstance(spec.shape[0], int):
+        return session.run(None, {spec.name: x})[0]
+    return np.concatenate([session.run(None, {spec.name: chunk})[0]
+                           for chunk in _batches(x, spec.shape[0])])[: len(x)]
 
 
 def compare_logits(mpc: np.ndarray, plain: np.ndarray | None, labels: np.ndarray | None) -> dict[str, Any]:

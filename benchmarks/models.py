@@ -1,0 +1,95 @@
+"""Benchmark models built deterministically (seeded weights, no training), exported to ONNX with a fixed batch.
+
+Attention configurations: `softmax`, `relu_softmax`, `scaling` (every head that kind) or `mu<μ>` (MPCViT: the top-μ
+fraction of heads by a seeded random α keep ReLU-softmax, the rest use scaling attention — what the search's
+binarisation does with a trained α). MLP: `gelu`, or `mpcvit+` (the top half of layers by a seeded gate keep the GeLU
+MLP, the rest become linear, as MPCViT+).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from compiler.errors import UserError
+from mpcvit.config import ModelConfig
+from mpcvit.export.onnx_export import OPSET, export_metadata
+from mpcvit.models.registry import create, model_config
+from mpcvit.search.binarize import contiguous_kinds, top_fraction
+
+ATTENTION_CONFIGS = ("softmax", "relu_softmax", "scaling", "mu0.1", "mu0.3", "mu0.5", "mu0.7")
+MLP_CONFIGS = ("gelu", "mpcvit+")
+# input normalisation recorded in the metadata (digits statistics; random-weight models only need *some* values)
+DATASETS = {"digits": {"name": "digits", "mean": [0.3], "std": [0.4]},
+            "cifar10": {"name": "cifar10", "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616]},
+            "tiny-imagenet": {"name": "tiny-imagenet", "mean": [0.48, 0.448, 0.398], "std": [0.277, 0.269, 0.282]}}
+MODEL_DATASET = {"vit_7_4_32": "cifar10", "vit_9_12_64": "tiny-imagenet", "vit_2_4_32": "cifar10"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model: str              # a registered config name (mpcvit.models.registry.MODEL_CONFIGS)
+    attention: str = "softmax"
+    mlp: str = "gelu"
+    seed: int = 0
+    overrides: tuple[tuple[str, object], ...] = ()  # e.g. (("heads", 2), ("depth", 1))
+
+    @property
+    def key(self) -> str:
+        extra = "".join(f"_{k}{v}" for k, v in self.overrides)
+        return f"{self.model}{extra}/{self.attention}/{self.mlp}"
+
+
+def head_kinds(depth: int, heads: int, attention: str, seed: int) -> list[list[str]]:
+    if attention in ("softmax", "relu_softmax", "scaling"):
+        return [[attention] * heads for _ in range(depth)]
+    if not attention.startswith("mu"):
+        raise UserError(f"attention config {attention!r}: use one of {', '.join(ATTENTION_CONFIGS)} (or mu<fraction>)")
+    alpha = np.random.default_rng(seed).uniform(size=(depth, heads))
+    keep = top_fraction(alpha, float(attention[2:]))
+    return contiguous_kinds(np.where(keep, "relu_softmax", "scaling").tolist())
+
+
+def mlp_kinds(depth: int, mlp: str, seed: int) -> list[str]:
+    if mlp == "gelu":
+        return ["gelu"] * depth
+    if mlp != "mpcvit+":
+        raise UserError(f"MLP config {mlp!r}: use one of {', '.join(MLP_CONFIGS)}")
+    gates = np.random.default_rng(seed + 1).uniform(size=depth)
+    return ["gelu" if keep else "linear" for keep in top_fraction(gates, 0.5)]
+
+
+def model_cfg(spec: ModelSpec) -> ModelConfig:
+    base = model_config(spec.model, **dict(spec.overrides))
+    return base.replace(head_kinds=head_kinds(base.depth, base.heads, spec.attention, spec.seed),
+                        mlp_kinds=mlp_kinds(base.depth, spec.mlp, spec.seed))
+
+
+def export_spec(spec: ModelSpec, path: Path, batch: int = 1, state_dict: dict | None = None) -> Path:
+    """Seeded (or given) weights exported with a fixed batch `batch` and the DESIGN.md metadata."""
+    cfg = model_cfg(spec)
+    torch.manual_seed(spec.seed)
+    model = create(cfg).eval()
+    if state_dict is not None:
+        model.load_state_dict(state_dict, strict=False)
+    sample = torch.randn((batch, cfg.in_chans, cfg.img_size, cfg.img_size), generator=torch.Generator().manual_seed(0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:  # the dynamo exporter prints progress; keep benchmark output readable
+        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            torch.onnx.export(model, (sample,), str(path), dynamo=True, opset_version=OPSET, external_data=False,
+                              input_names=["image"], output_names=["logits"], verbose=False)
+    finally:
+        quiet.setLevel(level)
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, export_metadata(model, DATASETS[MODEL_DATASET.get(spec.model, "digits")]))
+    onnx.save(proto, str(path))
+    return path

@@ -169,11 +169,12 @@ def tiny_mpcvit(out_dir: Path, kinds: tuple[tuple[str, ...], ...], mlp_kinds: tu
 
 
 def onnx_graph(path: Path, nodes: list[onnx.NodeProto], input_shape: Sequence[int | str], output: str,
-               initializers: Sequence[np.ndarray | tuple[str, np.ndarray]] = (), opset: int = 17) -> Path:
+               output_shape: Sequence[int | str], initializers: Sequence[tuple[str, np.ndarray]] = (),
+               opset: int = 17) -> Path:
     """A one-input ONNX model of ``nodes`` (input ``x``, output ``output``); initializers as (name, array)."""
     inits = [onnx.numpy_helper.from_array(array, name) for name, array in initializers]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))],
-                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], inits)
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, list(output_shape))], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     onnx.save(model, str(path))
     return path

@@ -1,0 +1,121 @@
+"""Backend: a lowered program -> ``OUT/<name>.mpc``, input files, ``manifest.json`` and ``run.sh``, atomically."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.backend.inputs import client_values, per_image_layout, quantised_text, write_client_input, write_text
+from compiler.backend.manifest import Manifest, parse_metadata
+from compiler.backend.render import OUTPUT_MARKER, client_tensor, render_program
+from compiler.errors import UserError
+from compiler.lowering.plans import Program
+
+__all__ = ["Manifest", "emit", "write_client_input", "OUTPUT_MARKER"]
+
+
+def _sha256(path: str | Path | None) -> str | None:
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _expected(program: Program) -> dict[str, Any]:
+    from compiler.cost import estimate
+
+    report = estimate(program)
+    total = report.total
+    return {**total.as_dict(), "latency_lan_s": report.latency("lan"), "latency_wan_s": report.latency("wan"),
+            "time_s": report.latency("lan"),
+            "by_op": {op: c.as_dict() for op, c in report.by_op().items()}}
+
+
+def run_script(manifest: Manifest) -> str:
+    return (
+        "#!/usr/bin/env bash\n"
+        f"# Compile and run {manifest.name} under {manifest.protocol} in a built MP-SPDZ tree ($MP_SPDZ_HOME);\n"
+        f"# party 1 (the client) prints the revealed {manifest.reveal}: lines '{manifest.output_marker} <image> ...'.\n"
+        "set -euo pipefail\n"
+        'HERE="$(cd "$(dirname "$0")" && pwd)"\n'
+        'cd "${MP_SPDZ_HOME:?set MP_SPDZ_HOME to a built MP-SPDZ}"\n'
+        f'cp "$HERE/{manifest.name}.mpc" Programs/Source/ && {manifest.compile_command} && '
+        f'{manifest.run_command} -IF "$HERE/Player-Data/Input" -OF . && grep "^{manifest.output_marker} " '
+        f"logs/{manifest.name}-1\n"
+    )
+
+
+def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None = None,
+         client_images: np.ndarray | None = None, template_set: str | None = None) -> Manifest:
+    """Write the compiled program to ``out_dir`` (replaced as a whole, or left untouched on failure)."""
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {str(out)!r} exists and is not a directory; choose another output directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    graph, profile = program.graph, program.profile
+    source = Path(onnx_path).name if onnx_path else "an IR graph"
+    text, weights, client_name = render_program(program, source, template_set)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / f"{program.name}.mpc").write_text(text)
+        weight_hash = write_text(tmp / "Player-Data" / "Input-P0-0",
+                                 quantised_text([w.data for w in weights], profile.fx))
+        input_value = graph.values[graph.inputs[0]]
+        layout = per_image_layout(client_tensor(graph)[1], program.batch, input_value.size // program.batch)
+        images = np.zeros(input_value.shape) if client_images is None else client_images
+        write_text(tmp / "Player-Data" / "Input-P1-0",
+                   quantised_text([client_values(images, input_value.shape, layout)], profile.fx))
+        output_value = graph.values[graph.outputs[0]]
+        manifest = Manifest(
+            name=program.name, protocol=profile.protocol, mpspdz_protocol=profile.mpspdz_protocol,
+            binary=profile.binary, script=profile.script, n_parties=profile.n_parties,
+            compile_flags=profile.compile_flags, compile_command=profile.compile_command(program.name),
+            run_command=profile.run_command(program.name), f=profile.f, k=profile.k, ring_bits=profile.ring_bits,
+            truncation=profile.trunc, batch=program.batch, reveal=program.reveal, output_marker=OUTPUT_MARKER,
+            input_name=input_value.name, input_shape=list(input_value.shape), client_tensor=client_name,
+            client_shape=list(graph.values[client_name].shape),
+            client_layout=layout,
+            output_shape=[program.batch, 1] if program.reveal == "argmax" else list(output_value.shape),
+            weights=[{"name": w.name, "shape": list(w.data.shape)} for w in weights],
+            weight_sha256=weight_hash, model=str(graph.metadata.get("mpcvit.model", program.name)),
+            onnx={"path": str(onnx_path) if onnx_path else None, "sha256": _sha256(onnx_path),
+                  "metadata": dict(graph.metadata)},
+            approximations={p.node.name: {role: f"{u.label} {u.kwargs}" if u.params else u.label
+                                          for role, u in p.approx.items()}
+                            for p in program.node_plans if p.approx},
+            approx_justification=profile.justification, expected=_expected(program),
+            op_counts=graph.op_counts(), model_config=parse_metadata(graph.metadata), template_set=template_set,
+            warnings=list(program.warnings), directory=out)
+        (tmp / "manifest.json").write_text(manifest.to_json())
+        script = tmp / "run.sh"
+        script.write_text(run_script(manifest))
+        script.chmod(0o755)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move ``new`` to ``out``; an existing ``out`` is swapped away first and deleted after."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.rename(out, old / "previous")
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(old / "previous", out)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,77 @@
+"""MP-SPDZ input files: the weights of party 0 and the image(s) of party 1 (text, whitespace-separated decimals).
+
+Values are written already quantised to f fractional bits (k/2^f has an exact, round-tripping decimal), so that
+MP-SPDZ's conversion to fixed point reproduces exactly the integers of the reference executor.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import UserError
+from compiler.fixedpoint import FixedPoint
+
+
+def quantised_text(values: list[np.ndarray], fx: FixedPoint) -> str:
+    """Whitespace-separated decimals of round(v·2^f)/2^f, row-major, one tensor after another."""
+    if not values:
+        return ""
+    flat = np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in values])
+    exact = fx.decode(fx.encode(flat))
+    return " ".join(map(repr, exact.tolist())) + "\n"
+
+
+def write_text(path: Path, text: str) -> str:
+    """Write and return the sha256 of the bytes written."""
+    data = text.encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def per_image_layout(index: np.ndarray | None, batch: int, image_size: int) -> list[int] | None:
+    """The client's layout of ONE image, when the batch layout repeats it image after image."""
+    if index is None:
+        return None
+    rows = np.asarray(index, dtype=np.int64).reshape(batch, -1)
+    one = rows[0]
+    if not np.array_equal(rows, one[None] + image_size * np.arange(batch)[:, None]):
+        raise UserError("the input layout mixes images of the batch; export the model with a per-image patch "
+                        "embedding")
+    return one.tolist()
+
+
+def client_values(images: np.ndarray, image_shape: tuple[int, ...], layout: list[int] | None) -> np.ndarray:
+    """The batch of model inputs [B, ...] as party 1 inputs it: each image laid out patch-wise (im2col)."""
+    images = np.asarray(images, dtype=np.float64)
+    if images.shape == tuple(image_shape[1:]):
+        images = images[None]
+    if images.shape != tuple(image_shape):
+        raise UserError(f"images have shape {images.shape}; the program was compiled for {tuple(image_shape)} "
+                        f"(recompile with --batch {images.shape[0] if images.ndim == len(image_shape) else 1})")
+    flat = images.reshape(images.shape[0], -1)
+    return flat.reshape(-1) if layout is None else flat[:, np.asarray(layout, dtype=np.int64)].reshape(-1)
+
+
+def write_client_input(manifest: Any, images: np.ndarray, path: str | Path | None = None) -> Path:
+    """Write ``images`` (the model's input tensor, normalised, [B, C, H, W]) as party 1's input file.
+
+    ``manifest``: a :class:`~compiler.backend.manifest.Manifest`, its dict (manifest.json loaded), or the
+    directory / manifest.json of a compiled program. ``path`` defaults to ``<dir>/Player-Data/Input-P1-0``.
+    """
+    from compiler.backend.manifest import Manifest
+
+    directory = None
+    if isinstance(manifest, (str, Path)):
+        manifest = Manifest.load(manifest)
+    if isinstance(manifest, Manifest):
+        directory, manifest = manifest.directory, manifest.as_dict()
+    if path is None and directory is None:
+        raise UserError("write_client_input: give the output path (the manifest does not say where it lives)")
+    values = client_values(images, tuple(manifest["input_shape"]), manifest.get("client_layout"))
+    target = Path(path) if path is not None else Path(directory) / "Player-Data" / "Input-P1-0"
+    write_text(target, quantised_text([values], FixedPoint(int(manifest["f"]), int(manifest["k"]))))
+    return target

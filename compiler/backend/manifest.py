@@ -1,0 +1,79 @@
+"""``manifest.json``: everything the runtime and a reader need to run and trust a compiled program."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compiler.errors import UserError
+
+
+
+@dataclass
+class Manifest:
+    name: str
+    protocol: str
+    mpspdz_protocol: str
+    binary: str
+    script: str
+    n_parties: int
+    compile_flags: list[str]
+    compile_command: str
+    run_command: str
+    f: int
+    k: int
+    ring_bits: int
+    truncation: str
+    batch: int
+    reveal: str
+    output_marker: str
+    input_name: str
+    input_shape: list[int]
+    client_tensor: str
+    client_shape: list[int]
+    client_layout: list[int] | None  # per image: positions in the flattened image, in party 1's input order
+    output_shape: list[int]
+    weights: list[dict[str, Any]]  # name, shape, in Input-P0-0 order
+    weight_sha256: str
+    model: str
+    onnx: dict[str, Any]  # path, sha256, metadata (the raw metadata_props strings)
+    approximations: dict[str, dict[str, Any]]  # node -> {role: op:choice (params)}
+    approx_justification: dict[str, Any]
+    expected: dict[str, Any]  # cost estimate totals
+    op_counts: dict[str, int]
+    model_config: dict[str, Any]  # the ONNX metadata with JSON values decoded (config, head kinds, dataset…)
+    template_set: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    directory: Path = field(default=Path("."), repr=False, compare=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=1, default=str)
+
+    @classmethod
+    def load(cls, where: str | Path) -> "Manifest":
+        path = Path(where)
+        path = path / "manifest.json" if path.is_dir() else path
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data, directory=path.parent)
+        except FileNotFoundError:
+            raise UserError(f"manifest {str(path)!r} not found; compile the model first (mpcvit-compile)") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise UserError(f"manifest {str(path)!r} is not an mpcvit manifest ({exc}); recompile the model") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("directory")
+        return data
+
+
+def parse_metadata(metadata: dict[str, str]) -> dict[str, Any]:
+    """ONNX metadata_props with the JSON values decoded."""
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        try:
+            out[key] = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            out[key] = value
+    return out

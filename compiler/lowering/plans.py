@@ -1,0 +1,221 @@
+"""Per-node plans and approximation choices; see :mod:`compiler.lowering`."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compiler.approx import REGISTRY
+from compiler.cost.primitives import Step
+from compiler.errors import CompileError
+from compiler.ir import Graph, Node
+from compiler.lowering.profiles import Profile
+
+# Node kinds the templates and the reference executor implement.
+SUPPORTED_OPS = ("input", "linear", "layout", "add", "sub", "scale", "layernorm", "attention", "gelu", "relu",
+                 "output")
+
+
+@dataclass(frozen=True)
+class ApproxUse:
+    """One call site's approximation: op, choice and compile-time params (a reciprocal's range, …)."""
+
+    op: str
+    choice: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def fn_name(self) -> str:
+        """The MP-SPDZ function defined once in the prelude for this (op, choice, params)."""
+        tag = hashlib.sha1(json.dumps(self.params, default=str).encode()).hexdigest()[:6] if self.params else ""
+        return f"{self.op}_{self.choice}".replace("-", "_") + (f"_{tag}" if tag else "")
+
+    @property
+    def label(self) -> str:
+        return f"{self.op}:{self.choice}"
+
+
+@dataclass
+class NodePlan:
+    node: Node
+    approx: dict[str, ApproxUse] = field(default_factory=dict)  # role in the node ("softmax.exp") -> use
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Program:
+    graph: Graph
+    profile: Profile
+    node_plans: list[NodePlan]
+    name: str = "mpcvit"
+    reveal: str = "logits"  # or "argmax"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def plans(self) -> dict[str, list[Step]]:
+        """Node name -> plan steps (what :func:`compiler.cost.estimate` prices)."""
+        return {p.node.name: p.steps for p in self.node_plans}
+
+    @property
+    def batch(self) -> int:
+        return self.graph.values[self.graph.inputs[0]].shape[0]
+
+    def approx_uses(self) -> list[ApproxUse]:
+        """Every distinct approximation call site, in first-use order (the prelude defines each once)."""
+        seen: dict[str, ApproxUse] = {}
+        for p in self.node_plans:
+            for use in p.approx.values():
+                seen.setdefault(use.fn_name, use)
+        return list(seen.values())
+
+
+def _use(profile: Profile, op: str, **params: Any) -> ApproxUse:
+    if op not in profile.approx:
+        raise CompileError(f"profile {profile.protocol} has no approximation for {op!r}; the approximation "
+                           f"registry lacks it (compiler.approx)")
+    return ApproxUse(op, profile.approx[op], tuple(sorted(params.items())))
+
+
+def _approx_steps(use: ApproxUse, n: int, profile: Profile) -> list[Step]:
+    """The approximation's own steps at this call site's params (a built-in is one fitted step)."""
+    approx = REGISTRY[use.op][use.choice]
+    return list(approx.steps(int(n), profile, **approx.with_params(use.kwargs)))
+
+
+def _param_inputs(node: Node, graph: Graph) -> list[Step]:
+    return [Step("input", graph.values[v].size, party=0) for v in node.inputs if graph.values[v].role == "param"]
+
+
+def attention_groups(node: Node) -> dict[str, list[int]]:
+    """Head indices per kind, kinds in HEAD_KINDS order."""
+    groups: dict[str, list[int]] = {}
+    for h, head in enumerate(node.attrs["heads"]):
+        groups.setdefault(head["kind"], []).append(h)
+    return groups
+
+
+def relu_softmax_eps(node: Node, profile: Profile) -> tuple[int, bool]:
+    """ε in fixed point, at least 1 LSB; and whether the model's ε had to be raised to that."""
+    eps = float(node.attrs.get("eps", 0.0) or 0.0)
+    eps_int = int(round(eps * 2 ** profile.f))
+    return max(eps_int, 1), eps_int < 1
+
+
+def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
+    batch, tokens = graph.values[node.inputs[0]].shape[:2]
+    d = int(node.attrs["head_dim"])
+    heads = len(node.attrs["heads"])
+    lsb = 2.0 ** -profile.f
+    p.steps.append(Step("matmul", tokens * tokens, (tokens, d, tokens), instances=heads * batch))
+    if float(node.attrs.get("scale", 1.0)) != 1.0:
+        p.steps.append(Step("trunc", heads * batch * tokens * tokens))
+    score_max = 2.0 ** (profile.k - profile.f - 1)
+    for kind, members in attention_groups(node).items():
+        rows = len(members) * batch * tokens
+        n = rows * tokens
+        if kind == "softmax":
+            rowmax = p.approx["softmax.rowmax"] = _use(profile, "rowmax", cols=tokens)
+            exp = p.approx["softmax.exp"] = _use(profile, "exp")
+            rec = p.approx["softmax.reciprocal"] = _use(profile, "reciprocal", lo=1.0, hi=float(tokens))
+            p.steps += [*_approx_steps(rowmax, n, profile), *_approx_steps(exp, n, profile),
+                        *_approx_steps(rec, rows, profile), Step("mul", n)]
+        elif kind == "relu_softmax":
+            eps_int, raised = relu_softmax_eps(node, profile)
+            if raised:
+                p.notes.append(f"relu_softmax eps={node.attrs.get('eps')} rounds to 0 at f={profile.f}; "
+                               f"using 1 LSB = {lsb:g}")
+            # range [ε, N·S_max], capped by the comparison range that the row sum must respect anyway
+            rec = p.approx["relu_softmax.reciprocal"] = _use(profile, "reciprocal", lo=eps_int * lsb,
+                                                             hi=min(float(tokens) * score_max, score_max))
+            p.steps += [Step("relu", n), *_approx_steps(rec, rows, profile), Step("mul", n)]
+        elif kind == "scaling":
+            p.steps.append(Step("trunc", n))
+        else:
+            raise CompileError(f"attention node {node.name!r}: head kind {kind!r} is not one of "
+                               f"softmax, relu_softmax, scaling")
+    p.steps.append(Step("matmul", tokens * d, (tokens, tokens, d), instances=heads * batch))
+
+
+def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
+    shape = graph.values[node.inputs[0]].shape
+    cols = shape[-1]
+    rows = int(np.prod(shape[:-1]))
+    rsqrt = p.approx["rsqrt"] = _use(profile, "rsqrt")
+    # mean (public 1/C), centred square, variance (1/C), rsqrt, (x-mean)*gamma in parallel, times rsqrt
+    p.steps += [Step("trunc", rows), Step("mul", rows * cols), Step("trunc", rows),
+                *_approx_steps(rsqrt, rows, profile),
+                Step("mul", rows * cols), Step("mul", rows * cols)]
+
+
+def _output(node: Node, graph: Graph, profile: Profile, reveal: str, p: NodePlan) -> None:
+    shape = graph.values[node.inputs[0]].shape
+    if reveal == "argmax":
+        batch, classes = int(np.prod(shape[:-1])), shape[-1]
+        width = classes
+        while width > 1:  # tree argmax: per level one comparison and two selections
+            half = width // 2
+            p.steps += [Step("ltz", batch * half), Step("mul", 2 * batch * half)]
+            width -= half
+        p.steps.append(Step("reveal", batch))
+    else:
+        p.steps.append(Step("reveal", int(np.prod(shape))))
+
+
+def plan(node: Node, profile: Profile, graph: Graph, reveal: str = "logits") -> NodePlan:
+    """The approximations and ordered vectorised MP-SPDZ calls of one node."""
+    if node.op not in SUPPORTED_OPS:
+        raise CompileError(f"node {node.name or node.outputs[0]!r}: op {node.op!r} is not supported by the MPC "
+                           f"backend (supported: {', '.join(SUPPORTED_OPS)}); it matched no ViT pattern")
+    p = NodePlan(node)
+    out = graph.values[(node.outputs or node.inputs)[0]]
+    p.steps += _param_inputs(node, graph)
+    if node.op == "input":
+        p.steps.append(Step("input", out.size, party=1))
+    elif node.op == "linear":
+        x_shape = graph.values[node.inputs[0]].shape
+        rows, k, cols = int(np.prod(x_shape[:-1])), x_shape[-1], out.shape[-1]
+        p.steps.append(Step("matmul", rows * cols, (rows, k, cols)))
+    elif node.op == "scale":
+        p.steps.append(Step("trunc", out.size))
+    elif node.op == "relu":
+        p.steps.append(Step("relu", out.size))
+    elif node.op == "gelu":
+        use = p.approx["gelu"] = _use(profile, "gelu")
+        p.steps += _approx_steps(use, out.size, profile)
+    elif node.op == "layernorm":
+        _layernorm(node, graph, profile, p)
+    elif node.op == "attention":
+        _attention(node, graph, profile, p)
+    elif node.op == "output":
+        _output(node, graph, profile, reveal, p)
+    return p
+
+
+def lower(graph: Graph, profile: Profile, name: str = "mpcvit", reveal: str = "logits") -> Program:
+    """Choose the approximations and the plan of every node; reject ops the backend cannot run."""
+    if reveal not in ("logits", "argmax"):
+        raise CompileError(f"--reveal {reveal!r} is unknown; choose logits or argmax")
+    if len(graph.inputs) != 1:
+        raise CompileError(f"the model has {len(graph.inputs)} inputs {graph.inputs}; expected one image input")
+    _name_nodes(graph)
+    plans = [plan(node, profile, graph, reveal) for node in graph.nodes]
+    warnings = [f"{p.node.name or p.node.op}: {note}" for p in plans for note in p.notes]
+    safe = "".join(c if c.isalnum() else "_" for c in name) or "mpcvit"
+    return Program(graph, profile, plans, safe, reveal, warnings)
+
+
+def _name_nodes(graph: Graph) -> None:
+    """Give every node a unique name (cost reports and per-layer errors are keyed by it)."""
+    seen: set[str] = set()
+    for i, node in enumerate(graph.nodes):
+        if not node.name or node.name in seen:
+            node.name = f"{node.name or node.op}_{i}"
+        seen.add(node.name)

@@ -1,0 +1,176 @@
+"""Protocol profiles: ONE config object per MP-SPDZ protocol (like SecretFlow SPU's runtime config).
+
+A :class:`Profile` names everything that depends on the protocol: the MP-SPDZ ``-E`` name, party binary and
+script, number of parties, ring size, fixed-point precision, truncation, compile flags, and the approximation
+chosen for each non-linear op. The default approximation per op is the cheapest candidate (by the cost model,
+on this protocol) whose error bound meets the accuracy asked; ``justification`` keeps every candidate's cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from compiler.errors import UserError
+from compiler.fixedpoint import FixedPoint
+
+APPROX_OPS = ("exp", "reciprocal", "rowmax", "gelu", "rsqrt")
+# Largest tolerated max_abs_error per op when choosing automatically (a ViT's logits tolerate ~1e-2 per layer).
+DEFAULT_ACCURACY = {"exp": 0.01, "reciprocal": 0.01, "rowmax": 0.0, "gelu": 0.02, "rsqrt": 0.05}
+# Vector length the candidates are priced at: a typical attention/MLP call.
+PRICING_N = 65 * 65 * 4
+RANK_NETWORK = "lan"  # candidates are ranked by their estimated latency on this network
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    name: str  # our flag value
+    mpspdz: str  # `compile.py -E <mpspdz>`
+    binary: str
+    script: str
+    n_parties: int
+    dealer: int | None  # party index of the dealer, which holds no input
+    trunc: str  # MP-SPDZ truncation of sfix products under this protocol
+
+
+PROTOCOLS: dict[str, ProtocolSpec] = {
+    "semi2k": ProtocolSpec("semi2k", "semi2k", "semi2k-party.x", "Scripts/semi2k.sh", 2, None, "exact"),
+    "dealer": ProtocolSpec("dealer", "dealer-ring", "dealer-ring-party.x", "Scripts/dealer-ring.sh", 3, 2, "exact"),
+    "replicated-ring": ProtocolSpec("replicated-ring", "replicated-ring", "replicated-ring-party.x",
+                                    "Scripts/ring.sh", 3, None, "probabilistic"),
+}
+ALIASES = {"dealer-ring": "dealer", "rep3-ring": "replicated-ring", "ring": "replicated-ring"}
+RING_BITS = 64
+DEFAULT_F = 16
+DEFAULT_K = 31
+LOOP_BUDGET = 100000  # `-b`: vectorised calls are not cut into 1000-element chunks, so rounds don't grow with n
+# `-M` (preserve memory order): the templates gather/scatter through regint address vectors, whose order
+# MP-SPDZ's scheduler otherwise does not track ("Order of memory instructions not preserved, errors possible").
+
+
+@dataclass(frozen=True)
+class Profile:
+    spec: ProtocolSpec
+    f: int = DEFAULT_F
+    k: int = DEFAULT_K
+    ring_bits: int = RING_BITS
+    approx: dict[str, str] = field(default_factory=dict)  # op -> choice
+    justification: dict[str, dict[str, Any]] = field(default_factory=dict)  # op -> {choice: cost, chosen}
+    batch: int = 1000  # run-time preprocessing batch (MP-SPDZ's default), read by the cost model
+
+    @property
+    def budget(self) -> int:
+        return LOOP_BUDGET
+
+    @property
+    def protocol(self) -> str:
+        return self.spec.name
+
+    @property
+    def mpspdz_protocol(self) -> str:
+        return self.spec.mpspdz
+
+    @property
+    def binary(self) -> str:
+        return self.spec.binary
+
+    @property
+    def script(self) -> str:
+        return self.spec.script
+
+    @property
+    def n_parties(self) -> int:
+        return self.spec.n_parties
+
+    @property
+    def trunc(self) -> str:
+        return self.spec.trunc
+
+    @property
+    def fx(self) -> FixedPoint:
+        return FixedPoint(self.f, self.k)
+
+    @property
+    def compile_flags(self) -> list[str]:
+        return ["-E", self.spec.mpspdz, "-R", str(self.ring_bits), "-b", str(LOOP_BUDGET), "-M"]
+
+    def compile_command(self, program: str) -> str:
+        return " ".join(["./compile.py", *self.compile_flags, program])
+
+    def run_command(self, program: str) -> str:
+        return f"{self.spec.script} {program}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "mpspdz_protocol": self.mpspdz_protocol, "binary": self.binary,
+                "script": self.script, "n_parties": self.n_parties, "dealer": self.spec.dealer,
+                "ring_bits": self.ring_bits, "f": self.f, "k": self.k, "truncation": self.trunc,
+                "compile_flags": self.compile_flags, "approx": dict(self.approx)}
+
+
+def protocol_spec(protocol: str) -> ProtocolSpec:
+    name = ALIASES.get(protocol, protocol)
+    if name not in PROTOCOLS:
+        raise UserError(f"--protocol {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def _registry() -> dict[str, dict[str, Any]]:
+    from compiler.approx import REGISTRY
+
+    return REGISTRY
+
+
+def choose_approximations(profile: Profile, accuracy: dict[str, float] | None = None
+                          ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Per op, the cheapest candidate on this protocol whose error bound meets the accuracy; with every cost."""
+    accuracy = {**DEFAULT_ACCURACY, **(accuracy or {})}
+    chosen: dict[str, str] = {}
+    why: dict[str, dict[str, Any]] = {}
+    for op in APPROX_OPS:
+        candidates = _registry().get(op, {})
+        table: dict[str, Any] = {}
+        for choice, approx in sorted(candidates.items()):
+            cost = approx.cost(PRICING_N, profile)
+            table[choice] = {"bytes_all": int(cost.bytes_all), "rounds": int(cost.rounds),
+                             "max_abs_error": float(approx.max_abs_error),
+                             "lan_s": round(cost.latency(RANK_NETWORK), 6),
+                             "accurate_enough": bool(approx.max_abs_error <= accuracy[op])}
+        if not table:
+            continue
+        eligible = [c for c in table if table[c]["accurate_enough"]] or \
+            [min(table, key=lambda c: table[c]["max_abs_error"])]
+        chosen[op] = min(eligible, key=lambda c: (table[c]["lan_s"], table[c]["max_abs_error"]))
+        why[op] = {"n": PRICING_N, "tolerance": accuracy[op], "chosen": chosen[op], "candidates": table}
+    return chosen, why
+
+
+def get_profile(protocol: str, frac_bits: int | None = None, approx: dict[str, str] | None = None,
+                accuracy: dict[str, float] | None = None) -> Profile:
+    """The profile of ``protocol`` with ``frac_bits`` (default 16) and approximation overrides ``{op: choice}``."""
+    spec = protocol_spec(protocol)
+    f = DEFAULT_F if frac_bits is None else int(frac_bits)
+    if not 0 < f < DEFAULT_K - 1:
+        raise UserError(f"--frac-bits {frac_bits} is out of range; use 1..{DEFAULT_K - 2} (k={DEFAULT_K})")
+    base = Profile(spec=spec, f=f)
+    chosen, why = choose_approximations(base, accuracy)
+    registry = _registry()
+    for op, choice in (approx or {}).items():
+        if op not in APPROX_OPS:
+            raise UserError(f"--approx {op}={choice}: unknown op {op!r}; approximated ops: {', '.join(APPROX_OPS)}")
+        if choice not in registry.get(op, {}):
+            raise UserError(f"--approx {op}={choice}: unknown choice; choose one of "
+                            f"{', '.join(sorted(registry.get(op, {})))}")
+        chosen[op] = choice
+        if op in why:
+            why[op] = {**why[op], "chosen": choice, "overridden_by_user": True}
+    return replace(base, approx=chosen, justification=why)
+
+
+def parse_approx_flags(flags: list[str] | None) -> dict[str, str]:
+    """``["gelu=poly", "exp=limit8"]`` -> ``{"gelu": "poly", "exp": "limit8"}`` (the CLI's ``--approx``)."""
+    out: dict[str, str] = {}
+    for flag in flags or []:
+        op, sep, choice = flag.partition("=")
+        if not sep or not op or not choice:
+            raise UserError(f"--approx {flag!r} is malformed; write op=choice, e.g. --approx gelu=poly")
+        out[op.strip()] = choice.strip()
+    return out

@@ -1,0 +1,234 @@
+"""Run a lowered :class:`~compiler.lowering.Program` in int64 fixed point, beside a float64 evaluation.
+
+Every node is computed twice: in fixed point exactly as its template computes it under MPC (the same calls in the
+same order, one truncation per sfix×sfix product or matrix product, public multiplies truncated, approximations
+through their ``reference``), and in float64 with the exact functions from the float inputs. The per-node record
+is the error of the former against the latter: ``mpcvit-compile --check`` prints it per layer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from compiler.approx import REGISTRY
+from compiler.errors import CompileError, UserError
+from compiler.fixedpoint import FixedPoint
+from compiler.ir import Graph, Node
+from compiler.lowering.plans import ApproxUse, NodePlan, Program, attention_groups, relu_softmax_eps
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    op: str
+    output: str
+    shape: tuple[int, ...]
+    max_abs_error: float  # fixed point vs float64
+    max_abs_value: float  # float64 magnitude, to read the error against
+
+    @property
+    def rel_error(self) -> float:
+        return self.max_abs_error / max(self.max_abs_value, 1e-12)
+
+
+@dataclass
+class ExecResult:
+    outputs: dict[str, np.ndarray]  # decoded fixed-point outputs (float64)
+    per_node: list[NodeRecord]
+    float_outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    ints: dict[str, np.ndarray] = field(default_factory=dict)  # every tensor in fixed point
+
+
+def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` of int64 arrays modulo 2^64 (the ring), computed exactly with float64 BLAS on limbs.
+
+    numpy's integer matmul has no BLAS and is ~50× slower. Each operand is split into limbs small enough that
+    every float64 partial product sum stays below 2^53 (exact); the partial results recombine in int64.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    depth = a.shape[-1]
+    bits = (52 - max(1, math.ceil(math.log2(max(depth, 2))))) // 2
+    result: np.ndarray | None = None
+    for i, la in enumerate(_limbs(a, bits)):
+        for j, lb in enumerate(_limbs(b, bits)):
+            shift = bits * (i + j)
+            if shift >= 64:
+                continue
+            part = np.rint(np.matmul(la, lb)).astype(np.int64) * np.int64(1 << shift if shift < 63 else -(1 << 63))
+            result = part if result is None else result + part
+    assert result is not None
+    return result
+
+
+def _limbs(x: np.ndarray, bits: int) -> list[np.ndarray]:
+    """x = sum_i limb_i · 2^(bits·i); unsigned low limbs, signed top limb; as float64."""
+    top = int(np.max(np.abs(x))) if x.size else 0
+    count = max(1, math.ceil((top.bit_length() + 1) / bits))
+    limbs, rest, mask = [], x, np.int64((1 << bits) - 1)
+    for _ in range(count - 1):
+        limbs.append((rest & mask).astype(np.float64))
+        rest = rest >> np.int64(bits)
+    limbs.append(rest.astype(np.float64))
+    return limbs
+
+
+class _Executor:
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.graph: Graph = program.graph
+        self.fx: FixedPoint = program.profile.fx
+        self.ints: dict[str, np.ndarray] = {}
+        self.floats: dict[str, np.ndarray] = {}
+        for value in self.graph.values.values():
+            if value.role in ("param", "public") and value.data is not None:
+                data = np.asarray(value.data, dtype=np.float64)
+                self.floats[value.name] = data
+                self.ints[value.name] = self.fx.encode(data)
+
+    # --- helpers -------------------------------------------------------------------------------------------
+    def approx(self, use: ApproxUse, x_int: np.ndarray, tensor: str) -> np.ndarray:
+        self.fx.check_range(x_int, tensor)
+        return REGISTRY[use.op][use.choice].run(x_int, self.fx, **use.kwargs)
+
+    def exact(self, use: ApproxUse, x: np.ndarray) -> np.ndarray:
+        return np.asarray(REGISTRY[use.op][use.choice].exact(x), dtype=np.float64)
+
+    # --- ops: each returns (fixed-point int64, float64) -----------------------------------------------------
+    def run_node(self, p: NodePlan) -> tuple[np.ndarray, np.ndarray]:
+        node = p.node
+        xi = [self.ints[n] for n in node.inputs]
+        xf = [self.floats[n] for n in node.inputs]
+        op = node.op
+        if op == "linear":
+            w_i, w_f = xi[1], xf[1]
+            yi = self.fx.trunc(exact_int_matmul(xi[0], w_i))
+            yf = xf[0] @ w_f
+            if len(xi) > 2:
+                yi, yf = yi + xi[2], yf + xf[2]
+            return yi, yf
+        if op == "add":
+            return xi[0] + xi[1], xf[0] + xf[1]
+        if op == "sub":
+            return xi[0] - xi[1], xf[0] - xf[1]
+        if op == "scale":
+            factor = float(node.attrs["factor"])
+            return self.fx.mul_public(xi[0], factor), xf[0] * factor
+        if op == "layout":
+            index = np.asarray(node.attrs["index"])
+            return (np.concatenate([a.reshape(-1) for a in xi])[index],
+                    np.concatenate([a.reshape(-1) for a in xf])[index])
+        if op == "relu":
+            self.fx.check_range(xi[0], node.inputs[0])
+            return np.maximum(xi[0], 0), np.maximum(xf[0], 0.0)
+        if op == "gelu":
+            use = p.approx["gelu"]
+            return self.approx(use, xi[0], node.inputs[0]), self.exact(use, xf[0])
+        if op == "layernorm":
+            return self.layernorm(p, xi, xf)
+        if op == "attention":
+            return self.attention(p, xi, xf)
+        if op == "output":
+            return xi[0], xf[0]
+        raise CompileError(f"node {node.name!r}: op {node.op!r} has no reference implementation")
+
+    def layernorm(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        node, fx = p.node, self.fx
+        x, gamma, beta = xi
+        cols = x.shape[-1]
+        eps_int = layernorm_eps_int(node, fx)
+        mean = fx.mul_public(x.sum(-1), 1.0 / cols)
+        diff = x - mean[..., None]
+        var = fx.mul_public(fx.mul(diff, diff).sum(-1), 1.0 / cols) + eps_int
+        inv = self.approx(p.approx["rsqrt"], var, f"{node.outputs[0]} (layernorm variance)")
+        yi = fx.mul(fx.mul(diff, gamma), inv[..., None]) + beta
+        x_f, gamma_f, beta_f = xf
+        mu = x_f.mean(-1, keepdims=True)
+        var_f = ((x_f - mu) ** 2).mean(-1, keepdims=True)
+        yf = (x_f - mu) / np.sqrt(var_f + float(node.attrs.get("eps", 1e-5))) * gamma_f + beta_f
+        return yi, yf
+
+    def attention(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        node, fx = p.node, self.fx
+        heads = node.attrs["heads"]
+        d, scale = int(node.attrs["head_dim"]), float(node.attrs.get("scale", 1.0))
+        batch, tokens = xi[0].shape[:2]
+        name = node.outputs[0]
+
+        def per_head(x: np.ndarray, key: str) -> np.ndarray:  # [H, B, N, d]
+            return np.stack([x[..., np.asarray(h[key])] for h in heads])
+
+        qi, ki, vi = (per_head(xi[j], key) for j, key in enumerate(("q_cols", "k_cols", "v_cols")))
+        qf, kf, vf = (per_head(xf[j], key) for j, key in enumerate(("q_cols", "k_cols", "v_cols")))
+        si = fx.trunc(exact_int_matmul(qi, np.swapaxes(ki, -1, -2)))
+        sf = qf @ np.swapaxes(kf, -1, -2)
+        if scale != 1.0:
+            si, sf = fx.mul_public(si, scale), sf * scale
+        pi = np.empty_like(si)
+        pf = np.empty_like(sf)
+        for kind, members in attention_groups(node).items():
+            s_i, s_f = si[members], sf[members]
+            if kind == "softmax":
+                m = self.approx(p.approx["softmax.rowmax"], s_i.reshape(-1, tokens), f"{name} (softmax scores)")
+                z = s_i - m.reshape(s_i.shape[:-1])[..., None]
+                e = self.approx(p.approx["softmax.exp"], z, f"{name} (softmax exponent)")
+                r = self.approx(p.approx["softmax.reciprocal"], e.sum(-1), f"{name} (softmax row sums)")
+                pi[members] = fx.mul(e, r[..., None])
+                ef = np.exp(s_f - s_f.max(-1, keepdims=True))
+                pf[members] = ef / ef.sum(-1, keepdims=True)
+            elif kind == "relu_softmax":
+                fx.check_range(s_i, f"{name} (relu_softmax scores)")
+                a = np.maximum(s_i, 0)
+                eps_int, _ = relu_softmax_eps(node, self.program.profile)
+                r = self.approx(p.approx["relu_softmax.reciprocal"], a.sum(-1) + eps_int,
+                                f"{name} (relu_softmax row sums)")
+                pi[members] = fx.mul(a, r[..., None])
+                af = np.maximum(s_f, 0.0)
+                pf[members] = af / (af.sum(-1, keepdims=True) + float(node.attrs.get("eps", 0.0) or 0.0))
+            else:  # scaling
+                pi[members] = fx.mul_public(s_i, 1.0 / tokens)
+                pf[members] = s_f / tokens
+        oi = fx.trunc(exact_int_matmul(pi, vi))  # [H, B, N, d]
+        of = pf @ vf
+        return (np.moveaxis(oi, 0, 2).reshape(batch, tokens, len(heads) * d),
+                np.moveaxis(of, 0, 2).reshape(batch, tokens, len(heads) * d))
+
+
+def layernorm_eps_int(node: Node, fx: FixedPoint) -> int:
+    """LayerNorm ε in fixed point, at least 1 LSB so that a constant row does not divide by zero."""
+    return max(1, int(round(float(node.attrs.get("eps", 1e-5)) * fx.scale)))
+
+
+def execute(program: Program, inputs: dict[str, np.ndarray],
+            on_node: Callable[[NodeRecord], None] | None = None) -> ExecResult:
+    """Run ``program`` on float ``inputs`` (keyed by graph input name, IR shapes) in fixed point and float64."""
+    ex = _Executor(program)
+    graph = program.graph
+    for name in graph.inputs:
+        if name not in inputs:
+            raise UserError(f"input {name!r} is missing; the program takes {', '.join(graph.inputs)}")
+        data = np.asarray(inputs[name], dtype=np.float64)
+        want = graph.values[name].shape
+        if data.shape != want:
+            raise UserError(f"input {name!r} has shape {data.shape}; the program was compiled for {want} "
+                            f"(recompile with --batch {data.shape[0]} or lay the image out patch-wise)")
+        ex.floats[name] = data
+        ex.ints[name] = program.profile.fx.encode(data)
+    records: list[NodeRecord] = []
+    for p in program.node_plans:
+        if p.node.op == "input":
+            continue
+        yi, yf = ex.run_node(p)
+        out = (p.node.outputs or p.node.inputs)[0]
+        ex.ints[out], ex.floats[out] = yi, yf
+        err = float(np.max(np.abs(ex.fx.decode(yi) - yf))) if yf.size else 0.0
+        rec = NodeRecord(p.node.name or out, p.node.op, out, tuple(yf.shape), err,
+                         float(np.max(np.abs(yf))) if yf.size else 0.0)
+        records.append(rec)
+        if on_node is not None:
+            on_node(rec)
+    outputs = {n: ex.fx.decode(ex.ints[n]) for n in graph.outputs}
+    return ExecResult(outputs, records, {n: ex.floats[n] for n in graph.outputs}, ex.ints)

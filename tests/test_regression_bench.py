@@ -1,0 +1,60 @@
+"""The CI regression benchmark: its comparison rules, and the real check against benchmarks/baseline.json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import regression
+from benchmarks.regression import compare, table
+
+BASE = {"m/semi2k": {"cost_rounds": 100, "cost_bytes_p0": 5000, "reference_max_error": 1e-4, "compile_s": 0.5,
+                     "real_rounds": 90, "real_time_s": 1.0}}
+
+
+def statuses(current: dict) -> dict[str, str]:
+    return {c.metric: c.status for c in compare(current, BASE)}
+
+
+def test_identical_figures_pass() -> None:
+    assert set(statuses(BASE).values()) == {"ok"}
+
+
+def test_any_growth_of_a_count_fails_and_a_drop_is_an_improvement() -> None:
+    now = {"m/semi2k": {**BASE["m/semi2k"], "cost_rounds": 101, "cost_bytes_p0": 4999}}
+    got = statuses(now)
+    assert got["cost_rounds"] == "REGRESSION" and got["cost_bytes_p0"] == "improved"
+
+
+@pytest.mark.parametrize("metric, value, status", [
+    ("compile_s", 1.49, "ok"), ("compile_s", 1.51, "REGRESSION"),            # times: 3x
+    ("real_time_s", 0.1, "ok"),                                               # faster time: not a change to record
+    ("reference_max_error", 1.25e-4, "ok"), ("reference_max_error", 1.3e-4, "REGRESSION")])
+def test_tolerances(metric: str, value: float, status: str) -> None:
+    assert statuses({"m/semi2k": {**BASE["m/semi2k"], metric: value}})[metric] == status
+
+
+def test_real_runs_missing_here_are_skipped_and_new_entries_flagged() -> None:
+    now = {"m/semi2k": {k: v for k, v in BASE["m/semi2k"].items() if not k.startswith("real_")},
+           "n/dealer": {"cost_rounds": 7}}
+    checks = compare(now, BASE)
+    got = {(c.key, c.metric): c.status for c in checks}
+    assert got[("m/semi2k", "real_rounds")] == "skipped" and got[("n/dealer", "cost_rounds")] == "new"
+    assert not any(c.failed for c in checks)
+    assert table(checks).endswith("no regression")
+
+
+def test_table_counts_regressions() -> None:
+    text = table(compare({"m/semi2k": {**BASE["m/semi2k"], "real_rounds": 91}}, BASE))
+    assert "real_rounds" in text and text.endswith("1 regression(s)")
+
+
+@pytest.mark.slow
+def test_current_compiler_matches_committed_baseline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The CI check itself (with real MP-SPDZ runs when MP_SPDZ_HOME points to a build)."""
+    assert json.loads(regression.BASELINE.read_text()), "benchmarks/baseline.json is empty"
+    code = regression.main([])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "no regression" in out

@@ -103,7 +103,8 @@ class GroupedAttention(nn.Module):
 
     def select(self, t: torch.Tensor, i: int) -> torch.Tensor:
         heads = self.groups[i][1]
-        if self.grouping == "slice":
+        if self.grouping == "slice":  # the kinds' heads must be contiguous
+            assert heads == list(range(heads[0], heads[-1] + 1)), heads
             return t[:, heads[0]:heads[-1] + 1]
         return t.index_select(1, getattr(self, f"index_{i}"))
 

@@ -38,4 +38,6 @@ def run_passes(graph: Graph) -> Graph:
     return graph
 
 
-__all__ = ["run_passes", "PIPELINE"]
+__all__ = ["run_passes", "PIPELINE", "compose_layouts", "fold_layouts_into_linear", "layout_into_input",
+           "fuse_attention", "merge_attention", "fold_attention_scale", "fold_scales", "fuse_linear_chains",
+           "linear_from_matmul", "scale_from_mul", "fuse_gelu", "fuse_layernorm"]

@@ -82,14 +82,14 @@ def fold_layouts_into_linear(graph: Graph) -> Graph:
             after = only_use(uses, graph, out)
             if before is not None and only_use(uses, graph, source) is node:
                 weight, bias = linear_parts(graph, before)
-                set_linearlinear_parts(graph, before, weight[:, cols], bias[cols])
+                set_linear_parts(graph, before, weight[:, cols], bias[cols])
                 graph.values[source].shape = graph.values[out].shape
             elif after is not None and after.op == "linear" and after.inputs[0] == out:
                 weight, bias = linear_parts(graph, after)
                 scattered = np.zeros((graph.values[source].shape[-1], weight.shape[1]))
                 np.add.at(scattered, cols, weight)
                 after.inputs[0] = source
-                set_linearlinear_parts(graph, after, scattered, bias)
+                set_linear_parts(graph, after, scattered, bias)
                 graph.nodes.remove(node)
                 changed = True
                 break

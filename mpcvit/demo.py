@@ -20,7 +20,7 @@ from mpcvit.train import dataset_info, load_checkpoint
 
 MODEL = "vit_2_4_8"
 SEARCH_EPOCHS = 30
-SEARCH_LAMBDA = 0.05
+SEARCH_LAMBDA = 0.1
 KD = dict(kd_ce_weight=1.0, kd_logit_weight=1.0, kd_token_weight=1.0, kd_temperature=1.0)
 
 

@@ -87,9 +87,8 @@ class HeteroAttention(nn.Module):
 
     def mixing_weights(self) -> torch.Tensor:
         """[H, K] weights of the search kinds (``self.search_kinds`` order) per head."""
-        if self.alpha.dim() == 1:
-            a = self.alpha.clamp(0.0, 1.0)
-            return torch.stack([a, 1.0 - a], dim=-1)
+        if self.alpha.dim() == 1:  # kept in [0, 1] by projection after each step (a clamp here would zero its grad)
+            return torch.stack([self.alpha, 1.0 - self.alpha], dim=-1)
         return self.alpha.softmax(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ class KindMlp(nn.Module):
         if self.gate is not None:
             nonlinear = self.fc2(self.drop(nn.functional.gelu(h)))
             linear = torch.relu(self.fc2(h))
-            g = self.gate.clamp(0.0, 1.0)
+            g = self.gate  # kept in [0, 1] by projection after each step
             return self.drop(g * nonlinear + (1.0 - g) * linear)
         if self.kind == "linear":
             return self.drop(torch.relu(self.fc2(h)))

@@ -71,7 +71,7 @@ def expected_cost(model: nn.Module, table: CostTable | None) -> torch.Tensor:
         raise UserError("the model has no search parameters; build it with search=True to run a search")
     if table is None:  # the paper's L1 on α (ReLU-softmax share), plus the MLP gates
         terms = [a.mixing_weights()[:, list(a.search_kinds).index("relu_softmax")] for a in attns]
-        terms += [m.gate.clamp(0.0, 1.0).mean().view(1) for m in mlps]
+        terms += [m.gate.mean().view(1) for m in mlps]
         return torch.cat([t.flatten() for t in terms]).mean()
     total = torch.zeros(())
     worst = 0.0
@@ -86,7 +86,7 @@ def expected_cost(model: nn.Module, table: CostTable | None) -> torch.Tensor:
     for mlp in mlps:
         if "gelu" not in table.mlp or "linear" not in table.mlp:
             raise UserError("cost table has no MLP cost for gelu and linear; add them to search MLPs")
-        g = mlp.gate.clamp(0.0, 1.0).mean()
+        g = mlp.gate.mean()
         total = total + g * table.mlp["gelu"] + (1 - g) * table.mlp["linear"]
         worst += max(table.mlp["gelu"], table.mlp["linear"])
     return total / max(worst, 1e-12)

@@ -34,12 +34,12 @@ def build(batch: int = 2, kinds: tuple[str, ...] = KINDS, seed: int = 0, image: 
         g.add_node(Node(op, ins, [out], attrs, name=out))
         return out
 
-    x = secret("image", (batch, 1, image, image))
-    g.add_node(Node("input", [], [x], {"owner": 1}, name="image"))
-    g.inputs.append(x)
     im2col = np.arange(batch * image * image).reshape(batch, 1, grid, patch, grid, patch) \
         .transpose(0, 2, 4, 1, 3, 5).reshape(batch, n_patch, patch * patch)
-    patches = node("layout", [x], "patches", im2col.shape, index=im2col)
+    patches = secret("image", im2col.shape)  # the im2col folded into the input, as compiler.passes does
+    g.add_node(Node("input", [], [patches], {"owner": 1, "layout_index": im2col,
+                                             "image_shape": (batch, 1, image, image)}, name="image"))
+    g.inputs.append(patches)
     emb = node("linear", [patches, param("w_patch", (patch * patch, dim)), param("b_patch", (dim,))], "embed",
                (batch, n_patch, dim))
     cls = param("cls", (1, 1, dim))

@@ -12,9 +12,9 @@ import numpy as np
 
 from compiler.backend.inputs import client_values, per_image_layout, quantised_text, write_client_input, write_text
 from compiler.backend.manifest import Manifest, parse_metadata
-from compiler.backend.render import OUTPUT_MARKER, client_tensor, render_program
+from compiler.backend.render import OUTPUT_MARKER, render_program
 from compiler.errors import UserError
-from compiler.lowering.plans import Program
+from compiler.lowering.plans import Program, client_layout
 
 __all__ = ["Manifest", "emit", "write_client_input", "OUTPUT_MARKER"]
 
@@ -62,17 +62,18 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
     out.parent.mkdir(parents=True, exist_ok=True)
     graph, profile = program.graph, program.profile
     source = Path(onnx_path).name if onnx_path else "an IR graph"
-    text, weights, client_name = render_program(program, source, template_set)
+    text, weights = render_program(program, source, template_set)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / f"{program.name}.mpc").write_text(text)
         weight_hash = write_text(tmp / "Player-Data" / "Input-P0-0",
                                  quantised_text([w.data for w in weights], profile.fx))
         input_value = graph.values[graph.inputs[0]]
-        layout = per_image_layout(client_tensor(graph)[1], program.batch, input_value.size // program.batch)
-        images = np.zeros(input_value.shape) if client_images is None else client_images
+        image_shape, index = client_layout(graph)
+        layout = per_image_layout(index, program.batch, int(np.prod(image_shape[1:])))
+        images = np.zeros(image_shape) if client_images is None else client_images
         write_text(tmp / "Player-Data" / "Input-P1-0",
-                   quantised_text([client_values(images, input_value.shape, layout)], profile.fx))
+                   quantised_text([client_values(images, image_shape, layout)], profile.fx))
         output_value = graph.values[graph.outputs[0]]
         manifest = Manifest(
             name=program.name, protocol=profile.protocol, mpspdz_protocol=profile.mpspdz_protocol,
@@ -80,8 +81,7 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
             compile_flags=profile.compile_flags, compile_command=profile.compile_command(program.name),
             run_command=profile.run_command(program.name), f=profile.f, k=profile.k, ring_bits=profile.ring_bits,
             truncation=profile.trunc, batch=program.batch, reveal=program.reveal, output_marker=OUTPUT_MARKER,
-            input_name=input_value.name, input_shape=list(input_value.shape), client_tensor=client_name,
-            client_shape=list(graph.values[client_name].shape),
+            input_name=input_value.name, input_shape=list(image_shape), client_shape=list(input_value.shape),
             client_layout=layout,
             output_shape=[program.batch, 1] if program.reveal == "argmax" else list(output_value.shape),
             weights=[{"name": w.name, "shape": list(w.data.shape)} for w in weights],

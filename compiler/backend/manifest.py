@@ -29,9 +29,8 @@ class Manifest:
     reveal: str
     output_marker: str
     input_name: str
-    input_shape: list[int]
-    client_tensor: str
-    client_shape: list[int]
+    input_shape: list[int]  # the model input (image batch) the client passes
+    client_shape: list[int]  # the tensor party 1 secret-shares (patch-wise)
     client_layout: list[int] | None  # per image: positions in the flattened image, in party 1's input order
     output_shape: list[int]
     weights: list[dict[str, Any]]  # name, shape, in Input-P0-0 order

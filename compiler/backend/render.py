@@ -62,26 +62,12 @@ def template_env(template_set: str | None = None) -> jinja2.Environment:
                               trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
-def client_tensor(graph: Graph) -> tuple[str, np.ndarray | None, Node | None]:
-    """What party 1 inputs: the image laid out by the first layout (im2col) when that is all the image feeds.
-
-    Returns (tensor name, index into the flattened image batch or None, the layout node the client performs).
-    """
-    image = graph.inputs[0]
-    consumers = graph.consumers(image)
-    if len(consumers) == 1 and consumers[0].op == "layout" and consumers[0].inputs == [image]:
-        node = consumers[0]
-        return node.outputs[0], np.asarray(node.attrs["index"], dtype=np.int64), node
-    return image, None, None
-
-
 class _Renderer:
     def __init__(self, program: Program, env: jinja2.Environment) -> None:
         self.program = program
         self.graph = program.graph
         self.env = env
         self.tensors: dict[str, Tensor] = {}
-        self.client_name, self.client_index, self.client_node = client_tensor(self.graph)
         self.weights: list[Value] = []
         for p in program.node_plans:
             for name in p.node.inputs:
@@ -110,7 +96,7 @@ class _Renderer:
 
     def block(self, p: NodePlan) -> str | None:
         node = p.node
-        if node is self.client_node or node.op == "input":
+        if node.op == "input":
             return None
         ctx: dict[str, Any] = {"node": node, "op": node.op, "marker": OUTPUT_MARKER, "reveal": self.program.reveal,
                                "batch": self.program.batch}
@@ -215,12 +201,10 @@ class _Renderer:
         return self.env.get_template("program.mpc.j2").render(
             name=self.program.name, source=source, profile=self.program.profile, reveal=self.program.reveal,
             marker=OUTPUT_MARKER, approx_sources=approx_sources, blocks=blocks,
-            weights=weights, client=self.tensor(self.client_name))
+            weights=weights, client=self.tensor(self.graph.inputs[0]))
 
 
-def render_program(program: Program, source: str = "", template_set: str | None = None) -> tuple[str, list[Value],
-                                                                                                  str]:
-    """(the .mpc source, the weights in Input-P0-0 order, the name of the tensor party 1 inputs)."""
+def render_program(program: Program, source: str = "", template_set: str | None = None) -> tuple[str, list[Value]]:
+    """(the .mpc source, the weights in Input-P0-0 order)."""
     renderer = _Renderer(program, template_env(template_set))
-    text = renderer.render(source)
-    return text, renderer.weights, renderer.client_name
+    return renderer.render(source), renderer.weights

@@ -10,7 +10,7 @@ import numpy as np
 
 from compiler.approx import REGISTRY
 from compiler.cost.primitives import Step
-from compiler.errors import CompileError
+from compiler.errors import CompileError, UserError
 from compiler.ir import Graph, Node
 from compiler.lowering.profiles import Profile
 
@@ -210,6 +210,31 @@ def lower(graph: Graph, profile: Profile, name: str = "mpcvit", reveal: str = "l
     warnings = [f"{p.node.name or p.node.op}: {note}" for p in plans for note in p.notes]
     safe = "".join(c if c.isalnum() else "_" for c in name) or "mpcvit"
     return Program(graph, profile, plans, safe, reveal, warnings)
+
+
+def client_layout(graph: Graph) -> tuple[tuple[int, ...], np.ndarray | None]:
+    """(the shape of the client's image batch, the index laying it out as the input tensor or None).
+
+    ``compiler.passes`` moves the patch embedding's im2col into the ``input`` node (``layout_index``,
+    ``image_shape``): party 1 applies it in plaintext, ``image.reshape(-1)[layout_index]``.
+    """
+    name = graph.inputs[0]
+    node = next(n for n in graph.nodes if n.op == "input" and n.outputs == [name])
+    if "layout_index" in node.attrs:
+        return tuple(node.attrs["image_shape"]), np.asarray(node.attrs["layout_index"], dtype=np.int64)
+    return graph.values[name].shape, None
+
+
+def client_input(graph: Graph, images: np.ndarray) -> np.ndarray:
+    """The input tensor party 1 secret-shares for ``images`` (the model's input, e.g. [B, C, H, W])."""
+    image_shape, index = client_layout(graph)
+    images = np.asarray(images, dtype=np.float64)
+    if images.shape == tuple(image_shape[1:]):
+        images = images[None]
+    if images.shape != tuple(image_shape):
+        raise UserError(f"images have shape {images.shape}; the program was compiled for {tuple(image_shape)} "
+                        f"(recompile with --batch {images.shape[0] if images.ndim == len(image_shape) else 1})")
+    return images if index is None else images.reshape(-1)[index]
 
 
 def _name_nodes(graph: Graph) -> None:

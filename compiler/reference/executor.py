@@ -17,7 +17,8 @@ from compiler.approx import REGISTRY
 from compiler.errors import CompileError, UserError
 from compiler.fixedpoint import FixedPoint
 from compiler.ir import Graph, Node
-from compiler.lowering.plans import ApproxUse, NodePlan, Program, attention_groups, relu_softmax_eps
+from compiler.lowering.plans import (ApproxUse, NodePlan, Program, attention_groups, client_input,
+                                     relu_softmax_eps)
 
 
 @dataclass(frozen=True)
@@ -204,17 +205,19 @@ def layernorm_eps_int(node: Node, fx: FixedPoint) -> int:
 
 def execute(program: Program, inputs: dict[str, np.ndarray],
             on_node: Callable[[NodeRecord], None] | None = None) -> ExecResult:
-    """Run ``program`` on float ``inputs`` (keyed by graph input name, IR shapes) in fixed point and float64."""
+    """Run ``program`` on float ``inputs`` in fixed point and float64.
+
+    ``inputs`` is keyed by graph input name: the image batch as the model takes it (laid out here as the client
+    does) or already in the input tensor's (patch-wise) shape.
+    """
     ex = _Executor(program)
     graph = program.graph
     for name in graph.inputs:
         if name not in inputs:
             raise UserError(f"input {name!r} is missing; the program takes {', '.join(graph.inputs)}")
         data = np.asarray(inputs[name], dtype=np.float64)
-        want = graph.values[name].shape
-        if data.shape != want:
-            raise UserError(f"input {name!r} has shape {data.shape}; the program was compiled for {want} "
-                            f"(recompile with --batch {data.shape[0]} or lay the image out patch-wise)")
+        if data.shape != graph.values[name].shape:
+            data = client_input(graph, data)
         ex.floats[name] = data
         ex.ints[name] = program.profile.fx.encode(data)
     records: list[NodeRecord] = []

@@ -1,0 +1,152 @@
+"""One call from an ONNX file to a compiled MP-SPDZ program: ``compile_onnx`` (used by the CLI, the demo, the runtime).
+
+Nothing is written unless every stage succeeds: the fixed-point reference runs on the emitted sample input (so
+values leaving the fixed-point range are reported, naming the tensor) before the output directory is created.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from compiler.backend import Manifest, emit
+from compiler.cost import CostReport, estimate
+from compiler.errors import UserError
+from compiler.frontend import load_onnx
+from compiler.lowering import Program, get_profile, lower
+from compiler.lowering.plans import client_layout
+from compiler.passes import run_passes
+from compiler.reference import execute
+
+
+@dataclass
+class LayerError:
+    name: str
+    op: str
+    max_abs_error: float  # fixed point vs the float evaluation of the same IR, over all samples
+    max_abs_value: float
+
+
+@dataclass
+class CheckReport:
+    samples: int
+    source: str  # where the sample images came from
+    layers: list[LayerError]
+    max_logit_error: float  # fixed-point reference vs onnxruntime
+    float_ir_error: float  # float IR evaluation vs onnxruntime (the frontend/passes' own exactness)
+    top1_agreement: float
+
+    def table(self) -> str:
+        lines = [f"check: {self.samples} inputs ({self.source}); fixed point vs float per layer",
+                 f"{'node':<48} {'op':<10} {'max |err|':>10} {'max |v|':>9}"]
+        lines += [f"{e.name[-48:]:<48} {e.op:<10} {e.max_abs_error:>10.2e} {e.max_abs_value:>9.3g}" for e in self.layers]
+        lines.append(f"logits vs onnxruntime: max |err| {self.max_logit_error:.3e} (float IR {self.float_ir_error:.1e}), "
+                     f"top-1 agreement {self.top1_agreement * 100:.1f}%")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "source": self.source, "max_logit_error": self.max_logit_error,
+                "float_ir_error": self.float_ir_error, "top1_agreement": self.top1_agreement,
+                "layers": [e.__dict__ for e in self.layers]}
+
+
+@dataclass
+class CompileResult:
+    manifest: Manifest
+    program: Program
+    cost: CostReport
+    check: CheckReport | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def sample_images(metadata: dict[str, str], image_shape: tuple[int, ...], count: int,
+                  seed: int = 0) -> tuple[np.ndarray, str]:
+    """``count`` model inputs: the metadata's dataset (``digits``, normalised) when its images fit, else N(0, 1)."""
+    if metadata.get("mpcvit.dataset") == "digits":
+        from compiler.runtime.datasets import digits_test_set, normalise
+
+        x, _ = digits_test_set()
+        x = normalise(x, metadata)
+        if x.shape[1:] == tuple(image_shape[1:]):
+            reps = -(-count // len(x))
+            return np.concatenate([x] * reps)[:count].astype(np.float64), "digits test set"
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((count, *image_shape[1:])), "random N(0, 1) images"
+
+
+def onnxruntime_logits(onnx_path: str | Path, images: np.ndarray) -> np.ndarray:
+    """onnxruntime's outputs for ``images``, in chunks of the model's batch when that is fixed."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    spec = session.get_inputs()[0]
+    fixed = spec.shape[0] if isinstance(spec.shape[0], int) else None
+    step = fixed or len(images)
+    outs = []
+    for start in range(0, len(images), step):
+        chunk = images[start:start + step].astype(np.float32)
+        pad = step - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
+        outs.append(session.run(None, {spec.name: chunk})[0][:step - pad])
+    return np.concatenate(outs)
+
+
+def check_program(program: Program, onnx_path: str | Path, images: np.ndarray, source: str) -> CheckReport:
+    """Reference executor (per layer: fixed vs float) and onnxruntime on ``images``, batch by batch."""
+    graph, batch = program.graph, program.batch
+    name, out = graph.inputs[0], graph.outputs[0]
+    worst: dict[str, LayerError] = {}
+    fixed, floats = [], []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        pad = batch - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
+        result = execute(program, {name: chunk})
+        fixed.append(result.outputs[out][:batch - pad])
+        floats.append(result.float_outputs[out][:batch - pad])
+        for rec in result.per_node:
+            prev = worst.get(rec.name)
+            worst[rec.name] = LayerError(rec.name, rec.op, max(rec.max_abs_error, prev.max_abs_error if prev else 0.0),
+                                         max(rec.max_abs_value, prev.max_abs_value if prev else 0.0))
+    ort_out = onnxruntime_logits(onnx_path, images).reshape(len(images), -1)
+    fixed_out = np.concatenate(fixed).reshape(len(images), -1)
+    float_out = np.concatenate(floats).reshape(len(images), -1)
+    return CheckReport(len(images), source, list(worst.values()), float(np.max(np.abs(fixed_out - ort_out))),
+                       float(np.max(np.abs(float_out - ort_out))),
+                       float(np.mean(fixed_out.argmax(1) == ort_out.argmax(1))))
+
+
+def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "replicated-ring", batch: int = 1,
+                 frac_bits: int | None = None, approx: dict[str, str] | None = None, check: bool = False,
+                 check_samples: int = 200, reveal: str = "logits", template_set: str | None = None,
+                 on_graph: Callable[[Any], None] | None = None) -> CompileResult:
+    """ONNX -> IR -> passes -> lowering for ``protocol`` -> ``out_dir`` (see module doc).
+
+    ``on_graph`` sees the IR after the passes (``--dump-ir``). ``check`` compares the fixed-point reference with
+    onnxruntime on ``check_samples`` inputs (the digits test set when the metadata names it, else random).
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    graph = run_passes(load_onnx(onnx_path, batch=batch))
+    timings["frontend_s"] = time.perf_counter() - start
+    if on_graph is not None:
+        on_graph(graph)
+    profile = get_profile(protocol, frac_bits, approx)
+    program = lower(graph, profile, name=Path(onnx_path).stem, reveal=reveal)
+    image_shape, _ = client_layout(graph)
+    images, source = sample_images(graph.metadata, image_shape, max(batch, check_samples if check else 0))
+    execute(program, {graph.inputs[0]: images[:batch]})  # range errors surface here, before anything is written
+    timings["lowering_s"] = time.perf_counter() - start - timings["frontend_s"]
+    report = check_program(program, onnx_path, images[:check_samples], source) if check else None
+    emit_start = time.perf_counter()
+    manifest = emit(program, out_dir, onnx_path=onnx_path, client_images=images[:batch], template_set=template_set)
+    timings["emit_s"] = time.perf_counter() - emit_start
+    timings["total_s"] = time.perf_counter() - start
+    if check_samples < 1 and check:
+        raise UserError("--check needs at least one sample")
+    return CompileResult(manifest, program, estimate(program), report, timings)

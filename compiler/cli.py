@@ -1,0 +1,70 @@
+"""``mpcvit-compile``: ONNX ViT -> MP-SPDZ program for one protocol, with a cost summary and an optional check."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from compiler.errors import run_cli
+from compiler.lowering import parse_approx_flags
+from compiler.lowering.profiles import PROTOCOLS
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpcvit-compile", description=__doc__)
+    p.add_argument("model", help="the exported .onnx model")
+    p.add_argument("--protocol", default="replicated-ring", help=f"one of {', '.join(PROTOCOLS)} (default "
+                   "replicated-ring)")
+    p.add_argument("-o", "--out", default=None, help="output directory (default: <model>-<protocol>/)")
+    p.add_argument("--batch", type=int, default=1, help="images per MPC run (default 1)")
+    p.add_argument("--frac-bits", type=int, default=None, help="fixed-point fractional bits f (default 16)")
+    p.add_argument("--approx", action="append", metavar="OP=CHOICE", help="force an approximation, e.g. gelu=poly")
+    p.add_argument("--check", action="store_true", help="compare the fixed-point reference with onnxruntime")
+    p.add_argument("--check-samples", type=int, default=200, help="inputs for --check (default 200)")
+    p.add_argument("--dump-ir", action="store_true", help="print the IR after the passes")
+    p.add_argument("--reveal", choices=("logits", "argmax"), default="logits", help="what the client learns")
+    p.add_argument("--template-set", default=None, help="alternative templates under spdz_templates/ "
+                   "(e.g. ml_baseline)")
+    return p
+
+
+def summary(result) -> str:
+    m, cost = result.manifest, result.cost
+    total = cost.total
+    counts = ", ".join(f"{op} {n}" for op, n in sorted(m.op_counts.items()))
+    approx = ", ".join(f"{op}={choice}" for op, choice in result.program.profile.approx.items())
+    lines = [f"compiled {m.name} for {m.protocol} (MP-SPDZ -E {m.mpspdz_protocol}, f={m.f}, k={m.k}, batch {m.batch})"
+             f" in {result.timings['total_s']:.2f} s -> {m.directory}",
+             f"layers: {m.op_counts.get('attention', 0)} attention; ops: {counts}",
+             f"approximations: {approx}",
+             f"estimated: {total.bytes_p0 / 1e6:.2f} MB party 0, {total.bytes_all / 1e6:.2f} MB all parties, "
+             f"{total.rounds:.0f} rounds; latency LAN {cost.latency('lan'):.3f} s, WAN {cost.latency('wan'):.2f} s"]
+    lines += [f"warning: {w}" for w in m.warnings]
+    lines += ["", cost.table()]
+    if result.check is not None:
+        lines += ["", result.check.table()]
+    lines += ["", f"run: {m.directory}/run.sh (MP_SPDZ_HOME=<built MP-SPDZ>)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pathlib import Path
+
+    args = parser().parse_args(argv)
+
+    def body() -> int:
+        from compiler.api import compile_onnx
+
+        out = args.out or f"{Path(args.model).with_suffix('')}-{args.protocol}"
+        dump = (lambda g: print(g.dump())) if args.dump_ir else None
+        result = compile_onnx(args.model, out, protocol=args.protocol, batch=args.batch, frac_bits=args.frac_bits,
+                              approx=parse_approx_flags(args.approx), check=args.check,
+                              check_samples=args.check_samples, reveal=args.reveal, template_set=args.template_set,
+                              on_graph=dump)
+        print(summary(result))
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

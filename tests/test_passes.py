@@ -3,6 +3,7 @@ whole pipeline on timm and MPCViT-shaped exports against onnxruntime."""
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -243,3 +244,28 @@ def test_vit_9_12_64_compiles_fast(onnx_dir: Path) -> None:
     elapsed = time.perf_counter() - start
     assert graph.op_counts()["attention"] == 9 and graph.values[graph.inputs[0]].shape == (1, 256, 48)
     assert elapsed < 2.0, f"ONNX -> IR + passes took {elapsed:.2f}s"
+
+
+@pytest.mark.parametrize("head_kinds,mlp_kinds", [
+    ([["softmax", "relu_softmax", "scaling", "relu_softmax"], ["relu_softmax"] * 4], ["linear", "relu"]),
+    ([["softmax"] * 4, ["scaling"] * 4], ["gelu", "linear"])])
+def test_mpcvit_models_exported_by_mpcvit_export(tmp_path: Path, head_kinds: list[list[str]],
+                                                 mlp_kinds: list[str]) -> None:
+    import torch
+
+    from mpcvit.export import export_onnx
+    from mpcvit.models import create, model_config
+
+    torch.manual_seed(0)
+    model = create(model_config("vit_2_4_8", head_kinds=head_kinds, mlp_kinds=mlp_kinds))
+    path = export_onnx(model, tmp_path / "model.onnx", {"name": "digits"}).path
+    graph = run_passes(load_onnx(path))
+    counts = graph.op_counts()
+    assert set(counts) <= VIT_KINDS
+    attentions = [n for n in graph.nodes if n.op == "attention"]
+    assert [[h["kind"] for h in a.attrs["heads"]] for a in attentions] == json.loads(graph.metadata["mpcvit.head_kinds"])
+    assert all(a.attrs["scale"] == 1.0 for a in attentions)
+    # patch, head, per layer qkv + proj, and 2 MLP linears (1 for MPCViT+'s fused linear MLP)
+    assert counts["linear"] == 2 + 2 * 2 + sum(1 if kind == "linear" else 2 for kind in mlp_kinds)
+    assert counts.get("gelu", 0) == mlp_kinds.count("gelu") and counts.get("relu", 0) == 2 - mlp_kinds.count("gelu")
+    assert _matches_onnxruntime(path, graph, (1, 1, 8, 8)) <= 1e-4

@@ -42,6 +42,14 @@ def test_gelu_exact_is_erf_gelu_and_poly_meets_issue_bound():
     assert 0.01 < puma_err.max() < 0.016  # MP-SPDZ's ml.Gelu: 0.015 measured
 
 
+@pytest.mark.parametrize("n", [5, 7, 9, 10])
+def test_exp_limit_bound_holds_for_other_squaring_counts(n):
+    approx = get("exp", "limit")
+    x = dense(-40, 0)
+    err = np.abs(fx.decode(approx.run(x, fx, n=n)) - np.exp(fx.decode(x)))
+    assert err.max() <= approx.bounds(n=n)[1] < 2.5 * err.max()  # a bound, and not a loose one
+
+
 def test_exp_limit_clips_so_very_negative_inputs_give_zero_not_garbage():
     out = get("exp", "limit").run(fx.encode(np.array([-300.0, -256.0, -1000.0])), fx)
     assert np.all(out == 0)

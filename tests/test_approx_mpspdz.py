@@ -55,6 +55,21 @@ def _cases() -> list[Case]:
     ]
 
 
+# fixed-point checks: element-wise sfix product and Matrix.dot (raw products summed, one truncation per output)
+MAT_A = np.random.default_rng(5).uniform(-4, 4, (5, 64))
+MAT_B = np.random.default_rng(6).uniform(-4, 4, (64, 3))
+MUL_ID, MATMUL_ID = 100, 101
+
+
+def _fixed_point_program() -> list[str]:
+    (m, k), p = MAT_A.shape, MAT_B.shape[1]
+    return [f"a = sfix._new(sint.get_input_from(0, size={m * k}))",
+            f"b = sfix._new(sint.get_input_from(0, size={k * p}))",
+            f"print_ln('{MARKER} {MUL_ID} %s', (a * a).v.reveal())",
+            f"A = sfix.Matrix({m}, {k})", "A.assign_vector(a)", f"B = sfix.Matrix({k}, {p})", "B.assign_vector(b)",
+            f"print_ln('{MARKER} {MATMUL_ID} %s', A.dot(B).get_vector().v.reveal())"]
+
+
 def _program(cases: list[Case]) -> str:
     lines = ["from Compiler import ml, mpc_math", ""]
     for i, case in enumerate(cases):
@@ -63,7 +78,7 @@ def _program(cases: list[Case]) -> str:
         lines += [f"x_{i} = sfix._new(sint.get_input_from(0, size={case.x.size}))",
                   f"start_timer({i + 1})", f"y_{i} = approx_{i}(x_{i})", f"stop_timer({i + 1})",
                   f"print_ln('{MARKER} {i} %s', y_{i}.v.reveal())"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _fixed_point_program()) + "\n"
 
 
 def _inputs(case: Case) -> np.ndarray:
@@ -78,8 +93,8 @@ def engine_run(mpspdz, tmp_path_factory, request):
     source = root / "approx_check.mpc"
     source.write_text(_program(cases))
     overlay = make_overlay(mpspdz, root / "overlay", spec, source)
-    (overlay / "Player-Data" / "Input-P0-0").write_text(
-        " ".join(str(int(v)) for case in cases for v in _inputs(case)) + "\n")
+    values = [*(v for case in cases for v in _inputs(case)), *fx.encode(MAT_A).ravel(), *fx.encode(MAT_B).ravel()]
+    (overlay / "Player-Data" / "Input-P0-0").write_text(" ".join(str(int(v)) for v in values) + "\n")
     compiled = subprocess.run(["./compile.py", "-E", spec.compile_name, "-b", str(BUDGET), "approx_check"],
                               cwd=overlay, capture_output=True, text=True, timeout=300)
     assert compiled.returncode == 0, compiled.stdout[-2000:] + compiled.stderr[-2000:]
@@ -114,3 +129,14 @@ def test_engine_matches_reference(engine_run):
         exact = approx.exact(fx.decode(x_int))
         slack = case.lsb / fx.scale
         assert np.max(np.abs(fx.decode(got) - exact)) <= approx.bounds(**approx.with_params(case.params))[1] + slack
+
+
+def test_engine_fixed_point_products_within_one_lsb(engine_run):
+    """MP-SPDZ's probabilistic truncation differs from the nearest-rounding reference by at most 1 LSB."""
+    _, _, outputs, _ = engine_run
+    a, b = fx.encode(MAT_A), fx.encode(MAT_B)
+    assert np.max(np.abs(outputs[MUL_ID].astype(np.int64) - fx.mul(a, a).ravel())) <= 1
+    got = outputs[MATMUL_ID].astype(np.int64)
+    assert np.max(np.abs(got - fx.matmul(a, b).ravel())) <= 1
+    per_product = fx.mul(a[:, :, None], b[None]).sum(axis=1).ravel()  # what 64 truncations per output would give
+    assert np.max(np.abs(got - per_product)) > 1

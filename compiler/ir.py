@@ -20,7 +20,8 @@ ROLES = ("secret", "param", "public")
 
 # op -> one-line meaning; inputs are listed in order. Shapes broadcast like numpy where noted.
 NODE_KINDS: dict[str, str] = {
-    "input": "() -> x: the client's private image (party 1); attrs: owner=1",
+    "input": "() -> x: the client's private image (party 1); attrs: owner=1, and after the patch-embedding pass "
+             "image_shape (the client's image) + layout_index (int64, x's shape): x = image.reshape(-1)[layout_index]",
     "linear": "(x[..., K], W[K, N] param, b[N] param?) -> x @ W + b",
     "matmul": "(a[..., M, K], b[..., K, N]) -> a @ b, both secret (batched over leading dims)",
     "add": "(a, b) -> a + b (numpy broadcasting)",
@@ -40,7 +41,8 @@ NODE_KINDS: dict[str, str] = {
     "erf": "(x) -> erf(x) (generic, before the gelu pattern fuses it)",
     "layernorm": "(x[..., C], gamma[C] param, beta[C] param) -> layer norm over the last axis; attrs: eps",
     "attention": "(q_src[B, N, Cq], k_src[B, N, Ck], v_src[B, N, Cv]) -> [B, N, H*d]; attrs: heads=[{kind, q_cols, "
-                 "k_cols, v_cols}], scale, eps (relu_softmax). Head h writes output columns h*d..h*d+d-1",
+                 "k_cols, v_cols}], scale, eps (relu_softmax), tokens N, head_dim d. Per head S = (q kᵀ)·scale, then "
+                 "softmax(S) | relu(S)/(Σrelu(S)+eps) | S/N; head h writes output columns h*d..h*d+d-1",
     "argmax": "(x[B, C]) -> index of the largest logit (revealed instead of logits by option)",
     "output": "(x) -> revealed to the client (party 1)",
 }

@@ -10,7 +10,6 @@ then fold into the q projection's columns when that linear feeds only this atten
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np

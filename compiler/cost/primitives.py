@@ -9,8 +9,8 @@ Formulas (coefficients in :mod:`compiler.cost.fitted`, produced by :mod:`compile
   under the default budget and are flat with ``-b 100000``;
 * offline rounds = c·O·v / min(batch, cap) (+ d·W/1000) plus a *setup* a: the first preprocessing batch
   (run-time ``-b``, default 1000; beyond ``cap`` a larger batch stops helping); consecutive calls share
-  batches, so the batch count is continuous. Setup rounds and setup
-  bytes (the constant terms) are paid once per program, so costs combine them with max, not +;
+  batches, so the batch count is continuous. The setup (constant rounds and bytes) is paid once per program
+  and primitive, so costs combine it with max per primitive, not +;
 * bytes (all parties / party 0) = a + b·O + c·W + d·(M·K + K·P), linear: semi2k pays ~3.1 KB per scalar
   product of a matmul (one OT triple each, no matrix triples); ``online_share`` splits bytes;
 * seconds (local compute, loopback) = a + b·O + c·W + d·(M·K + K·P).
@@ -185,11 +185,16 @@ def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, ope
                 seconds=max(_linear(fit["seconds"], outputs, work, operands), 0.0))
 
 
-def _transfer(protocol: str, n: int, party: int | None) -> Cost:
-    """Secret input from ``party`` or reveal: one message of n ring elements to each other party, one round."""
+def _transfer(protocol: str, n: int, party: int | None, reveal: bool) -> Cost:
+    """One round of n ring elements per message. Input: ``party`` sends to every other computing party;
+    reveal (to ``party``, default all): every other computing party sends its share."""
     others = PARTIES[protocol] - 1 - (1 if protocol == "dealer" else 0)  # the dealer neither inputs nor learns
-    total = float(n * WORD_BYTES * max(others, 1))
-    sent_by_p0 = total if party in (None, 0) else 0.0
+    message = float(n * WORD_BYTES)
+    total = message * others * (others + 1 if reveal and party is None else 1)
+    if reveal:
+        sent_by_p0 = 0.0 if party == 0 else message * (others if party is None else 1)
+    else:
+        sent_by_p0 = message * others if party in (None, 0) else 0.0
     return Cost(variable_bytes_p0=sent_by_p0, variable_bytes_all=total, online_bytes_all=total, online_rounds=1.0)
 
 
@@ -204,7 +209,7 @@ def step_cost(step: Step, profile: Any) -> Cost:
         return fitted_cost("matmul", protocol, float(m * p * copies), float(m * kk * p * copies),
                            float((m * kk + kk * p) * copies), k, budget, batch)
     if step.prim in ("input", "reveal"):
-        return _transfer(protocol, step.n * copies, step.party)
+        return _transfer(protocol, step.n * copies, step.party, step.prim == "reveal")
     if (protocol, step.prim) in FITS:
         return fitted_cost(step.prim, protocol, float(step.n * copies), k=k, budget=budget, batch=batch)
     if ":" in step.prim:  # an approximation priced through its own steps (default params)

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 from onnx import TensorProto, helper
 from torch import nn
@@ -37,6 +38,13 @@ def export(model: nn.Module, sample: torch.Tensor, path: Path, dynamo: bool, ops
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), (sample,), str(path), **kwargs)
+    return path
+
+
+def shared_dir(factory: pytest.TempPathFactory) -> Path:
+    """One export directory per test session, so test modules share their (cached) exports."""
+    path = factory.getbasetemp() / "onnx-exports"
+    path.mkdir(exist_ok=True)
     return path
 
 

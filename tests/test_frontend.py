@@ -12,14 +12,14 @@ from compiler.errors import CompileError, UserError
 from compiler.frontend import load_onnx, supported_ops
 from compiler.frontend.registry import find_converter
 from compiler.ir_eval import evaluate
-from onnx_fixtures import onnx_graph, run_onnxruntime, timm_vit
+from onnx_fixtures import onnx_graph, run_onnxruntime, shared_dir, timm_vit
 
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx")
+    return shared_dir(tmp_path_factory)
 
 
 def ir_vs_onnxruntime(path: Path, batch: int = 1, seed: int = 0) -> float:

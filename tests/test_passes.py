@@ -17,15 +17,15 @@ from compiler.ir import Graph, Node, Value
 from compiler.ir_eval import evaluate
 from compiler.passes import (compose_layouts, fold_layouts_into_linear, fold_scales, fuse_gelu, fuse_layernorm,
                              fuse_linear_chains, layout_into_input, linear_from_matmul, run_passes, scale_from_mul)
-from onnx_fixtures import onnx_graph, run_onnxruntime, timm_vit, tiny_mpcvit
+from onnx_fixtures import onnx_graph, run_onnxruntime, shared_dir, timm_vit, tiny_mpcvit
 
 VIT_KINDS = {"input", "linear", "layout", "add", "scale", "layernorm", "attention", "gelu", "relu", "output"}
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx")
+    return shared_dir(tmp_path_factory)
 
 
 def make_graph(inputs: dict[str, tuple[int, ...]], consts: dict[str, tuple[str, np.ndarray]],
@@ -239,9 +239,9 @@ def test_unmatched_graph_stays_generic_and_correct(tmp_path: Path) -> None:
 def test_vit_9_12_64_compiles_fast(onnx_dir: Path) -> None:
     path = timm_vit(onnx_dir, False, 17, img_size=64, embed_dim=192, depth=9, num_heads=12, mlp_ratio=2.0,
                     num_classes=200)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the test machine's cores are shared
     graph = run_passes(load_onnx(path))
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert graph.op_counts()["attention"] == 9 and graph.values[graph.inputs[0]].shape == (1, 256, 48)
     assert elapsed < 2.0, f"ONNX -> IR + passes took {elapsed:.2f}s"
 

@@ -15,7 +15,7 @@ from onnx import helper
 from compiler.frontend import load_onnx
 from compiler.ir import Graph, Node, Value
 from compiler.ir_eval import evaluate
-from compiler.passes import (compose_layouts, fold_layouts_into_linear, fold_scales, fuse_gelu, fuse_layernorm,
+from compiler.passes import (PIPELINE, compose_layouts, fold_layouts_into_linear, fold_scales, fuse_gelu, fuse_layernorm,
                              fuse_linear_chains, layout_into_input, linear_from_matmul, run_passes, scale_from_mul)
 from onnx_fixtures import onnx_graph, run_onnxruntime, shared_dir, timm_vit, tiny_mpcvit
 
@@ -225,6 +225,25 @@ def test_uniform_head_kinds(onnx_dir: Path, kind: str) -> None:
     assert {h["kind"] for h in attention.attrs["heads"]} == {kind}
     assert graph.op_counts()["linear"] == 5  # patch, qkv, proj, fc2·fc1 fused (MPCViT+), head
     assert _matches_onnxruntime(path, graph, (1, 3, 16, 16)) <= 1e-4
+
+
+def test_every_pipeline_step_preserves_numerics(onnx_dir: Path) -> None:
+    """Step by step on per-kind-group attention (one chain per group, then merged): onnxruntime after each pass."""
+    path = tiny_mpcvit(onnx_dir, (INTERLEAVED,), ("gelu",), "index", "qkv", opset=13)
+    graph = load_onnx(path)
+    x = RNG.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    expected = run_onnxruntime(path, x)
+    attentions = []
+    for step in PIPELINE:
+        graph = step(graph)
+        attentions.append(graph.op_counts().get("attention", 0))
+        error = np.abs(evaluate(graph, {graph.inputs[0]: x})[graph.outputs[0]] - expected).max()
+        assert error <= 1e-4, f"after {step.__name__}: {error}"
+    names = [step.__name__ for step in PIPELINE]
+    assert attentions[names.index("fuse_attention")] == 3  # one per kind group
+    assert attentions[names.index("merge_attention")] == 1
+    attention = next(n for n in graph.nodes if n.op == "attention")
+    assert attention.attrs["scale"] == 1.0 and [h["kind"] for h in attention.attrs["heads"]] == list(INTERLEAVED)
 
 
 def test_unmatched_graph_stays_generic_and_correct(tmp_path: Path) -> None:

@@ -118,4 +118,5 @@ def test_input_and_reveal_messages():
     assert step_cost(Step("input", 10, party=1), rep3).bytes_p0 == 0
     to_client = step_cost(Step("reveal", 10, party=1), rep3)
     assert (to_client.bytes_all, to_client.bytes_p0) == (160, 80)  # parties 0 and 2 send their shares
+    assert step_cost(Step("reveal", 10), rep3) == to_client  # the client is the default recipient
     assert step_cost(Step("reveal", 10, party=1), "semi2k").bytes_all == 80

@@ -20,6 +20,7 @@ each tree level is one comparison on two contiguous halves, and returns the ``ro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,13 +73,19 @@ class Approximation:
 
     def render(self, fn_name: str, fx: FixedPoint, **params: Any) -> str:
         """The MP-SPDZ source of ``def fn_name(x)`` with this approximation's constants filled in."""
-        import jinja2
-
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_ROOT)),
-                                 undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         values = self.with_params(params)
         derived = self.constants(fx, values) if self.constants else {}
-        return env.get_template(self.template).render(fn_name=fn_name, f=fx.f, k=fx.k, **{**values, **derived})
+        return _templates().get_template(self.template).render(fn_name=fn_name, f=fx.f, k=fx.k,
+                                                               **{**values, **derived})
+
+
+@lru_cache(maxsize=1)
+def _templates() -> Any:
+    """One jinja2 environment per process, so each template is parsed once."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_ROOT)),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
 REGISTRY: dict[str, dict[str, Approximation]] = {}

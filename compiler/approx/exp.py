@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from compiler.approx import Approximation, register
@@ -30,6 +32,7 @@ def exp_limit_steps(size: int, profile: object, n: int = 8) -> list[Step]:
     return [Step("ltz", size), Step("mul_int", size), Step("trunc", size)] + [Step("mul", size)] * n
 
 
+@lru_cache(maxsize=None)
 def exp_limit_bounds(n: int = 8, f: int = 16) -> tuple[tuple[float, float], float]:
     """max over x ∈ [-2^n, 0] of the limit's own error plus the rounding term 2^n·LSB·e^x/(1 + x/2^n): the base's
     0.5 LSB is amplified 2^n-fold by the squarings, squaring i's 0.5 LSB 2^(n-i)-fold; their sum is ≤ 2^n·LSB,

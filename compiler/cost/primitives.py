@@ -186,15 +186,15 @@ def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, ope
 
 
 def _transfer(protocol: str, n: int, party: int | None, reveal: bool) -> Cost:
-    """One round of n ring elements per message. Input: ``party`` sends to every other computing party;
-    reveal (to ``party``, default all): every other computing party sends its share."""
+    """One round of n ring elements per message. Input: ``party`` (default 0) sends to every other computing
+    party; reveal to ``party`` (default 1, the client): every other computing party sends its share."""
     others = PARTIES[protocol] - 1 - (1 if protocol == "dealer" else 0)  # the dealer neither inputs nor learns
     message = float(n * WORD_BYTES)
-    total = message * others * (others + 1 if reveal and party is None else 1)
+    total = message * others
     if reveal:
-        sent_by_p0 = 0.0 if party == 0 else message * (others if party is None else 1)
+        sent_by_p0 = 0.0 if party == 0 else message
     else:
-        sent_by_p0 = message * others if party in (None, 0) else 0.0
+        sent_by_p0 = total if party in (None, 0) else 0.0
     return Cost(variable_bytes_p0=sent_by_p0, variable_bytes_all=total, online_bytes_all=total, online_rounds=1.0)
 
 

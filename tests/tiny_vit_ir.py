@@ -21,8 +21,9 @@ def build(batch: int = 2, kinds: tuple[str, ...] = KINDS, seed: int = 0, image: 
     tokens = n_patch + 1
     g = Graph(metadata={"mpcvit.dataset": "digits", "mpcvit.head_kinds": str([list(kinds)]).replace("'", '"')})
 
-    def param(name: str, shape: tuple[int, ...], scale: float = 0.3) -> str:
-        g.add_value(Value(name, shape, "param", rng.normal(0, scale, shape)))
+    def param(name: str, shape: tuple[int, ...], scale: float | None = None) -> str:
+        std = scale if scale is not None else (1.2 / np.sqrt(shape[0]) if len(shape) == 2 else 0.3)
+        g.add_value(Value(name, shape, "param", rng.normal(0, std, shape)))
         return name
 
     def secret(name: str, shape: tuple[int, ...]) -> str:
@@ -53,7 +54,7 @@ def build(batch: int = 2, kinds: tuple[str, ...] = KINDS, seed: int = 0, image: 
         return node("layernorm", [x, gamma, param(name + "_b", (dim,), 0.1)], name, (batch, tokens, dim), eps=1e-5)
 
     n1 = layernorm(h0, "ln1")
-    wqkv = rng.normal(0, 0.4, (dim, 3 * dim))
+    wqkv = rng.normal(0, 1.6 / np.sqrt(dim), (dim, 3 * dim))
     wqkv[:, :dim] /= np.sqrt(d)  # the attention scale, folded into q as the passes do
     g.add_value(Value("w_qkv", wqkv.shape, "param", wqkv))
     qkv = node("linear", [n1, "w_qkv", param("b_qkv", (3 * dim,), 0.1)], "qkv", (batch, tokens, 3 * dim))

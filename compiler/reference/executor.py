@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from compiler.approx import REGISTRY
 from compiler.errors import CompileError, UserError
@@ -59,10 +60,17 @@ def exact_int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             shift = bits * (i + j)
             if shift >= 64:
                 continue
-            part = np.rint(np.matmul(la, lb)).astype(np.int64) * np.int64(1 << shift if shift < 63 else -(1 << 63))
+            part = np.rint(float_matmul(la, lb)).astype(np.int64) * np.int64(1 << shift if shift < 63 else -(1 << 63))
             result = part if result is None else result + part
     assert result is not None
     return result
+
+
+def float_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b``; a stack times one matrix runs as ONE 2-D GEMM (OpenBLAS threads a stack of small GEMMs badly)."""
+    if b.ndim == 2 and a.ndim > 2:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
+    return np.matmul(a, b)
 
 
 def _limbs(x: np.ndarray, bits: int) -> list[np.ndarray]:
@@ -107,7 +115,7 @@ class _Executor:
         if op == "linear":
             w_i, w_f = xi[1], xf[1]
             yi = self.fx.trunc(exact_int_matmul(xi[0], w_i))
-            yf = xf[0] @ w_f
+            yf = float_matmul(xf[0], w_f)
             if len(xi) > 2:
                 yi, yf = yi + xi[2], yf + xf[2]
             return yi, yf
@@ -205,6 +213,14 @@ def layernorm_eps_int(node: Node, fx: FixedPoint) -> int:
 
 def execute(program: Program, inputs: dict[str, np.ndarray],
             on_node: Callable[[NodeRecord], None] | None = None) -> ExecResult:
+    # One BLAS thread: the products here are small, and OpenBLAS's thread hand-offs cost more than they save
+    # (10x slower on a loaded 2-core machine).
+    with threadpool_limits(1, user_api="blas"):
+        return _execute(program, inputs, on_node)
+
+
+def _execute(program: Program, inputs: dict[str, np.ndarray],
+             on_node: Callable[[NodeRecord], None] | None) -> ExecResult:
     """Run ``program`` on float ``inputs`` in fixed point and float64.
 
     ``inputs`` is keyed by graph input name: the image batch as the model takes it (laid out here as the client

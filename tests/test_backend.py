@@ -1,0 +1,154 @@
+"""Backend: the emitted program, input files, manifest and atomic output (no MP-SPDZ needed)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+
+import tiny_vit_ir
+from compiler.backend import Manifest, emit, write_client_input
+from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs
+from compiler.errors import CompileError, UserError
+from compiler.ir import Value
+from compiler.lowering import get_profile, lower
+from compiler.lowering.plans import client_input
+
+
+def regint_inc(size, base=0, step=1, repeat=1, wrap=None):
+    """numpy model of MP-SPDZ's regint.inc (Compiler/types.py)."""
+    i = np.arange(size)
+    return base + ((i // repeat) % (wrap or size)) * step
+
+
+def evaluate(pattern, origin=0):
+    """The address vector that Affine.expr renders, evaluated with the numpy model of regint.inc."""
+    code = pattern.expr("origin")
+    return eval(code.replace("regint.inc", "regint_inc"), {"regint_inc": regint_inc, "origin": origin})
+
+
+@pytest.mark.parametrize("index", [
+    np.arange(24).reshape(2, 3, 4).transpose(0, 2, 1),  # transpose
+    broadcast_index((1, 5, 3), (4, 5, 3)),  # positional embedding over the batch
+    broadcast_index((3,), (2, 4, 3)),  # bias
+    broadcast_index((4, 1), (4, 6)),  # per-row value over its row
+    np.arange(100).reshape(10, 10)[2:8:2, 1:9:3],  # strided slice
+    np.full((3, 2), 7),  # one element everywhere
+])
+def test_affine_index_maps_render_to_the_same_addresses(index):
+    pattern = affine(index)
+    assert pattern is not None
+    assert np.array_equal(evaluate(pattern, origin=1000), 1000 + index.reshape(-1))
+
+
+def test_non_affine_maps_and_runs():
+    assert affine(np.array([0, 1, 3])) is None
+    concat = np.concatenate([np.arange(4), 4 + np.arange(8)[::-1]])
+    assert affine(concat) is None
+    cls_concat = np.concatenate([np.broadcast_to(np.arange(3), (2, 1, 3)), 3 + np.arange(12).reshape(2, 2, 3)], 1)
+    got = [(r.source, r.src_start, r.out_start, r.length) for r in runs(cls_concat, [3, 12])]
+    assert got == [(0, 0, 0, 3), (1, 0, 3, 6), (0, 0, 9, 3), (1, 6, 12, 6)]
+    assert column_pattern([4, 6, 8]) == (4, 2) and column_pattern([1, 2, 4]) is None
+
+
+@pytest.fixture
+def compiled(tmp_path):
+    g = tiny_vit_ir.build(batch=2)
+    prog = lower(g, get_profile("dealer"), name="tiny vit")
+    images = np.random.default_rng(3).uniform(-1, 1, (2, 1, 8, 8))
+    manifest = emit(prog, tmp_path / "out", client_images=images)
+    return prog, manifest, images, tmp_path / "out"
+
+
+def test_emit_writes_program_inputs_manifest_and_run_script(compiled):
+    prog, manifest, images, out = compiled
+    assert sorted(p.name for p in out.iterdir()) == ["Player-Data", "manifest.json", "run.sh", "tiny_vit.mpc"]
+    weights = (out / "Player-Data" / "Input-P0-0").read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == manifest.weight_sha256
+    values = np.array(weights.split(), dtype=np.float64)
+    params = [w for w in prog.graph.params()]
+    assert values.size == sum(w.size for w in params)
+    first = prog.graph.values[manifest.weights[0]["name"]].data.reshape(-1)
+    assert np.array_equal(values[:first.size], np.rint(first * 2 ** 16) / 2 ** 16)  # exact quantised decimals
+    client = np.array((out / "Player-Data" / "Input-P1-0").read_text().split(), dtype=np.float64)
+    assert np.array_equal(client, np.rint(client_input(prog.graph, images).reshape(-1) * 2 ** 16) / 2 ** 16)
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["protocol"] == "dealer" and data["mpspdz_protocol"] == "dealer-ring" and data["n_parties"] == 3
+    assert data["compile_flags"][:2] == ["-E", "dealer-ring"] and data["batch"] == 2
+    assert data["output_shape"] == [2, 10] and data["input_shape"] == [2, 1, 8, 8]
+    assert data["approximations"]["attn"]["softmax.exp"].startswith("exp:")
+    assert data["approx_justification"]["gelu"]["chosen"] == prog.profile.approx["gelu"]
+    assert data["expected"]["bytes_all"] > 0 and data["expected"]["rounds"] > 0
+    assert data["model_config"]["mpcvit.head_kinds"] == [list(tiny_vit_ir.KINDS)]
+    script = (out / "run.sh").read_text()
+    assert "./compile.py -E dealer-ring" in script and "Scripts/dealer-ring.sh tiny_vit" in script
+    assert Manifest.load(out).weight_sha256 == manifest.weight_sha256
+
+
+def test_program_is_vectorised_and_reveals_only_to_the_client(compiled):
+    prog, manifest, _, out = compiled
+    text = (out / "tiny_vit.mpc").read_text()
+    compile(text, "tiny_vit.mpc", "exec")  # valid Python, as MP-SPDZ's compiler needs
+    assert re.findall(r"\.input_from\((\d)\)", text).count("1") == 1
+    assert len(re.findall(r"\.input_from\(0\)", text)) == len(manifest.weights)
+    assert "reveal()" not in text and "print_ln(" not in text  # nothing revealed to everyone
+    assert "print_ln_to(1, 'MPCVIT_OUT %s %s'" in text
+    for use in prog.approx_uses():  # each approximation defined once
+        assert text.count(f"def {use.fn_name}(") == 1
+    big = lower(tiny_vit_ir.build(batch=2, image=32, dim=32), get_profile("dealer"), name="big")
+    big_text = emit(big, out.parent / "big").directory.joinpath("big.mpc").read_text()
+    # the program text does not grow with tokens or dims (only the layout copies of the batch are unrolled)
+    assert abs(len(big_text.splitlines()) - len(text.splitlines())) <= 2
+
+
+def test_write_client_input_lays_images_out_like_the_reference(compiled, tmp_path):
+    prog, manifest, _, out = compiled
+    images = np.random.default_rng(5).uniform(-2, 2, (2, 1, 8, 8))
+    from_dict = write_client_input(json.loads((out / "manifest.json").read_text()), images, tmp_path / "a")
+    from_dir = write_client_input(out, images)
+    assert from_dict.read_text() == from_dir.read_text()
+    values = np.array(from_dir.read_text().split(), dtype=np.float64)
+    assert np.array_equal(values, np.rint(client_input(prog.graph, images).reshape(-1) * 2 ** 16) / 2 ** 16)
+    with pytest.raises(UserError, match=r"compiled for \(2, 1, 8, 8\)"):
+        write_client_input(out, images[:1, :, :4])
+
+
+def test_argmax_reveal(tmp_path):
+    prog = lower(tiny_vit_ir.build(batch=3), get_profile("semi2k"), name="am", reveal="argmax")
+    manifest = emit(prog, tmp_path / "am")
+    text = (tmp_path / "am" / "am.mpc").read_text()
+    assert "mpcvit_argmax_rows(" in text and manifest.output_shape == [3, 1]
+
+
+def test_failed_emit_leaves_nothing_and_keeps_the_previous_output(compiled, tmp_path):
+    prog, manifest, _, out = compiled
+    before = (out / "manifest.json").read_text()
+    broken = lower(tiny_vit_ir.build(batch=2), get_profile("dealer"), name="tiny vit")
+    broken.graph.add_value(Value("w_qkv", (16, 48), "param", None))  # a weight without a value
+    with pytest.raises(CompileError, match="weight 'w_qkv' has no value"):
+        emit(broken, out)
+    with pytest.raises(UserError, match="template set 'nope' not found"):
+        emit(prog, tmp_path / "fresh", template_set="nope")
+    assert (out / "manifest.json").read_text() == before
+    assert not (tmp_path / "fresh").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp dirs left beside it
+    emit(lower(tiny_vit_ir.build(batch=1), get_profile("semi2k"), name="tiny vit"), out)  # replaced as a whole
+    assert json.loads((out / "manifest.json").read_text())["protocol"] == "semi2k"
+
+
+def test_template_set_overrides_node_templates(tmp_path, monkeypatch):
+    import compiler.backend.render as render
+
+    root = tmp_path / "templates"
+    (root / "alt" / "nodes").mkdir(parents=True)
+    for path in render.TEMPLATE_ROOT.rglob("*.j2"):
+        target = root / path.relative_to(render.TEMPLATE_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.read_text())
+    (root / "alt" / "nodes" / "gelu.mpc.j2").write_text("{{ out.var }} = ml_gelu({{ x.var }})  # alt\n")
+    monkeypatch.setattr(render, "TEMPLATE_ROOT", root)
+    prog = lower(tiny_vit_ir.build(batch=1), get_profile("semi2k"), name="alt")
+    text = emit(prog, tmp_path / "o", template_set="alt").directory.joinpath("alt.mpc").read_text()
+    assert "= ml_gelu(t" in text and "# attn: attention" in text

@@ -8,7 +8,8 @@ import pytest
 
 from compiler.approx import get
 from compiler.cost import Cost, CostProfile, Step, cost_table, estimate_steps, step_cost, steps_cost
-from compiler.cost.fit import load_rows
+from compiler.cost.fit import fit, load_rows, rounded
+from compiler.cost.fitted import FITS
 from compiler.errors import CompileError
 
 CSV = Path("/work/shared/mpspdz-costs/mpspdz_costs.csv")
@@ -48,6 +49,11 @@ def test_every_measured_row_within_25_percent():
         print(f"  {dev[0]:6.1%} {dev[1]:9} {dev[2]:15} {dev[3]:4} {dev[4]:13} {dev[5]:6} {dev[6]:12.6g} {dev[7]:12.6g}")
     failing = [d for d in deviations if d[0] > TOLERANCE]
     assert not failing, f"{len(failing)} of {len(deviations)} figures off by more than 25%: {failing[:5]}"
+
+
+@pytest.mark.skipif(not CSV.is_file(), reason="measurements not present")
+def test_stored_coefficients_are_what_the_fit_produces():
+    assert rounded(fit(load_rows(CSV))) == FITS
 
 
 def test_costs_add_and_setup_is_paid_once_per_primitive():

@@ -157,12 +157,17 @@ def _linear(coef: list[float], outputs: float, work: float, operands: float) -> 
     return coef[0] + coef[1] * outputs + coef[2] * work + coef[3] * operands
 
 
-def _chunked(coef: list[float], outputs: float, work: float, limit: int, shared: bool) -> tuple[float, float]:
-    """(fixed part, volume part) of a chunked rounds formula (``shared``: preprocessing batches, which
-    consecutive calls share, so the batch count is continuous)."""
-    fixed, per_chunk, width, per_kwork, cap = coef
+def chunk_count(outputs: float, width: float, limit: float, cap: float, shared: bool) -> float:
+    """⌈outputs·width / min(limit, cap)⌉ chunks of one call; ``shared`` (preprocessing batches, which consecutive
+    calls share) the continuous count."""
     count = outputs * width / min(limit, cap)
-    return fixed, per_chunk * (count if shared else math.ceil(count)) + per_kwork * work / 1000
+    return count if shared else float(math.ceil(count))
+
+
+def _chunked(coef: list[float], outputs: float, work: float, limit: int, shared: bool) -> tuple[float, float]:
+    """(fixed part, volume part) of a chunked rounds formula."""
+    fixed, per_chunk, width, per_kwork, cap = coef
+    return fixed, per_chunk * chunk_count(outputs, width, limit, cap, shared) + per_kwork * work / 1000
 
 
 def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, operands: float = 0.0,

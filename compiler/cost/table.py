@@ -33,8 +33,9 @@ def head_steps(kind: str, tokens: int, head_dim: int, profile: Any) -> list[Step
     if kind == "softmax":  # max-subtraction, exp, one reciprocal per row, multiply
         norm = (_approx_steps("rowmax", n * n, profile, cols=n) + _approx_steps("exp", n * n, profile)
                 + _approx_steps("reciprocal", n, profile, lo=1.0, hi=float(n)) + [Step("mul", n * n)])
-    elif kind == "relu_softmax":
-        norm = ([Step("relu", n * n)] + _approx_steps("reciprocal", n, profile, lo=1e-3, hi=float(n) * 64)
+    elif kind == "relu_softmax":  # row sums in [ε, comparison range], ε rounded up to 1 LSB (as lowering does)
+        f, k = int(getattr(profile, "f", 16)), int(getattr(profile, "k", 31))
+        norm = ([Step("relu", n * n)] + _approx_steps("reciprocal", n, profile, lo=2.0 ** -f, hi=2.0 ** (k - f - 1))
                 + [Step("mul", n * n)])
     elif kind == "scaling":
         norm = [Step("trunc", n * n)]

@@ -6,6 +6,7 @@ share one mechanism: the op is applied to an index array (:meth:`ConvertContext.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -68,16 +69,16 @@ def range_(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     ctx.set_const(node.output[0], np.arange(start, limit, delta).astype(np.asarray(start).dtype))
 
 
-_CONST_ELEMENTWISE: dict[str, Callable[..., np.ndarray]] = {
-    "Equal": np.equal, "Less": np.less, "Greater": np.greater, "Not": np.logical_not,
-    "Where": np.where, "Floor": np.floor, "Ceil": np.ceil, "Neg": np.negative, "Abs": np.abs,
-}
-
-for _op, _fn in _CONST_ELEMENTWISE.items():
-    def _fold(ctx: ConvertContext, node: onnx.NodeProto, fn: Callable[..., np.ndarray] = _fn) -> None:
+def _fold_only(fn: Callable[..., np.ndarray]) -> Callable[[ConvertContext, onnx.NodeProto], None]:
+    def convert(ctx: ConvertContext, node: onnx.NodeProto) -> None:
         ctx.set_const(node.output[0], fn(*_const_only(node, ctx)), node.input)
 
-    converter(_op, since=13)(_fold)
+    return convert
+
+
+for _op, _fn in {"Equal": np.equal, "Less": np.less, "Greater": np.greater, "Not": np.logical_not,
+                 "Where": np.where, "Floor": np.floor, "Ceil": np.ceil, "Neg": np.negative, "Abs": np.abs}.items():
+    converter(_op, since=13)(_fold_only(_fn))
 
 
 _ONNX_TO_NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
@@ -262,11 +263,7 @@ converter("Relu", since=13)(_unary("relu", lambda x: np.maximum(x, 0)))
 converter("Sqrt", since=13)(_unary("sqrt", np.sqrt))
 
 
-@converter("Erf", since=13)
-def erf(ctx: ConvertContext, node: onnx.NodeProto) -> None:
-    if ctx.is_const(node.input[0]):
-        raise CompileError(f"{node_label(node)}: Erf of a constant is not folded; export without it")
-    ctx.emit("erf", [node.input[0]], node.output[0], ctx.shape(node.input[0]), node)
+converter("Erf", since=13)(_unary("erf", np.vectorize(math.erf, otypes=[np.float64])))  # folds tiny constants only
 
 
 @converter("Gelu", since=20)

@@ -134,6 +134,9 @@ def test_fuse_linear_chains_mpcvit_plus() -> None:
     graph = preserved(graph, fuse_linear_chains)
     assert graph.op_counts() == {"input": 1, "linear": 1, "relu": 1, "output": 1}
     assert graph.values[graph.nodes[1].inputs[1]].shape == (4, 4)
+    bottleneck = make_graph({"x": (2, 8)}, {"w1": param(8, 1), "w2": param(1, 8)}, [
+        ("linear", ["x", "w1"], "h", (2, 1), {}), ("linear", ["h", "w2"], "y", (2, 8), {})], "y")
+    assert fuse_linear_chains(bottleneck).op_counts()["linear"] == 2  # 8x8 would cost more than 8x1 + 1x8
 
 
 def test_layout_into_input_sets_the_input_writer_attrs() -> None:

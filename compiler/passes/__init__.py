@@ -26,8 +26,8 @@ PIPELINE: list[Pass] = [
     merge_attention,  # per-kind groups concatenated on the head axis -> one attention per layer
     fold_attention_scale,
     fold_layouts_into_linear,
-    fuse_linear_chains,
     fold_scales,
+    fuse_linear_chains,
     layout_into_input,
 ]
 

@@ -103,7 +103,8 @@ def _bypass(graph: Graph, node: Node) -> None:
 
 
 def fuse_linear_chains(graph: Graph) -> Graph:
-    """MPCViT+ linear MLP: linear2(linear1(x)) with nothing between -> one linear (W1 @ W2, b1 @ W2 + b2)."""
+    """MPCViT+ linear MLP: linear2(linear1(x)) with nothing between -> one linear (W1 @ W2, b1 @ W2 + b2), unless
+    the hidden width is a bottleneck that makes the product matrix costlier than the two factors."""
     changed = True
     while changed:
         changed = False
@@ -114,6 +115,8 @@ def fuse_linear_chains(graph: Graph) -> Graph:
                 continue
             w1, b1 = linear_parts(graph, first)
             w2, b2 = linear_parts(graph, second)
+            if w1.shape[0] * w2.shape[1] > w1.size + w2.size:
+                continue
             second.inputs[0] = first.inputs[0]
             set_linear_parts(graph, second, w1 @ w2, b1 @ w2 + b2)
             graph.nodes.remove(first)

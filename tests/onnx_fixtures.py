@@ -177,6 +177,28 @@ def tiny_mpcvit(out_dir: Path, kinds: tuple[tuple[str, ...], ...], mlp_kinds: tu
     return export(model, torch.randn(1, 3, 16, 16), out_dir / f"{name}.onnx", dynamo, opset)
 
 
+class SeparateProjections(nn.Module):
+    """Softmax attention over tokens [B, N, C] with q, k, v from three Linears and 1/sqrt(d) as a Div on S."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = (f(x).reshape(B, N, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        attn = (q @ k.transpose(-1, -2) / (C // self.heads) ** 0.5).softmax(-1)
+        return self.out((attn @ v).transpose(1, 2).reshape(B, N, C))
+
+
+@lru_cache(maxsize=None)
+def separate_projections(out_dir: Path, dynamo: bool) -> Path:
+    torch.manual_seed(0)
+    return export(SeparateProjections(), torch.randn(2, 5, 16), out_dir / f"separate_{dynamo}.onnx", dynamo,
+                  18 if dynamo else 17)
+
+
 def onnx_graph(path: Path, nodes: list[onnx.NodeProto], input_shape: Sequence[int | str], output: str,
                output_shape: Sequence[int | str], initializers: Sequence[tuple[str, np.ndarray]] = (),
                opset: int = 17) -> Path:

@@ -17,7 +17,7 @@ from compiler.ir import Graph, Node, Value
 from compiler.ir_eval import evaluate
 from compiler.passes import (PIPELINE, compose_layouts, fold_layouts_into_linear, fold_scales, fuse_gelu, fuse_layernorm,
                              fuse_linear_chains, layout_into_input, linear_from_matmul, run_passes, scale_from_mul)
-from onnx_fixtures import onnx_graph, run_onnxruntime, shared_dir, timm_vit, tiny_mpcvit
+from onnx_fixtures import onnx_graph, run_onnxruntime, separate_projections, shared_dir, timm_vit, tiny_mpcvit
 
 VIT_KINDS = {"input", "linear", "layout", "add", "scale", "layernorm", "attention", "gelu", "relu", "output"}
 RNG = np.random.default_rng(0)
@@ -247,6 +247,24 @@ def test_every_pipeline_step_preserves_numerics(onnx_dir: Path) -> None:
     assert attentions[names.index("merge_attention")] == 1
     attention = next(n for n in graph.nodes if n.op == "attention")
     assert attention.attrs["scale"] == 1.0 and [h["kind"] for h in attention.attrs["heads"]] == list(INTERLEAVED)
+
+
+def test_batched_pipeline(onnx_dir: Path) -> None:
+    path = timm_vit(onnx_dir, dynamo=False, opset=17, dynamic_batch=True)
+    graph = run_passes(load_onnx(path, batch=3))
+    assert graph.op_counts()["attention"] == 2 and graph.nodes[0].attrs["image_shape"] == (3, 3, 32, 32)
+    assert _matches_onnxruntime(path, graph, (3, 3, 32, 32)) <= 1e-4
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_attention_with_separate_q_k_v_projections(onnx_dir: Path, dynamo: bool) -> None:
+    path = separate_projections(onnx_dir, dynamo)
+    graph = run_passes(load_onnx(path, batch=2))
+    assert graph.op_counts() == {"input": 1, "linear": 4, "attention": 1, "output": 1}
+    attention = next(n for n in graph.nodes if n.op == "attention")
+    assert len(set(attention.inputs)) == 3 and attention.attrs["scale"] == 1.0
+    assert attention.attrs["heads"][1]["k_cols"] == list(range(8, 16))
+    assert _matches_onnxruntime(path, graph, (2, 5, 16)) <= 1e-4
 
 
 def test_unmatched_graph_stays_generic_and_correct(tmp_path: Path) -> None:

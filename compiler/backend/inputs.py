@@ -20,8 +20,38 @@ def quantised_text(values: list[np.ndarray], fx: FixedPoint) -> str:
     if not values:
         return ""
     flat = np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in values])
-    exact = fx.decode(fx.encode(flat))
-    return " ".join(map(repr, exact.tolist())) + "\n"
+    return exact_decimals(fx.encode(flat), fx.f)
+
+
+_FOUR_DIGITS = np.array([list(f"{i:04d}".encode()) for i in range(10000)], dtype=np.uint8)
+
+
+def _digits(values: np.ndarray, count: int) -> np.ndarray:
+    """Zero-padded decimal digits of non-negative int64 ``values`` (count a multiple of 4), as uint8 rows."""
+    chunks = []
+    for _ in range(count // 4):
+        values, low = np.divmod(values, 10000)
+        chunks.append(_FOUR_DIGITS[low])
+    return np.concatenate(chunks[::-1], axis=1)
+
+
+def exact_decimals(x_int: np.ndarray, f: int) -> str:
+    """The exact decimal of every x/2^f, by vectorised digit arithmetic (50 MB of weights in well under a second,
+    where Python's float repr takes seconds): x/2^f = q + r/2^f and r/2^f = r·5^f/10^f has exactly f digits."""
+    x_int = np.asarray(x_int, dtype=np.int64).reshape(-1)
+    if f > 18 or not x_int.size:  # r·5^f would overflow int64
+        return " ".join(map(repr, (x_int / 2.0 ** f).tolist())) + "\n"
+    a = np.abs(x_int)
+    q, r = a >> f, (a & ((1 << f) - 1)) * 5 ** f
+    int_digits = -(-len(str(int(q.max()))) // 4) * 4
+    frac_digits = -(-f // 4) * 4
+    r = r * 10 ** (frac_digits - f)
+    sign = np.where(x_int < 0, ord("-"), ord(" ")).astype(np.uint8)[:, None]
+    point = np.full((a.size, 1), ord("."), dtype=np.uint8)
+    space = np.full((a.size, 1), ord(" "), dtype=np.uint8)
+    text = np.concatenate([sign, _digits(q, int_digits), point, _digits(r, frac_digits), space], axis=1)
+    text[-1, -1] = ord("\n")
+    return text.tobytes().decode("ascii")
 
 
 def write_text(path: Path, text: str) -> str:

@@ -1,0 +1,114 @@
+"""`mpcvit-compile`: end to end on exported ViTs, the summary and --check, and one-line errors with exit 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from compiler.cli import main
+
+onnx_fixtures = pytest.importorskip("onnx_fixtures")
+
+
+@pytest.fixture(scope="module")
+def timm_onnx(tmp_path_factory) -> Path:
+    return onnx_fixtures.timm_vit(tmp_path_factory.mktemp("onnx"), False)
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = int(exc.code)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_compile_with_check_writes_the_program_and_prints_the_summary(timm_onnx, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = run([str(timm_onnx), "--protocol", "semi2k", "-o", str(out), "--batch", "1", "--check",
+                                "--check-samples", "24", "--approx", "gelu=mpspdz", "--dump-ir"], capsys)
+    assert code == 0, stderr
+    assert "= attention(" in stdout  # --dump-ir
+    assert "compiled timm_32_2_4_64_ts_None_False for semi2k (MP-SPDZ -E semi2k, f=16, k=31, batch 1)" in stdout
+    assert "layers: 2 attention" in stdout and "gelu=mpspdz" in stdout
+    assert "cost estimate (semi2k)" in stdout and "TOTAL" in stdout and "latency LAN" in stdout
+    assert "check: 24 inputs" in stdout and "top-1 agreement 100.0%" in stdout
+    error = float(stdout.split("logits vs onnxruntime: max |err| ")[1].split()[0])
+    assert error <= 0.05
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["protocol"] == "semi2k" and manifest["onnx"]["sha256"]
+    assert manifest["approximations"]["/blocks/blocks.0/mlp/act/Gelu"]["gelu"] == "gelu:mpspdz"
+    assert (out / "timm_32_2_4_64_ts_None_False.mpc").is_file()
+
+
+def test_api_check_on_the_digits_dataset(tmp_path):
+    from compiler.api import compile_onnx
+
+    path = onnx_fixtures.tiny_mpcvit(tmp_path, (("softmax", "softmax", "relu_softmax", "scaling"),), ("gelu",),
+                                     grouping="index")
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1  # a digits-shaped input, 1 x 8 x 8
+    for d in (2, 3):
+        model.graph.input[0].type.tensor_type.shape.dim[d].dim_value = 16
+    helper.set_model_props(model, {"mpcvit.dataset": "digits", "mpcvit.input_mean": "[0.3]",
+                                   "mpcvit.input_std": "[0.4]"})
+    # the fixture's 3-channel patch embedding does not fit 1 channel: the check falls back to random images
+    onnx.save(model, str(tmp_path / "digits.onnx"))
+    result = compile_onnx(path, tmp_path / "o", check=True, check_samples=16, reveal="argmax")
+    assert result.check.source == "random N(0, 1) images" and result.check.top1_agreement == 1.0
+    assert result.manifest.output_shape == [1, 1]
+
+
+def _graph(tmp_path, nodes, inits, shape=(1, 4), out_shape=(1, 4), name="m.onnx"):
+    return onnx_fixtures.onnx_graph(tmp_path / name, nodes, list(shape), "y", list(out_shape),
+                                    [(k, np.asarray(v, np.float32)) for k, v in inits])
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("protocol", "--protocol 'spdz' is unknown; choose one of semi2k, dealer, replicated-ring"),
+    ("approx", "--approx gelu=cubic: unknown choice"),
+    ("missing", "not found"),
+    ("truncated", "m.onnx"),
+    ("unsupported", "Sin"),
+    ("range", "outside the comparison range"),
+    ("dynamic", "N"),
+])
+def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys, timm_onnx, case, expect):
+    model, extra = str(timm_onnx), []
+    if case == "protocol":
+        extra = ["--protocol", "spdz"]
+    elif case == "approx":
+        extra = ["--approx", "gelu=cubic"]
+    elif case == "missing":
+        model = str(tmp_path / "nope.onnx")
+    elif case == "truncated":
+        data = Path(timm_onnx).read_bytes()
+        (tmp_path / "m.onnx").write_bytes(data[: len(data) // 3])
+        model = str(tmp_path / "m.onnx")
+    elif case == "unsupported":
+        model = str(_graph(tmp_path, [helper.make_node("Sin", ["x"], ["y"])], []))
+    elif case == "range":  # relu of values around 1e5: beyond |v| < 2^14
+        model = str(_graph(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                           [("w", np.full((4, 4), 3e4))]))
+    elif case == "dynamic":
+        model = str(_graph(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [], shape=(1, "N"), out_shape=(1, "N")))
+    out = tmp_path / "out"
+    code, stdout, stderr = run([model, "-o", str(out), *extra], capsys)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_console_script_exit_code(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "compiler.cli", str(tmp_path / "x.onnx")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("error: ONNX file")

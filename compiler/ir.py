@@ -128,8 +128,8 @@ class Graph:
         for node in self.nodes:
             shown = {k: _short(v) for k, v in node.attrs.items()}
             attrs = " ".join(f"{k}={v}" for k, v in shown.items())
-            lines.append(f"{', '.join(fmt(o) for o in node.outputs)} = {node.op}({', '.join(fmt(i) for i in node.inputs)})"
-                         + (f"  {attrs}" if attrs else ""))
+            target = f"{', '.join(fmt(o) for o in node.outputs)} = " if node.outputs else ""
+            lines.append(f"{target}{node.op}({', '.join(fmt(i) for i in node.inputs)})" + (f"  {attrs}" if attrs else ""))
         lines.append(f"outputs: {', '.join(fmt(n) for n in self.outputs)}")
         return "\n".join(lines)
 

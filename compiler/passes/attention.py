@@ -263,7 +263,7 @@ def merge_attention(graph: Graph) -> Graph:
                               parts[0].attrs["head_dim"])
         if len(same) != 1 or len(eps) > 1 or picked is None:
             continue
-        merged = Node("attention", list(parts[0].inputs), layout.outputs, name=layout.name,
+        merged = Node("attention", list(parts[0].inputs), layout.outputs, name=parts[0].name,
                       attrs={**parts[0].attrs, "heads": [parts[i].attrs["heads"][h] for i, h in picked],
                              "eps": eps.pop() if eps else 0.0})
         graph.nodes[graph.nodes.index(layout)] = merged

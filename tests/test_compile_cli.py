@@ -48,22 +48,19 @@ def test_compile_with_check_writes_the_program_and_prints_the_summary(timm_onnx,
     assert (out / "timm_32_2_4_64_ts_None_False.mpc").is_file()
 
 
-def test_api_check_on_the_digits_dataset(tmp_path):
+def test_api_check_uses_the_digits_test_set_with_mixed_head_kinds(tmp_path):
+    models = pytest.importorskip("benchmarks.models")
     from compiler.api import compile_onnx
 
-    path = onnx_fixtures.tiny_mpcvit(tmp_path, (("softmax", "softmax", "relu_softmax", "scaling"),), ("gelu",),
-                                     grouping="index")
-    model = onnx.load(str(path))
-    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1  # a digits-shaped input, 1 x 8 x 8
-    for d in (2, 3):
-        model.graph.input[0].type.tensor_type.shape.dim[d].dim_value = 16
-    helper.set_model_props(model, {"mpcvit.dataset": "digits", "mpcvit.input_mean": "[0.3]",
-                                   "mpcvit.input_std": "[0.4]"})
-    # the fixture's 3-channel patch embedding does not fit 1 channel: the check falls back to random images
-    onnx.save(model, str(tmp_path / "digits.onnx"))
-    result = compile_onnx(path, tmp_path / "o", check=True, check_samples=16, reveal="argmax")
-    assert result.check.source == "random N(0, 1) images" and result.check.top1_agreement == 1.0
-    assert result.manifest.output_shape == [1, 1]
+    path = models.export_spec(models.ModelSpec("vit_1_4_8", attention="mu0.5"), tmp_path / "digits.onnx")
+    result = compile_onnx(path, tmp_path / "o", protocol="dealer", batch=1, check=True, check_samples=200,
+                          reveal="argmax")
+    kinds = {h["kind"] for n in result.program.graph.nodes if n.op == "attention" for h in n.attrs["heads"]}
+    assert kinds == {"relu_softmax", "scaling"}
+    check = result.check
+    assert check.source == "digits test set" and check.samples == 200
+    assert check.top1_agreement == 1.0 and check.max_logit_error <= 0.05
+    assert result.manifest.output_shape == [1, 1] and result.manifest.model_config["mpcvit.dataset"] == "digits"
 
 
 def _graph(tmp_path, nodes, inits, shape=(1, 4), out_shape=(1, 4), name="m.onnx"):

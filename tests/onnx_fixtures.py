@@ -56,16 +56,17 @@ def run_onnxruntime(path: Path, x: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=None)
 def timm_vit(out_dir: Path, dynamo: bool, opset: int | None = None, dynamic_batch: bool = False,
              img_size: int = 32, embed_dim: int = 64, depth: int = 2, num_heads: int = 4,
-             mlp_ratio: float = 4.0, num_classes: int = 10) -> Path:
+             mlp_ratio: float = 4.0, num_classes: int = 10, fused_attn: bool = False) -> Path:
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
-    timm.layers.set_fused_attn(False)
+    timm.layers.set_fused_attn(fused_attn)  # fused: scaled_dot_product_attention, exported with q and k scaled
     torch.manual_seed(0)
     model = VisionTransformer(img_size=img_size, patch_size=4, embed_dim=embed_dim, depth=depth,
                               num_heads=num_heads, num_classes=num_classes, mlp_ratio=mlp_ratio)
     _randomise(model)
-    name = f"timm_{img_size}_{depth}_{num_heads}_{embed_dim}_{'dynamo' if dynamo else 'ts'}_{opset}_{dynamic_batch}"
+    name = f"timm_{img_size}_{depth}_{num_heads}_{embed_dim}_{'dynamo' if dynamo else 'ts'}_{opset}_{dynamic_batch}" \
+        f"_{fused_attn}"
     return export(model, torch.randn(1, 3, img_size, img_size), out_dir / f"{name}.onnx", dynamo, opset,
                   dynamic_batch)
 

@@ -16,7 +16,8 @@ from compiler.frontend import load_onnx
 from compiler.ir import Graph, Node, Value
 from compiler.ir_eval import evaluate
 from compiler.passes import (PIPELINE, compose_layouts, fold_layouts_into_linear, fold_scales, fuse_gelu, fuse_layernorm,
-                             fuse_linear_chains, layout_into_input, linear_from_matmul, run_passes, scale_from_mul)
+                             fuse_linear_chains, layout_into_input, linear_from_matmul, run_passes, scale_from_mul,
+                             scales_after_layouts)
 from onnx_fixtures import onnx_graph, run_onnxruntime, separate_projections, shared_dir, timm_vit, tiny_mpcvit
 
 VIT_KINDS = {"input", "linear", "layout", "add", "scale", "layernorm", "attention", "gelu", "relu", "output"}
@@ -101,6 +102,16 @@ def test_compose_layouts_merges_chains_and_drops_identities() -> None:
     assert len(layouts) == 1 and layouts[0].inputs == ["cls", "x"]
 
 
+def test_scales_after_layouts() -> None:
+    graph = make_graph({"x": (2, 3, 4)}, {}, [
+        ("scale", ["x"], "s", (2, 3, 4), {"factor": 0.5}),
+        ("layout", ["s"], "t", (2, 4, 3), {"index": _transpose_index((2, 3, 4), (0, 2, 1))}),
+        ("layout", ["t"], "y", (2, 3, 4), {"index": _transpose_index((2, 4, 3), (0, 2, 1))})], "y")
+    graph = preserved(graph, scales_after_layouts)
+    assert [n.op for n in graph.nodes] == ["input", "layout", "layout", "scale", "output"]
+    assert preserved(graph, compose_layouts).op_counts() == {"input": 1, "scale": 1, "output": 1}
+
+
 def test_fold_layouts_into_linear_weights() -> None:
     reverse_cols = np.arange(2 * 3 * 5).reshape(2, 3, 5)[..., ::-1]
     pick_cols = np.arange(2 * 3 * 4).reshape(2, 3, 4)[..., [0, 2, 2]]
@@ -182,9 +193,9 @@ def _matches_onnxruntime(path: Path, graph: Graph, image: tuple[int, ...]) -> fl
     return float(np.abs(evaluate(graph, {graph.inputs[0]: x})[graph.outputs[0]] - run_onnxruntime(path, x)).max())
 
 
-@pytest.mark.parametrize("dynamo", [False, True])
-def test_timm_vit_pipeline(onnx_dir: Path, dynamo: bool) -> None:
-    path = timm_vit(onnx_dir, dynamo, 13 if not dynamo else None)
+@pytest.mark.parametrize("dynamo,fused_attn", [(False, False), (True, False), (False, True)])
+def test_timm_vit_pipeline(onnx_dir: Path, dynamo: bool, fused_attn: bool) -> None:
+    path = timm_vit(onnx_dir, dynamo, None if dynamo else 14 if fused_attn else 13, fused_attn=fused_attn)
     graph = run_passes(load_onnx(path))
     counts = graph.op_counts()
     assert set(counts) <= VIT_KINDS

@@ -3,7 +3,7 @@
 Starting from each secret ``P @ V`` product, walk back: V, Q and K^T are layouts of [B, N, C] sources (their
 composed index maps give each head's columns); P is a head-axis concatenation (a layout) of groups, each one
 kind — softmax, ReLU-softmax relu(S)/(sum(relu(S)) + eps), or scaling S * c — of a head selection of
-S = (Q * a) @ K^T * b. Models that run each kind group as its own chain (slices/index_select of q, k, v, then
+S = (Q * a) @ (K^T * a') * b. Models that run each kind group as its own chain (slices/index_select of q, k, v, then
 a head-axis concat of the group outputs) give one attention per group; :func:`merge_attention` joins them.
 Per-head factors (1/sqrt(d), and c * N for scaling heads, whose kind means S / N) become the ``scale`` attr and
 then fold into the q projection's columns when that linear feeds only this attention (:func:`fold_attention_scale`).
@@ -34,7 +34,7 @@ class _Match:
     k_cols: np.ndarray
     v_cols: np.ndarray  # [H, d] per output head
     head_group: list[tuple[_Group, int]]  # per output head: its group and the S head it reads
-    q_factor: float
+    qk_factor: float  # scales found on the q and k paths
     nodes: list[Node] = field(default_factory=list)  # every node of the matched subgraph
 
 
@@ -166,11 +166,12 @@ class _Matcher:
             return None
         scores = groups[0][1]
         q_name, q_factor = self.peel_scales(scores.inputs[0], nodes)
-        q, k = self.columns(q_name, nodes), self.columns(scores.inputs[1], nodes, transposed=True)
+        k_name, k_factor = self.peel_scales(scores.inputs[1], nodes)  # torch's fused attention scales k too
+        q, k = self.columns(q_name, nodes), self.columns(k_name, nodes, transposed=True)
         if q is None or k is None:
             return None
         head_group = [(groups[i][0], int(groups[i][0].s_heads[h])) for i, h in picked]
-        return _Match((q[0], k[0], v[0]), q[1], k[1], v[1], head_group, q_factor, nodes)
+        return _Match((q[0], k[0], v[0]), q[1], k[1], v[1], head_group, q_factor * k_factor, nodes)
 
 
 def _fold_into_q(graph: Graph, q_src: str, q_cols: np.ndarray, factors: np.ndarray, others: list[np.ndarray],
@@ -200,7 +201,7 @@ def _private_readers(graph: Graph, match: _Match) -> set[int]:
 
 
 def _rewrite(graph: Graph, pv: Node, match: _Match) -> bool:
-    factors = np.array([match.q_factor * group.factor for group, _ in match.head_group])
+    factors = np.array([match.qk_factor * group.factor for group, _ in match.head_group])
     eps_values = {group.eps for group, _ in match.head_group if group.eps is not None}
     if len(eps_values) > 1:
         return False

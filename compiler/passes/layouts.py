@@ -4,9 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.ir import Graph, Node
-from compiler.passes.graph_tools import consumers, only_use, producer_op, producers, remove_dead, rename_uses
+from compiler.ir import Graph, Node, Value
+from compiler.passes.graph_tools import (consumers, fresh_name, only_use, producer_op, producers, remove_dead,
+                                         rename_uses)
 from compiler.passes.linear import linear_parts, set_linear_parts
+
+
+def scales_after_layouts(graph: Graph) -> Graph:
+    """layout(scale(x)) -> scale(layout(x)) (exact: a scalar commutes with data movement), so that layouts meet
+    and compose — e.g. the sqrt(1/sqrt(d)) torch's fused attention puts on q and k between its transposes."""
+    changed = True
+    while changed:
+        changed = False
+        uses, prod = consumers(graph), producers(graph)
+        for layout in graph.nodes:
+            scale = producer_op(prod, layout.inputs[0], "scale") if layout.op == "layout" else None
+            if scale is None or len(layout.inputs) != 1 or only_use(uses, graph, scale.outputs[0]) is not layout:
+                continue
+            moved = fresh_name(graph, layout.outputs[0] + "_unscaled")
+            graph.add_value(Value(moved, graph.values[layout.outputs[0]].shape))
+            factor = scale.attrs["factor"]
+            scale.op, scale.outputs, scale.attrs = "layout", [moved], layout.attrs  # x is defined before scale
+            layout.op, layout.inputs, layout.attrs = "scale", [moved], {"factor": factor}
+            changed = True
+    return remove_dead(graph)
 
 
 def compose_layouts(graph: Graph) -> Graph:

@@ -29,14 +29,15 @@ class ProtocolSpec:
     script: str
     n_parties: int
     dealer: int | None  # party index of the dealer, which holds no input
-    trunc: str  # MP-SPDZ truncation of sfix products under this protocol
+    trunc: str  # truncation of sfix products: both probabilistic (error < 1 LSB); "trunc_pr" = the protocol's own
+    # one-round instruction (compile.py enables it for replicated-ring), "generic" = MP-SPDZ's mask-and-open TruncPr
 
 
 PROTOCOLS: dict[str, ProtocolSpec] = {
-    "semi2k": ProtocolSpec("semi2k", "semi2k", "semi2k-party.x", "Scripts/semi2k.sh", 2, None, "exact"),
-    "dealer": ProtocolSpec("dealer", "dealer-ring", "dealer-ring-party.x", "Scripts/dealer-ring.sh", 3, 2, "exact"),
+    "semi2k": ProtocolSpec("semi2k", "semi2k", "semi2k-party.x", "Scripts/semi2k.sh", 2, None, "generic"),
+    "dealer": ProtocolSpec("dealer", "dealer-ring", "dealer-ring-party.x", "Scripts/dealer-ring.sh", 3, 2, "generic"),
     "replicated-ring": ProtocolSpec("replicated-ring", "replicated-ring", "replicated-ring-party.x",
-                                    "Scripts/ring.sh", 3, None, "probabilistic"),
+                                    "Scripts/ring.sh", 3, None, "trunc_pr"),
 }
 ALIASES = {"dealer-ring": "dealer", "rep3-ring": "replicated-ring", "ring": "replicated-ring"}
 RING_BITS = 64

@@ -130,6 +130,8 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
     ``on_graph`` sees the IR after the passes (``--dump-ir``). ``check`` compares the fixed-point reference with
     onnxruntime on ``check_samples`` inputs (the digits test set when the metadata names it, else random).
     """
+    if check and check_samples < 1:
+        raise UserError(f"--check-samples {check_samples}: give at least 1")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     graph = run_passes(load_onnx(onnx_path, batch=batch))
@@ -147,6 +149,4 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
     manifest = emit(program, out_dir, onnx_path=onnx_path, client_images=images[:batch], template_set=template_set)
     timings["emit_s"] = time.perf_counter() - emit_start
     timings["total_s"] = time.perf_counter() - start
-    if check_samples < 1 and check:
-        raise UserError("--check needs at least one sample")
     return CompileResult(manifest, program, estimate(program), report, timings)

@@ -15,7 +15,7 @@ KINDS = ("softmax", "relu_softmax", "scaling", "softmax")
 def build(batch: int = 2, kinds: tuple[str, ...] = KINDS, seed: int = 0, image: int = 8, patch: int = 4,
           dim: int = 16, hidden: int = 32, classes: int = 10, eps: float = 1e-3) -> Graph:
     rng = np.random.default_rng(seed)
-    heads, d = len(kinds), dim // len(kinds)
+    d = dim // len(kinds)
     grid = image // patch
     n_patch = grid * grid
     tokens = n_patch + 1

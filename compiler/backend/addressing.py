@@ -38,22 +38,17 @@ def affine(index: np.ndarray) -> Affine | None:
     shape = index.shape
     base = int(index.reshape(-1)[0])
     dims: list[tuple[int, int]] = []  # (size, stride) of the non-trivial dims, outermost first
-    for axis, size in enumerate(shape):
-        if size > 1:
-            unit = [0] * len(shape)
-            unit[axis] = 1
-            dims.append((size, int(index[tuple(unit)]) - base))
     expected = np.full(shape, base, dtype=np.int64)
     for axis, size in enumerate(shape):
         if size > 1:
-            unit = [0] * len(shape)
-            unit[axis] = 1
-            stride = int(index[tuple(unit)]) - base
+            unit = tuple(1 if a == axis else 0 for a in range(len(shape)))
+            stride = int(index[unit]) - base
+            dims.append((size, stride))
             expected = expected + stride * np.arange(size).reshape([-1 if a == axis else 1 for a in range(len(shape))])
     if not np.array_equal(expected, index):
         return None
     merged: list[tuple[int, int]] = []
-    for size, stride in dims:  # fuse (a, s·b) then (b, s) into (a·b, s); drop zero-stride… only when exact
+    for size, stride in dims:  # an outer dim of stride s·b over an inner one of size b, stride s: one dim
         if merged and merged[-1][1] == stride * size:
             prev_size, _ = merged.pop()
             merged.append((prev_size * size, stride))

@@ -17,7 +17,7 @@ import numpy as np
 from compiler.approx import REGISTRY
 from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs
 from compiler.errors import CompileError, UserError
-from compiler.ir import Graph, Node, Value
+from compiler.ir import Node, Value
 from compiler.lowering.plans import NodePlan, Program, attention_groups, relu_softmax_eps
 from compiler.reference.executor import layernorm_eps_int
 

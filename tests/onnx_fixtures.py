@@ -13,7 +13,6 @@ import contextlib
 import io
 import logging
 import warnings
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +27,10 @@ from torch import nn
 
 def export(model: nn.Module, sample: torch.Tensor, path: Path, dynamo: bool, opset: int | None = None,
            dynamic_batch: bool = False) -> Path:
-    """torch.onnx.export, quietly; ``dynamic_batch`` marks dimension 0 of the input dynamic (TorchScript only)."""
+    """torch.onnx.export, quietly; ``dynamic_batch`` marks dimension 0 of the input dynamic (TorchScript only).
+    File names encode every builder argument, so an existing file is reused (the directory lives one session)."""
+    if path.exists():
+        return path
     kwargs: dict = {"dynamo": dynamo, "input_names": ["image"], "output_names": ["logits"]}
     if opset is not None:
         kwargs["opset_version"] = opset
@@ -53,7 +55,6 @@ def run_onnxruntime(path: Path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
 
 
-@lru_cache(maxsize=None)
 def timm_vit(out_dir: Path, dynamo: bool, opset: int | None = None, dynamic_batch: bool = False,
              img_size: int = 32, embed_dim: int = 64, depth: int = 2, num_heads: int = 4,
              mlp_ratio: float = 4.0, num_classes: int = 10, fused_attn: bool = False) -> Path:
@@ -167,7 +168,6 @@ class TinyMPCViT(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
 
-@lru_cache(maxsize=None)
 def tiny_mpcvit(out_dir: Path, kinds: tuple[tuple[str, ...], ...], mlp_kinds: tuple[str, ...],
                 grouping: str = "slice", split: str = "scores", dynamo: bool = False,
                 opset: int | None = 17) -> Path:
@@ -193,7 +193,6 @@ class SeparateProjections(nn.Module):
         return self.out((attn @ v).transpose(1, 2).reshape(B, N, C))
 
 
-@lru_cache(maxsize=None)
 def separate_projections(out_dir: Path, dynamo: bool) -> Path:
     torch.manual_seed(0)
     return export(SeparateProjections(), torch.randn(2, 5, 16), out_dir / f"separate_{dynamo}.onnx", dynamo,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tiny_vit_ir
-from compiler.backend import emit
+from compiler.backend import emit, write_client_input
 from compiler.lowering import get_profile, lower
 from compiler.reference import execute
 
@@ -64,3 +64,19 @@ def test_rounds_do_not_grow_with_heads_or_images(mpspdz, tmp_path):
     """MP-SPDZ's own round count (compile.py): 3 heads x 1 image and 12 heads x 4 images take the same rounds."""
     base = _vm_rounds(mpspdz, tmp_path, 1, ("softmax", "relu_softmax", "scaling"))
     assert _vm_rounds(mpspdz, tmp_path, 4, ("softmax", "relu_softmax", "scaling") * 4) == base
+
+
+def test_exported_digits_model_end_to_end(mpspdz, tmp_path):
+    """ONNX (mixed ReLU-softmax/scaling heads) -> mpcvit-compile's API -> MP-SPDZ on 4 digits, default approximations."""
+    models = pytest.importorskip("benchmarks.models")
+    from compiler.api import compile_onnx
+    from compiler.runtime.runner import run
+
+    path = models.export_spec(models.ModelSpec("vit_1_4_8", attention="mu0.5"), tmp_path / "digits.onnx", batch=4)
+    result = compile_onnx(path, tmp_path / "out", protocol="replicated-ring", batch=4)
+    images = np.random.default_rng(0).standard_normal((4, 1, 8, 8))
+    graph = result.program.graph
+    expected = execute(result.program, {graph.inputs[0]: images}).outputs[graph.outputs[0]]
+    write_client_input(result.manifest, images)
+    mpc = run(tmp_path / "out", mpspdz=mpspdz, log=lambda _: None)
+    assert np.abs(mpc.logits - expected).max() <= 1e-2

@@ -71,13 +71,34 @@ def model_cfg(spec: ModelSpec) -> ModelConfig:
                         mlp_kinds=mlp_kinds(base.depth, spec.mlp, spec.seed))
 
 
-def export_spec(spec: ModelSpec, path: Path, batch: int = 1, state_dict: dict | None = None) -> Path:
+@dataclass(frozen=True)
+class Weights:
+    state_dict: dict | None  # None: seeded random initialisation
+    dataset: dict            # name, mean, std: the ONNX metadata's normalisation
+
+
+def trained_weights(spec: ModelSpec, epochs: int, cache: Path) -> Weights:
+    """Train `spec` (its own head/MLP kinds) on digits with the PyTorch side's recipe; cached per spec and epochs."""
+    from mpcvit.data import load_dataset
+    from mpcvit.pipeline import train_stage
+    from mpcvit.recipes import recipe
+    from mpcvit.train import load_checkpoint
+
+    path = cache / f"{spec.key.replace('/', '_')}_e{epochs}_s{spec.seed}.pt"
+    if not path.is_file():
+        data = load_dataset("digits")
+        train_stage(model_cfg(spec), data, recipe("digits", epochs=epochs, seed=spec.seed), path, progress=False)
+    checkpoint = load_checkpoint(path)
+    return Weights(checkpoint["state_dict"], checkpoint["dataset"])
+
+
+def export_spec(spec: ModelSpec, path: Path, batch: int = 1, weights: Weights | None = None) -> Path:
     """Seeded (or given) weights exported with a fixed batch `batch` and the DESIGN.md metadata."""
     cfg = model_cfg(spec)
     torch.manual_seed(spec.seed)
     model = create(cfg).eval()
-    if state_dict is not None:
-        model.load_state_dict(state_dict, strict=False)
+    if weights is not None and weights.state_dict is not None:
+        model.load_state_dict(weights.state_dict)
     sample = torch.randn((batch, cfg.in_chans, cfg.img_size, cfg.img_size), generator=torch.Generator().manual_seed(0))
     path.parent.mkdir(parents=True, exist_ok=True)
     quiet = logging.getLogger("torch.onnx")
@@ -90,6 +111,7 @@ def export_spec(spec: ModelSpec, path: Path, batch: int = 1, state_dict: dict | 
     finally:
         quiet.setLevel(level)
     proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, export_metadata(model, DATASETS[MODEL_DATASET.get(spec.model, "digits")]))
+    dataset = weights.dataset if weights is not None else DATASETS[MODEL_DATASET.get(spec.model, "digits")]
+    onnx.helper.set_model_props(proto, export_metadata(model, dataset))
     onnx.save(proto, str(path))
     return path

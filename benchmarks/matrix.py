@@ -1,0 +1,214 @@
+"""The benchmark matrix: models × attention × MLP × protocol × network (× mpcvit vs the naive `ml` baseline).
+
+Every cell is priced by the cost model; with `--real` it also runs under MP-SPDZ (`--repeats` runs, medians), with
+`--images N` over N test images for top-1 agreement with the plaintext model. Cells are appended to a JSON-lines
+results file as they finish and skipped when already there (resumable). `--report` writes the markdown table and
+plots (see `benchmarks/report.py`).
+
+    python -m benchmarks.matrix --models vit_2_4_8 --attention softmax mu0.1 --protocols replicated-ring --real
+    mpcvit bench ...   (the same options)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from tqdm import tqdm
+
+from compiler.errors import run_cli
+
+RESULTS_DIR = Path(__file__).with_name("results")
+DEFAULT_MODELS = ("vit_2_4_8",)  # the digits config; vit_7_4_32 / vit_9_12_64 on request
+TEMPLATE_SETS = {"mpcvit": None, "ml_baseline": "ml_baseline"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    attention: str
+    mlp: str
+    protocol: str
+    network: str
+    templates: str = "mpcvit"
+    weights: str = "random"
+    batch: int = 1
+    overrides: tuple[tuple[str, Any], ...] = ()
+    online_only: bool = False
+
+    @property
+    def key(self) -> str:
+        extra = "".join(f",{k}={v}" for k, v in self.overrides)
+        mode = "/online" if self.online_only else ""
+        return (f"{self.model}{extra}/{self.weights}/{self.attention}/{self.mlp}/{self.protocol}{mode}/"
+                f"{self.network}/{self.templates}/b{self.batch}")
+
+    @property
+    def build_key(self) -> tuple:  # cells differing only in network share one compiled program and one real run
+        return (self.model, self.overrides, self.weights, self.attention, self.mlp, self.protocol, self.templates,
+                self.batch, self.online_only)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from benchmarks.models import ATTENTION_CONFIGS, MLP_CONFIGS
+
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model configs")
+    p.add_argument("--weights", default="random", help="'random' (seeded), 'train:<epochs>' (train each config on "
+                                                       "digits, cached) or a checkpoint file of mpcvit train")
+    p.add_argument("--attention", nargs="+", default=["softmax", "relu_softmax", "scaling", "mu0.1", "mu0.5"],
+                   help=f"attention configs ({', '.join(ATTENTION_CONFIGS)})")
+    p.add_argument("--mlp", nargs="+", default=["gelu"], help=f"MLP configs ({', '.join(MLP_CONFIGS)})")
+    p.add_argument("--protocols", nargs="+", default=["semi2k", "dealer", "replicated-ring"])
+    p.add_argument("--networks", nargs="+", default=["lan", "wan"])
+    p.add_argument("--baseline", action="store_true", help="also the naive MP-SPDZ `ml` baseline templates")
+    p.add_argument("--online-only", action="store_true", help="semi2k cells also with preprocessing from files")
+    p.add_argument("--real", action="store_true", help="run every cell under MP-SPDZ (else cost model only)")
+    p.add_argument("--images", type=int, help="real runs over N test images (top-1 agreement with plaintext)")
+    p.add_argument("--batch", type=int, default=1, help="images per MPC program run")
+    p.add_argument("--repeats", type=int, default=1, help="real runs per cell (medians reported)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per real run")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR / "matrix.jsonl", help="JSON-lines results file")
+    p.add_argument("--report", type=Path, help="write the markdown table and PNG plots into this folder")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cells(args: argparse.Namespace) -> list[Cell]:
+    sets = ["mpcvit", "ml_baseline"] if args.baseline else ["mpcvit"]
+    modes = [False, True] if args.online_only else [False]
+    return [Cell(model, attention, mlp, protocol, network, templates, args.weights, args.batch, (), online)
+            for model in args.models for attention in args.attention for mlp in args.mlp
+            for protocol in args.protocols for templates in sets for online in modes
+            if not online or protocol == "semi2k" for network in args.networks]
+
+
+def done_keys(results: Path) -> set[str]:
+    if not results.is_file():
+        return set()
+    return {json.loads(line)["key"] for line in results.read_text().splitlines() if line.strip()}
+
+
+def append_record(results: Path, record: dict[str, Any]) -> None:
+    """One line per cell, written with a single call so that an interrupted run leaves whole lines only."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with open(results, "a") as sink:
+        sink.write(json.dumps(record, default=float) + "\n")
+
+
+def run_matrix(todo: list[Cell], args: argparse.Namespace, progress: bool = True) -> Iterator[dict[str, Any]]:
+    """Measure `todo`; cells sharing a build (all networks of one program) are compiled and run once."""
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in todo:
+        groups.setdefault(cell.build_key, []).append(cell)
+    with tempfile.TemporaryDirectory(prefix="mpcvit-bench-") as tmp:
+        for members in tqdm(list(groups.values()), desc="bench", disable=not progress):
+            yield from measure_group(members, Path(tmp), args)
+
+
+def measure_group(members: list[Cell], tmp: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    from benchmarks.models import ModelSpec, export_spec
+    from benchmarks.pipeline import compile_model
+    from compiler.runtime.network import network_profile
+
+    cell = members[0]
+    spec = ModelSpec(cell.model, cell.attention, cell.mlp, overrides=cell.overrides)
+    name = f"{abs(hash(cell.build_key)):x}"
+    weights = _weights(spec, cell.weights, args.results.parent / "checkpoints")
+    onnx_path = export_spec(spec, tmp / f"{name}.onnx", batch=cell.batch, weights=weights)
+    out_dir = tmp / name
+    compiled = compile_model(onnx_path, cell.protocol, cell.batch, out_dir, TEMPLATE_SETS[cell.templates])
+    total = compiled.cost.total
+    base = {"model": cell.model, "overrides": dict(cell.overrides), "weights": cell.weights,
+            "attention": cell.attention, "mlp": cell.mlp, "protocol": cell.protocol, "templates": cell.templates,
+            "batch": cell.batch, "online_only": cell.online_only,
+            "head_kinds": compiled.program.graph.metadata.get("mpcvit.head_kinds"),
+            # the cost model prices mpcvit's plans; the ml baseline is only measured
+            "cost": None if cell.templates != "mpcvit" else {"bytes_p0": total.bytes_p0, "bytes_all": total.bytes_all, "rounds": total.rounds,
+                     "online_rounds": total.online_rounds, "online_bytes_all": total.online_bytes_all,
+                     "compute_s": total.seconds},
+            "cost_by_op": None if cell.templates != "mpcvit" else {
+                op: {"bytes_all": c.bytes_all, "rounds": c.rounds, "latency_lan_s": c.latency("lan"),
+                     "latency_wan_s": c.latency("wan")} for op, c in compiled.cost.by_op().items()},
+            "compile_s": compiled.compile_s,
+            "plaintext_accuracy": _plaintext_accuracy(onnx_path, weights)}
+    real = _real_runs(out_dir, cell, args) if args.real else None
+    for member in members:
+        record = {"key": member.key, **base, "network": member.network,
+                  "cost_latency_s": compiled.cost.latency(member.network) if base["cost"] else None}
+        if real is not None:
+            profile = network_profile(member.network)
+            record["real"] = real
+            record["real_latency_s"] = real["time_s"] + profile.time_s(real["rounds"], real["bytes_party0"])
+            record["network_emulation"] = "model"
+        yield record
+
+
+def _real_runs(out_dir: Path, cell: Cell, args: argparse.Namespace) -> dict[str, Any]:
+    from compiler.runtime import run
+
+    runs = [run(out_dir, cell.protocol, images=args.images, online_only=cell.online_only, timeout_s=args.timeout,
+                log=lambda m: tqdm.write(m, file=sys.stderr)) for _ in range(max(1, args.repeats))]
+    first = runs[0].to_json()
+    return {"time_s": statistics.median(r.time_s for r in runs), "times_s": [r.time_s for r in runs],
+            "bytes_party0": first["bytes_party0"], "global_bytes": first["global_bytes"], "rounds": first["rounds"],
+            "online": first["online"], "offline": first["offline"], "images": first["images"],
+            "top1_agreement": first["top1_agreement"], "max_logit_error": first["max_logit_error"],
+            "accuracy": first["accuracy"], "mpspdz_compile_s": first["mpspdz_compile_s"],
+            "mpspdz": first["mpspdz"], "machine": first["machine"]}
+
+
+def _weights(spec, weights: str, cache: Path):
+    """'random' → None; 'train:<epochs>' → trained on digits (cached); else an `mpcvit train` checkpoint file."""
+    from benchmarks.models import Weights, trained_weights
+
+    if weights == "random":
+        return None
+    if weights.startswith("train:"):
+        return trained_weights(spec, int(weights.split(":", 1)[1]), cache)
+    from mpcvit.train import load_checkpoint
+
+    checkpoint = load_checkpoint(weights)
+    return Weights(checkpoint["state_dict"], checkpoint["dataset"])
+
+
+def _plaintext_accuracy(onnx_path: Path, weights) -> float | None:
+    """Test accuracy of the float model on its digits test set (trained weights only)."""
+    if weights is None or weights.dataset.get("name") != "digits":
+        return None
+    import numpy as np
+
+    from compiler.runtime.datasets import digits_test_set, normalise
+    from compiler.runtime.runner import onnx_logits
+
+    x, y = digits_test_set()
+    metadata = {"mpcvit.input_mean": json.dumps(weights.dataset["mean"]),
+                "mpcvit.input_std": json.dumps(weights.dataset["std"])}
+    return float(np.mean(onnx_logits(onnx_path, normalise(x, metadata)).argmax(-1) == y))
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    todo = [c for c in cells(args) if c.key not in done_keys(args.results)]
+    print(f"{len(todo)} cell(s) to measure, results in {args.results}", file=sys.stderr)
+    for record in run_matrix(todo, args, progress=not args.no_progress):
+        append_record(args.results, record)
+    if args.report:
+        from benchmarks.report import write_report
+
+        print(write_report(args.results, args.report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.matrix", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_cli(lambda: main_from_args(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Tables and plots from a benchmark results file (JSON lines of `benchmarks/matrix.py`).
+
+* `results.md`: one row per cell (cost model and measured figures), the cost model's error against MP-SPDZ, the
+  speed-up over the naive `ml` baseline;
+* `pareto_<protocol>.png`: accuracy × latency per attention configuration, the Pareto front joined;
+* `breakdown_<protocol>.png`: the cost model's bytes and rounds per op kind, so the softmax share is visible;
+* `results.csv`: the flat table.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COST_TOLERANCE = 0.25
+
+
+def load(results: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+
+
+def flat(record: dict[str, Any]) -> dict[str, Any]:
+    cost, real = record.get("cost") or {}, record.get("real") or {}
+    overrides = ",".join(f"{k}={v}" for k, v in (record.get("overrides") or {}).items())
+    return {"model": record["model"] + (f"({overrides})" if overrides else ""), "weights": record["weights"],
+            "attention": record["attention"], "mlp": record["mlp"],
+            "protocol": record["protocol"] + (" online" if record.get("online_only") else ""),
+            "network": record["network"], "templates": record["templates"], "batch": record["batch"],
+            "cost_MB_p0": _mb(cost.get("bytes_p0")), "cost_MB_all": _mb(cost.get("bytes_all")),
+            "cost_rounds": cost.get("rounds"), "cost_latency_s": record.get("cost_latency_s"),
+            "real_time_s": real.get("time_s"), "real_MB_p0": _mb(real.get("bytes_party0")),
+            "real_MB_all": _mb(real.get("global_bytes")), "real_rounds": real.get("rounds"),
+            "real_latency_s": record.get("real_latency_s"), "top1_agreement": real.get("top1_agreement"),
+            "images": real.get("images"), "plaintext_accuracy": record.get("plaintext_accuracy")}
+
+
+def _mb(value: float | None) -> float | None:
+    return None if value is None else value / 1e6
+
+
+def cost_model_errors(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Relative error of the cost model's bytes (party 0, all) and rounds against the measured run, per program."""
+    rows, seen = [], set()
+    for r in records:
+        if not r.get("real") or not r.get("cost"):
+            continue
+        key = r["key"].replace(f"/{r['network']}/", "/")  # one row per program, whatever the network model
+        if key in seen:
+            continue
+        seen.add(key)
+        real, cost = r["real"], r["cost"]
+        errors = {"bytes_p0": cost["bytes_p0"] / real["bytes_party0"] - 1,
+                  "bytes_all": cost["bytes_all"] / real["global_bytes"] - 1 if real.get("global_bytes") else None,
+                  "rounds": cost["rounds"] / real["rounds"] - 1}
+        rows.append({"program": key, **errors,
+                     "within": all(abs(e) <= COST_TOLERANCE for e in errors.values() if e is not None)})
+    return rows
+
+
+def baseline_speedups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """mpcvit vs the `ml` baseline for the same model/protocol/network (measured)."""
+    ours = {r["key"].replace("/mpcvit/", "/ml_baseline/"): r for r in records
+            if r["templates"] == "mpcvit" and r.get("real")}
+    rows = []
+    for base in records:
+        mine = ours.get(base["key"])
+        if base["templates"] != "ml_baseline" or not base.get("real") or mine is None:
+            continue
+        rows.append({"program": mine["key"].replace("/mpcvit", ""),
+                     "rounds_ratio": base["real"]["rounds"] / mine["real"]["rounds"],
+                     "latency_ratio": base["real_latency_s"] / mine["real_latency_s"],
+                     "time_ratio": base["real"]["time_s"] / mine["real"]["time_s"]})
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(latency, accuracy) points not dominated by a faster-and-at-least-as-accurate one, by latency."""
+    front, best = [], -np.inf
+    for latency, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
+        if accuracy > best:
+            front.append((latency, accuracy))
+            best = accuracy
+    return front
+
+
+def plot_pareto(records: list[dict[str, Any]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for protocol in sorted({r["protocol"] for r in records}):
+        for network in sorted({r["network"] for r in records}):
+            rows = [r for r in records if r["protocol"] == protocol and r["network"] == network
+                    and r["templates"] == "mpcvit" and _accuracy(r) is not None]
+            if not rows:
+                continue
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            points = [(_latency(r), _accuracy(r)) for r in rows]
+            for r, (x, y) in zip(rows, points):
+                ax.scatter(x, y)
+                ax.annotate(f"{r['model']} {r['attention']}/{r['mlp']}", (x, y), fontsize=6)
+            front = pareto_front(points)
+            ax.plot(*zip(*front), "k--", linewidth=0.8, label="Pareto front")
+            ax.set_xlabel(f"latency, {network} (s; {'measured + network model' if rows[0].get('real') else 'cost model'})")
+            ax.set_ylabel("test accuracy (plaintext)" if rows[0].get("plaintext_accuracy") is not None
+                          else "top-1 agreement with plaintext")
+            ax.set_title(f"{protocol}")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = out / f"pareto_{protocol}_{network}.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def _latency(record: dict[str, Any]) -> float:
+    return record["real_latency_s"] if record.get("real_latency_s") is not None else record["cost_latency_s"]
+
+
+def _accuracy(record: dict[str, Any]) -> float | None:
+    if record.get("plaintext_accuracy") is not None:
+        return record["plaintext_accuracy"]
+    return (record.get("real") or {}).get("top1_agreement")
+
+
+def plot_breakdown(records: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Stacked bars per attention config: the cost model's all-party MB and rounds per op kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for protocol in sorted({r["protocol"] for r in records}):
+        rows = {(r["model"], r["attention"], r["mlp"]): r for r in records
+                if r["protocol"] == protocol and r.get("cost_by_op") and not r.get("online_only")}
+        if not rows:
+            continue
+        ops = sorted({op for r in rows.values() for op in r["cost_by_op"]})
+        labels = [f"{m}\n{a}/{p}" for m, a, p in rows]
+        fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(rows) + 3), 4))
+        for ax, metric, title in ((axes[0], "bytes_all", "MB (all parties)"), (axes[1], "rounds", "rounds")):
+            bottom = np.zeros(len(rows))
+            for op in ops:
+                values = np.array([r["cost_by_op"].get(op, {}).get(metric, 0.0) for r in rows.values()])
+                values = values / 1e6 if metric == "bytes_all" else values
+                ax.bar(labels, values, bottom=bottom, label=op)
+                bottom += values
+            ax.set_title(f"{protocol}: {title} per op (cost model)")
+            ax.tick_params(axis="x", labelsize=6)
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"breakdown_{protocol}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(results: Path, out: Path) -> str:
+    """Write results.md / results.csv / plots into `out`; returns the markdown."""
+    records = load(results)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [flat(r) for r in records]
+    with open(out / "results.csv", "w", newline="") as sink:
+        writer = csv.DictWriter(sink, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    sections = ["# Benchmark results", "", f"source: `{results}`; latencies: measured local time + network model "
+                "(rounds × one-way latency + party-0 bytes / bandwidth; `tc netem` unavailable)", "",
+                markdown_table(rows)]
+    errors = cost_model_errors(records)
+    if errors:
+        sections += ["", f"## Cost model vs MP-SPDZ (relative error; tolerance ±{COST_TOLERANCE:.0%})", "",
+                     markdown_table(errors)]
+    speedups = baseline_speedups(records)
+    if speedups:
+        sections += ["", "## mpcvit vs the naive MP-SPDZ `ml` baseline (baseline / ours)", "",
+                     markdown_table(speedups)]
+    plots = plot_pareto(records, out) + plot_breakdown(records, out)
+    sections += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    text = "\n".join(sections) + "\n"
+    (out / "results.md").write_text(text)
+    return text

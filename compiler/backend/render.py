@@ -100,7 +100,6 @@ class _Renderer:
             return None
         ctx: dict[str, Any] = {"node": node, "op": node.op, "marker": OUTPUT_MARKER, "reveal": self.program.reveal,
                                "batch": self.program.batch}
-        ctx.update({f"fn_{role}": use.fn_name for role, use in p.approx.items()})
         if node.outputs:
             ctx["out"] = self.tensor(node.outputs[0])
         getattr(self, f"ctx_{node.op}")(node, p, ctx)

@@ -95,7 +95,7 @@ def _param_inputs(node: Node, graph: Graph) -> list[Step]:
 
 
 def attention_groups(node: Node) -> dict[str, list[int]]:
-    """Head indices per kind, kinds in HEAD_KINDS order."""
+    """Head indices per kind, kinds in order of first appearance (the order of their blocks in the program)."""
     groups: dict[str, list[int]] = {}
     for h, head in enumerate(node.attrs["heads"]):
         groups.setdefault(head["kind"], []).append(h)

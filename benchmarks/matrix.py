@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
-from compiler.errors import run_cli
+from compiler.errors import UserError, run_cli
 
 RESULTS_DIR = Path(__file__).with_name("results")
 DEFAULT_MODELS = ("vit_2_4_8",)  # the digits config; vit_7_4_32 / vit_9_12_64 on request
@@ -58,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from benchmarks.models import ATTENTION_CONFIGS, MLP_CONFIGS
 
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model configs")
+    p.add_argument("--vary", nargs="+", default=[], metavar="KEY=V1,V2",
+                   help="model config overrides to sweep, e.g. heads=1,2,4,8 img_size=8,16 (cartesian product)")
     p.add_argument("--weights", default="random", help="'random' (seeded), 'train:<epochs>' (train each config on "
                                                        "digits, cached) or a checkpoint file of mpcvit train")
     p.add_argument("--attention", nargs="+", default=["softmax", "relu_softmax", "scaling", "mu0.1", "mu0.5"],
@@ -80,10 +82,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def cells(args: argparse.Namespace) -> list[Cell]:
     sets = ["mpcvit", "ml_baseline"] if args.baseline else ["mpcvit"]
     modes = [False, True] if args.online_only else [False]
-    return [Cell(model, attention, mlp, protocol, network, templates, args.weights, args.batch, (), online)
-            for model in args.models for attention in args.attention for mlp in args.mlp
+    return [Cell(model, attention, mlp, protocol, network, templates, args.weights, args.batch, overrides, online)
+            for model in args.models for overrides in sweep(args.vary) for attention in args.attention
+            for mlp in args.mlp
             for protocol in args.protocols for templates in sets for online in modes
             if not online or protocol == "semi2k" for network in args.networks]
+
+
+def sweep(vary: list[str]) -> list[tuple[tuple[str, Any], ...]]:
+    """`["heads=1,2", "img_size=8,16"]` → every combination as a tuple of (key, int value) pairs."""
+    import itertools
+
+    axes = []
+    for item in vary:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise UserError(f"--vary {item!r}: write KEY=V1,V2 (e.g. heads=1,2,4)")
+        axes.append([(key, int(v)) for v in values.split(",")])
+    return [tuple(combo) for combo in itertools.product(*axes)]
 
 
 def done_keys(results: Path) -> set[str]:
@@ -156,6 +172,7 @@ def _real_runs(out_dir: Path, cell: Cell, args: argparse.Namespace) -> dict[str,
     return {"time_s": statistics.median(r.time_s for r in runs), "times_s": [r.time_s for r in runs],
             "bytes_party0": first["bytes_party0"], "global_bytes": first["global_bytes"], "rounds": first["rounds"],
             "online": first["online"], "offline": first["offline"], "images": first["images"],
+            "runs": first["batches"],  # MP-SPDZ executions (batches of images); bytes/rounds are their sums
             "top1_agreement": first["top1_agreement"], "max_logit_error": first["max_logit_error"],
             "accuracy": first["accuracy"], "mpspdz_compile_s": first["mpspdz_compile_s"],
             "mpspdz": first["mpspdz"], "machine": first["machine"]}

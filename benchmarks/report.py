@@ -51,10 +51,10 @@ def cost_model_errors(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if key in seen:
             continue
         seen.add(key)
-        real, cost = r["real"], r["cost"]
-        errors = {"bytes_p0": cost["bytes_p0"] / real["bytes_party0"] - 1,
-                  "bytes_all": cost["bytes_all"] / real["global_bytes"] - 1 if real.get("global_bytes") else None,
-                  "rounds": cost["rounds"] / real["rounds"] - 1}
+        real, cost, runs = r["real"], r["cost"], r["real"].get("runs", 1)  # the cost model prices one execution
+        errors = {"bytes_p0": cost["bytes_p0"] * runs / real["bytes_party0"] - 1,
+                  "bytes_all": cost["bytes_all"] * runs / real["global_bytes"] - 1 if real.get("global_bytes") else None,
+                  "rounds": cost["rounds"] * runs / real["rounds"] - 1}
         rows.append({"program": key, **errors,
                      "within": all(abs(e) <= COST_TOLERANCE for e in errors.values() if e is not None)})
     return rows

@@ -58,3 +58,21 @@ def test_current_compiler_matches_committed_baseline(tmp_path: Path, capsys: pyt
     out = capsys.readouterr().out
     assert code == 0, out
     assert "no regression" in out
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    from benchmarks.report import pareto_front
+
+    points = [(1.0, 0.90), (2.0, 0.95), (1.5, 0.85), (3.0, 0.95), (0.5, 0.80)]
+    assert pareto_front(points) == [(0.5, 0.80), (1.0, 0.90), (2.0, 0.95)]
+
+
+def test_cost_model_error_is_per_execution() -> None:
+    from benchmarks.report import cost_model_errors
+
+    record = {"key": "m/r/a/g/rep3/lan/mpcvit/b5", "network": "lan", "cost": {"bytes_p0": 100, "bytes_all": 300,
+              "rounds": 10}, "real": {"bytes_party0": 400, "global_bytes": 1200, "rounds": 50, "runs": 4}}
+    wan = {**record, "key": record["key"].replace("/lan/", "/wan/"), "network": "wan"}
+    rows = cost_model_errors([record, wan])  # one row per program, whatever the network model
+    assert len(rows) == 1
+    assert rows[0]["bytes_p0"] == 0 and rows[0]["rounds"] == pytest.approx(-0.2) and rows[0]["within"]

@@ -5,7 +5,6 @@ against onnxruntime) → compile with the compiler's API and check its fixed-poi
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -35,16 +34,19 @@ def compiler_cost_table(cfg: Any, protocol: str) -> tuple[CostTable | None, str]
 
 
 def compile_and_check(onnx_path: Path, out_dir: Path, protocol: str) -> dict[str, Any]:
+    """Compile with ``compiler.api.compile_onnx`` and keep its reference-vs-onnxruntime check and cost totals."""
     try:
         from compiler.api import compile_onnx
     except ImportError:
         return {"skipped": "compiler.api is not available in this checkout"}
     result = compile_onnx(onnx_path, out_dir, protocol=protocol, check=True)
-    if dataclasses.is_dataclass(result):
-        result = dataclasses.asdict(result)
-    elif hasattr(result, "to_dict"):
-        result = result.to_dict()
-    return json.loads(json.dumps(result, default=str))
+    check = result.check.as_dict() if result.check is not None else {}
+    check.pop("layers", None)
+    report = {"out_dir": str(out_dir), "protocol": protocol, "check": check,
+              "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+              "estimated_lan_latency_s": result.cost.latency("lan"),
+              "estimated_wan_latency_s": result.cost.latency("wan")}
+    return json.loads(json.dumps(report, default=str))
 
 
 def run_demo(out: str | Path, mu: float = 0.5, protocol: str = "replicated-ring", compile_check: bool = True,
@@ -112,7 +114,13 @@ def run_demo(out: str | Path, mu: float = 0.5, protocol: str = "replicated-ring"
     print(f"MPCViT mu={mu} + KD test accuracy {100 * report['mpcvit_test_accuracy']:.2f}% "
           f"(drop {report['accuracy_drop_points']:.2f} points)")
     print(f"head kinds {student_cfg.head_kinds}")
-    print(f"ONNX {exported.path} (onnxruntime max abs error {exported.max_abs_error:.2g}); "
-          f"compile: {'skipped' if 'skipped' in compile_report else 'done'}")
+    print(f"ONNX {exported.path} (onnxruntime max abs error {exported.max_abs_error:.2g})")
+    if "check" in compile_report:
+        check = compile_report["check"]
+        print(f"compiled for {protocol} into {compile_report['out_dir']}: fixed-point reference vs onnxruntime "
+              f"max logit error {check['max_logit_error']:.3g}, top-1 agreement {100 * check['top1_agreement']:.1f}% "
+              f"on {check['samples']} {check['source']}")
+    else:
+        print(f"compile: {compile_report['skipped']}")
     print(f"total {report['seconds']} s; report {out / 'report.json'}")
     return report

@@ -1,0 +1,97 @@
+"""The `mpcvit` command line: every sub-command's --help, a tiny train → search → retrain → eval → export chain,
+and bad input (missing data root, unknown config keys, μ outside [0, 1], checkpoint of another config) → exit 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mpcvit.cli import main
+
+TINY = ["--model", "vit_1_4_8", "--epochs", "1", "--no-progress"]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse (--help, bad choices) and run_cli's error path
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("command", ["train", "search", "retrain", "eval", "export", "demo", "run", "bench"])
+def test_every_subcommand_has_help(capsys, command: str) -> None:
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and out.startswith("usage: mpcvit " + command)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """teacher, search and retrained checkpoints of the tiny model on digits (one epoch each)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    paths = {k: tmp / f"{k}.pt" for k in ("teacher", "search", "student")}
+    assert main(["train", *TINY, "--out", str(paths["teacher"])]) == 0
+    assert main(["search", *TINY, "--lambda", "1.0", "--out", str(paths["search"])]) == 0
+    assert main(["retrain", "--epochs", "1", "--no-progress", "--search", str(paths["search"]), "--mu", "0.5",
+                 "--teacher", str(paths["teacher"]), "--out", str(paths["student"])]) == 0
+    return tmp, paths
+
+
+def test_train_search_retrain_eval_export(capsys, chain) -> None:
+    tmp, paths = chain
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(paths["student"]))
+    record = json.loads(out)
+    assert code == 0 and 0 <= record["test_accuracy"] <= 1
+    kinds = record["head_kinds"][0]
+    assert sorted(kinds) == ["relu_softmax", "relu_softmax", "scaling", "scaling"] and kinds == sorted(kinds)
+    code, out, _ = run(capsys, "export", "--checkpoint", str(paths["student"]), "--out", str(tmp / "s.onnx"))
+    assert code == 0 and "onnxruntime max abs error" in out
+    assert json.loads(out.splitlines()[-1])["max_abs_error"] <= 1e-4 and (tmp / "s.onnx").is_file()
+
+
+def test_missing_data_root(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "train", "--data", "cifar10", "--data-root", str(tmp_path / "none"),
+                       "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and err == f"error: cifar10: data root {tmp_path / 'none'} does not exist; create it and " \
+                                "place the extracted dataset there\n"
+    code, _, err = run(capsys, "train", "--data", "cifar100", "--data-root", str(tmp_path), "--out", "x.pt")
+    assert code == 2 and "cifar-100-python/train not found under data root" in err and err.count("\n") == 1
+
+
+def test_unknown_config_keys_list_valid_ones(capsys, tmp_path) -> None:
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"train": {"epochz": 3}}))
+    code, _, err = run(capsys, "train", *TINY, "--config", str(config), "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and err.startswith("error: train config (digits): unknown key(s) epochz; valid keys: epochs,")
+    config.write_text(json.dumps({"model": {"dim": 32}, "optimizer": {}}))
+    code, _, err = run(capsys, "train", *TINY, "--config", str(config), "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and "unknown key(s) optimizer; valid keys: model, train" in err
+
+
+@pytest.mark.parametrize("mu", ["1.5", "-0.2"])
+def test_mu_outside_unit_interval(capsys, chain, tmp_path, mu: str) -> None:
+    _, paths = chain
+    code, _, err = run(capsys, "retrain", "--search", str(paths["search"]), "--mu", mu, "--out", str(tmp_path / "x"))
+    assert code == 2 and err == f"error: --mu must lie in [0, 1] (the fraction of heads/layers kept non-linear), got {float(mu)}\n"
+
+
+def test_checkpoint_from_another_config(capsys, chain, tmp_path) -> None:
+    _, paths = chain
+    code, _, err = run(capsys, "eval", "--checkpoint", str(paths["teacher"]), "--model", "vit_2_4_8")
+    assert code == 2 and "is for model vit_1_4_8 (depth=1 (not 2), dim=16 (not 64)), not vit_2_4_8" in err
+    code, _, err = run(capsys, "train", "--model", "vit_2_4_8", "--epochs", "1", "--resume", str(paths["teacher"]),
+                       "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and err.startswith(f"error: checkpoint {paths['teacher']} is for model vit_1_4_8")
+    code, _, err = run(capsys, "retrain", "--search", str(paths["teacher"]), "--mu", "0.5", "--out", "x.pt")
+    assert code == 2 and "not a search checkpoint" in err
+
+
+def test_console_entry_exits_2_with_one_line(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "mpcvit.cli", "eval", "--checkpoint", str(tmp_path / "none.pt")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: checkpoint {tmp_path / 'none.pt'} does not exist; train one with " \
+                          f"`mpcvit train --out {tmp_path / 'none.pt'}`\n"

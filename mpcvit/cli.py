@@ -11,13 +11,12 @@ from typing import Any, Callable
 # tiny models ~10x slower. Must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
-
 from compiler.errors import UserError, run_cli  # noqa: E402
+from mpcvit.catalog import DATASETS, MODEL_CONFIGS  # noqa: E402
 from mpcvit.config import HEAD_KINDS, MLP_KINDS, RunConfig, TrainConfig, load_json_config  # noqa: E402
-from mpcvit.data import DATASETS, DatasetSplits, load_dataset  # noqa: E402
-from mpcvit.models import MODEL_CONFIGS  # noqa: E402
 from mpcvit.recipes import DEFAULT_MODELS, recipe  # noqa: E402
+
+# torch, timm and torchvision are imported inside the commands: `mpcvit --help` and bad flags answer at once
 
 # CLI flag -> TrainConfig field (flags left unset keep the recipe/config-file value)
 _TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
@@ -103,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _threads(args: argparse.Namespace) -> None:
     if getattr(args, "threads", 0):
+        import torch
+
         torch.set_num_threads(args.threads)
 
 
@@ -115,7 +116,8 @@ def _train_config(args: argparse.Namespace, file_cfg: RunConfig) -> TrainConfig:
     return recipe(args.data, **{**file_cfg.train, **flags})
 
 
-def _setup(args: argparse.Namespace, **model_overrides: Any) -> tuple[DatasetSplits, Any, TrainConfig]:
+def _setup(args: argparse.Namespace, **model_overrides: Any) -> tuple[Any, Any, TrainConfig]:
+    from mpcvit.data import load_dataset
     from mpcvit.pipeline import build_model_config
 
     _threads(args)
@@ -172,6 +174,8 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     if args.teacher and not (train_cfg.kd_logit_weight or train_cfg.kd_token_weight):
         train_cfg = train_cfg.replace(kd_logit_weight=1.0, kd_token_weight=1.0)
     teacher = load_teacher(args.teacher, cfg) if args.teacher else None
+    from mpcvit.data import load_dataset
+
     data = load_dataset(args.data, args.data_root, train_cfg.rand_augment)
     _, result = train_stage(cfg, data, train_cfg, args.out, teacher=teacher, progress=not args.no_progress,
                             desc="retrain")
@@ -179,7 +183,9 @@ def cmd_retrain(args: argparse.Namespace) -> None:
             "head_kinds": cfg.head_kinds, "mlp_kinds": cfg.mlp_kinds})
 
 
-def _checkpoint_data(ckpt: dict[str, Any], name: str | None, root: str | None) -> DatasetSplits:
+def _checkpoint_data(ckpt: dict[str, Any], name: str | None, root: str | None) -> Any:
+    from mpcvit.data import load_dataset
+
     return load_dataset(name or ckpt["dataset"].get("name", "digits"), root)
 
 
@@ -216,7 +222,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from mpcvit.demo import run_demo
 
-    torch.set_num_threads(args.threads)
+    _threads(args)
     run_demo(args.out, mu=args.mu, protocol=args.protocol, compile_check=not args.no_compile,
              progress=not args.no_progress)
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from compiler.errors import UserError
+from mpcvit.catalog import DATASETS
 from mpcvit.data.common import DatasetSplits, TensorBatches, random_shift
 from mpcvit.data.digits import digits
 from mpcvit.data.images import cifar, tiny_imagenet
-
-DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet")
-
 
 def load_dataset(name: str, root: str | Path | None = None, rand_augment: str = "") -> DatasetSplits:
     if name == "digits":

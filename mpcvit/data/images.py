@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
 
 from compiler.errors import UserError
 from mpcvit.data.common import DatasetSplits
@@ -30,7 +30,7 @@ def _missing(name: str, root: Path, expected: str) -> UserError:
 class ArrayImages(Dataset):
     """uint8 HWC images in memory + labels, through a torchvision transform."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: transforms.Compose) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
@@ -41,7 +41,7 @@ class ArrayImages(Dataset):
 
 
 class FileImages(Dataset):
-    def __init__(self, files: list[Path], labels: list[int], transform: transforms.Compose) -> None:
+    def __init__(self, files: list[Path], labels: list[int], transform: Callable) -> None:
         self.files, self.labels, self.transform = files, labels, transform
 
     def __len__(self) -> int:
@@ -53,8 +53,9 @@ class FileImages(Dataset):
 
 
 def _transforms(img_size: int, mean: list[float], std: list[float], rand_augment: str
-                ) -> tuple[transforms.Compose, transforms.Compose]:
+                ) -> tuple[Callable, Callable]:
     from timm.data.auto_augment import rand_augment_transform
+    from torchvision import transforms  # imported here: torchvision takes seconds to load
 
     train = [transforms.RandomCrop(img_size, padding=img_size // 8), transforms.RandomHorizontalFlip()]
     if rand_augment:

@@ -2,7 +2,8 @@
 
 `Fake-Offline.x` exists only in an MP-SPDZ built with `-DINSECURE`; the runtime looks for it in the MP-SPDZ tree,
 else at `$MPCVIT_FAKE_OFFLINE`. It writes `-d N` tuples of every type (about 4 KB of files per unit of N for two
-parties), so N is sized from the largest count `compile.py` reports for the program.
+parties), so N is sized from the largest count `compile.py` reports for the program; above `MAX_TUPLES` the
+runner falls back to MP-SPDZ's `-v` online/offline split of a live run.
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import re
 import subprocess
 from pathlib import Path
 
-from compiler.errors import MPSPDZError, UserError
+from compiler.errors import MPSPDZError
 from compiler.runtime.mpspdz import MPSPDZ, ProtocolSpec
 
 FAKE_OFFLINE = "Fake-Offline.x"
-MAX_TUPLES = 500_000  # ~2 GB of preprocessing files
+MAX_TUPLES = 500_000  # ~2 GB of preprocessing files (every type gets N)
 _COUNT = re.compile(r"^\s+(\d+) (?:integer|bit) (?:triples|bits|inputs from player \d+|dabits|simple multiplications|"
                     r"multiplications|squares)\b", re.M)
 
@@ -39,10 +40,6 @@ def tuples_needed(compile_output: str) -> int:
 def generate_fake_preprocessing(mpspdz: MPSPDZ, root: Path, spec: ProtocolSpec, compile_output: str) -> int:
     """Write insecure preprocessing for `spec.parties` parties into the overlay `root`; returns the tuple count."""
     count = tuples_needed(compile_output)
-    if count > MAX_TUPLES:
-        raise UserError(f"--online-only: the program needs {count:,} preprocessing tuples of one type, more than the "
-                        f"{MAX_TUPLES:,} (~{MAX_TUPLES * 4 // 1000:,} MB of files) allowed; use a smaller --batch "
-                        "or model, or run without --online-only")
     done = subprocess.run([str(fake_offline_binary(mpspdz)), str(spec.parties), "-d", str(count)], cwd=root,
                           capture_output=True, text=True)
     if done.returncode != 0:

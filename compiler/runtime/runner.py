@@ -26,7 +26,7 @@ from compiler.runtime.mpspdz import (MPSPDZ, ProtocolSpec, check_protocol_ready,
 from compiler.runtime.network import network_profile
 from compiler.runtime.overlay import install_inputs, make_overlay
 from compiler.runtime.parser import OUTPUT_MARKER, PartyStats, parse_party_output, revealed_matrix
-from compiler.runtime.prep import generate_fake_preprocessing
+from compiler.runtime.prep import MAX_TUPLES, generate_fake_preprocessing, tuples_needed
 from compiler.runtime.processes import free_port_base, run_parties
 
 # Real semi2k pays one OT-based triple per scalar product (~3.1 KB all parties, ~8 µs here): warn above this.
@@ -92,9 +92,16 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
         root = make_overlay(mpspdz, Path(tmp) / "mpspdz", spec, out_dir / f"{manifest['name']}.mpc")
         compile_s, compile_output = _compile(root, manifest, spec)
         extra = ("-v",)
-        if online_only:
+        preprocessing = "live"
+        if online_only and tuples_needed(compile_output) <= MAX_TUPLES:
             generate_fake_preprocessing(mpspdz, root, spec, compile_output)
             extra += ("-F",)
+            preprocessing = "files"
+        elif online_only:
+            log(f"note: {manifest['name']} needs {tuples_needed(compile_output):,} preprocessing tuples of one type; "
+                f"Fake-Offline.x files for that many exceed {MAX_TUPLES:,} per type, so preprocessing runs live and "
+                "the online phase is read from MP-SPDZ's -v split")
+            preprocessing = "split"
         stats, logits = [], []
         for index, chunk in enumerate(_batches(x, batch) if x is not None else [None]):
             inputs = {0: out_dir / "Player-Data" / "Input-P0-0", 1: out_dir / "Player-Data" / "Input-P1-0"}
@@ -107,7 +114,8 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
             stats.append(party0)
             logits.append(revealed)
     mpc_logits = np.concatenate(logits)[: len(x) if x is not None else None]
-    result = _result(manifest, spec, online_only, stats, mpc_logits, x, y, reference, out_dir, profile, mpspdz, compile_s)
+    result = _result(manifest, spec, preprocessing, stats, mpc_logits, x, y, reference, out_dir, profile, mpspdz,
+                     compile_s)
     if json_path is not None:
         write_json_atomic(Path(json_path), result.to_json())
     return result
@@ -179,13 +187,21 @@ def _run_once(root: Path, spec: ProtocolSpec, manifest: dict, extra: tuple[str, 
     return party0, logits
 
 
-def _result(manifest: dict, spec: ProtocolSpec, online_only: bool, stats: list[PartyStats], logits: np.ndarray,
+PREPROCESSING = {"live": "live (included in the figures)", "files": "files (Fake-Offline.x, -F; excluded)",
+                 "split": "live; figures are the online phase of MP-SPDZ's -v split"}
+
+
+def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[PartyStats], logits: np.ndarray,
             x: np.ndarray | None, y: np.ndarray | None, reference: Reference | None, out_dir: Path, profile,
             mpspdz: MPSPDZ, compile_s: float) -> RunResult:
-    # with -F, MP-SPDZ's totals already exclude preprocessing ("benchmarks are excluding preprocessing")
-    time_s, bytes_p0, rounds = (sum(s.time_s for s in stats), sum(s.bytes_sent for s in stats),
-                                sum(s.rounds for s in stats))
-    global_bytes = sum(s.global_bytes or 0 for s in stats)
+    if preprocessing == "split":  # party 0's online phase; MP-SPDZ prints no all-party online figure
+        time_s, bytes_p0, rounds = (sum(s.online.seconds for s in stats), sum(s.online.bytes for s in stats),
+                                    sum(s.online.rounds for s in stats))
+        global_bytes = None
+    else:  # with -F, MP-SPDZ's totals already exclude preprocessing ("benchmarks are excluding preprocessing")
+        time_s, bytes_p0, rounds = (sum(s.time_s for s in stats), sum(s.bytes_sent for s in stats),
+                                    sum(s.rounds for s in stats))
+        global_bytes = sum(s.global_bytes or 0 for s in stats)
     plain = _plain_logits(manifest, x, reference, out_dir)
     accuracy = compare_logits(logits, plain, y)
     model_time = profile.time_s(rounds, bytes_p0)
@@ -208,9 +224,9 @@ def _result(manifest: dict, spec: ProtocolSpec, online_only: bool, stats: list[P
         "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "python": platform.python_version()},
         "mpspdz": {"home": str(mpspdz.home), "commit": mpspdz_commit(mpspdz)},
-        "preprocessing": "files (Fake-Offline.x, -F)" if online_only else "live",
+        "preprocessing": PREPROCESSING[preprocessing],
     }
-    return RunResult(spec.name, online_only, time_s, bytes_p0, global_bytes, rounds,
+    return RunResult(spec.name, preprocessing != "live", time_s, bytes_p0, global_bytes, rounds,
                      accuracy.get("top1_agreement"), accuracy.get("max_logit_error"),
                      len(logits), len(stats), details, logits)
 

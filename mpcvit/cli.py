@@ -55,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="MPC-aware differentiable search of per-head attention kinds")
     _add_train_args(p)
-    p.add_argument("--cost-table", help="cost table JSON (DESIGN.md); default: the paper's L1 on alpha")
+    cost = p.add_mutually_exclusive_group()
+    cost.add_argument("--cost-table", help="cost table JSON (DESIGN.md); default: the paper's L1 on alpha")
+    cost.add_argument("--cost-protocol", help="price heads with the compiler's cost model for this protocol "
+                                              "(e.g. replicated-ring, semi2k, dealer-ring)")
+    p.add_argument("--network", choices=("lan", "wan"), default="lan", help="network of --cost-protocol (default lan)")
     p.add_argument("--lambda", dest="search_lambda", type=float, help="weight of the normalised expected cost")
     p.add_argument("--search-softmax", action="store_true", help="allow softmax heads in the search space")
     p.add_argument("--search-mlp", action="store_true", help="also search GeLU vs linear MLPs (token-wise gates)")
@@ -149,10 +153,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     from mpcvit.pipeline import search_summary, train_stage
-    from mpcvit.search import load_cost_table
+    from mpcvit.search import check_table_shape, compiler_cost_table, load_cost_table
 
     table = load_cost_table(args.cost_table)
     data, cfg, train_cfg = _setup(args, search=True, search_softmax=args.search_softmax, search_mlp=args.search_mlp)
+    if args.cost_protocol:
+        table = compiler_cost_table(cfg, args.cost_protocol, args.network)
+    if table is not None:
+        check_table_shape(table, cfg)
     model, result = train_stage(cfg, data, train_cfg, args.out, cost_table=table, progress=not args.no_progress,
                                 desc="search")
     _print({"checkpoint": args.out, "test_accuracy": result.test_accuracy,

@@ -14,7 +14,7 @@ from mpcvit.data import load_dataset
 from mpcvit.export import export_onnx
 from mpcvit.pipeline import build_model_config, load_teacher, retrain_config, search_summary, train_stage
 from mpcvit.recipes import recipe
-from mpcvit.search import CostTable, load_cost_table
+from mpcvit.search import CostTable, compiler_cost_table
 from mpcvit.train import dataset_info, load_checkpoint
 
 MODEL = "vit_2_4_8"
@@ -23,14 +23,12 @@ SEARCH_LAMBDA = 0.1
 KD = dict(kd_ce_weight=1.0, kd_logit_weight=1.0, kd_token_weight=1.0, kd_temperature=1.0)
 
 
-def compiler_cost_table(cfg: Any, protocol: str) -> tuple[CostTable | None, str]:
+def search_cost_table(cfg: Any, protocol: str) -> tuple[CostTable | None, str]:
     """The compiler's cost table for this shape when its cost model is available, else the paper's L1 fallback."""
     try:
-        from compiler.cost import cost_table
+        return compiler_cost_table(cfg, protocol, "lan"), f"compiler.cost.cost_table({protocol}, lan)"
     except ImportError:
         return None, "L1 on alpha (compiler.cost not available)"
-    table = cost_table(cfg.depth, cfg.heads, cfg.dim, cfg.tokens, cfg.mlp_ratio, protocol, "lan")
-    return load_cost_table(table), f"compiler.cost.cost_table({protocol}, lan)"
 
 
 def compile_and_check(onnx_path: Path, out_dir: Path, protocol: str) -> dict[str, Any]:
@@ -69,7 +67,7 @@ def run_demo(out: str | Path, mu: float = 0.5, protocol: str = "replicated-ring"
 
     t0 = time.time()
     search_cfg = teacher_cfg.replace(search=True)
-    table, cost_source = compiler_cost_table(search_cfg, protocol)
+    table, cost_source = search_cost_table(search_cfg, protocol)
     search_train = train_cfg.replace(epochs=SEARCH_EPOCHS, search_lambda=SEARCH_LAMBDA)
     searched, search_fit = train_stage(search_cfg, data, search_train, out / "search.pt", cost_table=table,
                                        progress=progress, desc="search")

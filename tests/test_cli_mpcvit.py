@@ -34,7 +34,8 @@ def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     paths = {k: tmp / f"{k}.pt" for k in ("teacher", "search", "student")}
     assert main(["train", *TINY, "--out", str(paths["teacher"])]) == 0
-    assert main(["search", *TINY, "--lambda", "1.0", "--out", str(paths["search"])]) == 0
+    assert main(["search", *TINY, "--lambda", "1.0", "--cost-protocol", "replicated-ring",
+                 "--out", str(paths["search"])]) == 0
     assert main(["retrain", "--epochs", "1", "--no-progress", "--search", str(paths["search"]), "--mu", "0.5",
                  "--teacher", str(paths["teacher"]), "--out", str(paths["student"])]) == 0
     return tmp, paths

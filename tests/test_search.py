@@ -9,7 +9,8 @@ import torch
 
 from compiler.errors import UserError
 from mpcvit.models import MPCViT, model_config
-from mpcvit.search import binarize, contiguous_kinds, expected_cost, load_cost_table, top_fraction
+from mpcvit.search import (binarize, check_table_shape, compiler_cost_table, contiguous_kinds, expected_cost,
+                           load_cost_table, top_fraction)
 
 TABLE = {"protocol": "replicated-ring", "network": "lan", "unit": "seconds",
          "model": {"depth": 3, "heads": 4, "dim": 16, "tokens": 17, "mlp_ratio": 2},
@@ -94,3 +95,19 @@ def test_three_way_search_keeps_the_stronger_non_scaling_kind() -> None:
 def test_contiguous_kinds_groups_same_kind_heads() -> None:
     assert contiguous_kinds([["scaling", "relu_softmax", "softmax", "relu_softmax"]]) == \
         [["softmax", "relu_softmax", "relu_softmax", "scaling"]]
+
+
+def test_table_for_another_shape_is_rejected() -> None:
+    cfg = model_config("vit_1_4_8", depth=3)  # tokens 17, dim 16, heads 4: TABLE's shape
+    check_table_shape(load_cost_table(TABLE), cfg)
+    with pytest.raises(UserError, match=r"another model shape \(depth=3 \(model: 1\)\)"):
+        check_table_shape(load_cost_table(TABLE), model_config("vit_1_4_8"))
+
+
+def test_compiler_cost_model_prices_heads_in_the_paper_order() -> None:
+    pytest.importorskip("compiler.cost")
+    cfg = model_config("vit_2_4_8")
+    table = compiler_cost_table(cfg, "replicated-ring")
+    assert table.model["tokens"] == 17 and table.protocol == "replicated-ring"
+    assert table.attention["softmax"] > table.attention["relu_softmax"] > table.attention["scaling"] > 0
+    assert table.mlp["gelu"] > table.mlp["linear"] > 0

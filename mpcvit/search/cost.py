@@ -58,6 +58,24 @@ def load_cost_table(source: dict[str, Any] | str | Path | None) -> CostTable | N
                      source.get("protocol", "?"), source.get("network", "?"), source.get("model"))
 
 
+def check_table_shape(table: CostTable, cfg: Any) -> None:
+    """A table priced for another model shape would steer the search with wrong costs."""
+    if not table.model:
+        return
+    ours = {"depth": cfg.depth, "heads": cfg.heads, "dim": cfg.dim, "tokens": cfg.tokens}
+    diff = [f"{k}={table.model[k]} (model: {v})" for k, v in ours.items() if k in table.model and table.model[k] != v]
+    if diff:
+        raise UserError(f"cost table is for another model shape ({', '.join(diff)}); regenerate it for {cfg.name} "
+                        "or use --cost-protocol")
+
+
+def compiler_cost_table(cfg: Any, protocol: str, network: str = "lan") -> CostTable:
+    """The compiler's cost model priced for ``cfg``'s shape (``compiler.cost.cost_table``)."""
+    from compiler.cost import cost_table
+
+    return load_cost_table(cost_table(cfg.depth, cfg.heads, cfg.dim, cfg.tokens, cfg.mlp_ratio, protocol, network))
+
+
 def searched_modules(model: nn.Module) -> tuple[list[HeteroAttention], list[KindMlp]]:
     attns = [m for m in model.modules() if isinstance(m, HeteroAttention) and m.search]
     mlps = [m for m in model.modules() if isinstance(m, KindMlp) and m.gate is not None]

@@ -96,3 +96,9 @@ def test_console_entry_exits_2_with_one_line(tmp_path) -> None:
     assert proc.returncode == 2
     assert proc.stderr == f"error: checkpoint {tmp_path / 'none.pt'} does not exist; train one with " \
                           f"`mpcvit train --out {tmp_path / 'none.pt'}`\n"
+
+
+def test_batch_larger_than_the_training_set(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "train", *TINY, "--batch-size", "5000", "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and err == "error: dataset digits has fewer training images than one batch (5000); " \
+                                "lower --batch-size\n"

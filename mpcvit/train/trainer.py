@@ -16,6 +16,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from tqdm import tqdm
 
+from compiler.errors import UserError
 from mpcvit.config import TrainConfig
 from mpcvit.data import DatasetSplits, random_shift
 from mpcvit.models import MPCViT
@@ -75,6 +76,9 @@ def fit(model: MPCViT, data: DatasetSplits, cfg: TrainConfig, *, teacher: MPCViT
     """Train ``model`` in place; returns the per-epoch history (train loss, test accuracy, expected cost)."""
     searching = bool(search_parameters(model))
     steps = len(data.loader(train=True, batch_size=cfg.batch_size, seed=0))
+    if steps == 0:
+        raise UserError(f"dataset {data.name} has fewer training images than one batch ({cfg.batch_size}); "
+                        "lower --batch-size")
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
     scheduler = CosineLRScheduler(optimizer, t_initial=max(cfg.epochs * steps, 1), lr_min=cfg.min_lr,
                                   warmup_t=int(cfg.warmup_epochs * steps), warmup_lr_init=cfg.lr * 0.01,

@@ -63,3 +63,22 @@ def test_linear_model_under_each_protocol(mpspdz: MPSPDZ, tmp_path: Path, protoc
     # -v split: online + offline bytes are party 0's total; with files, preprocessing sends nothing
     assert saved["online"]["bytes"] + saved["offline"]["bytes"] == result.bytes_party0
     assert (saved["offline"]["bytes"] == 0) == (online_only or protocol == "replicated-ring")
+
+
+def test_compiled_vit_through_the_cli_agrees_with_onnxruntime(mpspdz: MPSPDZ, tmp_path: Path) -> None:
+    """The whole path: seeded ViT → ONNX (batch 2) → mpcvit's compiler → `mpcvit run OUT --images 4 --json`."""
+    from benchmarks.models import ModelSpec, export_spec
+    from benchmarks.pipeline import compile_model
+    from mpcvit.cli import main
+
+    onnx_path = export_spec(ModelSpec("vit_1_4_8", "mu0.5"), tmp_path / "m.onnx", batch=2)
+    compiled = compile_model(onnx_path, "replicated-ring", 2, tmp_path / "out")
+    json_path = tmp_path / "run.json"
+    assert main(["run", str(tmp_path / "out"), "--images", "4", "--json", str(json_path)]) == 0
+    saved = json.loads(json_path.read_text())
+    assert saved["images"] == 4 and saved["batches"] == 2 and saved["top1_agreement"] == 1.0
+    assert saved["max_logit_error"] < 0.05
+    # measured party-0 bytes and rounds per execution within 25% of the cost model
+    total = compiled.cost.total
+    assert abs(saved["bytes_party0"] / 2 / total.bytes_p0 - 1) < 0.25
+    assert abs(saved["rounds"] / 2 / total.rounds - 1) < 0.25

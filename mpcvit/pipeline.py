@@ -79,4 +79,4 @@ def search_summary(model: MPCViT) -> list[list[float]]:
 
 
 __all__ = ["build_model_config", "check_dataset_fits", "train_stage", "retrain_config", "load_teacher",
-           "search_summary", "load_weights"]
+           "search_summary"]

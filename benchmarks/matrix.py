@@ -134,7 +134,10 @@ def measure_group(members: list[Cell], tmp: Path, args: argparse.Namespace) -> I
     spec = ModelSpec(cell.model, cell.attention, cell.mlp, overrides=cell.overrides)
     name = f"{abs(hash(cell.build_key)):x}"
     weights = _weights(spec, cell.weights, args.results.parent / "checkpoints")
-    onnx_path = export_spec(spec, tmp / f"{name}.onnx", batch=cell.batch, weights=weights)
+    # one export per model, weights and batch, shared by every protocol and template set
+    onnx_path = tmp / f"{abs(hash((spec, cell.weights, cell.batch))):x}.onnx"
+    if not onnx_path.is_file():
+        export_spec(spec, onnx_path, batch=cell.batch, weights=weights)
     out_dir = tmp / name
     compiled = compile_model(onnx_path, cell.protocol, cell.batch, out_dir, TEMPLATE_SETS[cell.templates])
     total = compiled.cost.total

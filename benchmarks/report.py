@@ -79,6 +79,42 @@ def baseline_speedups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def softmax_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Latency of the all-softmax model over each other attention/MLP configuration (same model, protocol, network;
+    measured where real runs exist, else the cost model) — MPCViT's headline figure."""
+    def group(r: dict[str, Any]) -> tuple:
+        return (r["model"], str(r.get("overrides")), r["weights"], r["protocol"], r.get("online_only"),
+                r["network"], r["batch"])
+
+    ours = [r for r in records if r["templates"] == "mpcvit"]
+    reference = {group(r): r for r in ours if r["attention"] == "softmax" and r["mlp"] == "gelu"}
+    rows = []
+    for r in ours:
+        ref = reference.get(group(r))
+        if ref is None or r is ref:
+            continue
+        rows.append({"model": r["model"], "protocol": r["protocol"], "network": r["network"],
+                     "config": f"{r['attention']}/{r['mlp']}", "softmax_latency_s": _latency(ref),
+                     "latency_s": _latency(r), "speedup": _latency(ref) / _latency(r),
+                     "measured": bool(r.get("real"))})
+    return rows
+
+
+def shape_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rounds of each swept model shape (`--vary`), ours against the `ml` baseline."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if not r.get("overrides") or not r.get("real"):
+            continue
+        shape = ",".join(f"{k}={v}" for k, v in r["overrides"].items())
+        row = rows.setdefault(f"{r['model']}({shape})/{r['protocol']}", {"program": f"{r['model']}({shape})",
+                                                                          "protocol": r["protocol"]})
+        row[f"{r['templates']}_rounds"] = r["real"]["rounds"] / r["real"].get("runs", 1)
+        if r.get("cost_by_op"):
+            row["cost_attention_rounds"] = r["cost_by_op"].get("attention", {}).get("rounds")
+    return list(rows.values())
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no rows)"
@@ -207,6 +243,12 @@ def write_report(results: Path, out: Path) -> str:
     if speedups:
         sections += ["", "## mpcvit vs the naive MP-SPDZ `ml` baseline (baseline / ours)", "",
                      markdown_table(speedups)]
+    ratios = softmax_ratios(records)
+    if ratios:
+        sections += ["", "## Latency: all-softmax model / configuration", "", markdown_table(ratios)]
+    shapes = shape_rounds(records)
+    if shapes:
+        sections += ["", "## Rounds per execution vs model shape (measured)", "", markdown_table(shapes)]
     plots = plot_pareto(records, out) + plot_breakdown(records, out)
     sections += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     text = "\n".join(sections) + "\n"

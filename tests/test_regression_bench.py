@@ -76,3 +76,14 @@ def test_cost_model_error_is_per_execution() -> None:
     rows = cost_model_errors([record, wan])  # one row per program, whatever the network model
     assert len(rows) == 1
     assert rows[0]["bytes_p0"] == 0 and rows[0]["rounds"] == pytest.approx(-0.2) and rows[0]["within"]
+
+
+def test_softmax_ratio_uses_the_same_protocol_and_network() -> None:
+    from benchmarks.report import softmax_ratios
+
+    def record(attention: str, network: str, latency: float) -> dict:
+        return {"model": "m", "weights": "random", "protocol": "rep3", "network": network, "batch": 1,
+                "templates": "mpcvit", "attention": attention, "mlp": "gelu", "cost_latency_s": latency}
+
+    rows = softmax_ratios([record("softmax", "lan", 2.3), record("mu0.1", "lan", 1.0), record("mu0.1", "wan", 9.0)])
+    assert [(r["network"], r["speedup"]) for r in rows] == [("lan", pytest.approx(2.3))]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compiler.errors import MPSPDZError
+from compiler.lowering.profiles import ALIASES, PROTOCOLS as LOWERING_PROTOCOLS
 
 PINNED_COMMIT = "3a0a7b1d5e80e9f7e1b1ce76ae8b8a43931e80f4"
 REPO_FALLBACK = Path(__file__).resolve().parents[2] / "third_party" / "MP-SPDZ"
@@ -67,12 +68,13 @@ class ProtocolSpec:
                 str(index), program]
 
 
+# Names, `-E` names, binaries and party counts come from the lowering's protocol profiles (one source of truth);
+# the runtime adds how the binary is started: replicated-ring-party.x has no `-N`, 3-party protocols use TLS.
 PROTOCOLS: dict[str, ProtocolSpec] = {
-    "semi2k": ProtocolSpec("semi2k", "semi2k", "semi2k-party.x", 2, True, False),
-    "dealer": ProtocolSpec("dealer", "dealer-ring", "dealer-ring-party.x", 3, True, True),
-    "replicated-ring": ProtocolSpec("replicated-ring", "replicated-ring", "replicated-ring-party.x", 3, False, True),
+    name: ProtocolSpec(name, spec.mpspdz, spec.binary, spec.n_parties, pass_n=name != "replicated-ring",
+                       needs_ssl=spec.n_parties > 2)
+    for name, spec in LOWERING_PROTOCOLS.items()
 }
-ALIASES = {"dealer-ring": "dealer", "rep3": "replicated-ring", "rep3-ring": "replicated-ring", "ring": "replicated-ring"}
 
 
 def protocol_spec(name: str) -> ProtocolSpec:

@@ -19,7 +19,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from compiler.errors import MPSPDZError, run_cli
 from compiler.runtime.runner import write_json_atomic

@@ -144,12 +144,17 @@ class RunConfig:
     train: dict[str, Any] = field(default_factory=dict)
 
 
-def load_json_config(path: str | Path) -> RunConfig:
+def read_json_file(path: str | Path, what: str, hint: str) -> Any:
+    """The parsed JSON at ``path``; a missing file or bad JSON is one line naming ``what`` (and ``hint``)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist; pass a JSON file with optional 'model' and 'train' sections")
+        raise UserError(f"{what} {path} does not exist; {hint}")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise UserError(f"config file {path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise UserError(f"{what} {path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def load_json_config(path: str | Path) -> RunConfig:
+    data = read_json_file(path, "config file", "pass a JSON file with optional 'model' and 'train' sections")
     return from_dict(RunConfig, data, f"config file {path}")

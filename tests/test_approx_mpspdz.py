@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -13,6 +13,7 @@ import numpy as np
 
 from compiler.errors import UserError
 from compiler.fixedpoint import FixedPoint
+from compiler.lowering.plans import batch_images
 
 
 def quantised_text(values: list[np.ndarray], fx: FixedPoint) -> str:
@@ -76,13 +77,7 @@ def per_image_layout(index: np.ndarray | None, batch: int, image_size: int) -> l
 
 def client_values(images: np.ndarray, image_shape: tuple[int, ...], layout: list[int] | None) -> np.ndarray:
     """The batch of model inputs [B, ...] as party 1 inputs it: each image laid out patch-wise (im2col)."""
-    images = np.asarray(images, dtype=np.float64)
-    if images.shape == tuple(image_shape[1:]):
-        images = images[None]
-    if images.shape != tuple(image_shape):
-        raise UserError(f"images have shape {images.shape}; the program was compiled for {tuple(image_shape)} "
-                        f"(recompile with --batch {images.shape[0] if images.ndim == len(image_shape) else 1})")
-    flat = images.reshape(images.shape[0], -1)
+    flat = batch_images(images, image_shape).reshape(image_shape[0], -1)
     return flat.reshape(-1) if layout is None else flat[:, np.asarray(layout, dtype=np.int64)].reshape(-1)
 
 

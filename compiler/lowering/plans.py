@@ -225,15 +225,21 @@ def client_layout(graph: Graph) -> tuple[tuple[int, ...], np.ndarray | None]:
     return graph.values[name].shape, None
 
 
-def client_input(graph: Graph, images: np.ndarray) -> np.ndarray:
-    """The input tensor party 1 secret-shares for ``images`` (the model's input, e.g. [B, C, H, W])."""
-    image_shape, index = client_layout(graph)
+def batch_images(images: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """``images`` as the batch the program was compiled for (one image may omit the batch axis)."""
     images = np.asarray(images, dtype=np.float64)
     if images.shape == tuple(image_shape[1:]):
         images = images[None]
     if images.shape != tuple(image_shape):
         raise UserError(f"images have shape {images.shape}; the program was compiled for {tuple(image_shape)} "
                         f"(recompile with --batch {images.shape[0] if images.ndim == len(image_shape) else 1})")
+    return images
+
+
+def client_input(graph: Graph, images: np.ndarray) -> np.ndarray:
+    """The input tensor party 1 secret-shares for ``images`` (the model's input, e.g. [B, C, H, W])."""
+    image_shape, index = client_layout(graph)
+    images = batch_images(images, image_shape)
     return images if index is None else images.reshape(-1)[index]
 
 

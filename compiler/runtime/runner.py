@@ -86,7 +86,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     profile = network_profile(network)
     _warn_if_too_big(manifest, spec, online_only, log)
 
-    batch, rows_cols = int(manifest["batch"]), tuple(manifest["output_shape"])[-2:]
+    batch = int(manifest["batch"])
     x, y = _select_images(manifest, images, data)
     with tempfile.TemporaryDirectory(prefix="mpcvit-run-") as tmp:
         root = make_overlay(mpspdz, Path(tmp) / "mpspdz", spec, out_dir / f"{manifest['name']}.mpc")

@@ -6,7 +6,6 @@ of the most expensive choice everywhere, so λ has the same scale either way.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from compiler.errors import UserError
-from mpcvit.config import HEAD_KINDS, MLP_KINDS
+from mpcvit.config import HEAD_KINDS, MLP_KINDS, read_json_file
 from mpcvit.models.attention import HeteroAttention
 from mpcvit.models.mlp import KindMlp
 
@@ -39,14 +38,9 @@ def load_cost_table(source: dict[str, Any] | str | Path | None) -> CostTable | N
         return None
     name = "cost table"
     if not isinstance(source, dict):
-        path = Path(source)
-        name = f"cost table {path}"
-        if not path.is_file():
-            raise UserError(f"{name} does not exist; write one with compiler.cost.cost_table(...) or omit --cost-table")
-        try:
-            source = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{name}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        name = f"cost table {source}"
+        source = read_json_file(source, "cost table",
+                                "write one with compiler.cost.cost_table(...) or omit --cost-table")
     for section, kinds in (("attention", ("relu_softmax", "scaling")), ("mlp", ())):
         entries = source.get(section)
         if not isinstance(entries, dict) or any(k not in entries for k in kinds):

@@ -95,6 +95,8 @@ def fit(model: MPCViT, data: DatasetSplits, cfg: TrainConfig, *, teacher: MPCViT
         scheduler.load_state_dict(resume["scheduler"])
         result.history, start = list(resume["history"]), int(resume["epoch"])
     fill = -data.mean[0] / data.std[0]  # the normalised black background of the digits
+    # One bar per stage, advanced per epoch: readable in a terminal and in a CI log alike.
+    bar = tqdm(total=cfg.epochs, initial=start, desc=desc, disable=not progress)
     for epoch in range(start, cfg.epochs):
         seed = cfg.seed * 100_003 + epoch
         torch.manual_seed(seed)
@@ -103,8 +105,7 @@ def fit(model: MPCViT, data: DatasetSplits, cfg: TrainConfig, *, teacher: MPCViT
         model.train()
         t0, total, count = time.time(), 0.0, 0
         batches = data.loader(train=True, batch_size=cfg.batch_size, seed=seed, num_workers=cfg.num_workers)
-        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
-        for x, y in bar:
+        for x, y in batches:
             x = random_shift(x, cfg.random_shift, shift_rng, fill)
             if mixup is not None and len(x) % 2 == 0:
                 x, target = mixup(x, y)
@@ -130,15 +131,17 @@ def fit(model: MPCViT, data: DatasetSplits, cfg: TrainConfig, *, teacher: MPCViT
             scheduler.step_update(epoch * steps + count + 1)
             total += float(loss.detach())
             count += 1
-            bar.set_postfix(loss=f"{total / count:.4f}")
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "test_accuracy": evaluate(model, data),
                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
         if searching:
             with torch.no_grad():
                 record["expected_cost"] = float(expected_cost(model, cost_table))
         result.history.append(record)
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}", acc=f"{record['test_accuracy']:.4f}")
+        bar.update(1)
         if checkpoint is not None:
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "epoch": epoch + 1, "history": result.history}
             save_checkpoint(checkpoint, model, cfg, dataset_info(data), epoch + 1, result.history, state)
+    bar.close()
     return result

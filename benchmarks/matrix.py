@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
+from benchmarks import ATTENTION_CONFIGS, MLP_CONFIGS
 from compiler.errors import UserError, run_cli
 
 RESULTS_DIR = Path(__file__).with_name("results")
@@ -55,8 +56,6 @@ class Cell:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from benchmarks.models import ATTENTION_CONFIGS, MLP_CONFIGS
-
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model configs")
     p.add_argument("--vary", nargs="+", default=[], metavar="KEY=V1,V2",
                    help="model config overrides to sweep, e.g. heads=1,2,4,8 img_size=8,16 (cartesian product)")

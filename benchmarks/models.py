@@ -17,14 +17,13 @@ import numpy as np
 import onnx
 import torch
 
+from benchmarks import ATTENTION_CONFIGS, MLP_CONFIGS
 from compiler.errors import UserError
 from mpcvit.config import ModelConfig
 from mpcvit.export.onnx_export import OPSET, export_metadata
 from mpcvit.models.registry import create, model_config
 from mpcvit.search.binarize import contiguous_kinds, top_fraction
 
-ATTENTION_CONFIGS = ("softmax", "relu_softmax", "scaling", "mu0.1", "mu0.3", "mu0.5", "mu0.7")
-MLP_CONFIGS = ("gelu", "mpcvit+")
 # input normalisation recorded in the metadata (digits statistics; random-weight models only need *some* values)
 DATASETS = {"digits": {"name": "digits", "mean": [0.3], "std": [0.4]},
             "cifar10": {"name": "cifar10", "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616]},

@@ -5,7 +5,6 @@ import argparse
 import json
 import sys
 
-from compiler.errors import UserError
 from compiler.runtime.mpspdz import PROTOCOLS
 
 
@@ -25,12 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before all parties are stopped (default 600)")
     p.set_defaults(run=cmd_run)
 
+    from benchmarks.matrix import add_arguments
+
     b = subparsers.add_parser("bench", help="benchmark matrix (cost model, or real MP-SPDZ runs), tables and plots")
-    try:
-        from benchmarks.matrix import add_arguments
-    except ImportError:
-        b.set_defaults(run=_bench_unavailable)
-        return
     add_arguments(b)
     b.set_defaults(run=cmd_bench)
 
@@ -53,6 +49,3 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     return main_from_args(args)
 
-
-def _bench_unavailable(args: argparse.Namespace) -> int:
-    raise UserError("mpcvit bench needs the benchmarks/ folder of the source checkout: run it from the repository root")

@@ -133,10 +133,10 @@ def measure_group(members: list[Cell], tmp: Path, args: argparse.Namespace) -> I
     spec = ModelSpec(cell.model, cell.attention, cell.mlp, overrides=cell.overrides)
     name = f"{abs(hash(cell.build_key)):x}"
     weights = _weights(spec, cell.weights, args.results.parent / "checkpoints")
-    # one export per model, weights and batch, shared by every protocol and template set
-    onnx_path = tmp / f"{abs(hash((spec, cell.weights, cell.batch))):x}.onnx"
+    # one export per model and weights, shared by every protocol, batch and template set
+    onnx_path = tmp / f"{abs(hash((spec, cell.weights))):x}.onnx"
     if not onnx_path.is_file():
-        export_spec(spec, onnx_path, batch=cell.batch, weights=weights)
+        export_spec(spec, onnx_path, weights=weights)
     out_dir = tmp / name
     compiled = compile_model(onnx_path, cell.protocol, cell.batch, out_dir, TEMPLATE_SETS[cell.templates])
     total = compiled.cost.total

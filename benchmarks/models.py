@@ -7,20 +7,16 @@ MLP, the rest become linear, as MPCViT+).
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from benchmarks import ATTENTION_CONFIGS, MLP_CONFIGS
 from compiler.errors import UserError
 from mpcvit.config import ModelConfig
-from mpcvit.export.onnx_export import OPSET, export_metadata
+from mpcvit.export.onnx_export import export_metadata, write_onnx
 from mpcvit.models.registry import create, model_config
 from mpcvit.search.binarize import contiguous_kinds, top_fraction
 
@@ -91,26 +87,14 @@ def trained_weights(spec: ModelSpec, epochs: int, cache: Path) -> Weights:
     return Weights(checkpoint["state_dict"], checkpoint["dataset"])
 
 
-def export_spec(spec: ModelSpec, path: Path, batch: int = 1, weights: Weights | None = None) -> Path:
-    """Seeded (or given) weights exported with a fixed batch `batch` and the DESIGN.md metadata."""
+def export_spec(spec: ModelSpec, path: Path, weights: Weights | None = None) -> Path:
+    """Seeded (or given) weights exported (dynamic batch) with the DESIGN.md metadata."""
     cfg = model_cfg(spec)
     torch.manual_seed(spec.seed)
     model = create(cfg).eval()
     if weights is not None and weights.state_dict is not None:
         model.load_state_dict(weights.state_dict)
-    sample = torch.randn((batch, cfg.in_chans, cfg.img_size, cfg.img_size), generator=torch.Generator().manual_seed(0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:  # the dynamo exporter prints progress; keep benchmark output readable
-        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-            torch.onnx.export(model, (sample,), str(path), dynamo=True, opset_version=OPSET, external_data=False,
-                              input_names=["image"], output_names=["logits"], verbose=False)
-    finally:
-        quiet.setLevel(level)
-    proto = onnx.load(str(path))
     dataset = weights.dataset if weights is not None else DATASETS[MODEL_DATASET.get(spec.model, "digits")]
-    onnx.helper.set_model_props(proto, export_metadata(model, dataset))
-    onnx.save(proto, str(path))
+    write_onnx(model, path, export_metadata(model, dataset))
     return path

@@ -61,7 +61,7 @@ def measure(real: bool, log=print) -> dict[str, dict[str, float]]:
     mpspdz = _mpspdz_or_none() if real else None
     with tempfile.TemporaryDirectory(prefix="mpcvit-regression-") as tmp:
         for name, spec in regression_models().items():
-            onnx_path = export_spec(spec, Path(tmp) / f"{name}.onnx", batch=BATCH)
+            onnx_path = export_spec(spec, Path(tmp) / f"{name}.onnx")
             for protocol in PROTOCOLS:
                 out_dir = Path(tmp) / f"{name}-{protocol}"
                 compiled = compile_model(onnx_path, protocol, BATCH, out_dir)

@@ -72,7 +72,7 @@ def test_exported_digits_model_end_to_end(mpspdz, tmp_path):
     from compiler.api import compile_onnx
     from compiler.runtime.runner import run
 
-    path = models.export_spec(models.ModelSpec("vit_1_4_8", attention="mu0.5"), tmp_path / "digits.onnx", batch=4)
+    path = models.export_spec(models.ModelSpec("vit_1_4_8", attention="mu0.5"), tmp_path / "digits.onnx")
     result = compile_onnx(path, tmp_path / "out", protocol="replicated-ring", batch=4)
     images = np.random.default_rng(0).standard_normal((4, 1, 8, 8))
     graph = result.program.graph

@@ -66,12 +66,12 @@ def test_linear_model_under_each_protocol(mpspdz: MPSPDZ, tmp_path: Path, protoc
 
 
 def test_compiled_vit_through_the_cli_agrees_with_onnxruntime(mpspdz: MPSPDZ, tmp_path: Path) -> None:
-    """The whole path: seeded ViT → ONNX (batch 2) → mpcvit's compiler → `mpcvit run OUT --images 4 --json`."""
+    """The whole path: seeded ViT → ONNX (dynamic batch, compiled for 2) → mpcvit's compiler → `mpcvit run OUT --images 4 --json`."""
     from benchmarks.models import ModelSpec, export_spec
     from benchmarks.pipeline import compile_model
     from mpcvit.cli import main
 
-    onnx_path = export_spec(ModelSpec("vit_1_4_8", "mu0.5"), tmp_path / "m.onnx", batch=2)
+    onnx_path = export_spec(ModelSpec("vit_1_4_8", "mu0.5"), tmp_path / "m.onnx")
     compiled = compile_model(onnx_path, "replicated-ring", 2, tmp_path / "out")
     json_path = tmp_path / "run.json"
     assert main(["run", str(tmp_path / "out"), "--images", "4", "--json", str(json_path)]) == 0

@@ -41,7 +41,11 @@ def export_metadata(model: MPCViT, dataset: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _torch_export(model: MPCViT, sample: torch.Tensor, path: Path) -> None:
+def write_onnx(model: MPCViT, path: Path, metadata: dict[str, str]) -> None:
+    """Export ``model`` with a dynamic batch axis (the compiler fixes it with ``--batch``) and store ``metadata``."""
+    cfg = model.cfg
+    # a traced batch of 2: torch.export specialises a batch of 1 into a constant
+    sample = torch.zeros((2, cfg.in_chans, cfg.img_size, cfg.img_size))
     # the dynamo exporter reports progress on stdout and through logging; keep the CLI output to our own lines
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -49,24 +53,28 @@ def _torch_export(model: MPCViT, sample: torch.Tensor, path: Path) -> None:
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             torch.onnx.export(model, (sample,), str(path), dynamo=True, opset_version=OPSET, external_data=False,
-                              input_names=["image"], output_names=["logits"], verbose=False)
+                              input_names=["image"], output_names=["logits"], verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},))
     finally:
         quiet.setLevel(level)
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
 
 
 def onnxruntime_max_error(path: Path, model: MPCViT, inputs: torch.Tensor) -> float:
-    """Largest |onnxruntime − PyTorch| over the logits of ``inputs`` (fed one image at a time: static batch 1)."""
+    """Largest |onnxruntime − PyTorch| over the logits of ``inputs`` (one batch)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
     with torch.no_grad():
         expected = model(inputs).numpy()
-    got = np.concatenate([session.run(None, {name: x[None].numpy()})[0] for x in inputs])
+    got = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
     return float(np.abs(got - expected).max())
 
 
 def export_onnx(model: MPCViT, path: str | Path, dataset: dict[str, Any], sample: torch.Tensor | None = None,
                 tolerance: float = TOLERANCE, check_images: int = 4) -> ExportResult:
-    """Export ``model`` (fixed kinds, eval mode) for batch 1 to ``path`` and verify it against onnxruntime.
+    """Export ``model`` (fixed kinds, eval mode) to ``path`` and verify it against onnxruntime.
 
     The check runs ``sample`` plus ``check_images - 1`` random images; an error above ``tolerance`` raises.
     """
@@ -79,12 +87,8 @@ def export_onnx(model: MPCViT, path: str | Path, dataset: dict[str, Any], sample
     shape = (1, cfg.in_chans, cfg.img_size, cfg.img_size)
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(shape, generator=generator) if sample is None else sample.reshape(shape)
-    _torch_export(model, sample, path)
-    proto = onnx.load(str(path))
     metadata = export_metadata(model, dataset)
-    onnx.helper.set_model_props(proto, metadata)
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(path))
+    write_onnx(model, path, metadata)
     images = torch.cat([sample, torch.randn((max(check_images - 1, 0), *shape[1:]), generator=generator)])
     error = onnxruntime_max_error(path, model, images)
     if not error <= tolerance:

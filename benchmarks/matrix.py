@@ -201,12 +201,12 @@ def _plaintext_accuracy(onnx_path: Path, weights) -> float | None:
     import numpy as np
 
     from compiler.runtime.datasets import digits_test_set, normalise
-    from compiler.runtime.runner import onnx_logits
+    from compiler.api import onnxruntime_logits
 
     x, y = digits_test_set()
     metadata = {"mpcvit.input_mean": json.dumps(weights.dataset["mean"]),
                 "mpcvit.input_std": json.dumps(weights.dataset["std"])}
-    return float(np.mean(onnx_logits(onnx_path, normalise(x, metadata)).argmax(-1) == y))
+    return float(np.mean(onnxruntime_logits(onnx_path, normalise(x, metadata)).argmax(-1) == y))
 
 
 def main_from_args(args: argparse.Namespace) -> int:

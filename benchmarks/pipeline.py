@@ -14,7 +14,7 @@ from compiler.ir_eval import apply_input_layout
 from compiler.lowering import Program, get_profile, lower
 from compiler.passes import run_passes
 from compiler.reference import execute
-from compiler.runtime.runner import onnx_logits
+from compiler.api import onnxruntime_logits
 
 
 @dataclass
@@ -49,4 +49,4 @@ def reference_error(compiled: Compiled, onnx_path: Path, seed: int = 0) -> float
     images = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     result = execute(compiled.program, {graph.inputs[0]: apply_input_layout(input_node, images)})
     fixed = next(iter(result.outputs.values()))
-    return float(np.abs(fixed.reshape(len(images), -1) - onnx_logits(onnx_path, images)).max())
+    return float(np.abs(fixed.reshape(len(images), -1) - onnxruntime_logits(onnx_path, images)).max())

@@ -86,7 +86,8 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
             output_shape=[program.batch, 1] if program.reveal == "argmax" else list(output_value.shape),
             weights=[{"name": w.name, "shape": list(w.data.shape)} for w in weights],
             weight_sha256=weight_hash, model=str(graph.metadata.get("mpcvit.model", program.name)),
-            onnx={"path": str(onnx_path) if onnx_path else None, "sha256": _sha256(onnx_path),
+            # absolute: `mpcvit run` compares with this model from whatever directory it is started in
+            onnx={"path": str(Path(onnx_path).resolve()) if onnx_path else None, "sha256": _sha256(onnx_path),
                   "metadata": dict(graph.metadata)},
             approximations={p.node.name: {role: f"{u.label} {u.kwargs}" if u.params else u.label
                                           for role, u in p.approx.items()}

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from compiler.api import onnxruntime_logits
 from compiler.errors import MPSPDZError, UserError
 from compiler.runtime import datasets
 from compiler.runtime.mpspdz import (MPSPDZ, ProtocolSpec, check_protocol_ready, find_mpspdz, mpspdz_commit,
@@ -88,6 +89,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
 
     batch = int(manifest["batch"])
     x, y = _select_images(manifest, images, data)
+    plain = _plain_logits(manifest, x, reference, out_dir)  # before the MPC run: a missing model fails fast
     with tempfile.TemporaryDirectory(prefix="mpcvit-run-") as tmp:
         root = make_overlay(mpspdz, Path(tmp) / "mpspdz", spec, out_dir / f"{manifest['name']}.mpc")
         compile_s, compile_output = _compile(root, manifest, spec)
@@ -114,7 +116,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
             stats.append(party0)
             logits.append(revealed)
     mpc_logits = np.concatenate(logits)[: len(x) if x is not None else None]
-    result = _result(manifest, spec, preprocessing, stats, mpc_logits, x, y, reference, out_dir, profile, mpspdz,
+    result = _result(manifest, spec, preprocessing, stats, mpc_logits, x, y, plain, profile, mpspdz,
                      compile_s)
     if json_path is not None:
         write_json_atomic(Path(json_path), result.to_json())
@@ -192,7 +194,7 @@ PREPROCESSING = {"live": "live (included in the figures)", "files": "files (Fake
 
 
 def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[PartyStats], logits: np.ndarray,
-            x: np.ndarray | None, y: np.ndarray | None, reference: Reference | None, out_dir: Path, profile,
+            x: np.ndarray | None, y: np.ndarray | None, plain: np.ndarray | None, profile,
             mpspdz: MPSPDZ, compile_s: float) -> RunResult:
     if preprocessing == "split":  # party 0's online phase; MP-SPDZ prints no all-party online figure
         time_s, bytes_p0, rounds = (sum(s.online.seconds for s in stats), sum(s.online.bytes for s in stats),
@@ -202,7 +204,6 @@ def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[
         time_s, bytes_p0, rounds = (sum(s.time_s for s in stats), sum(s.bytes_sent for s in stats),
                                     sum(s.rounds for s in stats))
         global_bytes = sum(s.global_bytes or 0 for s in stats)
-    plain = _plain_logits(manifest, x, reference, out_dir)
     accuracy = compare_logits(logits, plain, y)
     model_time = profile.time_s(rounds, bytes_p0)
     details = {
@@ -245,25 +246,10 @@ def _plain_logits(manifest: dict, x: np.ndarray | None, reference: Reference | N
         return None if expected is None else np.asarray(expected, dtype=np.float64).reshape(int(manifest["batch"]), -1)
     if reference is not None:
         return reference(x)
-    onnx_path = Path(manifest.get("onnx", {}).get("path", ""))
-    if not onnx_path.is_absolute():
-        onnx_path = out_dir / onnx_path
+    onnx_path = Path(manifest.get("onnx", {}).get("path") or "")
     if not onnx_path.is_file():
         raise UserError(f"{out_dir}/manifest.json: ONNX model {onnx_path} not found for the plaintext comparison")
-    return onnx_logits(onnx_path, x)
-
-
-def onnx_logits(onnx_path: Path, x: np.ndarray) -> np.ndarray:
-    """The float model's logits on `x`, fed in chunks of the ONNX input's batch when it is fixed."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    spec = session.get_inputs()[0]
-    x = np.asarray(x, dtype=np.float32)
-    if not spec.shape or not isinstance(spec.shape[0], int):
-        return session.run(None, {spec.name: x})[0]
-    return np.concatenate([session.run(None, {spec.name: chunk})[0]
-                           for chunk in _batches(x, spec.shape[0])])[: len(x)]
+    return onnxruntime_logits(onnx_path, x)
 
 
 def compare_logits(mpc: np.ndarray, plain: np.ndarray | None, labels: np.ndarray | None) -> dict[str, Any]:

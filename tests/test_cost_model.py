@@ -120,7 +120,8 @@ def test_unknown_protocol_and_primitive_are_user_errors():
 def test_input_and_reveal_messages():
     rep3 = CostProfile(protocol="replicated-ring")
     given = step_cost(Step("input", 10, party=0), rep3)
-    assert (given.bytes_all, given.bytes_p0, given.rounds) == (160, 160, 1)  # to both other parties
+    assert (given.bytes_all, given.bytes_p0, given.rounds) == (80, 80, 1)  # one share sent, the other a PRG's
+    assert step_cost(Step("input", 10, party=0), "semi2k").bytes_all == 0  # measured: PRG-derived shares only
     assert step_cost(Step("input", 10, party=1), rep3).bytes_p0 == 0
     to_client = step_cost(Step("reveal", 10, party=1), rep3)
     assert (to_client.bytes_all, to_client.bytes_p0) == (160, 80)  # parties 0 and 2 send their shares

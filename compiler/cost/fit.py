@@ -124,6 +124,9 @@ def fit(rows: list[dict]) -> dict[tuple[str, str], dict]:
         sel = [r for r in rows if r["protocol"] == protocol and r["primitive"] == csv_prim]
         if not sel:
             continue
+        if prim == "matmul":  # a 1×1×1 product is one multiplication: anchors the fixed terms at small shapes
+            sel = sel + [{**r, "shape": (1, 1, 1)} for r in rows if r["protocol"] == protocol
+                         and r["primitive"] == "mul_sfix" and r["n"] == 1]
         on, _ = _fit_chunked(sel, "on_rounds", "budget")
         for r in sel:  # offline = what the timer saw beyond the fitted online rounds (keeps the total exact)
             r["rest_rounds"] = max(r["rounds"] - _online_value(on, r), 0.0)

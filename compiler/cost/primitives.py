@@ -191,14 +191,16 @@ def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, ope
 
 
 def _transfer(protocol: str, n: int, party: int | None, reveal: bool) -> Cost:
-    """One round of n ring elements per message. Input: ``party`` (default 0) sends to every other computing
-    party; reveal to ``party`` (default 1, the client): every other computing party sends its share."""
-    others = PARTIES[protocol] - 1 - (1 if protocol == "dealer" else 0)  # the dealer neither inputs nor learns
+    """One round of n ring elements per message. Input from ``party`` (default 0): semi2k and dealer derive the
+    other parties' shares from shared PRG seeds (nothing sent), replicated-ring sends one share to one party
+    (the third share is a PRG's). Reveal to ``party`` (default 1, the client): every other computing party sends
+    its share."""
     message = float(n * WORD_BYTES)
-    total = message * others
     if reveal:
+        total = message * (PARTIES[protocol] - 1 - (1 if protocol == "dealer" else 0))  # the dealer learns nothing
         sent_by_p0 = 0.0 if party == 0 else message
     else:
+        total = message if protocol == "replicated-ring" else 0.0
         sent_by_p0 = total if party in (None, 0) else 0.0
     return Cost(variable_bytes_p0=sent_by_p0, variable_bytes_all=total, online_bytes_all=total, online_rounds=1.0)
 

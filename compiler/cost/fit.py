@@ -5,7 +5,9 @@ The formulas (see :class:`compiler.cost.primitives.Formula`) are linear in a few
 vectorised call; matmul: M·P outputs and M·K·P scalar products), the compile-time budget B and the run-time
 preprocessing batch b; the chunk widths w (how much budget one element consumes) and v (how much of a batch)
 are chosen by a small grid search minimising the worst relative error, the coefficients by non-negative
-least squares on relative residuals.
+least squares on relative residuals. Matrix products are measured at large shapes only: the mul_sfix n=1 row
+joins them as a 1×1×1 product so that their fixed terms (paid by every small product of a model) are not an
+extrapolation (it was 53 online rounds per semi2k product; a real ViT layer's products take a few).
 """
 from __future__ import annotations
 
@@ -112,8 +114,8 @@ def _fit_linear(rows: list[dict], key: str) -> list[float]:
     """target = a + b·outputs + c·work (+ d·(M·K + K·P) for matmul).
 
     A program issues many calls, so what it pays per element is the slope of the *large* calls (outputs >=
-    MARGINAL_MIN), while the small calls measure mostly the one-time setup. Their errors weigh the most
-    (MARGINAL_WEIGHTS, first) that keeps every row within ROW_TOLERANCE."""
+    MARGINAL_MIN), while the small calls measure mostly the one-time setup. The large calls' errors weigh the
+    largest factor of MARGINAL_WEIGHTS that still keeps every measured row within ROW_TOLERANCE."""
     target = np.array([r[key] for r in rows])
     cols = []
     for r in rows:

@@ -12,7 +12,9 @@ Formulas (coefficients in :mod:`compiler.cost.fitted`, produced by :mod:`compile
   batches, so the batch count is continuous. The setup (constant rounds and bytes) is paid once per program
   and primitive, so costs combine it with max per primitive, not +;
 * bytes (all parties / party 0) = a + b·O + c·W + d·(M·K + K·P), linear: semi2k pays ~3.1 KB per scalar
-  product of a matmul (one OT triple each, no matrix triples); ``online_share`` splits bytes;
+  product of a matmul (one OT triple each, no matrix triples); ``online_share`` splits bytes; the slopes lean
+  on the large measured calls (the marginal cost each further call of a program pays);
+* input: semi2k and dealer derive shares from PRG seeds (nothing sent), replicated-ring sends one share;
 * seconds (local compute, loopback) = a + b·O + c·W + d·(M·K + K·P).
 
 Comparison-based primitives (ltz, relu and the built-ins) decompose k bits: their bytes are scaled by k/31

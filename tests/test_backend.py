@@ -138,6 +138,25 @@ def test_failed_emit_leaves_nothing_and_keeps_the_previous_output(compiled, tmp_
     assert json.loads((out / "manifest.json").read_text())["protocol"] == "semi2k"
 
 
+def test_emit_never_replaces_a_foreign_directory_and_reports_unwritable_paths(tmp_path):
+    prog = lower(tiny_vit_ir.build(batch=1), get_profile("semi2k"), name="tiny")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match=r"mine' is a non-empty directory without a manifest\.json"):
+        emit(prog, mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=r"a_file/out' cannot be written \(File exists\)"):
+        emit(prog, tmp_path / "a_file" / "out")
+    with pytest.raises(UserError, match="template set 'nope' not found"):
+        emit(prog, tmp_path / "new" / "deeper", template_set="nope")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine"]  # no parent created on failure
+    (tmp_path / "empty").mkdir()
+    emit(prog, tmp_path / "empty")
+    assert (tmp_path / "empty" / "manifest.json").is_file()
+
+
 def test_template_set_overrides_node_templates(tmp_path, monkeypatch):
     import compiler.backend.render as render
 

@@ -59,11 +59,18 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {str(out)!r} exists and is not a directory; choose another output directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and not (out / "manifest.json").is_file() and any(out.iterdir()):
+        # the directory is replaced as a whole: never delete files that are not an earlier compiled program
+        raise UserError(f"-o {str(out)!r} is a non-empty directory without a manifest.json (not a compiled "
+                        f"program) and would be replaced; choose a new or empty output directory")
     graph, profile = program.graph, program.profile
     source = Path(onnx_path).name if onnx_path else "an IR graph"
     text, weights = render_program(program, source, template_set)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
     try:
         (tmp / f"{program.name}.mpc").write_text(text)
         weight_hash = write_text(tmp / "Player-Data" / "Input-P0-0",
@@ -100,10 +107,17 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
         script.write_text(run_script(manifest))
         script.chmod(0o755)
         _replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _unwritable(out, exc) from None
         raise
     return manifest
+
+
+def _unwritable(out: Path, exc: OSError) -> UserError:
+    return UserError(f"-o {str(out)!r} cannot be written ({exc.strerror or type(exc).__name__}); choose a "
+                     f"writable output directory")
 
 
 def _replace_dir(new: Path, out: Path) -> None:

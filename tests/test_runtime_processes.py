@@ -219,3 +219,54 @@ def test_online_only_too_big_for_files_uses_the_v_split(fake_mpspdz: MPSPDZ, pro
     assert result.online_only and (result.time_s, result.bytes_party0, result.rounds) == (0.1, 1_000_000, 30)
     assert result.global_bytes is None and "11,001,000 preprocessing tuples" in notes[0]
     assert "online phase of MP-SPDZ's -v split" in result.to_json()["preprocessing"]
+
+
+def _write_bad_data(path: Path, kind: str) -> None:
+    if kind == "pickled":
+        np.save(path.with_suffix(".npy"), np.array([{"x": 1}], dtype=object), allow_pickle=True)
+        path.with_suffix(".npy").rename(path)
+    elif kind == "npy":
+        np.save(path.with_suffix(".npy"), np.zeros((2, 3)))
+        path.with_suffix(".npy").rename(path)
+    elif kind == "truncated":
+        np.savez(path.with_suffix(".tmp.npz"), x=np.zeros((2, 3)))
+        path.write_bytes(path.with_suffix(".tmp.npz").read_bytes()[:60])
+    else:
+        arrays = {"empty": {"x": np.zeros((0, 3))}, "no_batch_axis": {"x": np.float32(1)},
+                  "text": {"x": np.array(["a", "b"])}, "labels": {"x": np.zeros((2, 3)), "y": np.zeros(5)},
+                  "shape": {"x": np.zeros((2, 4))}}[kind]
+        np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("pickled", "not a readable .npz archive"), ("npy", "a single .npy array, not an .npz archive"),
+    ("truncated", "not a readable .npz archive"), ("empty", r"x has shape \[0, 3\]; give at least one image"),
+    ("no_batch_axis", r"x has shape \[\]"), ("text", "arrays x/y are unreadable or not numeric"),
+    ("labels", r"labels y have shape \[5\], expected \[2\]"),
+    ("shape", r"images of shape \[4\], but the program was compiled for \[3\]; give x as \[N, 3\]"),
+])
+def test_bad_data_files_stop_before_any_party_runs(fake_mpspdz: MPSPDZ, program_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, kind: str, message: str) -> None:
+    manifest = json.loads((program_dir / "manifest.json").read_text())
+    (program_dir / "manifest.json").write_text(json.dumps({**manifest, "input_shape": [2, 3]}))
+    monkeypatch.setenv("FAKE_MODE", "crash")  # a party that starts would fail with an MPSPDZError instead
+    data = tmp_path / "data.npz"
+    _write_bad_data(data, kind)
+    with pytest.raises(UserError, match=rf"^--data {data}: {message}"):
+        run(program_dir, data=data, mpspdz=fake_mpspdz, client_input_writer=write_floats, log=lambda m: None)
+
+
+@pytest.mark.parametrize("images", [0, -3])
+def test_non_positive_image_counts_are_rejected(fake_mpspdz: MPSPDZ, program_dir: Path, tmp_path: Path,
+                                               images: int) -> None:
+    np.savez(tmp_path / "data.npz", x=np.zeros((4, 3)))  # x[:-3] would silently run 1 image
+    with pytest.raises(UserError, match=rf"--images {images}: give a positive number of images"):
+        run(program_dir, images=images, data=tmp_path / "data.npz", mpspdz=fake_mpspdz,
+            client_input_writer=write_floats, reference=lambda x: 2 * x, log=lambda m: None)
+
+
+@pytest.mark.parametrize("text", ["", "{truncated", "[1, 2]"])
+def test_unreadable_manifest_is_one_line(fake_mpspdz: MPSPDZ, program_dir: Path, text: str) -> None:
+    (program_dir / "manifest.json").write_text(text)
+    with pytest.raises(UserError, match=r"manifest\.json: not (valid JSON|a JSON object).*recompile"):
+        run(program_dir, mpspdz=fake_mpspdz)

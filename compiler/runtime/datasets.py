@@ -1,6 +1,7 @@
 """Evaluation images for accuracy under MPC: the dataset named in the ONNX metadata, or arrays from a `.npz`."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +18,36 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Arrays `x` (images, float) and optionally `y` (labels) from `path`."""
     if not path.is_file():
         raise UserError(f"--data {path}: no such file; give an .npz with arrays x (images) and y (labels)")
-    with np.load(path) as archive:
+    try:
+        archive = np.load(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"--data {path}: not a readable .npz archive ({exc}); "
+                        "write one with numpy.savez(path, x=images, y=labels)") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy array
+        raise UserError(f"--data {path}: a single .npy array, not an .npz archive; "
+                        "write one with numpy.savez(path, x=images, y=labels)")
+    with archive:
         if "x" not in archive:
             raise UserError(f"--data {path}: no array 'x' (found {', '.join(archive.files) or 'none'}); "
                             "save images as x and labels as y")
-        return archive["x"].astype(np.float32), (archive["y"].astype(np.int64) if "y" in archive else None)
+        try:
+            x = archive["x"].astype(np.float32)
+            y = archive["y"].astype(np.int64) if "y" in archive else None
+        except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise UserError(f"--data {path}: arrays x/y are unreadable or not numeric ({exc}); "
+                            "save float images as x and integer labels as y") from None
+    if x.ndim < 2 or len(x) == 0:
+        raise UserError(f"--data {path}: x has shape {list(x.shape)}; give at least one image as x[N, ...]")
+    if y is not None and y.shape != (len(x),):
+        raise UserError(f"--data {path}: labels y have shape {list(y.shape)}, expected [{len(x)}] (one per image)")
+    return x, y
 
 
-def digits_test_set() -> tuple[np.ndarray, np.ndarray]:
-    """The digits test images `[N, 1, 8, 8]` in [0, 1] (before normalisation) and labels."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    _, x, _, y = train_test_split((digits.images / 16.0).astype(np.float32), digits.target,
-                                  test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SEED, stratify=digits.target)
-    return x[:, None], y.astype(np.int64)
+def check_image_shape(x: np.ndarray, image_shape: list[int] | None, source: str) -> None:
+    """Images must have the compiled model's shape (checked before any MPC run, not after it)."""
+    if image_shape is not None and list(x.shape[1:]) != list(image_shape):
+        raise UserError(f"{source}: images of shape {list(x.shape[1:])}, but the program was compiled for "
+                        f"{list(image_shape)}; give x as [N, {', '.join(map(str, image_shape))}]")
 
 
 def normalise(x: np.ndarray, metadata: dict[str, str]) -> np.ndarray:
@@ -47,6 +62,8 @@ def normalise(x: np.ndarray, metadata: dict[str, str]) -> np.ndarray:
 
 def eval_images(metadata: dict[str, str], count: int, data: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """`count` model-ready (normalised) images and labels: from `data`, else the metadata's dataset."""
+    if count < 1:
+        raise UserError(f"--images {count}: give a positive number of images")
     if data is not None:
         x, y = load_npz(data)
     else:

@@ -62,7 +62,12 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     path = out_dir / "manifest.json"
     if not path.is_file():
         raise UserError(f"{out_dir}: no manifest.json; compile a model into it first (mpcvit-compile MODEL.onnx -o {out_dir})")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); recompile into {out_dir} with mpcvit-compile") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: not a JSON object; recompile into {out_dir} with mpcvit-compile")
     missing = [k for k in ("name", "protocol", "compile_flags", "batch", "output_shape") if k not in manifest]
     if missing:
         raise UserError(f"{path}: lacks {', '.join(missing)}; recompile with this version of mpcvit-compile")
@@ -129,8 +134,11 @@ def _select_images(manifest: dict, images: int | None, data: str | Path | None):
     metadata = manifest.get("onnx", {}).get("metadata", {})
     if images is None:
         x, y = datasets.load_npz(Path(data))
-        return x, y
-    return datasets.eval_images(metadata, images, Path(data) if data else None)
+    else:
+        x, y = datasets.eval_images(metadata, images, Path(data) if data else None)
+    image_shape = manifest.get("input_shape")  # [B, C, H, W] of the compiled program
+    datasets.check_image_shape(x, image_shape[1:] if image_shape else None, f"--data {data}" if data else "--images")
+    return x, y
 
 
 def _batches(x: np.ndarray, batch: int):

@@ -84,10 +84,11 @@ def onnxruntime_logits(onnx_path: str | Path, images: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     spec = session.get_inputs()[0]
     fixed = spec.shape[0] if isinstance(spec.shape[0], int) else None
+    dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(spec.type, np.float32)
     step = fixed or len(images)
     outs = []
     for start in range(0, len(images), step):
-        chunk = images[start:start + step].astype(np.float32)
+        chunk = images[start:start + step].astype(dtype)
         pad = step - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
@@ -102,6 +103,18 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], stderr
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_check_feeds_onnxruntime_the_input_type_of_the_model(tmp_path, capsys):
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [1, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, [1, 3])],
+                              [onnx.numpy_helper.from_array(np.arange(12.0).reshape(4, 3) / 8, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "f64.onnx"))
+    code, stdout, stderr = run([str(tmp_path / "f64.onnx"), "-o", str(tmp_path / "out"), "--check",
+                                "--check-samples", "5"], capsys)
+    assert code == 0, stderr
+    assert float(stdout.split("logits vs onnxruntime: max |err| ")[1].split()[0]) < 1e-3
 
 
 def test_console_script_exit_code(tmp_path):

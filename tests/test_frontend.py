@@ -185,3 +185,46 @@ def test_secret_shape_arithmetic_is_an_error(tmp_path: Path) -> None:
     nodes = [helper.make_node("Equal", ["x", "x"], ["e"], name="eq"), helper.make_node("Where", ["e", "x", "x"], ["y"])]
     with pytest.raises(CompileError, match=r"'eq' \(Equal\).*secret"):
         load_onnx(onnx_graph(tmp_path / "eq.onnx", nodes, [1, 4], "y", [1, 4]))
+
+
+def _one_input_model(path: Path, elem_type: int, shape: list[int], nodes: list[onnx.NodeProto],
+                     initializers: list[onnx.TensorProto] = (), external: bool = False) -> Path:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", elem_type, shape)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path), save_as_external_data=external, location=f"{path.stem}.data", size_threshold=0)
+    return path
+
+
+def test_external_weights_load_and_a_missing_data_file_is_named(tmp_path: Path) -> None:
+    weight = np.arange(16, dtype=np.float32).reshape(4, 4)
+    path = _one_input_model(tmp_path / "ext.onnx", onnx.TensorProto.FLOAT, [1, 4],
+                            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                            [onnx.numpy_helper.from_array(weight, "w")], external=True)
+    assert np.array_equal(load_onnx(path).values["w"].data, weight)
+    (tmp_path / "ext.data").unlink()
+    with pytest.raises(UserError, match=r"'.*ext\.onnx' keeps its weights in 'ext\.data', which is not next to it"):
+        load_onnx(path)
+
+
+def test_non_float_and_scalar_inputs_are_errors(tmp_path: Path) -> None:
+    cast = [helper.make_node("Cast", ["x"], ["y"], to=onnx.TensorProto.FLOAT)]
+    with pytest.raises(CompileError, match=r"input 'x' has type INT64; the image input must be FLOAT"):
+        load_onnx(_one_input_model(tmp_path / "int.onnx", onnx.TensorProto.INT64, [1, 4], cast))
+    relu = [helper.make_node("Relu", ["x"], ["y"])]
+    with pytest.raises(CompileError, match=r"input 'x' is a scalar"):
+        load_onnx(_one_input_model(tmp_path / "scalar.onnx", onnx.TensorProto.FLOAT, [], relu))
+
+
+@pytest.mark.parametrize("case", ["nan_weight", "divide_by_zero"])
+def test_non_finite_constants_used_by_secrets_name_the_tensor(tmp_path: Path, case: str) -> None:
+    if case == "nan_weight":
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+        inits = [("w", np.where(np.eye(4) > 0, np.nan, 1.0).astype(np.float32))]
+        expect = r"ONNX tensor 'w' has 4 NaN/infinite value\(s\)"
+    else:
+        nodes = [helper.make_node("Div", ["x", "zero"], ["y"])]
+        inits = [("zero", np.zeros(4, np.float32))]
+        expect = r"ONNX tensor 'y__reciprocal' has 4 NaN/infinite"
+    with pytest.raises(CompileError, match=expect):
+        load_onnx(onnx_graph(tmp_path / f"{case}.onnx", nodes, [1, 4], "y", [1, 4], inits))

@@ -81,6 +81,11 @@ class ConvertContext:
             data = self.consts[resolved]
             if data.dtype.kind == "f":
                 data = data.astype(np.float64)
+                bad = int(np.count_nonzero(~np.isfinite(data)))
+                if bad:  # would be secret-shared as garbage: encoding NaN/inf to fixed point is undefined
+                    raise CompileError(f"ONNX tensor {resolved!r} has {bad} NaN/infinite value(s) and is used by "
+                                       f"the secret computation; fix the model's weights (or a division by zero) "
+                                       f"and re-export")
             role = "param" if resolved in self.from_initializer and data.size > 1 else "public"
             self.graph.add_value(Value(resolved, data.shape, role, data))
         return resolved

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
 from compiler.errors import CompileError, UserError
 from compiler.frontend import ops  # noqa: F401  (registers the converters)
@@ -12,6 +13,7 @@ from compiler.frontend.registry import find_converter
 from compiler.ir import Graph, Node, Value
 
 MIN_OPSET, MAX_OPSET = 13, 20
+FLOAT_INPUTS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 
 
 def load_onnx(path: str | Path, batch: int = 1) -> Graph:
@@ -56,10 +58,19 @@ def _read(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise UserError(f"ONNX file {str(path)!r} not found; pass the path of an exported .onnx model")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-derived or ValueError by version
         raise UserError(f"ONNX file {str(path)!r} cannot be read ({type(exc).__name__}): the file is truncated or "
                         f"not an ONNX model; re-export it") from None
+    locations = {entry.value for tensor in model.graph.initializer if uses_external_data(tensor)
+                 for entry in tensor.external_data if entry.key == "location"}
+    missing = sorted(name for name in locations if not (path.parent / name).is_file())
+    if missing:
+        raise UserError(f"ONNX file {str(path)!r} keeps its weights in {missing[0]!r}, which is not next to it; "
+                        f"copy that file beside the model or re-export it as one file")
+    if locations:
+        load_external_data_for_model(model, str(path.parent))
+    return model
 
 
 def _opset(model: onnx.ModelProto, path: Path) -> int:
@@ -80,7 +91,13 @@ def _resolve_inputs(model: onnx.ModelProto, batch: int) -> dict[str, tuple[int, 
     for tensor in model.graph.input:
         if tensor.name in initializers:
             continue
+        elem_type = tensor.type.tensor_type.elem_type
+        if elem_type not in FLOAT_INPUTS:
+            raise CompileError(f"input {tensor.name!r} has type {onnx.TensorProto.DataType.Name(elem_type)}; the "
+                               f"image input must be FLOAT, DOUBLE or FLOAT16")
         dims = tensor.type.tensor_type.shape.dim
+        if not dims:
+            raise CompileError(f"input {tensor.name!r} is a scalar; the image input needs a batch dimension first")
         for axis, dim in enumerate(dims):
             static = dim.HasField("dim_value") and dim.dim_value > 0
             if axis == 0 and not static:

@@ -217,7 +217,8 @@ def _binary(op: str, fold: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Ca
         elif op == "div" and ctx.is_const(b):
             # x / c is a public/param multiplication: x * (1/c); only a secret divisor needs MPC division
             reciprocal = node.output[0] + "__reciprocal"
-            ctx.set_const(reciprocal, 1.0 / ctx.const(b).astype(np.float64), [b])
+            with np.errstate(divide="ignore"):  # a zero divisor is reported by name when the constant is used
+                ctx.set_const(reciprocal, 1.0 / ctx.const(b).astype(np.float64), [b])
             ctx.emit("mul", [a, reciprocal], node.output[0], _broadcast(ctx, a, b), node)
         else:
             ctx.emit(op, [a, b], node.output[0], _broadcast(ctx, a, b), node)

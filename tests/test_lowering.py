@@ -36,7 +36,9 @@ def test_bad_profile_requests_are_user_errors_listing_the_choices():
         get_profile("semi2k", frac_bits=40)
     with pytest.raises(UserError, match="malformed"):
         parse_approx_flags(["gelu"])
-    assert parse_approx_flags(["gelu=poly", "exp = limit"]) == {"gelu": "poly", "exp": "limit"}
+    assert parse_approx_flags(["gelu=poly", "exp = limit", "gelu=poly"]) == {"gelu": "poly", "exp": "limit"}
+    with pytest.raises(UserError, match="--approx gelu=poly and --approx gelu=mpspdz contradict"):
+        parse_approx_flags(["gelu=poly", "gelu=mpspdz"])  # was: the last one silently won
 
 
 @pytest.mark.parametrize("protocol", ["semi2k", "replicated-ring"])

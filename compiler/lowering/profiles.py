@@ -173,5 +173,9 @@ def parse_approx_flags(flags: list[str] | None) -> dict[str, str]:
         op, sep, choice = flag.partition("=")
         if not sep or not op or not choice:
             raise UserError(f"--approx {flag!r} is malformed; write op=choice, e.g. --approx gelu=poly")
-        out[op.strip()] = choice.strip()
+        op, choice = op.strip(), choice.strip()
+        if out.get(op, choice) != choice:
+            raise UserError(f"--approx {op}={out[op]} and --approx {op}={choice} contradict each other; give one "
+                            f"choice per op")
+        out[op] = choice
     return out

@@ -160,14 +160,16 @@ def test_timeout_kills_hanging_party_and_its_children(tmp_path: Path, fake_mpspd
     assert pids_alive(*map(int, (tmp_path / "pids").read_text().split())) == []
 
 
-def test_ctrl_c_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_cleans_up(tmp_path: Path, sig: int) -> None:
     pid_file = tmp_path / "pid"
     sleeper = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
                                      "time.sleep(600)"]
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    threading.Timer(1.0, os.kill, (os.getpid(), sig)).start()
     with pytest.raises(KeyboardInterrupt):
         run_parties([sleeper, sleeper[:2] + ["import time; time.sleep(600)"]], tmp_path, 60, tmp_path / "logs")
     assert pids_alive(int(pid_file.read_text())) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the run's only
 
 
 def test_run_parses_compares_and_writes_json(fake_mpspdz: MPSPDZ, program_dir: Path, tmp_path: Path) -> None:

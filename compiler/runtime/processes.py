@@ -10,8 +10,10 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,31 +65,49 @@ def run_parties(commands: list[list[str]], cwd: Path, timeout_s: float, log_dir:
     logs = [log_dir / f"party{i}.log" for i in range(len(commands))]
     procs: list[subprocess.Popen] = []
     start = time.monotonic()
-    try:
-        for command, log in zip(commands, logs):
-            with open(log, "wb") as sink:
-                procs.append(subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, start_new_session=True))
-        finished: dict[int, float] = {}
-        while len(finished) < len(procs):
-            for i, proc in enumerate(procs):
-                if i in finished or proc.poll() is None:
-                    continue
-                finished[i] = time.monotonic() - start
-                if proc.returncode != 0:
+    with _terminate_as_interrupt():
+        try:
+            for command, log in zip(commands, logs):
+                with open(log, "wb") as sink:
+                    procs.append(subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
+                                                  stdin=subprocess.DEVNULL, start_new_session=True))
+            finished: dict[int, float] = {}
+            while len(finished) < len(procs):
+                for i, proc in enumerate(procs):
+                    if i in finished or proc.poll() is None:
+                        continue
+                    finished[i] = time.monotonic() - start
+                    if proc.returncode != 0:
+                        stop_all(procs)
+                        raise MPSPDZError(f"{names[i]} failed (exit code {proc.returncode}); its last lines:\n"
+                                          f"{last_lines(logs[i].read_text(errors='replace'))}")
+                if time.monotonic() - start > timeout_s:
+                    stuck = [i for i in range(len(procs)) if i not in finished]
                     stop_all(procs)
-                    raise MPSPDZError(f"{names[i]} failed (exit code {proc.returncode}); its last lines:\n"
-                                      f"{last_lines(logs[i].read_text(errors='replace'))}")
-            if time.monotonic() - start > timeout_s:
-                stuck = [i for i in range(len(procs)) if i not in finished]
-                stop_all(procs)
-                raise MPSPDZError(f"timeout after {timeout_s:g} s: {', '.join(names[i] for i in stuck)} still running "
-                                  f"(raise --timeout?); last lines of {names[stuck[0]]}:\n"
-                                  f"{last_lines(logs[stuck[0]].read_text(errors='replace'))}")
-            time.sleep(POLL_S)
-        return [PartyResult(i, p.returncode, logs[i], finished[i]) for i, p in enumerate(procs)]
+                    raise MPSPDZError(f"timeout after {timeout_s:g} s: {', '.join(names[i] for i in stuck)} still running "
+                                      f"(raise --timeout?); last lines of {names[stuck[0]]}:\n"
+                                      f"{last_lines(logs[stuck[0]].read_text(errors='replace'))}")
+                time.sleep(POLL_S)
+            return [PartyResult(i, p.returncode, logs[i], finished[i]) for i, p in enumerate(procs)]
+        finally:
+            stop_all(procs)  # Ctrl-C or any error: no party survives the run
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a job scheduler) unwinds like Ctrl-C, so that the parties are stopped too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
     finally:
-        stop_all(procs)  # Ctrl-C or any error: no party survives the run
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:

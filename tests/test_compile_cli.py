@@ -75,6 +75,7 @@ def _graph(tmp_path, nodes, inits, shape=(1, 4), out_shape=(1, 4), name="m.onnx"
     ("truncated", "m.onnx"),
     ("unsupported", "Sin"),
     ("range", "outside the comparison range"),
+    ("ring", "tensor 'y' (linear 'mm') reaches |v| ="),  # no comparison: it silently wrapped the ring
     ("dynamic", "N"),
 ])
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys, timm_onnx, case, expect):
@@ -94,6 +95,10 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys
     elif case == "range":  # relu of values around 1e5: beyond |v| < 2^14
         model = str(_graph(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
                            [("w", np.full((4, 4), 3e4))]))
+    elif case == "ring":  # logits of a few thousand at f=28: v·2^56 >= 2^63
+        extra = ["--frac-bits", "28"]
+        model = str(_graph(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                           [("w", np.full((4, 4), 1000.0))]))
     elif case == "dynamic":
         model = str(_graph(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [], shape=(1, "N"), out_shape=(1, "N")))
     out = tmp_path / "out"

@@ -15,7 +15,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from compiler.approx import REGISTRY
-from compiler.errors import CompileError, UserError
+from compiler.errors import CompileError, FixedPointRangeError, UserError
 from compiler.fixedpoint import FixedPoint
 from compiler.ir import Graph, Node
 from compiler.lowering.plans import (ApproxUse, NodePlan, Program, attention_groups, client_input,
@@ -211,6 +211,19 @@ def layernorm_eps_int(node: Node, fx: FixedPoint) -> int:
     return max(1, int(round(float(node.attrs.get("eps", 1e-5)) * fx.scale)))
 
 
+PRODUCT_OPS = ("linear", "scale", "gelu", "layernorm", "attention")  # outputs truncated from sfix products
+
+
+def check_ring(rec: NodeRecord, fx: FixedPoint) -> None:
+    """A product's output v is v·2^(2f) in the ring before its truncation: from 2^63 on it wraps, in MP-SPDZ as
+    here, and the result is garbage without any comparison noticing (e.g. logits of 400 at --frac-bits 28)."""
+    limit = 2.0 ** (63 - 2 * fx.f)
+    if rec.max_abs_value >= limit:
+        raise FixedPointRangeError(
+            f"tensor {rec.output!r} ({rec.op} {rec.name!r}) reaches |v| = {rec.max_abs_value:.6g}: its product "
+            f"v·2^{2 * fx.f} wraps the 64-bit ring from |v| >= {limit:g} at f={fx.f}; lower --frac-bits")
+
+
 def execute(program: Program, inputs: dict[str, np.ndarray],
             on_node: Callable[[NodeRecord], None] | None = None) -> ExecResult:
     # One BLAS thread: the products here are small, and OpenBLAS's thread hand-offs cost more than they save
@@ -246,6 +259,8 @@ def _execute(program: Program, inputs: dict[str, np.ndarray],
         err = float(np.max(np.abs(ex.fx.decode(yi) - yf))) if yf.size else 0.0
         rec = NodeRecord(p.node.name or out, p.node.op, out, tuple(yf.shape), err,
                          float(np.max(np.abs(yf))) if yf.size else 0.0)
+        if p.node.op in PRODUCT_OPS:
+            check_ring(rec, ex.fx)
         records.append(rec)
         if on_node is not None:
             on_node(rec)

@@ -11,6 +11,7 @@ plots (see `benchmarks/report.py`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -22,6 +23,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from benchmarks import ATTENTION_CONFIGS, MLP_CONFIGS
+from benchmarks.report import read_records
 from compiler.errors import UserError, run_cli
 
 RESULTS_DIR = Path(__file__).with_name("results")
@@ -90,21 +92,29 @@ def cells(args: argparse.Namespace) -> list[Cell]:
 
 def sweep(vary: list[str]) -> list[tuple[tuple[str, Any], ...]]:
     """`["heads=1,2", "img_size=8,16"]` → every combination as a tuple of (key, int value) pairs."""
-    import itertools
-
     axes = []
     for item in vary:
         key, sep, values = item.partition("=")
         if not sep or not values:
             raise UserError(f"--vary {item!r}: write KEY=V1,V2 (e.g. heads=1,2,4)")
-        axes.append([(key, int(v)) for v in values.split(",")])
+        try:
+            axes.append([(key, int(v)) for v in values.split(",")])
+        except ValueError:
+            raise UserError(f"--vary {item!r}: values must be integers (e.g. heads=1,2,4)") from None
     return [tuple(combo) for combo in itertools.product(*axes)]
 
 
-def done_keys(results: Path) -> set[str]:
+def done_keys(results: Path, real: bool = False, images: int | None = None) -> set[str]:
+    """Keys of the cells already measured as asked: with `real`, only records of a real run (over `images`
+    images when given), so that `--real` after a cost-model-only pass measures the cells instead of skipping them."""
     if not results.is_file():
         return set()
-    return {json.loads(line)["key"] for line in results.read_text().splitlines() if line.strip()}
+
+    def enough(record: dict[str, Any]) -> bool:
+        measured = record.get("real")
+        return not real or (measured is not None and (images is None or measured.get("images") == images))
+
+    return {record["key"] for record in read_records(results) if enough(record)}
 
 
 def append_record(results: Path, record: dict[str, Any]) -> None:
@@ -187,11 +197,43 @@ def _weights(spec, weights: str, cache: Path):
     if weights == "random":
         return None
     if weights.startswith("train:"):
-        return trained_weights(spec, int(weights.split(":", 1)[1]), cache)
+        return trained_weights(spec, training_epochs(weights), cache)
     from mpcvit.train import load_checkpoint
 
     checkpoint = load_checkpoint(weights)
     return Weights(checkpoint["state_dict"], checkpoint["dataset"])
+
+
+def training_epochs(weights: str) -> int:
+    """The epochs of a `train:<epochs>` weights option."""
+    epochs = weights.split(":", 1)[1]
+    if not epochs.isdigit() or int(epochs) < 1:
+        raise UserError(f"--weights {weights!r}: write train:<epochs> with a positive whole number, e.g. train:30")
+    return int(epochs)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Reject every bad axis value before the first cell is measured (not after hours of real runs)."""
+    from benchmarks.models import ModelSpec, model_cfg
+    from compiler.cost.network import get_network
+    from compiler.lowering.profiles import protocol_spec
+
+    for flag in ("batch", "repeats", "images"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} {value}: give a positive number")
+    for model, overrides, attention, mlp in itertools.product(args.models, sweep(args.vary), args.attention,
+                                                              args.mlp):
+        model_cfg(ModelSpec(model, attention, mlp, overrides=overrides))
+    for protocol in args.protocols:
+        protocol_spec(protocol)
+    for network in args.networks:
+        get_network(network)
+    if args.weights.startswith("train:"):
+        training_epochs(args.weights)
+    elif args.weights != "random" and not Path(args.weights).is_file():
+        raise UserError(f"--weights {args.weights}: no such checkpoint; give 'random', 'train:<epochs>' or "
+                        "a file written by mpcvit train")
 
 
 def _plaintext_accuracy(onnx_path: Path, weights) -> float | None:
@@ -210,7 +252,9 @@ def _plaintext_accuracy(onnx_path: Path, weights) -> float | None:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    todo = [c for c in cells(args) if c.key not in done_keys(args.results)]
+    check_arguments(args)
+    done = done_keys(args.results, args.real, args.images)
+    todo = [c for c in cells(args) if c.key not in done]
     print(f"{len(todo)} cell(s) to measure, results in {args.results}", file=sys.stderr)
     for record in run_matrix(todo, args, progress=not args.no_progress):
         append_record(args.results, record)

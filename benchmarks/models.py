@@ -44,11 +44,21 @@ class ModelSpec:
 def head_kinds(depth: int, heads: int, attention: str, seed: int) -> list[list[str]]:
     if attention in ("softmax", "relu_softmax", "scaling"):
         return [[attention] * heads for _ in range(depth)]
-    if not attention.startswith("mu"):
-        raise UserError(f"attention config {attention!r}: use one of {', '.join(ATTENTION_CONFIGS)} (or mu<fraction>)")
     alpha = np.random.default_rng(seed).uniform(size=(depth, heads))
-    keep = top_fraction(alpha, float(attention[2:]))
+    keep = top_fraction(alpha, relu_softmax_fraction(attention))
     return contiguous_kinds(np.where(keep, "relu_softmax", "scaling").tolist())
+
+
+def relu_softmax_fraction(attention: str) -> float:
+    """μ of an `mu<μ>` config, 0 ≤ μ ≤ 1 (a negative μ would keep all heads but a few, μ > 1 all of them)."""
+    try:
+        mu = float(attention[2:]) if attention.startswith("mu") else None
+    except ValueError:
+        mu = None
+    if mu is None or not 0.0 <= mu <= 1.0:
+        raise UserError(f"attention config {attention!r}: use one of {', '.join(ATTENTION_CONFIGS)} "
+                        "(or mu<fraction> with 0 <= fraction <= 1)")
+    return mu
 
 
 def mlp_kinds(depth: int, mlp: str, seed: int) -> list[str]:

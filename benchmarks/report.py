@@ -15,11 +15,30 @@ from typing import Any
 
 import numpy as np
 
+from compiler.errors import UserError
+
 COST_TOLERANCE = 0.25
 
 
+def read_records(results: Path) -> list[dict[str, Any]]:
+    """The records of a results file; a damaged line is a one-line error naming the file and line."""
+    records = []
+    for number, line in enumerate(results.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or "key" not in record:
+            raise UserError(f"{results}:{number}: not a benchmark record; delete that line (or the file) and rerun")
+        records.append(record)
+    return records
+
+
 def load(results: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    """One record per cell: a cell measured again (e.g. `--real` after a cost-model pass) keeps its latest."""
+    return list({record["key"]: record for record in read_records(results)}.values())
 
 
 def flat(record: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +244,9 @@ def plot_breakdown(records: list[dict[str, Any]], out: Path) -> list[Path]:
 
 def write_report(results: Path, out: Path) -> str:
     """Write results.md / results.csv / plots into `out`; returns the markdown."""
-    records = load(results)
+    records = load(results) if results.is_file() else []
+    if not records:
+        raise UserError(f"{results}: no benchmark records to report; measure some cells first")
     out.mkdir(parents=True, exist_ok=True)
     rows = [flat(r) for r in records]
     with open(out / "results.csv", "w", newline="") as sink:

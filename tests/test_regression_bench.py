@@ -87,3 +87,66 @@ def test_softmax_ratio_uses_the_same_protocol_and_network() -> None:
 
     rows = softmax_ratios([record("softmax", "lan", 2.3), record("mu0.1", "lan", 1.0), record("mu0.1", "wan", 9.0)])
     assert [(r["network"], r["speedup"]) for r in rows] == [("lan", pytest.approx(2.3))]
+
+
+def _write_records(path: Path, *records: dict) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_real_runs_are_not_skipped_after_a_cost_model_pass(tmp_path: Path) -> None:
+    from benchmarks.matrix import done_keys
+
+    results = _write_records(tmp_path / "r.jsonl", {"key": "cost-only", "real": None},
+                             {"key": "real-5", "real": {"images": 5}})
+    assert done_keys(results) == {"cost-only", "real-5"}
+    assert done_keys(results, real=True) == {"real-5"}
+    assert done_keys(results, real=True, images=200) == set()  # 5 images measured, 200 asked
+
+
+def test_report_keeps_the_latest_record_of_a_cell(tmp_path: Path) -> None:
+    from benchmarks.report import load
+
+    results = _write_records(tmp_path / "r.jsonl", {"key": "a", "real": None}, {"key": "b"},
+                             {"key": "a", "real": {"images": 5}})
+    assert load(results) == [{"key": "a", "real": {"images": 5}}, {"key": "b"}]
+
+
+def test_damaged_results_and_empty_reports_are_one_line_errors(tmp_path: Path) -> None:
+    from benchmarks.report import read_records, write_report
+    from compiler.errors import UserError
+
+    damaged = tmp_path / "r.jsonl"
+    damaged.write_text('{"key": "a"}\n\n{"key": "b", "cost"\n')  # a run killed mid-line
+    with pytest.raises(UserError, match=rf"^{damaged}:3: not a benchmark record; delete that line"):
+        read_records(damaged)
+    with pytest.raises(UserError, match="no benchmark records to report"):
+        write_report(_write_records(tmp_path / "empty.jsonl"), tmp_path / "report")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--vary", "heads=a"], r"--vary 'heads=a': values must be integers"),
+    (["--weights", "train:abc"], r"--weights 'train:abc': write train:<epochs>"),
+    (["--weights", "missing.pt"], r"--weights missing.pt: no such checkpoint"),
+    (["--attention", "softmax", "mu-1"], r"attention config 'mu-1'"),  # would keep all heads but one
+    (["--attention", "mu1.5"], r"attention config 'mu1.5'"),
+    (["--attention", "mufoo"], r"attention config 'mufoo'"),
+    (["--mlp", "gelu", "swish"], r"MLP config 'swish'"),
+    (["--protocols", "semi2k", "spdz"], r"--protocol 'spdz' is unknown"),
+    (["--networks", "lan", "5g"], r"unknown network '5g'"),
+    (["--models", "vit_1_4_8", "vit_x"], r"unknown model 'vit_x'"),
+    (["--repeats", "0"], r"--repeats 0: give a positive number"),
+])
+def test_bad_matrix_arguments_fail_before_the_first_cell(tmp_path: Path, flags: list[str], message: str) -> None:
+    import argparse
+
+    from benchmarks.matrix import add_arguments, main_from_args
+    from compiler.errors import UserError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    results = tmp_path / "r.jsonl"
+    args = parser.parse_args(["--models", "vit_1_4_8", "--results", str(results), "--no-progress", *flags])
+    with pytest.raises(UserError, match=message):
+        main_from_args(args)
+    assert not results.exists()  # nothing was measured

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.errors import MPSPDZError, run_cli
+from compiler.errors import MPSPDZError, UserError, run_cli
 from compiler.runtime.runner import write_json_atomic
 
 BASELINE = Path(__file__).with_name("baseline.json")
@@ -131,6 +131,19 @@ def table(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
+def load_baseline(path: Path) -> dict[str, dict[str, float]]:
+    if not path.is_file():
+        raise UserError(f"--baseline {path}: no such file; record one with --update")
+    try:
+        baseline = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"--baseline {path}: not valid JSON ({exc}); restore it from git or re-record with --update") from None
+    if not isinstance(baseline, dict) or not all(isinstance(v, dict) for v in baseline.values()):
+        raise UserError(f"--baseline {path}: not a baseline (an object of <model>/<protocol>: metrics); "
+                        "re-record it with --update")
+    return baseline
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.regression", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,15 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
+        baseline = None if args.update else load_baseline(args.baseline)  # before the minute of measuring
         current = measure(real=not args.no_real, log=lambda m: print(m, file=sys.stderr))
-        if args.update:
+        if baseline is None:
             write_json_atomic(args.baseline, current)
             print(f"baseline written: {args.baseline} ({len(current)} entries)")
             return 0
-        if not args.baseline.is_file():
-            print(f"error: no baseline at {args.baseline}; record one with --update", file=sys.stderr)
-            return 2
-        checks = compare(current, json.loads(args.baseline.read_text()))
+        checks = compare(current, baseline)
         print(table(checks))
         return 1 if any(c.failed for c in checks) else 0
 

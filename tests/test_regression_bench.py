@@ -150,3 +150,17 @@ def test_bad_matrix_arguments_fail_before_the_first_cell(tmp_path: Path, flags: 
     with pytest.raises(UserError, match=message):
         main_from_args(args)
     assert not results.exists()  # nothing was measured
+
+
+@pytest.mark.parametrize("text, message", [(None, "no such file; record one with --update"),
+                                           ("{trunc", "not valid JSON"), ("[1, 2]", "not a baseline")])
+def test_bad_baseline_fails_before_measuring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture, text: str | None, message: str) -> None:
+    path = tmp_path / "baseline.json"
+    if text is not None:
+        path.write_text(text)
+    monkeypatch.setattr(regression, "measure", lambda **kwargs: pytest.fail("measured before reading the baseline"))
+    with pytest.raises(SystemExit) as exit_info:
+        regression.main(["--baseline", str(path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: --baseline {path}: {message}")

@@ -24,14 +24,20 @@ _TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "see
                 "kd_token_weight": "kd_token_weight", "kd_temperature": "kd_temperature"}
 
 
-def _add_data_args(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
-    p.add_argument("--data", choices=DATASETS, default=default, help=f"dataset (default: {default})")
+def _add_data_args(p: argparse.ArgumentParser, default: str | None = "digits",
+                   default_help: str | None = None) -> None:
+    p.add_argument("--data", choices=DATASETS, default=default, help=f"dataset (default: {default_help or default})")
     p.add_argument("--data-root", help="folder holding CIFAR (cifar-10-batches-py/...) or Tiny-ImageNet (train/, val/)")
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    _add_data_args(p)
-    p.add_argument("--model", choices=list(MODEL_CONFIGS), help="model (default: the dataset's paper model)")
+def _add_train_args(p: argparse.ArgumentParser, from_checkpoint: str | None = None) -> None:
+    """``from_checkpoint``: the flag whose checkpoint decides the model and, by default, the dataset."""
+    if from_checkpoint:
+        _add_data_args(p, default=None, default_help=f"the dataset of the {from_checkpoint} checkpoint")
+        p.add_argument("--model", choices=list(MODEL_CONFIGS), help=f"fail unless {from_checkpoint} is this model")
+    else:
+        _add_data_args(p)
+        p.add_argument("--model", choices=list(MODEL_CONFIGS), help="model (default: the dataset's paper model)")
     p.add_argument("--config", help='JSON file {"model": {...ModelConfig keys}, "train": {...TrainConfig keys}}')
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -66,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_search)
 
     p = sub.add_parser("retrain", help="binarise a search (top-mu heads ReLU-softmax) and retrain with KD")
-    _add_train_args(p)
+    _add_train_args(p, from_checkpoint="--search")
     p.add_argument("--search", required=True, help="checkpoint written by `mpcvit search`")
     p.add_argument("--mu", type=float, required=True, help="fraction of heads kept ReLU-softmax, in [0, 1]")
     p.add_argument("--mlp-mu", type=float, help="fraction of searched MLPs kept GeLU, in [0, 1] (default 1)")
@@ -115,9 +121,9 @@ def _file_config(args: argparse.Namespace) -> RunConfig:
     return load_json_config(args.config) if getattr(args, "config", None) else RunConfig()
 
 
-def _train_config(args: argparse.Namespace, file_cfg: RunConfig) -> TrainConfig:
+def _train_config(args: argparse.Namespace, file_cfg: RunConfig, dataset: str) -> TrainConfig:
     flags = {field: getattr(args, flag) for flag, field in _TRAIN_FLAGS.items() if getattr(args, flag, None) is not None}
-    return recipe(args.data, **{**file_cfg.train, **flags})
+    return recipe(dataset, **{**file_cfg.train, **flags})
 
 
 def _setup(args: argparse.Namespace, **model_overrides: Any) -> tuple[Any, Any, TrainConfig]:
@@ -126,7 +132,7 @@ def _setup(args: argparse.Namespace, **model_overrides: Any) -> tuple[Any, Any, 
 
     _threads(args)
     file_cfg = _file_config(args)
-    train_cfg = _train_config(args, file_cfg)
+    train_cfg = _train_config(args, file_cfg, args.data)
     data = load_dataset(args.data, args.data_root, train_cfg.rand_augment)
     name = args.model or DEFAULT_MODELS[args.data]
     cfg = build_model_config(name, data, {**file_cfg.model, **model_overrides})
@@ -169,32 +175,41 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
-    from mpcvit.pipeline import load_teacher, retrain_config, train_stage
-    from mpcvit.train import load_checkpoint
+    from mpcvit.models import model_config
+    from mpcvit.pipeline import check_dataset_fits, load_teacher, retrain_config, train_stage
+    from mpcvit.train import check_same_shape, load_checkpoint
 
     _threads(args)
     search_ckpt = load_checkpoint(args.search)
     cfg = retrain_config(search_ckpt, args.mu, args.mlp_mu)
+    if args.model:
+        check_same_shape(search_ckpt, model_config(args.model, num_classes=cfg.num_classes))
     file_cfg = _file_config(args)
     if file_cfg.model:
         raise UserError(f"config file {args.config}: retrain takes its model from --search; drop the 'model' section")
-    train_cfg = _train_config(args, file_cfg)
+    dataset = args.data or _checkpoint_dataset(search_ckpt)
+    train_cfg = _train_config(args, file_cfg, dataset)
     if args.teacher and not (train_cfg.kd_logit_weight or train_cfg.kd_token_weight):
         train_cfg = train_cfg.replace(kd_logit_weight=1.0, kd_token_weight=1.0)
     teacher = load_teacher(args.teacher, cfg) if args.teacher else None
     from mpcvit.data import load_dataset
 
-    data = load_dataset(args.data, args.data_root, train_cfg.rand_augment)
+    data = load_dataset(dataset, args.data_root, train_cfg.rand_augment)
+    check_dataset_fits(cfg, data)
     _, result = train_stage(cfg, data, train_cfg, args.out, teacher=teacher, progress=not args.no_progress,
                             desc="retrain")
     _print({"checkpoint": args.out, "test_accuracy": result.test_accuracy, "mu": args.mu,
             "head_kinds": cfg.head_kinds, "mlp_kinds": cfg.mlp_kinds})
 
 
+def _checkpoint_dataset(ckpt: dict[str, Any]) -> str:
+    return ckpt["dataset"].get("name", "digits")
+
+
 def _checkpoint_data(ckpt: dict[str, Any], name: str | None, root: str | None) -> Any:
     from mpcvit.data import load_dataset
 
-    return load_dataset(name or ckpt["dataset"].get("name", "digits"), root)
+    return load_dataset(name or _checkpoint_dataset(ckpt), root)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -102,3 +102,22 @@ def test_batch_larger_than_the_training_set(capsys, tmp_path) -> None:
     code, _, err = run(capsys, "train", *TINY, "--batch-size", "5000", "--out", str(tmp_path / "x.pt"))
     assert code == 2 and err == "error: dataset digits has fewer training images than one batch (5000); " \
                                 "lower --batch-size\n"
+
+
+def test_retrain_takes_data_and_model_from_the_search_checkpoint(capsys, chain, tmp_path) -> None:
+    from mpcvit.models import MPCViT, model_config
+    from mpcvit.train import save_checkpoint
+
+    _, paths = chain
+    code, _, err = run(capsys, "retrain", "--search", str(paths["search"]), "--mu", "0.5", "--model", "vit_2_4_8",
+                       "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and f"checkpoint {paths['search']} is for model vit_1_4_8" in err and "not vit_2_4_8" in err
+    # a CIFAR-shaped search: retrain defaults to its dataset (not digits) and rejects data of another shape
+    cifar_search = save_checkpoint(tmp_path / "cifar_search.pt", MPCViT(model_config("vit_2_4_32", search=True)),
+                                   None, {"name": "cifar10", "mean": [0.5] * 3, "std": [0.25] * 3})
+    code, _, err = run(capsys, "retrain", "--search", str(cifar_search), "--mu", "0.5", "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and err == "error: cifar10: no data root given; pass --data-root DIR holding the extracted dataset\n"
+    code, _, err = run(capsys, "retrain", "--search", str(cifar_search), "--mu", "0.5", "--data", "digits",
+                       "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and "model vit_2_4_32 takes 3x32x32 images into 10 classes but dataset digits has 1x8x8" in err
+    assert not (tmp_path / "x.pt").exists()

@@ -43,11 +43,10 @@ def test_matmul_sums_raw_products_and_truncates_once():
 
 
 def test_matmul_wraps_like_the_64_bit_ring():
-    big = np.full((1, 4), 2 ** 62, dtype=np.int64)  # true sum 2^64·… overflows: the ring wraps modulo 2^64
-    ones = np.full((4, 1), 2 ** 16 + 1, dtype=np.int64)
-    true = sum(2 ** 62 * (2 ** 16 + 1) for _ in range(4)) % 2 ** 64
-    true = true - 2 ** 64 if true >= 2 ** 63 else true
-    assert int(np.matmul(big, ones)[0, 0]) == true
+    # raw sum 2^71 + 15·2^32: modulo 2^64 only 15·2^32 is left, which truncates to the encoding of 15.0
+    a = np.array([[2 ** 40, 2 ** 40, 3 * 2 ** 16]], dtype=np.int64)
+    b = np.array([[2 ** 30], [2 ** 30], [5 * 2 ** 16]], dtype=np.int64)
+    assert int(fx.matmul(a, b)[0, 0]) == int(fx.encode(15.0)) == 15 * 2 ** 16
 
 
 def test_check_range_names_the_tensor_and_the_fix():

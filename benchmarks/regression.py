@@ -132,12 +132,9 @@ def table(checks: list[Check]) -> str:
 
 
 def load_baseline(path: Path) -> dict[str, dict[str, float]]:
-    if not path.is_file():
-        raise UserError(f"--baseline {path}: no such file; record one with --update")
-    try:
-        baseline = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"--baseline {path}: not valid JSON ({exc}); restore it from git or re-record with --update") from None
+    from mpcvit.config import read_json_file
+
+    baseline = read_json_file(path, "--baseline", "record one with --update")
     if not isinstance(baseline, dict) or not all(isinstance(v, dict) for v in baseline.values()):
         raise UserError(f"--baseline {path}: not a baseline (an object of <model>/<protocol>: metrics); "
                         "re-record it with --update")

@@ -146,6 +146,12 @@ def test_layout_ops_become_one_index_map_each(tmp_path: Path) -> None:
 def test_missing_and_truncated_files_name_the_file(onnx_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"'.*nope\.onnx' not found"):
         load_onnx(tmp_path / "nope.onnx")
+    corrupt = tmp_path / "corrupt.onnx"  # a dangling input whose (corrupted) name is not UTF-8: the checker's
+    named = onnx_graph(tmp_path / "named.onnx", [helper.make_node("Relu", ["ZZZZ"], ["y"])], [1, 4], "y",
+                       [1, 4])  # message about it fails to decode
+    corrupt.write_bytes(named.read_bytes().replace(b"ZZZZ", b"\xff\xfe\xff\xfe"))
+    with pytest.raises(CompileError, match=r"'.*corrupt\.onnx' fails the ONNX checker"):
+        load_onnx(corrupt)
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(timm_vit(onnx_dir, dynamo=True).read_bytes()[:5000])
     with pytest.raises(UserError, match=r"truncated\.onnx"):

@@ -27,7 +27,8 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
     try:
         onnx.checker.check_model(model)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
+            UnicodeDecodeError) as exc:  # a corrupted name or string attribute fails to decode in the checker
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CompileError(f"ONNX file {str(path)!r} fails the ONNX checker: {first_line}") from None
 

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads made training of these
@@ -117,6 +118,18 @@ def _threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _check_output(path: str, folder: bool = False) -> None:
+    """Reject an unwritable --out before any training, rather than at the first checkpoint write."""
+    out = Path(path)
+    if not folder and out.is_dir():
+        raise UserError(f"--out {path} is a folder; pass a file path")
+    if folder and out.exists() and not out.is_dir():
+        raise UserError(f"--out {path} is a file; pass a folder (it is created if missing)")
+    nearest = next(p for p in out.parents if p.exists())
+    if not nearest.is_dir():
+        raise UserError(f"--out {path}: {nearest} is a file, not a folder; pick another path")
+
+
 def _file_config(args: argparse.Namespace) -> RunConfig:
     return load_json_config(args.config) if getattr(args, "config", None) else RunConfig()
 
@@ -130,6 +143,7 @@ def _setup(args: argparse.Namespace, **model_overrides: Any) -> tuple[Any, Any, 
     from mpcvit.data import load_dataset
     from mpcvit.pipeline import build_model_config
 
+    _check_output(args.out)
     _threads(args)
     file_cfg = _file_config(args)
     train_cfg = _train_config(args, file_cfg, args.data)
@@ -179,6 +193,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     from mpcvit.pipeline import check_dataset_fits, load_teacher, retrain_config, train_stage
     from mpcvit.train import check_same_shape, load_checkpoint
 
+    _check_output(args.out)
     _threads(args)
     search_ckpt = load_checkpoint(args.search)
     cfg = retrain_config(search_ckpt, args.mu, args.mlp_mu)
@@ -231,6 +246,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from mpcvit.export import export_onnx
     from mpcvit.train import load_checkpoint, model_from_checkpoint
 
+    _check_output(args.out)
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt)
     name = ckpt["dataset"].get("name")
@@ -245,6 +261,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from mpcvit.demo import run_demo
 
+    _check_output(args.out, folder=True)
     _threads(args)
     run_demo(args.out, mu=args.mu, protocol=args.protocol, compile_check=not args.no_compile,
              progress=not args.no_progress)

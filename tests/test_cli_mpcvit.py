@@ -121,3 +121,18 @@ def test_retrain_takes_data_and_model_from_the_search_checkpoint(capsys, chain, 
                        "--out", str(tmp_path / "x.pt"))
     assert code == 2 and "model vit_2_4_32 takes 3x32x32 images into 10 classes but dataset digits has 1x8x8" in err
     assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("command, wrong_kind, expected", [
+    (["train", *TINY], "", "is a folder; pass a file path"),
+    (["export", "--checkpoint", "missing.pt"], "", "is a folder; pass a file path"),
+    (["demo"], "file", "is a file; pass a folder (it is created if missing)"),
+])
+def test_unwritable_out_is_rejected_before_any_work(capsys, tmp_path, command: list[str], wrong_kind: str,
+                                                    expected: str) -> None:
+    (tmp_path / "file").write_text("")
+    code, _, err = run(capsys, *command, "--out", str(tmp_path / "file" / "x"))
+    assert code == 2 and err == f"error: --out {tmp_path / 'file' / 'x'}: {tmp_path / 'file'} is a file, " \
+                                "not a folder; pick another path\n"
+    code, _, err = run(capsys, *command, "--out", str(tmp_path / wrong_kind))
+    assert code == 2 and err == f"error: --out {tmp_path / wrong_kind} {expected}\n"

@@ -272,3 +272,17 @@ def test_unreadable_manifest_is_one_line(fake_mpspdz: MPSPDZ, program_dir: Path,
     (program_dir / "manifest.json").write_text(text)
     with pytest.raises(UserError, match=r"manifest\.json: not (valid JSON|a JSON object).*recompile"):
         run(program_dir, mpspdz=fake_mpspdz)
+
+
+def test_semi2k_warning_counts_every_execution_of_the_run(fake_mpspdz: MPSPDZ, program_dir: Path, tmp_path: Path) -> None:
+    """1.5 GB per execution is fine once; 3 images in batches of 2 are two executions, 3 GB: warn with the total."""
+    manifest = json.loads((program_dir / "manifest.json").read_text())
+    (program_dir / "manifest.json").write_text(json.dumps(
+        {**manifest, "protocol": "semi2k", "expected": {"bytes_all": 1.5e9, "time_s": 100.0}}))
+    np.savez(tmp_path / "data.npz", x=np.zeros((3, 3)))
+    notes: list[str] = []
+    run(program_dir, data=tmp_path / "data.npz", mpspdz=fake_mpspdz, client_input_writer=write_floats,
+        reference=lambda x: 2 * x, log=notes.append)
+    assert [n for n in notes if n.startswith("warning")] == [
+        "warning: semi2k generates every multiplication triple by OT: the cost model expects 3.0 GB and ~200 s for 2 "
+        "execution(s) of this program; consider --online-only or replicated-ring/dealer"]

@@ -67,7 +67,7 @@ def estimate(program: Any) -> CostReport:
     """
     stored = getattr(program, "plans", None)
     if stored is None:
-        from compiler.lowering import plan  # the lowering engineer's module; imported only when needed
+        from compiler.lowering import plan  # lowering imports the cost model: import when called
 
         stored = {node.name: plan(node, program.profile) for node in program.graph.nodes}
     named = [(node.name, node.op, list(stored.get(node.name, []))) for node in program.graph.nodes]

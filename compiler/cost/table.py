@@ -3,17 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from compiler.cost.primitives import CostProfile, Step, normalise_protocol, steps_cost
+from compiler.cost.primitives import Step, normalise_protocol, steps_cost
 
 DEFAULT_APPROX = {"exp": "limit", "reciprocal": "newton", "rowmax": "tree", "gelu": "poly", "rsqrt": "newton"}
 
 
 def search_profile(protocol: str) -> Any:
-    """The lowering's default profile of ``protocol`` when that module exists, else a CostProfile with defaults."""
-    try:
-        from compiler.lowering.profiles import get_profile
-    except ImportError:
-        return CostProfile(protocol=normalise_protocol(protocol), approx=dict(DEFAULT_APPROX))
+    """The lowering's default profile of ``protocol`` (its approximation choices and budget)."""
+    from compiler.lowering.profiles import get_profile  # lowering imports the cost model: import when called
+
     return get_profile(protocol)
 
 

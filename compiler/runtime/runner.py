@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from compiler.api import onnxruntime_logits
+from compiler.backend import write_client_input
 from compiler.errors import MPSPDZError, UserError
 from compiler.runtime import datasets
 from compiler.runtime.mpspdz import (MPSPDZ, ProtocolSpec, check_protocol_ready, find_mpspdz, mpspdz_commit,
@@ -90,10 +91,10 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     mpspdz = mpspdz or find_mpspdz()
     check_protocol_ready(mpspdz, spec)
     profile = network_profile(network)
-    _warn_if_too_big(manifest, spec, online_only, log)
 
     batch = int(manifest["batch"])
     x, y = _select_images(manifest, images, data)
+    _warn_if_too_big(manifest, spec, online_only, -(-len(x) // batch) if x is not None else 1, log)
     plain = _plain_logits(manifest, x, reference, out_dir)  # before the MPC run: a missing model fails fast
     with tempfile.TemporaryDirectory(prefix="mpcvit-run-") as tmp:
         root = make_overlay(mpspdz, Path(tmp) / "mpspdz", spec, out_dir / f"{manifest['name']}.mpc")
@@ -114,7 +115,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
             inputs = {0: out_dir / "Player-Data" / "Input-P0-0", 1: out_dir / "Player-Data" / "Input-P1-0"}
             if chunk is not None:
                 client_file = Path(tmp) / "client-input"
-                (client_input_writer or _backend_client_writer())(manifest, chunk, client_file)
+                (client_input_writer or write_client_input)(manifest, chunk, client_file)
                 inputs[1] = client_file
             install_inputs(root, inputs)
             party0, revealed = _run_once(root, spec, manifest, extra, timeout_s, Path(tmp) / "logs" / str(index))
@@ -150,22 +151,16 @@ def _batches(x: np.ndarray, batch: int):
         yield chunk
 
 
-def _backend_client_writer() -> ClientInputWriter:
-    try:
-        from compiler.backend import write_client_input
-    except ImportError as exc:
-        raise UserError(f"--images/--data need compiler.backend.write_client_input, which is unavailable ({exc})") from exc
-    return write_client_input
-
-
-def _warn_if_too_big(manifest: dict, spec: ProtocolSpec, online_only: bool, log: Callable[[str], None]) -> None:
+def _warn_if_too_big(manifest: dict, spec: ProtocolSpec, online_only: bool, executions: int,
+                     log: Callable[[str], None]) -> None:
+    """Real semi2k preprocessing of the whole run (every batch is one execution of the program) can take hours."""
     expected = manifest.get("expected", {})
-    total = expected.get("bytes_all")
-    if spec.name == "semi2k" and not online_only and total and total > SEMI2K_WARN_BYTES:
-        seconds = expected.get("time_s")
+    total = (expected.get("bytes_all") or 0) * executions
+    if spec.name == "semi2k" and not online_only and total > SEMI2K_WARN_BYTES:
+        seconds = (expected.get("time_s") or 0) * executions
         log(f"warning: semi2k generates every multiplication triple by OT: the cost model expects "
             f"{total / 1e9:.1f} GB" + (f" and ~{seconds:.0f} s" if seconds else "") +
-            " for this program; consider --online-only or replicated-ring/dealer")
+            f" for {executions} execution(s) of this program; consider --online-only or replicated-ring/dealer")
 
 
 def _compile(root: Path, manifest: dict, spec: ProtocolSpec) -> tuple[float, str]:

@@ -253,8 +253,10 @@ def write_report(results: Path, out: Path) -> str:
         writer = csv.DictWriter(sink, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    sections = ["# Benchmark results", "", f"source: `{results}`; latencies: measured local time + network model "
-                "(rounds × one-way latency + party-0 bytes / bandwidth; `tc netem` unavailable)", "",
+    sections = ["# Benchmark results", "", f"source: `{results}`; real_latency_s: measured local time + network "
+                "model (rounds × one-way latency + party-0 bytes / bandwidth; `tc netem` unavailable); "
+                "cost_latency_s: the cost model's conservative estimate (rounds × round-trip time + all parties' "
+                "bytes / bandwidth + modelled compute), so the two differ by construction", "",
                 markdown_table(rows)]
     errors = cost_model_errors(records)
     if errors:

@@ -234,3 +234,22 @@ def test_non_finite_constants_used_by_secrets_name_the_tensor(tmp_path: Path, ca
         expect = r"ONNX tensor 'y__reciprocal' has 4 NaN/infinite"
     with pytest.raises(CompileError, match=expect):
         load_onnx(onnx_graph(tmp_path / f"{case}.onnx", nodes, [1, 4], "y", [1, 4], inits))
+
+
+def test_shape_inconsistencies_that_pass_the_checker_name_the_node(tmp_path: Path) -> None:
+    """Strict shape inference does not see through Concat, so a bad Reshape target reaches the converter."""
+    nodes = [helper.make_node("Concat", ["one", "five"], ["s"], axis=0),
+             helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")]
+    path = onnx_graph(tmp_path / "rs.onnx", nodes, [1, 4], "y", [1, 4], [("one", _i64(1)), ("five", _i64(5))])
+    with pytest.raises(CompileError, match=r"ONNX node 'rs' \(Reshape\): cannot reshape array of size 4 into shape "
+                                           r"\(1,5\); the model is inconsistent"):
+        load_onnx(path)
+
+
+def test_an_initializer_of_unknown_data_type_names_it(tmp_path: Path) -> None:
+    weight = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    weight.data_type = 105  # not a TensorProto type (as a corrupted byte makes it); the checker lets it through
+    path = _one_input_model(tmp_path / "w.onnx", onnx.TensorProto.FLOAT, [1, 4],
+                            [helper.make_node("MatMul", ["x", "w"], ["y"])], [weight])
+    with pytest.raises(CompileError, match=r"initializer 'w' cannot be read \(KeyError: 105\)"):
+        load_onnx(path)

@@ -8,7 +8,7 @@ from onnx.external_data_helper import load_external_data_for_model, uses_externa
 
 from compiler.errors import CompileError, UserError
 from compiler.frontend import ops  # noqa: F401  (registers the converters)
-from compiler.frontend.context import ConvertContext
+from compiler.frontend.context import ConvertContext, node_label
 from compiler.frontend.registry import find_converter
 from compiler.ir import Graph, Node, Value
 
@@ -35,7 +35,11 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
     graph = Graph(metadata={p.key: p.value for p in model.metadata_props})
     ctx = ConvertContext(graph, opset)
     for init in model.graph.initializer:
-        ctx.set_const(init.name, onnx.numpy_helper.to_array(init))
+        try:
+            ctx.set_const(init.name, onnx.numpy_helper.to_array(init))
+        except (KeyError, ValueError) as exc:  # an unknown data type or a size that disagrees with the dims
+            raise CompileError(f"ONNX file {str(path)!r}: initializer {init.name!r} cannot be read "
+                               f"({type(exc).__name__}: {exc}); re-export the model") from None
         ctx.from_initializer.add(init.name)
     for name, shape in input_shapes.items():
         graph.add_value(Value(name, shape))
@@ -45,7 +49,12 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
         if node.domain not in ("", "ai.onnx"):
             raise CompileError(f"ONNX node {node.name or node.output[0]!r}: op {node.domain}.{node.op_type} is "
                                f"outside the default ONNX domain and not supported")
-        find_converter(node, opset)(ctx, node)
+        convert = find_converter(node, opset)
+        try:
+            convert(ctx, node)
+        except ValueError as exc:  # numpy refuses what shape inference let through, e.g. Reshape 4 values to 1x5
+            raise CompileError(f"{node_label(node)}: {str(exc).strip().splitlines()[0]}; the model is inconsistent "
+                               f"here: re-export it") from None
     for output in model.graph.output:
         name = ctx.resolve(output.name)
         if ctx.is_const(name):

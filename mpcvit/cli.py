@@ -25,6 +25,22 @@ _TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "see
                 "kd_token_weight": "kd_token_weight", "kd_temperature": "kd_temperature"}
 
 
+def _protocol(name: str) -> str:
+    """argparse type: a protocol the compiler's cost model knows, checked before any training."""
+    from compiler.lowering.profiles import ALIASES, PROTOCOLS
+
+    if ALIASES.get(name, name) not in PROTOCOLS:
+        raise argparse.ArgumentTypeError(f"unknown protocol {name!r}; choose one of {', '.join([*PROTOCOLS, *ALIASES])}")
+    return name
+
+
+def _threads_count(text: str) -> int:
+    """argparse type: torch CPU threads, 0 for torch's default."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected 0 (torch's default) or a positive number of threads, got {text!r}")
+    return int(text)
+
+
 def _add_data_args(p: argparse.ArgumentParser, default: str | None = "digits",
                    default_help: str | None = None) -> None:
     p.add_argument("--data", choices=DATASETS, default=default, help=f"dataset (default: {default_help or default})")
@@ -44,7 +60,7 @@ def _add_train_args(p: argparse.ArgumentParser, from_checkpoint: str | None = No
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=_threads_count, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--out", required=True, help="checkpoint file to write (after every epoch)")
 
@@ -64,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     cost = p.add_mutually_exclusive_group()
     cost.add_argument("--cost-table", help="cost table JSON (DESIGN.md); default: the paper's L1 on alpha")
-    cost.add_argument("--cost-protocol", help="price heads with the compiler's cost model for this protocol "
+    cost.add_argument("--cost-protocol", type=_protocol, help="price heads with the compiler's cost model for this protocol "
                                               "(e.g. replicated-ring, semi2k, dealer-ring)")
     p.add_argument("--network", choices=("lan", "wan"), default="lan", help="network of --cost-protocol (default lan)")
     p.add_argument("--lambda", dest="search_lambda", type=float, help="weight of the normalised expected cost")
@@ -98,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="digits: teacher, search (mu=0.5), KD retrain, export, compile + check")
     p.add_argument("--out", required=True, help="output folder (checkpoints, ONNX, compiled program, report.json)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=_threads_count, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--mu", type=float, default=0.5)
-    p.add_argument("--protocol", default="replicated-ring", help="protocol of the compile check")
+    p.add_argument("--protocol", type=_protocol, default="replicated-ring", help="protocol of the compile check")
     p.add_argument("--no-compile", action="store_true", help="stop after the ONNX export")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=cmd_demo)

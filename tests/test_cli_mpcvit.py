@@ -136,3 +136,14 @@ def test_unwritable_out_is_rejected_before_any_work(capsys, tmp_path, command: l
                                 "not a folder; pick another path\n"
     code, _, err = run(capsys, *command, "--out", str(tmp_path / wrong_kind))
     assert code == 2 and err == f"error: --out {tmp_path / wrong_kind} {expected}\n"
+
+
+@pytest.mark.parametrize("argv, flag, message", [
+    (["search", "--cost-protocol", "spdz"], "--cost-protocol", "unknown protocol 'spdz'; choose one of semi2k,"),
+    (["demo", "--protocol", "rep"], "--protocol", "unknown protocol 'rep'; choose one of semi2k,"),
+    (["train", "--threads", "-3"], "--threads", "expected 0 (torch's default) or a positive number of threads"),
+])
+def test_bad_protocol_and_threads_fail_at_parse_time(capsys, tmp_path, argv: list[str], flag: str, message: str
+                                                     ) -> None:
+    code, _, err = run(capsys, *argv, "--out", str(tmp_path / "x"))
+    assert code == 2 and f"error: argument {flag}: {message}" in err and not (tmp_path / "x").exists()

@@ -217,7 +217,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     from benchmarks.models import ModelSpec, model_cfg
     from compiler.cost.network import get_network
     from compiler.lowering.profiles import protocol_spec
+    from compiler.runtime.runner import check_writable_file
 
+    check_writable_file(args.results, "--results")
+    if args.report is not None and args.report.exists() and not args.report.is_dir():
+        raise UserError(f"--report {args.report} is a file; give a folder for the report")
     for flag in ("batch", "repeats", "images"):
         value = getattr(args, flag)
         if value is not None and value < 1:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compiler.errors import MPSPDZError, UserError, run_cli
-from compiler.runtime.runner import write_json_atomic
+from compiler.runtime.runner import check_writable_file, write_json_atomic
 
 BASELINE = Path(__file__).with_name("baseline.json")
 PROTOCOLS = ("semi2k", "dealer", "replicated-ring")
@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        baseline = None if args.update else load_baseline(args.baseline)  # before the minute of measuring
+        if args.update:  # checked before the minute of measuring
+            check_writable_file(args.baseline, "--baseline")
+        baseline = None if args.update else load_baseline(args.baseline)
         current = measure(real=not args.no_real, log=lambda m: print(m, file=sys.stderr))
         if baseline is None:
             write_json_atomic(args.baseline, current)

@@ -136,6 +136,8 @@ def test_damaged_results_and_empty_reports_are_one_line_errors(tmp_path: Path) -
     (["--networks", "lan", "5g"], r"unknown network '5g'"),
     (["--models", "vit_1_4_8", "vit_x"], r"unknown model 'vit_x'"),
     (["--repeats", "0"], r"--repeats 0: give a positive number"),
+    (["--results", "."], r"--results \. is a folder"),
+    (["--report", __file__], r"--report .* is a file; give a folder"),
 ])
 def test_bad_matrix_arguments_fail_before_the_first_cell(tmp_path: Path, flags: list[str], message: str) -> None:
     import argparse
@@ -150,6 +152,14 @@ def test_bad_matrix_arguments_fail_before_the_first_cell(tmp_path: Path, flags: 
     with pytest.raises(UserError, match=message):
         main_from_args(args)
     assert not results.exists()  # nothing was measured
+
+
+def test_update_into_a_folder_fails_before_measuring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(regression, "measure", lambda **kwargs: pytest.fail("measured before checking --baseline"))
+    with pytest.raises(SystemExit):
+        regression.main(["--update", "--baseline", str(tmp_path)])
+    assert f"--baseline {tmp_path} is a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, message", [(None, "does not exist; record one with --update"),

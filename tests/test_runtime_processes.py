@@ -286,3 +286,13 @@ def test_semi2k_warning_counts_every_execution_of_the_run(fake_mpspdz: MPSPDZ, p
     assert [n for n in notes if n.startswith("warning")] == [
         "warning: semi2k generates every multiplication triple by OT: the cost model expects 3.0 GB and ~200 s for 2 "
         "execution(s) of this program; consider --online-only or replicated-ring/dealer"]
+
+
+def test_unwritable_json_path_fails_before_the_run(fake_mpspdz: MPSPDZ, program_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_MODE", "crash")  # a run that started would end in an MPSPDZError instead
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=r"--json .* is a folder; give a file path such as .*result\.json"):
+        run(program_dir, json_path=tmp_path, mpspdz=fake_mpspdz)
+    with pytest.raises(UserError, match=r"--json .*a_file/sub/r\.json: cannot create it under .*a_file"):
+        run(program_dir, json_path=tmp_path / "a_file" / "sub" / "r.json", mpspdz=fake_mpspdz)

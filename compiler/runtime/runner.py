@@ -91,6 +91,8 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     mpspdz = mpspdz or find_mpspdz()
     check_protocol_ready(mpspdz, spec)
     profile = network_profile(network)
+    if json_path is not None:
+        check_writable_file(Path(json_path), "--json")
 
     batch = int(manifest["batch"])
     x, y = _select_images(manifest, images, data)
@@ -269,6 +271,15 @@ def compare_logits(mpc: np.ndarray, plain: np.ndarray | None, labels: np.ndarray
     if labels is not None:
         report["mpc_accuracy"] = float(np.mean(mpc.argmax(-1) == labels))
     return report
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """Fail before a long run, not after it, when `path` cannot become a file (it is a folder, or under a file)."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file path such as {path / 'result.json'}")
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"{flag} {path}: cannot create it under {existing}; give a path in a writable folder")
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -50,6 +50,17 @@ def check_image_shape(x: np.ndarray, image_shape: list[int] | None, source: str)
                         f"{list(image_shape)}; give x as [N, {', '.join(map(str, image_shape))}]")
 
 
+def digits_test_set() -> tuple[np.ndarray, np.ndarray]:
+    """The digits test images `[N, 1, 8, 8]` in [0, 1] (before normalisation) and labels."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    _, x, _, y = train_test_split((digits.images / 16.0).astype(np.float32), digits.target,
+                                  test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SEED, stratify=digits.target)
+    return x[:, None], y.astype(np.int64)
+
+
 def normalise(x: np.ndarray, metadata: dict[str, str]) -> np.ndarray:
     """Apply the ONNX metadata's `mpcvit.input_mean` / `input_std` (scalars or per-channel JSON lists)."""
     import json

@@ -220,6 +220,8 @@ def test_non_float_and_scalar_inputs_are_errors(tmp_path: Path) -> None:
     relu = [helper.make_node("Relu", ["x"], ["y"])]
     with pytest.raises(CompileError, match=r"input 'x' is a scalar"):
         load_onnx(_one_input_model(tmp_path / "scalar.onnx", onnx.TensorProto.FLOAT, [], relu))
+    with pytest.raises(CompileError, match=r"input 'x' has no shape \(not even a rank\)"):
+        load_onnx(_one_input_model(tmp_path / "unranked.onnx", onnx.TensorProto.FLOAT, None, relu))
 
 
 @pytest.mark.parametrize("case", ["nan_weight", "divide_by_zero"])

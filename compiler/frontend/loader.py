@@ -105,6 +105,9 @@ def _resolve_inputs(model: onnx.ModelProto, batch: int) -> dict[str, tuple[int, 
         if elem_type not in FLOAT_INPUTS:
             raise CompileError(f"input {tensor.name!r} has type {onnx.TensorProto.DataType.Name(elem_type)}; the "
                                f"image input must be FLOAT, DOUBLE or FLOAT16")
+        if not tensor.type.tensor_type.HasField("shape"):
+            raise CompileError(f"input {tensor.name!r} has no shape (not even a rank); export the model with a fixed "
+                               f"image shape (only the batch may be dynamic)")
         dims = tensor.type.tensor_type.shape.dim
         if not dims:
             raise CompileError(f"input {tensor.name!r} is a scalar; the image input needs a batch dimension first")

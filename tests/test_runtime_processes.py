@@ -296,3 +296,20 @@ def test_unwritable_json_path_fails_before_the_run(fake_mpspdz: MPSPDZ, program_
         run(program_dir, json_path=tmp_path, mpspdz=fake_mpspdz)
     with pytest.raises(UserError, match=r"--json .*a_file/sub/r\.json: cannot create it under .*a_file"):
         run(program_dir, json_path=tmp_path / "a_file" / "sub" / "r.json", mpspdz=fake_mpspdz)
+
+
+def test_digits_eval_images_are_the_normalised_test_split() -> None:
+    from sklearn.datasets import load_digits
+
+    from compiler.runtime.datasets import eval_images
+
+    metadata = {"mpcvit.dataset": "digits", "mpcvit.input_mean": "[0.3]", "mpcvit.input_std": "[0.4]"}
+    x, y = eval_images(metadata, 360)
+    assert x.shape == (360, 1, 8, 8) and y.shape == (360,)
+    pixels = np.round((x.astype(np.float64) * 0.4 + 0.3) * 16) + 0.0  # sklearn's 0..16 grey levels (no -0.0)
+    digits = load_digits()
+    label_of = {image.tobytes(): label for image, label in zip(digits.images, digits.target)}
+    assert [label_of[image[0].tobytes()] for image in pixels] == y.tolist()  # sklearn's images, right labels
+    assert np.bincount(y, minlength=10).min() >= 35  # stratified: every class ~36 times
+    with pytest.raises(UserError, match="the test set has only 360 images"):
+        eval_images(metadata, 361)

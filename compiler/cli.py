@@ -3,14 +3,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
-from compiler.errors import run_cli
+from compiler.errors import fail, run_cli
 from compiler.lowering import parse_approx_flags
 from compiler.lowering.profiles import PROTOCOLS
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Flag errors as one ``error:`` line and exit 2, like every other bad input (argparse prints its usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see {self.prog} --help)")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mpcvit-compile", description=__doc__)
+    p = OneLineParser(prog="mpcvit-compile", description=__doc__)
     p.add_argument("model", help="the exported .onnx model")
     p.add_argument("--protocol", default="replicated-ring", help=f"one of {', '.join(PROTOCOLS)} (default "
                    "replicated-ring)")

@@ -122,6 +122,16 @@ def test_check_feeds_onnxruntime_the_input_type_of_the_model(tmp_path, capsys):
     assert float(stdout.split("logits vs onnxruntime: max |err| ")[1].split()[0]) < 1e-3
 
 
+@pytest.mark.parametrize("argv, expect", [
+    ([], "error: the following arguments are required: model (see mpcvit-compile --help)"),
+    (["m.onnx", "--batch", "two"], "error: argument --batch: invalid int value: 'two'"),
+    (["m.onnx", "--reveal", "all"], "error: argument --reveal: invalid choice: 'all'"),
+])
+def test_bad_flags_are_one_error_line_exit_2(capsys, argv, expect):
+    code, _, stderr = run(argv, capsys)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and stderr.startswith(expect), stderr
+
+
 def test_console_script_exit_code(tmp_path):
     done = subprocess.run([sys.executable, "-m", "compiler.cli", str(tmp_path / "x.onnx")], capture_output=True,
                           text=True, timeout=60)

@@ -37,7 +37,9 @@ OUT = Path(__file__).with_name("fitted.py")
 def load_rows(path: str | Path) -> list[dict]:
     """The ok rows of the measurement CSV, with parsed numbers and the step primitive they calibrate."""
     rows = []
-    for r in csv.DictReader(open(path)):
+    with open(path, newline="") as source:
+        measured = list(csv.DictReader(source))
+    for r in measured:
         if r["status"] != "ok" or r["primitive"] in ("noop", "matnoop"):
             continue
         is_mat = r["primitive"] == "matmul"

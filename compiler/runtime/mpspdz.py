@@ -33,19 +33,14 @@ def mpspdz_home() -> Path | None:
     return None
 
 
-def find_mpspdz(binaries: tuple[str, ...] = ()) -> MPSPDZ:
-    """Find MP-SPDZ and check that `binaries` (e.g. ``("replicated-ring-party.x",)``) are built."""
+def find_mpspdz() -> MPSPDZ:
+    """Find MP-SPDZ (which party binaries a protocol needs is `check_protocol_ready`'s business)."""
     home = mpspdz_home()
     if home is None:
         where = os.environ.get("MP_SPDZ_HOME") or f"{REPO_FALLBACK} (MP_SPDZ_HOME is not set)"
         raise MPSPDZError(
             f"MP-SPDZ not found at {where}: build MP-SPDZ (commit {PINNED_COMMIT[:8]}) and set MP_SPDZ_HOME "
             "to its directory; see third_party/MP-SPDZ/README.md"
-        )
-    missing = [b for b in binaries if not (home / b).is_file()]
-    if missing:
-        raise MPSPDZError(
-            f"MP-SPDZ at {home} lacks {', '.join(missing)}: run `make {' '.join(missing)}` there"
         )
     return MPSPDZ(home)
 

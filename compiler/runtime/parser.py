@@ -19,7 +19,7 @@ program prints one line per image; see DESIGN.md "Run-time output").
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -57,9 +57,6 @@ class PartyStats:
     online: Phase | None = None  # only with `-v`
     offline: Phase | None = None
     includes_preprocessing: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _mb_to_bytes(text: str) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +28,24 @@ def from_dict(cls: type[T], data: dict[str, Any], what: str) -> T:
     unknown = sorted(set(data) - set(valid))
     if unknown:
         raise UserError(f"{what}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in data and not _has_type(data[f.name], hints[f.name]):
+            raise UserError(f"{what}: {f.name} must be {f.type}, got {data[f.name]!r}")
     return cls(**data)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """JSON value against a field annotation; containers by their outer type (their items are checked later)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) is not None:
+        return isinstance(value, typing.get_origin(hint))
+    if isinstance(value, bool) and hint is not bool:  # JSON true is not a number
+        return False
+    return isinstance(value, (int, float) if hint is float else hint)
 
 
 @dataclass
@@ -126,8 +145,13 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size <= 0:
-            raise UserError(f"train config: epochs must be >= 0 and batch_size > 0, got {self.epochs}, {self.batch_size}")
+        positive = ("batch_size", "lr", "alpha_lr", "kd_temperature")
+        for key in positive + ("epochs", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup",
+                               "cutmix", "mixup_prob", "random_shift", "grad_clip", "search_lambda", "kd_ce_weight",
+                               "kd_logit_weight", "kd_token_weight", "num_workers"):
+            value = getattr(self, key)
+            if value < 0 or (key in positive and value == 0):
+                raise UserError(f"train config: {key} must be {'> 0' if key in positive else '>= 0'}, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

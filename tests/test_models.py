@@ -88,3 +88,23 @@ def test_unknown_config_key_lists_valid_ones() -> None:
         model_config("vit_3")
     with pytest.raises(UserError, match="unknown head kind"):
         model_config("vit_1_4_8", head_kinds=[["softmax", "gelu", "scaling", "scaling"]])
+
+
+def test_config_values_of_the_wrong_type_or_range_are_one_line_errors() -> None:
+    from mpcvit.config import RunConfig, from_dict
+    from mpcvit.recipes import recipe
+
+    with pytest.raises(UserError, match=r"^model vit_1_4_8: dim must be int, got 'abc'$"):
+        model_config("vit_1_4_8", dim="abc")
+    with pytest.raises(UserError, match=r"^model vit_1_4_8: search must be bool, got 1$"):
+        model_config("vit_1_4_8", search=1)
+    with pytest.raises(UserError, match=r"^config file c.json: model must be dict\[str, Any\], got \[1\]$"):
+        from_dict(RunConfig, {"model": [1]}, "config file c.json")
+    with pytest.raises(UserError, match=r"^train config \(digits\): epochs must be int, got True$"):
+        recipe("digits", epochs=True)
+    with pytest.raises(UserError, match=r"^train config: lr must be > 0, got -0.001$"):
+        recipe("digits", lr=-1e-3)
+    with pytest.raises(UserError, match=r"^train config: weight_decay must be >= 0, got -1$"):
+        recipe("digits", weight_decay=-1)
+    cfg = model_config("vit_1_4_8", mlp_ratio=3, head_kinds=None)  # a JSON integer is a valid float
+    assert cfg.mlp_ratio == 3 and recipe("digits", lr=1).lr == 1

@@ -155,6 +155,7 @@ def test_emit_never_replaces_a_foreign_directory_and_reports_unwritable_paths(tm
     (tmp_path / "empty").mkdir()
     emit(prog, tmp_path / "empty")
     assert (tmp_path / "empty" / "manifest.json").is_file()
+    assert (tmp_path / "empty").stat().st_mode & 0o777 == (tmp_path / "mine").stat().st_mode & 0o777  # not 0700
 
 
 def test_template_set_overrides_node_templates(tmp_path, monkeypatch):

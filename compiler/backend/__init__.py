@@ -69,6 +69,7 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's private 0700 would become OUT's mode
     except OSError as exc:
         raise _unwritable(out, exc) from None
     try:
@@ -113,6 +114,12 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
             raise _unwritable(out, exc) from None
         raise
     return manifest
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _unwritable(out: Path, exc: OSError) -> UserError:

@@ -111,3 +111,12 @@ def test_compiler_cost_model_prices_heads_in_the_paper_order() -> None:
     assert table.model["tokens"] == 17 and table.protocol == "replicated-ring"
     assert table.attention["softmax"] > table.attention["relu_softmax"] > table.attention["scaling"] > 0
     assert table.mlp["gelu"] > table.mlp["linear"] > 0
+
+
+def test_mlp_mu_is_checked_even_without_searched_mlps() -> None:
+    heads_only, with_mlps = searched_model(np.ones((2, 4))), searched_model(np.ones((2, 4)), search_mlp=True)
+    with pytest.raises(UserError, match=r"^--mlp-mu applies to a search of MLP kinds; drop it or search with "):
+        binarize(heads_only, 0.5, mlp_mu=0.5)
+    with pytest.raises(UserError, match=r"^--mlp-mu must lie in \[0, 1\]"):
+        binarize(with_mlps, 0.5, mlp_mu=2.0)
+    assert binarize(heads_only, 0.5)[1] == ["gelu", "gelu"] and binarize(with_mlps, 0.5)[1] == ["gelu", "gelu"]

@@ -47,6 +47,11 @@ def binarize(model: nn.Module, mu: float, mlp_mu: float | None = None) -> tuple[
     With searched MLP gates, the top ``mlp_mu`` fraction of layers keep the GeLU MLP, the rest become linear.
     """
     _check_fraction(mu, "--mu")
+    gates = gate_scores(model)
+    if mlp_mu is not None:
+        _check_fraction(mlp_mu, "--mlp-mu")
+        if not gates.size:
+            raise UserError("--mlp-mu applies to a search of MLP kinds; drop it or search with --search-mlp")
     keep = top_fraction(head_scores(model), mu)
     attns, _ = searched_modules(model)
     kinds = []
@@ -59,9 +64,7 @@ def binarize(model: nn.Module, mu: float, mlp_mu: float | None = None) -> tuple[
             best = ["softmax" if w[h, soft] > w[h, relu] else "relu_softmax" for h in range(attn.heads)]
         kinds.append([best[h] if keep[layer, h] else "scaling" for h in range(attn.heads)])
     mlp_kinds = list(model.cfg.mlp_kinds)
-    gates = gate_scores(model)
     if gates.size:
-        _check_fraction(1.0 if mlp_mu is None else mlp_mu, "--mlp-mu")
         keep_mlp = top_fraction(gates, 1.0 if mlp_mu is None else mlp_mu)
         mlp_kinds = ["gelu" if k else "linear" for k in keep_mlp]
     return kinds, mlp_kinds

@@ -146,6 +146,8 @@ def test_layout_ops_become_one_index_map_each(tmp_path: Path) -> None:
 def test_missing_and_truncated_files_name_the_file(onnx_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"'.*nope\.onnx' not found"):
         load_onnx(tmp_path / "nope.onnx")
+    with pytest.raises(UserError, match=r"'.*' is a directory; pass the path of an exported \.onnx model"):
+        load_onnx(tmp_path)
     corrupt = tmp_path / "corrupt.onnx"  # a dangling input whose (corrupted) name is not UTF-8: the checker's
     named = onnx_graph(tmp_path / "named.onnx", [helper.make_node("Relu", ["ZZZZ"], ["y"])], [1, 4], "y",
                        [1, 4])  # message about it fails to decode

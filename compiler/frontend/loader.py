@@ -65,6 +65,8 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
 
 
 def _read(path: Path) -> onnx.ModelProto:
+    if path.is_dir():
+        raise UserError(f"ONNX file {str(path)!r} is a directory; pass the path of an exported .onnx model")
     if not path.is_file():
         raise UserError(f"ONNX file {str(path)!r} not found; pass the path of an exported .onnx model")
     try:

@@ -43,8 +43,10 @@ def train_stage(cfg: ModelConfig, data: DatasetSplits, train_cfg: TrainConfig, o
     if resume is not None:
         ckpt = load_checkpoint(resume)
         check_same_shape(ckpt, cfg)
-        if checkpoint_config(ckpt).head_kinds != cfg.head_kinds or ckpt["dataset"].get("name") != data.name:
-            raise UserError(f"checkpoint {resume} was trained with other head kinds or dataset "
+        saved = checkpoint_config(ckpt)
+        if (saved.head_kinds, saved.mlp_kinds) != (cfg.head_kinds, cfg.mlp_kinds) or \
+                ckpt["dataset"].get("name") != data.name:
+            raise UserError(f"checkpoint {resume} was trained with other head/MLP kinds or dataset "
                             f"({ckpt['dataset'].get('name')}); resume with the same --model/--data/kinds")
         if ckpt["resume"] is None:
             raise UserError(f"checkpoint {resume} holds no optimiser state to resume from; start a new run")

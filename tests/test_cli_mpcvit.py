@@ -86,6 +86,9 @@ def test_checkpoint_from_another_config(capsys, chain, tmp_path) -> None:
     code, _, err = run(capsys, "train", "--model", "vit_2_4_8", "--epochs", "1", "--resume", str(paths["teacher"]),
                        "--out", str(tmp_path / "x.pt"))
     assert code == 2 and err.startswith(f"error: checkpoint {paths['teacher']} is for model vit_1_4_8")
+    code, _, err = run(capsys, "train", *TINY, "--mlp-kind", "relu", "--resume", str(paths["teacher"]),
+                       "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and "was trained with other head/MLP kinds or dataset (digits)" in err
     code, _, err = run(capsys, "retrain", "--search", str(paths["teacher"]), "--mu", "0.5", "--out", "x.pt")
     assert code == 2 and "not a search checkpoint" in err
 

@@ -72,8 +72,8 @@ def _graph(tmp_path, nodes, inits, shape=(1, 4), out_shape=(1, 4), name="m.onnx"
     ("protocol", "--protocol 'spdz' is unknown; choose one of semi2k, dealer, replicated-ring"),
     ("approx", "--approx gelu=cubic: unknown choice"),
     ("missing", "not found"),
-    ("truncated", "m.onnx"),
-    ("unsupported", "Sin"),
+    ("truncated", "m.onnx' cannot be read (DecodeError): the file is truncated"),
+    ("unsupported", "ONNX node 'y': op Sin (opset 17) is not supported; supported ops: Abs, Add"),
     ("range", "outside the comparison range"),
     ("ring", "tensor 'y' (linear 'mm') reaches |v| ="),  # no comparison: it silently wrapped the ring
     ("dynamic", "N"),

@@ -6,7 +6,8 @@ bytes, rounds and time. Rules (a change in the good direction never fails; it is
 
 * deterministic counts (cost-model and measured bytes/rounds): any increase fails;
 * reference error: fails above 1.25 × baseline + 1e-6 (float summation order may differ across machines);
-* times (our compile time, a real run's time): fail above 3 × baseline (machines and load differ).
+* times (our compile time, a real run's time): fail above 3 × baseline + 0.25 s (machines and load differ; a
+  0.06 s compile measured on a loaded shared machine takes 0.2 s without anything having changed).
 
     python -m benchmarks.regression            # compare and print the table (exit 1 on a regression)
     python -m benchmarks.regression --update   # record the current figures as the new baseline
@@ -29,7 +30,7 @@ BATCH = 1
 EXACT = ("cost_bytes_p0", "cost_bytes_all", "cost_rounds", "real_bytes_p0", "real_global_bytes", "real_rounds")
 ERROR = ("reference_max_error",)
 TIMES = ("compile_s", "real_time_s")
-ERROR_RATIO, ERROR_SLACK, TIME_RATIO = 1.25, 1e-6, 3.0
+ERROR_RATIO, ERROR_SLACK, TIME_RATIO, TIME_SLACK_S = 1.25, 1e-6, 3.0, 0.25
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _status(metric: str, baseline: float | None, current: float | None) -> str:
     elif metric in ERROR:
         limit = baseline * ERROR_RATIO + ERROR_SLACK
     elif metric in TIMES:
-        limit = baseline * TIME_RATIO
+        limit = baseline * TIME_RATIO + TIME_SLACK_S
     else:
         raise ValueError(f"metric {metric!r} has no regression rule")
     if current > limit:
@@ -126,7 +127,7 @@ def table(checks: list[Check]) -> str:
     lines += [f"{c.key:<32} {c.metric:<22} {fmt(c.baseline):>14} {fmt(c.current):>14}  {c.status}" for c in checks]
     failed = [c for c in checks if c.failed]
     rules = (f"rules: counts may not grow; reference error ≤ {ERROR_RATIO} × baseline + {ERROR_SLACK:g}; "
-             f"times ≤ {TIME_RATIO:g} × baseline")
+             f"times ≤ {TIME_RATIO:g} × baseline + {TIME_SLACK_S:g} s")
     lines += ["", rules, f"{len(failed)} regression(s)" if failed else "no regression"]
     return "\n".join(lines)
 

@@ -99,3 +99,15 @@ def test_random_shift_translates_each_image() -> None:
     for i in range(2):
         padded = torch.nn.functional.pad(x[i], (1, 1, 1, 1), value=-1.0)
         torch.testing.assert_close(shifted[i], padded[:, dy[i]:dy[i] + 4, dx[i]:dx[i] + 4])
+
+
+def test_corrupt_cifar_batch_names_the_file(tmp_path) -> None:
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    _cifar_batch(folder / "train", 2, "fine_labels", 0)
+    (folder / "test").write_bytes((folder / "train").read_bytes()[:100])  # truncated copy
+    with pytest.raises(UserError, match=f"^{folder / 'test'} is not a CIFAR python batch \\(UnpicklingError: "):
+        load_dataset("cifar100", tmp_path)
+    _cifar_batch(folder / "test", 2, "labels", 0)  # CIFAR-10's label key in a CIFAR-100 batch
+    with pytest.raises(UserError, match=f"^{folder / 'test'} is not a CIFAR python batch \\(KeyError: b'fine_labels'"):
+        load_dataset("cifar100", tmp_path)

@@ -81,6 +81,11 @@ def test_cost_table_from_json_file_and_bad_tables(tmp_path) -> None:
         load_cost_table(tmp_path / "missing.json")
     with pytest.raises(UserError, match="needs a 'attention' object with costs for relu_softmax, scaling"):
         load_cost_table({"attention": {"softmax": 1.0}, "mlp": {}})
+    path.write_text("[1]")
+    with pytest.raises(UserError, match=f"^cost table {path}: expected a JSON object with 'attention', 'mlp'"):
+        load_cost_table(path)
+    with pytest.raises(UserError, match="expected a JSON object"):
+        load_cost_table({**TABLE, "model": [3, 4]})  # a shape that check_table_shape could not compare
 
 
 def test_three_way_search_keeps_the_stronger_non_scaling_kind() -> None:

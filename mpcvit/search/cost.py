@@ -41,6 +41,8 @@ def load_cost_table(source: dict[str, Any] | str | Path | None) -> CostTable | N
         name = f"cost table {source}"
         source = read_json_file(source, "cost table",
                                 "write one with compiler.cost.cost_table(...) or omit --cost-table")
+    if not isinstance(source, dict) or not isinstance(source.get("model", {}), dict):
+        raise UserError(f"{name}: expected a JSON object with 'attention', 'mlp' and optional 'model' objects")
     for section, kinds in (("attention", ("relu_softmax", "scaling")), ("mlp", ())):
         entries = source.get(section)
         if not isinstance(entries, dict) or any(k not in entries for k in kinds):

@@ -14,7 +14,7 @@ from mpcvit.data import load_dataset
 from mpcvit.export import export_onnx
 from mpcvit.pipeline import build_model_config, load_teacher, retrain_config, search_summary, train_stage
 from mpcvit.recipes import recipe
-from mpcvit.search import CostTable, compiler_cost_table
+from mpcvit.search import CostTable, check_fraction, compiler_cost_table
 from mpcvit.train import dataset_info, load_checkpoint
 
 MODEL = "vit_2_4_8"
@@ -49,6 +49,7 @@ def compile_and_check(onnx_path: Path, out_dir: Path, protocol: str) -> dict[str
 
 def run_demo(out: str | Path, mu: float = 0.5, protocol: str = "replicated-ring", compile_check: bool = True,
              progress: bool = True) -> dict[str, Any]:
+    check_fraction(mu, "--mu")  # before minutes of teacher training and search, not after
     start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -150,3 +150,9 @@ def test_bad_protocol_and_threads_fail_at_parse_time(capsys, tmp_path, argv: lis
                                                      ) -> None:
     code, _, err = run(capsys, *argv, "--out", str(tmp_path / "x"))
     assert code == 2 and f"error: argument {flag}: {message}" in err and not (tmp_path / "x").exists()
+
+
+def test_demo_checks_mu_before_training(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "demo", "--mu", "1.5", "--out", str(tmp_path / "demo"))
+    assert code == 2 and err == "error: --mu must lie in [0, 1] (the fraction of heads/layers kept non-linear), got 1.5\n"
+    assert not (tmp_path / "demo").exists()

@@ -26,7 +26,7 @@ def gate_scores(model: nn.Module) -> np.ndarray:
         return np.array([m.gate.clamp(0.0, 1.0).mean().item() for m in mlps])
 
 
-def _check_fraction(value: float, flag: str) -> None:
+def check_fraction(value: float, flag: str) -> None:
     if not 0.0 <= value <= 1.0:
         raise UserError(f"{flag} must lie in [0, 1] (the fraction of heads/layers kept non-linear), got {value}")
 
@@ -46,10 +46,10 @@ def binarize(model: nn.Module, mu: float, mlp_mu: float | None = None) -> tuple[
     Kept heads take ReLU-softmax (or, with softmax in the space, whichever of the two has the larger weight).
     With searched MLP gates, the top ``mlp_mu`` fraction of layers keep the GeLU MLP, the rest become linear.
     """
-    _check_fraction(mu, "--mu")
+    check_fraction(mu, "--mu")
     gates = gate_scores(model)
     if mlp_mu is not None:
-        _check_fraction(mlp_mu, "--mlp-mu")
+        check_fraction(mlp_mu, "--mlp-mu")
         if not gates.size:
             raise UserError("--mlp-mu applies to a search of MLP kinds; drop it or search with --search-mlp")
     keep = top_fraction(head_scores(model), mu)

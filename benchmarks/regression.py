@@ -6,8 +6,8 @@ bytes, rounds and time. Rules (a change in the good direction never fails; it is
 
 * deterministic counts (cost-model and measured bytes/rounds): any increase fails;
 * reference error: fails above 1.25 × baseline + 1e-6 (float summation order may differ across machines);
-* times (our compile time, a real run's time): fail above 3 × baseline + 0.25 s (machines and load differ; a
-  0.06 s compile measured on a loaded shared machine takes 0.2 s without anything having changed).
+* times (our compile time, a real run's time): fail above 3 × baseline + 1 s (machines and load differ; a
+  0.035 s compile read 0.77 s on the loaded shared machine with nothing changed): only gross slowdowns fail.
 
     python -m benchmarks.regression            # compare and print the table (exit 1 on a regression)
     python -m benchmarks.regression --update   # record the current figures as the new baseline
@@ -30,7 +30,7 @@ BATCH = 1
 EXACT = ("cost_bytes_p0", "cost_bytes_all", "cost_rounds", "real_bytes_p0", "real_global_bytes", "real_rounds")
 ERROR = ("reference_max_error",)
 TIMES = ("compile_s", "real_time_s")
-ERROR_RATIO, ERROR_SLACK, TIME_RATIO, TIME_SLACK_S = 1.25, 1e-6, 3.0, 0.25
+ERROR_RATIO, ERROR_SLACK, TIME_RATIO, TIME_SLACK_S = 1.25, 1e-6, 3.0, 1.0
 
 
 @dataclass(frozen=True)

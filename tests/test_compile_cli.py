@@ -75,6 +75,7 @@ def _graph(tmp_path, nodes, inits, shape=(1, 4), out_shape=(1, 4), name="m.onnx"
     ("truncated", "m.onnx' cannot be read (DecodeError): the file is truncated"),
     ("unsupported", "ONNX node 'y': op Sin (opset 17) is not supported; supported ops: Abs, Add"),
     ("range", "outside the comparison range"),
+    ("product", "beyond the |v| < 16384 that sfix products allow at f=16, k=31"),
     ("ring", "tensor 'y' (linear 'mm') reaches |v| ="),  # no comparison: it silently wrapped the ring
     ("dynamic", "N"),
 ])
@@ -92,9 +93,12 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys
         model = str(tmp_path / "m.onnx")
     elif case == "unsupported":
         model = str(_graph(tmp_path, [helper.make_node("Sin", ["x"], ["y"])], []))
-    elif case == "range":  # relu of values around 1e5: beyond |v| < 2^14
-        model = str(_graph(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
-                           [("w", np.full((4, 4), 3e4))]))
+    elif case == "range":  # relu of values around 3e4 (a sum, no product): beyond |v| < 2^14
+        model = str(_graph(tmp_path, [helper.make_node("Add", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                           [("w", np.full((1, 4), 3e4))]))
+    elif case == "product":  # a product around 1e5: MP-SPDZ's truncation assumes |v| < 2^14
+        model = str(_graph(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+                                      helper.make_node("Relu", ["h"], ["y"])], [("w", np.full((4, 4), 3e4))]))
     elif case == "ring":  # logits of a few thousand at f=28: v·2^56 >= 2^63
         extra = ["--frac-bits", "28"]
         model = str(_graph(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],

@@ -214,14 +214,15 @@ def layernorm_eps_int(node: Node, fx: FixedPoint) -> int:
 PRODUCT_OPS = ("linear", "scale", "gelu", "layernorm", "attention")  # outputs truncated from sfix products
 
 
-def check_ring(rec: NodeRecord, fx: FixedPoint) -> None:
-    """A product's output v is v·2^(2f) in the ring before its truncation: from 2^63 on it wraps, in MP-SPDZ as
-    here, and the result is garbage without any comparison noticing (e.g. logits of 400 at --frac-bits 28)."""
-    limit = 2.0 ** (63 - 2 * fx.f)
+def check_product_range(rec: NodeRecord, fx: FixedPoint) -> None:
+    """A product's output v is truncated from v·2^(2f), which MP-SPDZ's (probabilistic) truncation takes to be a
+    (k+f)-bit value: from |v| >= 2^(k-f-1) on the result is garbage in MPC, with no comparison to notice, and from
+    v·2^(2f) >= 2^63 on it wraps the ring here as well (e.g. logits of a few thousand at --frac-bits 28)."""
+    limit = min(2.0 ** (fx.k - fx.f - 1), 2.0 ** (63 - 2 * fx.f))
     if rec.max_abs_value >= limit:
         raise FixedPointRangeError(
-            f"tensor {rec.output!r} ({rec.op} {rec.name!r}) reaches |v| = {rec.max_abs_value:.6g}: its product "
-            f"v·2^{2 * fx.f} wraps the 64-bit ring from |v| >= {limit:g} at f={fx.f}; lower --frac-bits")
+            f"tensor {rec.output!r} ({rec.op} {rec.name!r}) reaches |v| = {rec.max_abs_value:.6g}, beyond the "
+            f"|v| < {limit:g} that sfix products allow at f={fx.f}, k={fx.k}; lower the input scale or --frac-bits")
 
 
 def execute(program: Program, inputs: dict[str, np.ndarray],
@@ -260,7 +261,7 @@ def _execute(program: Program, inputs: dict[str, np.ndarray],
         rec = NodeRecord(p.node.name or out, p.node.op, out, tuple(yf.shape), err,
                          float(np.max(np.abs(yf))) if yf.size else 0.0)
         if p.node.op in PRODUCT_OPS:
-            check_ring(rec, ex.fx)
+            check_product_range(rec, ex.fx)
         records.append(rec)
         if on_node is not None:
             on_node(rec)

@@ -87,5 +87,4 @@ class FixedPoint:
         if worst >= limit:
             raise FixedPointRangeError(
                 f"tensor {name!r} reaches |v| = {worst / self.scale:.6g}, outside the comparison range "
-                f"|v| < {self.max_abs:g} of fixed point f={self.f}, k={self.k}: lower the input scale or raise k "
-                f"(or lower --frac-bits)")
+                f"|v| < {self.max_abs:g} of fixed point f={self.f}, k={self.k}: lower the input scale or --frac-bits")

@@ -189,12 +189,17 @@ def plot_pareto(records: list[dict[str, Any]], out: Path) -> list[Path]:
                           else "top-1 agreement with plaintext")
             ax.set_title(f"{protocol}")
             ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = out / f"pareto_{protocol}_{network}.png"
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            written.append(path)
+            written.append(_save(fig, out / f"pareto_{protocol}_{network}.png"))
     return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _latency(record: dict[str, Any]) -> float:
@@ -234,11 +239,7 @@ def plot_breakdown(records: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.tick_params(axis="x", labelsize=6)
         fig.suptitle(f"{protocol}: cost per op kind (cost model)", fontsize=10)
         axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        fig.tight_layout()
-        path = out / f"breakdown_{protocol}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / f"breakdown_{protocol}.png"))
     return written
 
 

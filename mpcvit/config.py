@@ -48,8 +48,18 @@ def _has_type(value: Any, hint: Any) -> bool:
     return isinstance(value, (int, float) if hint is float else hint)
 
 
+class _ConfigData:
+    """What both configs offer: plain-dict form (checkpoints, ONNX metadata) and copies with changes."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_ConfigData):
     """A ViT-Lite shape plus the attention kind of every head and the MLP kind of every layer."""
 
     name: str = "vit_2_4_8"
@@ -109,15 +119,10 @@ class ModelConfig:
         keys = ("img_size", "in_chans", "patch_size", "num_classes", "depth", "heads", "dim", "mlp_ratio")
         return {k: getattr(self, k) for k in keys}
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "ModelConfig":
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_ConfigData):
     """The training recipe (AdamW + cosine with warm-up, timm's augmentations and losses), as data."""
 
     epochs: int = 30
@@ -153,11 +158,6 @@ class TrainConfig:
             if value < 0 or (key in positive and value == 0):
                 raise UserError(f"train config: {key} must be {'> 0' if key in positive else '>= 0'}, got {value}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass

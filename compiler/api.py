@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from compiler.backend import Manifest, emit
+from compiler.calibrate import Calibration, calibrate, load_calibration_images
 from compiler.cost import CostReport, estimate
 from compiler.errors import UserError
 from compiler.frontend import load_onnx
@@ -20,6 +21,11 @@ from compiler.lowering import Program, get_profile, lower
 from compiler.lowering.plans import client_layout
 from compiler.passes import run_passes
 from compiler.reference import execute
+
+
+# Default number of the sample inputs the parameters are calibrated on (without --calibrate): the float IR runs
+# once per image batch, so this bounds the compile time it adds.
+CALIBRATION_SAMPLES = 64
 
 
 @dataclass
@@ -59,6 +65,7 @@ class CompileResult:
     program: Program
     cost: CostReport
     check: CheckReport | None = None
+    calibration: Calibration | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -125,11 +132,14 @@ def check_program(program: Program, onnx_path: str | Path, images: np.ndarray, s
 def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "replicated-ring", batch: int = 1,
                  frac_bits: int | None = None, approx: dict[str, str] | None = None, check: bool = False,
                  check_samples: int = 200, reveal: str = "logits", template_set: str | None = None,
-                 on_graph: Callable[[Any], None] | None = None) -> CompileResult:
+                 on_graph: Callable[[Any], None] | None = None, calibration: str | Path | None = None,
+                 calibration_samples: int = CALIBRATION_SAMPLES) -> CompileResult:
     """ONNX -> IR -> passes -> lowering for ``protocol`` -> ``out_dir`` (see module doc).
 
     ``on_graph`` sees the IR after the passes (``--dump-ir``). ``check`` compares the fixed-point reference with
     onnxruntime on ``check_samples`` inputs (the digits test set when the metadata names it, else random).
+    ``calibration``: an .npz of images (``--calibrate``) whose float ranges choose the fixed-point parameters
+    (:mod:`compiler.calibrate`); by default the first ``calibration_samples`` of those same sample inputs.
     """
     if check and check_samples < 1:
         raise UserError(f"--check-samples {check_samples}: give at least 1")
@@ -140,14 +150,20 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
     if on_graph is not None:
         on_graph(graph)
     profile = get_profile(protocol, frac_bits, approx)
-    program = lower(graph, profile, name=Path(onnx_path).stem, reveal=reveal)
     image_shape, _ = client_layout(graph)
-    images, source = sample_images(graph.metadata, image_shape, max(batch, check_samples if check else 0))
+    images, source = sample_images(graph.metadata, image_shape,
+                                   max(batch, check_samples if check else 0, calibration_samples))
+    if calibration is not None:
+        calib = calibrate(graph, load_calibration_images(calibration), f"--calibrate {calibration}")
+    else:
+        calib = calibrate(graph, images[:calibration_samples], source)
+    program = lower(calib.annotate(graph), profile, name=Path(onnx_path).stem, reveal=reveal)
     execute(program, {graph.inputs[0]: images[:batch]})  # range errors surface here, before anything is written
     timings["lowering_s"] = time.perf_counter() - start - timings["frontend_s"]
     report = check_program(program, onnx_path, images[:check_samples], source) if check else None
     emit_start = time.perf_counter()
-    manifest = emit(program, out_dir, onnx_path=onnx_path, client_images=images[:batch], template_set=template_set)
+    manifest = emit(program, out_dir, onnx_path=onnx_path, client_images=images[:batch], template_set=template_set,
+                    calibration=calib.as_dict(program))
     timings["emit_s"] = time.perf_counter() - emit_start
     timings["total_s"] = time.perf_counter() - start
-    return CompileResult(manifest, program, estimate(program), report, timings)
+    return CompileResult(manifest, program, estimate(program), report, calib, timings)

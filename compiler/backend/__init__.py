@@ -54,8 +54,12 @@ def run_script(manifest: Manifest) -> str:
 
 
 def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None = None,
-         client_images: np.ndarray | None = None, template_set: str | None = None) -> Manifest:
-    """Write the compiled program to ``out_dir`` (replaced as a whole, or left untouched on failure)."""
+         client_images: np.ndarray | None = None, template_set: str | None = None,
+         calibration: dict[str, Any] | None = None) -> Manifest:
+    """Write the compiled program to ``out_dir`` (replaced as a whole, or left untouched on failure).
+
+    ``calibration``: :meth:`compiler.calibrate.Calibration.as_dict`, recorded in the manifest (ranges, choices,
+    and the input bound party 1 checks its images against)."""
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {str(out)!r} exists and is not a directory; choose another output directory")
@@ -102,7 +106,7 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
                             for p in program.node_plans if p.approx},
             approx_justification=profile.justification, expected=_expected(program),
             op_counts=graph.op_counts(), model_config=parse_metadata(graph.metadata), template_set=template_set,
-            warnings=list(program.warnings), directory=out)
+            warnings=list(program.warnings), calibration=calibration, directory=out)
         (tmp / "manifest.json").write_text(manifest.to_json())
         script = tmp / "run.sh"
         script.write_text(run_script(manifest))

@@ -96,6 +96,9 @@ def write_client_input(manifest: Any, images: np.ndarray, path: str | Path | Non
         directory, manifest = manifest.directory, manifest.as_dict()
     if path is None and directory is None:
         raise UserError("write_client_input: give the output path (the manifest does not say where it lives)")
+    from compiler.calibrate import check_client_images
+
+    check_client_images(manifest, images)  # party 1's own plaintext, before it is secret-shared
     values = client_values(images, tuple(manifest["input_shape"]), manifest.get("client_layout"))
     target = Path(path) if path is not None else Path(directory) / "Player-Data" / "Input-P1-0"
     write_text(target, quantised_text([values], FixedPoint(int(manifest["f"]), int(manifest["k"]))))

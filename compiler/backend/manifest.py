@@ -44,6 +44,8 @@ class Manifest:
     model_config: dict[str, Any]  # the ONNX metadata with JSON values decoded (config, head kinds, dataset…)
     template_set: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # compiler.calibrate: samples, margin, input_range/input_bound (party 1's guard), tensor ranges, choices per site
+    calibration: dict[str, Any] | None = None
     directory: Path = field(default=Path("."), repr=False, compare=False)
 
     def to_json(self) -> str:

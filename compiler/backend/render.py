@@ -19,7 +19,6 @@ from compiler.backend.addressing import affine, broadcast_index, column_pattern,
 from compiler.errors import CompileError, UserError
 from compiler.ir import Node, Value
 from compiler.lowering.plans import NodePlan, Program, attention_groups, relu_softmax_eps
-from compiler.reference.executor import layernorm_eps_int
 
 TEMPLATE_ROOT = Path(__file__).resolve().parents[2] / "spdz_templates"
 OUTPUT_MARKER = "MPCVIT_OUT"  # the line prefix compiler.runtime.parser reads
@@ -151,8 +150,9 @@ class _Renderer:
         tiled = (x.rows, x.cols)
         gamma, beta = (affine(broadcast_index(self.graph.values[n].shape, tiled)) for n in node.inputs[1:3])
         assert gamma is not None and beta is not None
-        ctx.update(x=x, rows=x.rows, cols=x.cols, inv_cols=repr(1.0 / x.cols), rsqrt=p.approx["rsqrt"].fn_name,
-                   eps=repr(layernorm_eps_int(node, fx) / fx.scale),
+        scale = p.params["scale"]
+        ctx.update(x=x, rows=x.rows, cols=x.cols, rsqrt=p.approx["rsqrt"].fn_name, f=fx.f, k=fx.k,
+                   scale=scale, eps=repr(scale.eps_int / fx.scale),
                    gamma=gamma.expr(self.tensor(node.inputs[1]).var + ".address"),
                    beta=beta.expr(self.tensor(node.inputs[2]).var + ".address"))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,7 @@ class NodePlan:
     approx: dict[str, ApproxUse] = field(default_factory=dict)  # role in the node ("softmax.exp") -> use
     steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)  # call-site constants the template and reference share
 
 
 @dataclass
@@ -144,13 +146,113 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     p.steps.append(Step("matmul", tokens * d, (tokens, tokens, d), instances=heads * batch))
 
 
+@dataclass(frozen=True)
+class LayerNormScale:
+    """The fixed-point constants of one LayerNorm call site over C columns (see :func:`layernorm_scale`).
+
+    The centred values are computed scaled by σ, so that the variance computed is σ²·var and lands where fixed
+    point is precise; the model's ε is scaled with it (``eps_int`` = round(ε·σ²·2^f), at least 1 LSB), and the σ
+    cancels exactly in (x - mean)·σ·γ / sqrt(σ²·(var + ε)). Two ways to centre:
+
+    * ``exact=False``: mean = trunc(Σx · ``centre_mul``, f + ``centre_bits``) (``centre_mul`` = round(2^(f+g)/C):
+      1/C with g extra bits), then x - mean times 2^``shift`` (shift >= 0: a local multiply); σ = 2^shift.
+    * ``exact=True``: (C·x - Σx) is C·(x - mean) exactly (local), then one truncation: trunc((C·x - Σx) ·
+      ``centre_mul``, f + ``centre_bits``) with ``centre_mul`` = round(2^(f+g+shift)/C), so σ = C·centre_mul /
+      2^(f+g) ≈ 2^shift. The rounding of the constant is a common factor of the whole row (LayerNorm ignores it),
+      where the mean's 1/C error is not: it offsets every x - mean by |mean|·C/2^(f+g+1).
+
+    The variance is trunc(Σ squares · ``var_mul``, f + ``var_bits``) with ``var_mul`` = round(2^(f+var_bits)/C).
+    """
+
+    exact: bool = False
+    shift: int = 0
+    centre_bits: int = 0
+    centre_mul: int = 0
+    var_bits: int = 0
+    var_mul: int = 0
+    eps_int: int = 1
+    sigma: float = 1.0
+
+
+# LayerNorm calibration margins (see layernorm_scale): magnitudes (|mean|, |x - mean|) are assumed to reach up to
+# MAGNITUDE_MARGIN times their calibrated maximum, variances VARIANCE_MARGIN (its square) times beyond their
+# calibrated range, on inputs other than the calibration samples.
+MAGNITUDE_MARGIN = 4.0
+VARIANCE_MARGIN = MAGNITUDE_MARGIN ** 2
+# The scaled variance's calibrated maximum (with margin) is placed at or below 2^VARIANCE_TOP: high enough that the
+# smallest rows keep their bits, low enough that 1/sqrt keeps >= 2^(f - VARIANCE_TOP/2) LSBs of its own.
+VARIANCE_TOP = 8
+# The mean's 1/C rounding may offset x - mean by at most this fraction of the smallest calibrated std, else
+# the centring is exact (one truncation per element instead of per row).
+MEAN_OFFSET = 1e-4
+
+
+def layernorm_scale(node: Node, profile: Profile, cols: int) -> tuple[LayerNormScale, dict[str, float] | None]:
+    """The pre-scale of one LayerNorm from its calibrated statistics (``node.attrs["calibration"]``, written by
+    :mod:`compiler.calibrate`): ``var`` [min, max] of the per-row variance, ``mean_abs`` and ``diff_abs`` the
+    largest |row mean| and |x - mean|, ``gamma_abs`` the largest |γ|.
+
+    The shift p is the largest integer with, after the margins above (L = 2^(k-f-1), the sfix product range):
+    4^p·(var_max + ε)·16 <= 2^VARIANCE_TOP (the rsqrt domain's top), (2^p·|x - mean|·4)^2 < L (each square is a
+    truncated product) and 2^p·|x - mean|·4·|γ| < L (the product with γ). Every extra-bit count g is the largest
+    keeping the truncated product below 2^(k+f-1) (value·2^g·4 < L, one bit spare). Returns the constants and the
+    rsqrt domain {lo, hi} in scaled units (None without calibration: the unscaled computation, σ = 1, the
+    mean's 1/C at f bits and the rsqrt's default domain).
+    """
+    fx = profile.fx
+    eps = float(node.attrs.get("eps", 1e-5))
+    calib = node.attrs.get("calibration")
+    inv_cols = int(round(fx.scale / cols))
+    if not calib:
+        return LayerNormScale(centre_mul=inv_cols, var_mul=inv_cols, eps_int=max(1, int(round(eps * fx.scale)))), None
+    limit = 2.0 ** (fx.k - fx.f - 1)
+
+    def extra_bits(top: float) -> int:
+        return int(min(fx.f, max(0, math.floor(math.log2(limit / max(top * MAGNITUDE_MARGIN, fx.lsb))) - 1)))
+
+    var_lo, var_hi = (float(v) + eps for v in calib["var"])
+    diff = max(float(calib["diff_abs"]), fx.lsb)
+    gamma = max(float(calib.get("gamma_abs", 1.0)), fx.lsb)
+    p = math.floor((VARIANCE_TOP - math.log2(var_hi * VARIANCE_MARGIN)) / 2)
+    p = min(p, math.ceil(math.log2(math.sqrt(limit) / (diff * MAGNITUDE_MARGIN))) - 1,
+            math.ceil(math.log2(limit / (diff * MAGNITUDE_MARGIN * gamma))) - 1)
+    g = extra_bits(float(calib["mean_abs"]))
+    centre_mul = int(round(2.0 ** (fx.f + g) / cols))
+    offset = float(calib["mean_abs"]) * MAGNITUDE_MARGIN * abs(centre_mul * cols / 2.0 ** (fx.f + g) - 1)
+    exact = p < 0 or offset > MEAN_OFFSET * math.sqrt(var_lo)
+    if exact:
+        g = extra_bits(diff * 2.0 ** p)
+        centre_mul = int(round(2.0 ** (fx.f + g + p) / cols))
+        sigma = centre_mul * cols / 2.0 ** (fx.f + g)
+    else:
+        sigma = 2.0 ** p
+    hi = var_hi * sigma ** 2 * VARIANCE_MARGIN
+    eps_int = max(1, int(round(eps * sigma ** 2 * fx.scale)))
+    lo = max(var_lo * sigma ** 2 / VARIANCE_MARGIN, eps_int * fx.lsb)
+    var_bits = extra_bits(hi / MAGNITUDE_MARGIN)
+    return (LayerNormScale(exact, p, g, centre_mul, var_bits, int(round(2.0 ** (fx.f + var_bits) / cols)), eps_int,
+                           sigma), {"lo": lo, "hi": max(hi, 2 * lo)})
+
+
 def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     shape = graph.values[node.inputs[0]].shape
     cols = shape[-1]
     rows = int(np.prod(shape[:-1]))
-    rsqrt = p.approx["rsqrt"] = _use(profile, "rsqrt")
-    # mean (public 1/C), centred square, variance (1/C), rsqrt, (x-mean)*gamma in parallel, times rsqrt
-    p.steps += [Step("trunc", rows), Step("mul", rows * cols), Step("trunc", rows),
+    scale, domain = layernorm_scale(node, profile, cols)
+    p.params["scale"] = scale
+    if domain is None:
+        rsqrt = p.approx["rsqrt"] = _use(profile, "rsqrt")
+    else:
+        rsqrt = p.approx["rsqrt"] = _use(profile, "rsqrt", eps=domain["lo"], hi=domain["hi"])
+        p.params["rsqrt_domain"] = domain
+        # ε raised to 1 LSB only matters when that LSB is not negligible against the smallest calibrated variance
+        used = scale.eps_int * profile.fx.lsb / scale.sigma ** 2
+        if used > 2 * float(node.attrs.get("eps", 1e-5)) and used > 1e-3 * float(node.attrs["calibration"]["var"][0]):
+            p.notes.append(f"layernorm eps={node.attrs.get('eps')} is below 1 LSB after the pre-scale "
+                           f"{scale.sigma:g}; using {used:g}, above 1e-3 of the smallest calibrated variance")
+    # centring: the mean (one truncation per row) or exactly (one per element); centred square, variance (1/C),
+    # rsqrt, (x-mean)*gamma in parallel, times rsqrt
+    p.steps += [Step("trunc", rows * cols if scale.exact else rows), Step("mul", rows * cols), Step("trunc", rows),
                 *_approx_steps(rsqrt, rows, profile),
                 Step("mul", rows * cols), Step("mul", rows * cols)]
 

@@ -145,14 +145,26 @@ class _Executor:
         raise CompileError(f"node {node.name!r}: op {node.op!r} has no reference implementation")
 
     def layernorm(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The template's steps (:class:`~compiler.lowering.plans.LayerNormScale`): mean, centring, pre-scale by
+        σ, Σ squares · 1/C (+ ε·σ²), rsqrt, (x - mean)·σ·γ·rsqrt + β; the σ cancels exactly."""
         node, fx = p.node, self.fx
         x, gamma, beta = xi
         cols = x.shape[-1]
-        eps_int = layernorm_eps_int(node, fx)
-        mean = fx.mul_public(x.sum(-1), 1.0 / cols)
-        diff = x - mean[..., None]
-        var = fx.mul_public(fx.mul(diff, diff).sum(-1), 1.0 / cols) + eps_int
-        inv = self.approx(p.approx["rsqrt"], var, f"{node.outputs[0]} (layernorm variance)")
+        scale = p.params["scale"]
+        sums = x.sum(-1, keepdims=True)
+        if scale.exact:
+            diff = fx.trunc((x * cols - sums) * scale.centre_mul, fx.f + scale.centre_bits)
+        else:
+            diff = (x - fx.trunc(sums * scale.centre_mul, fx.f + scale.centre_bits)) << np.int64(scale.shift)
+        var = fx.trunc(fx.mul(diff, diff).sum(-1) * scale.var_mul, fx.f + scale.var_bits) + scale.eps_int
+        label = f"{node.outputs[0]} (layernorm variance"
+        domain = p.params.get("rsqrt_domain")
+        if domain is not None and var.size and int(var.max()) > fx.encode(domain["hi"]):
+            # above its domain the rsqrt's Newton start diverges: fail here rather than reveal garbage under MPC
+            raise FixedPointRangeError(
+                f"tensor {label} scaled by {scale.sigma:g}^2) reaches {fx.decode(var.max()):.6g}, above the calibrated "
+                f"rsqrt domain top {domain['hi']:.6g}; calibrate on inputs like these (mpcvit-compile --calibrate)")
+        inv = self.approx(p.approx["rsqrt"], var, label + ")")
         yi = fx.mul(fx.mul(diff, gamma), inv[..., None]) + beta
         x_f, gamma_f, beta_f = xf
         mu = x_f.mean(-1, keepdims=True)
@@ -204,11 +216,6 @@ class _Executor:
         of = pf @ vf
         return (np.moveaxis(oi, 0, 2).reshape(batch, tokens, len(heads) * d),
                 np.moveaxis(of, 0, 2).reshape(batch, tokens, len(heads) * d))
-
-
-def layernorm_eps_int(node: Node, fx: FixedPoint) -> int:
-    """LayerNorm ε in fixed point, at least 1 LSB so that a constant row does not divide by zero."""
-    return max(1, int(round(float(node.attrs.get("eps", 1e-5)) * fx.scale)))
 
 
 PRODUCT_OPS = ("linear", "scale", "gelu", "layernorm", "attention")  # outputs truncated from sfix products

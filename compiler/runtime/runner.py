@@ -21,6 +21,7 @@ import numpy as np
 
 from compiler.api import onnxruntime_logits
 from compiler.backend import write_client_input
+from compiler.calibrate import check_client_images
 from compiler.errors import MPSPDZError, UserError
 from compiler.runtime import datasets
 from compiler.runtime.mpspdz import (MPSPDZ, ProtocolSpec, check_protocol_ready, find_mpspdz, mpspdz_commit,
@@ -96,6 +97,8 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
 
     batch = int(manifest["batch"])
     x, y = _select_images(manifest, images, data)
+    if x is not None:  # party 1's guard on all its images, before any party starts (compiler.calibrate)
+        check_client_images(manifest, x)
     _warn_if_too_big(manifest, spec, online_only, -(-len(x) // batch) if x is not None else 1, log)
     plain = _plain_logits(manifest, x, reference, out_dir)  # before the MPC run: a missing model fails fast
     with tempfile.TemporaryDirectory(prefix="mpcvit-run-") as tmp:

@@ -1,0 +1,158 @@
+"""Calibration: the float IR run on sample inputs, each tensor's range, and the choices made from the ranges.
+
+``calibrate(graph, images)`` evaluates the IR in float64 (:func:`compiler.ir_eval.evaluate`, every value kept) on
+the calibration images (``mpcvit-compile --calibrate FILE.npz``; by default the check samples of
+:func:`compiler.api.sample_images`) and records, per tensor, its min and max over all samples, and per call site
+the statistics its fixed-point parameters depend on (LayerNorm: the per-row variance range, the largest |row mean|
+and |x - mean|, and |γ|). :meth:`Calibration.annotate` writes those statistics into ``node.attrs["calibration"]``,
+where :mod:`compiler.lowering.plans` reads them (``layernorm_scale``).
+
+Safety margin: inputs other than the calibration samples are assumed to reach up to ``MAGNITUDE_MARGIN`` (4)
+times the calibrated magnitudes (16 times for variances, its square). The same margin bounds the client's input:
+party 1 refuses (:func:`check_client_images`) an image whose values leave ±4·max|calibrated input|, before
+anything is secret-shared, since the parameters chosen here would not cover it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import UserError
+from compiler.ir import Graph
+from compiler.lowering.plans import MAGNITUDE_MARGIN, Program
+
+
+@dataclass
+class Calibration:
+    samples: int
+    source: str  # where the calibration images came from
+    input_range: tuple[float, float]  # min, max of the client's images (the model input, before its layout)
+    ranges: dict[str, tuple[float, float]]  # tensor -> (min, max) over all samples
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # node name -> statistics for its parameters
+
+    @property
+    def input_bound(self) -> float:
+        """The largest |image value| party 1 accepts: the margin times the calibrated largest magnitude."""
+        return MAGNITUDE_MARGIN * max(abs(self.input_range[0]), abs(self.input_range[1]))
+
+    def annotate(self, graph: Graph) -> Graph:
+        """Write each call site's statistics into its node's ``attrs["calibration"]`` (read by lowering)."""
+        for node in graph.nodes:
+            if node.name in self.sites:
+                node.attrs["calibration"] = self.sites[node.name]
+        return graph
+
+    def as_dict(self, program: Program | None = None) -> dict[str, Any]:
+        """The manifest's ``calibration``: ranges, the input guard, and per call site the choices made."""
+        out: dict[str, Any] = {
+            "samples": self.samples, "source": self.source, "margin": MAGNITUDE_MARGIN,
+            "input_range": list(self.input_range), "input_bound": self.input_bound,
+            "ranges": {name: list(r) for name, r in self.ranges.items()}, "sites": self.sites}
+        if program is not None:
+            out["choices"] = {p.node.name: _choices(p) for p in program.node_plans
+                              if p.params or any(u.params for u in p.approx.values())}
+        return out
+
+
+def _choices(plan: Any) -> dict[str, Any]:
+    choices: dict[str, Any] = {role: {"approx": use.label, **use.kwargs} for role, use in plan.approx.items()}
+    scale = plan.params.get("scale")
+    if scale is not None:
+        choices["prescale"] = {"shift": scale.shift, "mean_bits": scale.mean_bits, "var_bits": scale.var_bits,
+                               "eps_lsb": scale.eps_int}
+    return choices
+
+
+def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration images") -> Calibration:
+    """Evaluate ``graph`` in float64 on ``images`` ([n, *image]) batch by batch and record the ranges."""
+    from compiler.ir_eval import evaluate
+    from compiler.lowering.plans import client_layout
+
+    images = np.asarray(images, dtype=np.float64)
+    image_shape, _ = client_layout(graph)
+    batch = image_shape[0]
+    if images.ndim != len(image_shape) or images.shape[1:] != tuple(image_shape[1:]) or not len(images):
+        raise UserError(f"calibration images have shape {images.shape}; the model takes images of shape "
+                        f"{tuple(image_shape[1:])} (give an array [n, {', '.join(map(str, image_shape[1:]))}])")
+    if not np.all(np.isfinite(images)):
+        raise UserError("calibration images contain NaN or infinite values; give finite, normalised images")
+    ranges: dict[str, tuple[float, float]] = {}
+    sites: dict[str, dict[str, Any]] = {}
+    name = graph.inputs[0]
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        if len(chunk) < batch:  # the graph's batch is fixed: repeat the first image (same ranges)
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), axis=0)])
+        env = evaluate(graph, {name: chunk}, keep_all=True)
+        for value, data in env.items():
+            if graph.values[value].role == "secret" and np.asarray(data).dtype.kind == "f" and data.size:
+                lo, hi = float(data.min()), float(data.max())
+                old = ranges.get(value, (lo, hi))
+                ranges[value] = (min(lo, old[0]), max(hi, old[1]))
+        for node in graph.nodes:
+            if node.op == "layernorm":
+                _merge(sites, node.name, _layernorm_stats(env[node.inputs[0]], graph.values[node.inputs[1]].data))
+    return Calibration(len(images), source, (float(images.min()), float(images.max())), ranges, sites)
+
+
+def _layernorm_stats(x: np.ndarray, gamma: np.ndarray | None) -> dict[str, Any]:
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1)
+    return {"var": [float(var.min()), float(var.max())], "mean_abs": float(np.abs(mean).max()),
+            "diff_abs": float(np.abs(x - mean).max()),
+            "gamma_abs": float(np.abs(gamma).max()) if gamma is not None else 1.0}
+
+
+def _merge(sites: dict[str, dict[str, Any]], name: str, stats: dict[str, Any]) -> None:
+    """Union of the statistics of two batches: ranges widen, maxima grow."""
+    old = sites.get(name)
+    if old is None:
+        sites[name] = stats
+        return
+    for key, value in stats.items():
+        if isinstance(value, list):
+            old[key] = [min(old[key][0], value[0]), max(old[key][1], value[1])]
+        else:
+            old[key] = max(old[key], value)
+
+
+def load_calibration_images(path: str | Path) -> np.ndarray:
+    """The images of ``--calibrate FILE.npz``: its array ``x`` (or ``images``, or its only array)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = list(data.keys())
+            key = next((k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise UserError(f"--calibrate {path}: holds arrays {keys}; name the images 'x' (np.savez(path, x=images))")
+            return np.asarray(data[key], dtype=np.float64)
+    except FileNotFoundError:
+        raise UserError(f"--calibrate {path}: no such file; give an .npz of normalised images (np.savez(path, x=images))") from None
+    except (ValueError, OSError) as exc:
+        raise UserError(f"--calibrate {path}: not a readable .npz ({exc}); write it with np.savez(path, x=images)") from None
+
+
+def check_client_images(manifest: dict[str, Any], images: np.ndarray) -> None:
+    """Party 1's guard, run on its own plaintext images before anything is secret-shared (reveals nothing).
+
+    Raises one line when a value leaves the manifest's ``calibration.input_bound``: the parameters chosen for
+    the program would not cover it, and MPC would compute wrapped values without noticing.
+    """
+    calib = manifest.get("calibration")
+    if not calib:
+        return
+    images = np.asarray(images, dtype=np.float64)
+    if images.size == 0:
+        return
+    worst = float(np.max(np.abs(images))) if np.all(np.isfinite(images)) else float("inf")
+    if worst > float(calib["input_bound"]):
+        signed = float(images.max()) if abs(float(images.max())) >= abs(float(images.min())) else float(images.min())
+        lo, hi = calib["input_range"]
+        meta = (manifest.get("model_config") or {})
+        norm = ", ".join(f"{k.split('.')[-1].replace('input_', '')} {meta[k]}" for k in ("mpcvit.input_mean",
+                                                                                     "mpcvit.input_std") if k in meta)
+        raise UserError(f"image values reach {signed:.4g}; the model was calibrated for [{lo:.2g}, {hi:.2g}]: "
+                        f"normalise the input ({norm or 'mean/std'} in the model metadata)")

@@ -1,0 +1,93 @@
+"""Numerics that adapt to the model (issue 9): calibrated ranges, scale-aware LayerNorm, the client's input guard."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compiler.calibrate import calibrate, check_client_images
+from compiler.errors import UserError
+from compiler.ir import Graph, Node, Value
+from compiler.lowering import get_profile, lower
+from compiler.lowering.plans import LayerNormScale
+from compiler.lowering.profiles import PROTOCOLS
+from compiler.reference import execute
+
+
+def layernorm_graph(batch: int, tokens: int, dim: int, eps: float, seed: int = 0) -> Graph:
+    """input [B, N, C] -> LayerNorm(C, eps) with a random affine γ, β -> output."""
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    g.add_value(Value("x", (batch, tokens, dim)))
+    g.add_node(Node("input", [], ["x"], {"owner": 1}, name="x"))
+    g.inputs.append("x")
+    g.add_value(Value("gamma", (dim,), "param", 1 + 0.2 * rng.standard_normal(dim)))
+    g.add_value(Value("beta", (dim,), "param", 0.1 * rng.standard_normal(dim)))
+    g.add_value(Value("y", (batch, tokens, dim)))
+    g.add_node(Node("layernorm", ["x", "gamma", "beta"], ["y"], {"eps": eps}, name="ln"))
+    g.add_node(Node("output", ["y"], [], name="output"))
+    g.outputs.append("y")
+    return g
+
+
+def torch_layernorm(x: np.ndarray, g: Graph, eps: float) -> np.ndarray:
+    torch = pytest.importorskip("torch")
+    ln = torch.nn.LayerNorm(x.shape[-1], eps=eps, dtype=torch.float64)
+    with torch.no_grad():
+        ln.weight.copy_(torch.from_numpy(g.values["gamma"].data))
+        ln.bias.copy_(torch.from_numpy(g.values["beta"].data))
+        return ln(torch.from_numpy(x)).numpy()
+
+
+def tokens(std: float, batch: int, seed: int, n: int = 17, dim: int = 192) -> np.ndarray:
+    """Tokens [B, n, dim] with per-token std around ``std`` (0.5x to 2x) and a per-token mean of a few std."""
+    rng = np.random.default_rng(seed)
+    spread = std * 2.0 ** rng.uniform(-1, 1, (batch, n, 1))
+    return rng.standard_normal((batch, n, 1)) * 3 * std + spread * rng.standard_normal((batch, n, dim))
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+@pytest.mark.parametrize("std", [100.0, 0.01])
+def test_layernorm_is_scale_aware_on_every_protocol(protocol, std):
+    """LayerNorm(192, eps=1e-6) within 1e-2 of torch for tokens of std 100 (variance 1e4, beyond the comparison
+    range 2^14 unscaled) and std 0.01 (variance 1e-4: 6.5 LSB unscaled). The 1e-2 is the issue's bar; the scaled
+    computation's own error is ~1e-3 (relative precision of the rsqrt ~1e-4, times |y| up to ~5·|γ|)."""
+    eps = 1e-6
+    g = layernorm_graph(4, 17, 192, eps)
+    calib = calibrate(g, tokens(std, 32, seed=1), "tokens")
+    program = lower(calib.annotate(g), get_profile(protocol))
+    x = tokens(std, 4, seed=2)  # other tokens than the calibration ones
+    ours = execute(program, {"x": x}).outputs["y"]
+    err = float(np.abs(ours - torch_layernorm(x, g, eps)).max())
+    assert err < 1e-2, err
+    scale = next(p.params["scale"] for p in program.node_plans if p.node.op == "layernorm")
+    assert (scale.shift < 0) == (std > 1)  # scaled down to stay in range, up to keep the small variance's bits
+
+
+def test_uncalibrated_layernorm_is_the_unscaled_computation():
+    g = layernorm_graph(2, 17, 192, 1e-5)
+    program = lower(g, get_profile("replicated-ring"))
+    plan = next(p for p in program.node_plans if p.node.op == "layernorm")
+    assert plan.params["scale"] == LayerNormScale(centre_mul=341, var_mul=341, eps_int=1)  # 1/C = 341·2^-16, ε = 1 LSB
+    assert plan.approx["rsqrt"].params == ()  # the rsqrt's default domain
+
+
+def test_calibrated_layernorm_costs_no_more_on_normal_tokens():
+    """Tokens of std ~1: no pre-scale truncation, and the rsqrt's calibrated domain needs fewer comparisons than
+    the default one (its segments are log2(hi/lo))."""
+    from compiler.cost import estimate
+
+    g = layernorm_graph(1, 65, 256, 1e-6)
+    plain = estimate(lower(g, get_profile("replicated-ring"))).total
+    calib = calibrate(g, tokens(1.0, 8, seed=3, n=65, dim=256))
+    scaled = estimate(lower(calib.annotate(g), get_profile("replicated-ring"))).total
+    assert scaled.bytes_all <= plain.bytes_all and scaled.rounds <= plain.rounds
+
+
+def test_client_refuses_unnormalised_images_in_one_line():
+    g = layernorm_graph(1, 17, 192, 1e-6)
+    calib = calibrate(g, tokens(1.0, 8, seed=4))
+    manifest = {"calibration": calib.as_dict(), "model_config": {"mpcvit.input_mean": 0.5, "mpcvit.input_std": 0.25}}
+    check_client_images(manifest, tokens(1.0, 1, seed=5))  # in range: nothing
+    with pytest.raises(UserError, match=r"^image values reach 255; the model was calibrated for \[-\d.*\]: "
+                                        r"normalise the input \(mean 0.5, std 0.25 in the model metadata\)$"):
+        check_client_images(manifest, np.full((1, 17, 192), 255.0))

@@ -61,13 +61,15 @@ def _choices(plan: Any) -> dict[str, Any]:
     choices: dict[str, Any] = {role: {"approx": use.label, **use.kwargs} for role, use in plan.approx.items()}
     scale = plan.params.get("scale")
     if scale is not None:
-        choices["prescale"] = {"shift": scale.shift, "mean_bits": scale.mean_bits, "var_bits": scale.var_bits,
-                               "eps_lsb": scale.eps_int}
+        choices["prescale"] = {"sigma": scale.sigma, "exact_centring": scale.exact, "shift": scale.shift,
+                               "centre_bits": scale.centre_bits, "var_bits": scale.var_bits, "eps_lsb": scale.eps_int}
     return choices
 
 
 def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration images") -> Calibration:
     """Evaluate ``graph`` in float64 on ``images`` ([n, *image]) batch by batch and record the ranges."""
+    from threadpoolctl import threadpool_limits
+
     from compiler.ir_eval import evaluate
     from compiler.lowering.plans import client_layout
 
@@ -86,7 +88,8 @@ def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration image
         chunk = images[start:start + batch]
         if len(chunk) < batch:  # the graph's batch is fixed: repeat the first image (same ranges)
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), axis=0)])
-        env = evaluate(graph, {name: chunk}, keep_all=True)
+        with threadpool_limits(1, user_api="blas"):  # small GEMMs: OpenBLAS's threads cost more than they save
+            env = evaluate(graph, {name: chunk}, keep_all=True)
         for value, data in env.items():
             if graph.values[value].role == "secret" and np.asarray(data).dtype.kind == "f" and data.size:
                 lo, hi = float(data.min()), float(data.max())

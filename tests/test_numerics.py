@@ -1,6 +1,8 @@
 """Numerics that adapt to the model (issue 9): calibrated ranges, scale-aware LayerNorm, the client's input guard."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -91,3 +93,36 @@ def test_client_refuses_unnormalised_images_in_one_line():
     with pytest.raises(UserError, match=r"^image values reach 255; the model was calibrated for \[-\d.*\]: "
                                         r"normalise the input \(mean 0.5, std 0.25 in the model metadata\)$"):
         check_client_images(manifest, np.full((1, 17, 192), 255.0))
+
+
+def test_vit_given_0_255_images_stops_before_any_party_starts(tmp_path, monkeypatch, capsys):
+    """`mpcvit run --data` with raw [0, 255] pixels into a digits ViT compiled with the default calibration: one
+    line, exit 2, and no party started (the fake parties would crash with another message)."""
+    models = pytest.importorskip("benchmarks.models")
+    fake = pytest.importorskip("test_runtime_processes")
+    from compiler.api import compile_onnx
+    from mpcvit.cli import main
+
+    path = models.export_spec(models.ModelSpec("vit_1_4_8", attention="mu0.5"), tmp_path / "digits.onnx")
+    out = tmp_path / "out"
+    compile_onnx(path, out, protocol="replicated-ring", batch=1)
+    home = tmp_path / "MP-SPDZ"  # the fake tree of test_runtime_processes: parties that print as MP-SPDZ's do
+    (home / "Compiler").mkdir(parents=True)
+    (home / "Player-Data").mkdir()
+    for i in range(3):
+        (home / "Player-Data" / f"P{i}.pem").write_text("cert")
+    for name, text in [("compile.py", fake.FAKE_COMPILE), ("replicated-ring-party.x", fake.FAKE_PARTY)]:
+        (home / name).write_text(text.replace("PYTHON", sys.executable))
+        (home / name).chmod(0o755)
+    monkeypatch.setenv("MP_SPDZ_HOME", str(home))
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    raw = np.random.default_rng(0).integers(0, 256, (3, 1, 8, 8)).astype(np.float64)
+    raw[0, 0, 0, 0] = 255
+    np.savez(tmp_path / "raw.npz", x=raw, y=np.zeros(3, dtype=np.int64))
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(out), "--data", str(tmp_path / "raw.npz")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: image values reach 255; the model was calibrated for [")
+    assert err[0].endswith("]: normalise the input (mean [0.3], std [0.4] in the model metadata)")
+    assert not (home / "compiled.txt").exists()  # not even compile.py ran

@@ -34,6 +34,11 @@ class LayerError:
     op: str
     max_abs_error: float  # fixed point vs the float evaluation of the same IR, over all samples
     max_abs_value: float
+    growth: float = 1.0  # relative error (max |err| / max |v|) over that of its worst secret input (see error_growth)
+
+    @property
+    def rel_error(self) -> float:
+        return self.max_abs_error / max(self.max_abs_value, 1e-12)
 
 
 @dataclass
@@ -45,18 +50,54 @@ class CheckReport:
     float_ir_error: float  # float IR evaluation vs onnxruntime (the frontend/passes' own exactness)
     top1_agreement: float
 
+    @property
+    def worst_growth(self) -> LayerError | None:
+        """The layer whose relative error grows most over its input's: where precision is lost."""
+        return max(self.layers, key=lambda e: e.growth, default=None)
+
     def table(self) -> str:
         lines = [f"check: {self.samples} inputs ({self.source}); fixed point vs float per layer",
-                 f"{'node':<48} {'op':<10} {'max |err|':>10} {'max |v|':>9}"]
-        lines += [f"{e.name[-48:]:<48} {e.op:<10} {e.max_abs_error:>10.2e} {e.max_abs_value:>9.3g}" for e in self.layers]
+                 f"{'node':<48} {'op':<10} {'max |err|':>10} {'max |v|':>9} {'rel err':>9} {'growth':>7}"]
+        lines += [f"{e.name[-48:]:<48} {e.op:<10} {e.max_abs_error:>10.2e} {e.max_abs_value:>9.3g} "
+                  f"{e.rel_error:>9.2e} {e.growth:>6.1f}x" for e in self.layers]
+        worst = self.worst_growth
+        if worst is not None:
+            lines.append(f"error grows most at {worst.name} ({worst.op}): relative error {worst.rel_error:.2e}, "
+                         f"{worst.growth:.1f}x its input's")
         lines.append(f"logits vs onnxruntime: max |err| {self.max_logit_error:.3e} (float IR {self.float_ir_error:.1e}), "
                      f"top-1 agreement {self.top1_agreement * 100:.1f}%")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
+        worst = self.worst_growth
         return {"samples": self.samples, "source": self.source, "max_logit_error": self.max_logit_error,
                 "float_ir_error": self.float_ir_error, "top1_agreement": self.top1_agreement,
-                "layers": [e.__dict__ for e in self.layers]}
+                "error_grows_most_at": worst.name if worst is not None else None,
+                "layers": [{**e.__dict__, "rel_error": e.rel_error} for e in self.layers]}
+
+
+def error_growth(program: Program, layers: dict[str, LayerError], input_rel_error: float) -> None:
+    """Fill each layer's ``growth``: its relative error over the largest relative error among its secret inputs.
+
+    Relative errors (max |err| / max |v|) so that a layer that only rescales (a LayerNorm of tiny tokens, a
+    scale) shows no growth; the client's input starts at ``input_rel_error`` (half an LSB of quantisation over
+    its largest magnitude).
+    """
+    graph = program.graph
+    by_output = {graph_output: layers[p.node.name] for p in program.node_plans if p.node.name in layers
+                 for graph_output in p.node.outputs}
+    for p in program.node_plans:
+        layer = layers.get(p.node.name)
+        if layer is None:
+            continue
+        inputs = []
+        for name in p.node.inputs:
+            if graph.values[name].role != "secret":
+                continue
+            source = by_output.get(name)
+            inputs.append(source.rel_error if source is not None else input_rel_error)
+        base = max(inputs, default=input_rel_error)
+        layer.growth = layer.rel_error / max(base, 1e-12)
 
 
 @dataclass
@@ -121,6 +162,7 @@ def check_program(program: Program, onnx_path: str | Path, images: np.ndarray, s
             prev = worst.get(rec.name)
             worst[rec.name] = LayerError(rec.name, rec.op, max(rec.max_abs_error, prev.max_abs_error if prev else 0.0),
                                          max(rec.max_abs_value, prev.max_abs_value if prev else 0.0))
+    error_growth(program, worst, 0.5 * program.profile.fx.lsb / max(float(np.abs(images).max()), 1e-12))
     ort_out = onnxruntime_logits(onnx_path, images).reshape(len(images), -1)
     fixed_out = np.concatenate(fixed).reshape(len(images), -1)
     float_out = np.concatenate(floats).reshape(len(images), -1)

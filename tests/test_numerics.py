@@ -126,3 +126,22 @@ def test_vit_given_0_255_images_stops_before_any_party_starts(tmp_path, monkeypa
     assert len(err) == 1 and err[0].startswith("error: image values reach 255; the model was calibrated for [")
     assert err[0].endswith("]: normalise the input (mean [0.3], std [0.4] in the model metadata)")
     assert not (home / "compiled.txt").exists()  # not even compile.py ran
+
+
+def test_check_reports_where_the_error_grows(tmp_path):
+    models = pytest.importorskip("benchmarks.models")
+    from compiler.api import compile_onnx
+
+    path = models.export_spec(models.ModelSpec("vit_1_4_8", attention="mu0.5"), tmp_path / "digits.onnx")
+    result = compile_onnx(path, tmp_path / "out", protocol="dealer", check=True, check_samples=8)
+    report = result.check
+    worst = report.worst_growth
+    assert worst is not None and worst.growth == max(e.growth for e in report.layers) and worst.growth > 1
+    assert f"error grows most at {worst.name} ({worst.op})" in report.table()
+    assert report.as_dict()["error_grows_most_at"] == worst.name
+    # a layer that only moves values (the cls/patch concatenation) adds no error: its growth is exactly 1
+    assert next(e for e in report.layers if e.op == "layout").growth == 1.0
+    manifest = result.manifest.as_dict()["calibration"]
+    assert manifest["samples"] == 32 and manifest["margin"] == 4.0 and manifest["input_bound"] > 0
+    ln = next(c for c in manifest["choices"].values() if "prescale" in c)
+    assert ln["rsqrt"]["approx"] == "rsqrt:newton" and ln["rsqrt"]["eps"] < ln["rsqrt"]["hi"]

@@ -4,7 +4,7 @@
 the calibration images (``mpcvit-compile --calibrate FILE.npz``; by default the check samples of
 :func:`compiler.api.sample_images`) and records, per tensor, its min and max over all samples, and per call site
 the statistics its fixed-point parameters depend on (LayerNorm: the per-row variance range, the largest |row mean|
-and |x - mean|, and |γ|). :meth:`Calibration.annotate` writes those statistics into ``node.attrs["calibration"]``,
+and |x - mean|, and |γ|; attention with ReLU-softmax heads: the range of its row sums Σ relu(S) + ε). :meth:`Calibration.annotate` writes those statistics into ``node.attrs["calibration"]``,
 where :mod:`compiler.lowering.plans` reads them (``layernorm_scale``).
 
 Safety margin: inputs other than the calibration samples are assumed to reach up to ``MAGNITUDE_MARGIN`` (4)
@@ -98,6 +98,8 @@ def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration image
         for node in graph.nodes:
             if node.op == "layernorm":
                 _merge(sites, node.name, _layernorm_stats(env[node.inputs[0]], graph.values[node.inputs[1]].data))
+            elif node.op == "attention" and any(h["kind"] == "relu_softmax" for h in node.attrs["heads"]):
+                _merge(sites, node.name, _relu_softmax_stats(node, [env[n] for n in node.inputs[:3]]))
     return Calibration(len(images), source, (float(images.min()), float(images.max())), ranges, sites)
 
 
@@ -107,6 +109,17 @@ def _layernorm_stats(x: np.ndarray, gamma: np.ndarray | None) -> dict[str, Any]:
     return {"var": [float(var.min()), float(var.max())], "mean_abs": float(np.abs(mean).max()),
             "diff_abs": float(np.abs(x - mean).max()),
             "gamma_abs": float(np.abs(gamma).max()) if gamma is not None else 1.0}
+
+
+def _relu_softmax_stats(node: Any, sources: list[np.ndarray]) -> dict[str, Any]:
+    """[min, max] over the ReLU-softmax rows of Σ relu(S) + ε (the denominators)."""
+    from compiler.ir_eval import attention_heads
+
+    q, k, _ = attention_heads(node, *sources)  # [..., H, N, d]
+    relu = np.array([h["kind"] == "relu_softmax" for h in node.attrs["heads"]])
+    scores = (q[..., relu, :, :] * float(node.attrs.get("scale", 1.0))) @ np.swapaxes(k[..., relu, :, :], -1, -2)
+    sums = np.maximum(scores, 0).sum(-1) + float(node.attrs.get("eps", 0.0) or 0.0)
+    return {"relu_sums": [float(sums.min()), float(sums.max())]}
 
 
 def _merge(sites: dict[str, dict[str, Any]], name: str, stats: dict[str, Any]) -> None:

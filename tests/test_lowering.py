@@ -70,7 +70,7 @@ def test_attention_plan_batches_heads_of_each_kind():
     assert ("reciprocal:mpspdz", softmax_rows, 1) in prims  # ONE reciprocal per row (the built-in: one fitted step)
     assert ("ltz", softmax_rows * 2, 1) in prims  # rowmax tree level 1: 5 columns -> 2 comparisons per row
     assert ("relu", 3 * n_tok * n_tok, 1) in prims and ("trunc", 3 * n_tok * n_tok, 1) in prims
-    assert p.approx["softmax.reciprocal"].kwargs == {"lo": 1.0, "hi": float(n_tok)}
+    assert p.approx["softmax.reciprocal"].kwargs == {"lo": 1.0, "hi": float(n_tok), "shift": 1}  # 2^1 ~ sqrt(2·5)
     assert p.approx["relu_softmax.reciprocal"].kwargs["lo"] == pytest.approx(round(1e-3 * 2 ** 16) / 2 ** 16)
     assert prog.plans[p.node.name] == p.steps  # what compiler.cost.estimate prices
 

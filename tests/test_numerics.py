@@ -145,3 +145,57 @@ def test_check_reports_where_the_error_grows(tmp_path):
     assert manifest["samples"] == 32 and manifest["margin"] == 4.0 and manifest["input_bound"] > 0
     ln = next(c for c in manifest["choices"].values() if "prescale" in c)
     assert ln["rsqrt"]["approx"] == "rsqrt:newton" and ln["rsqrt"]["eps"] < ln["rsqrt"]["hi"]
+
+
+def attention_graph(kind: str, tokens: int, d: int = 1, eps: float = 1e-6) -> Graph:
+    """input [1, N, 3d] = q | k | v columns -> one attention head of ``kind`` -> output [1, N, d]."""
+    g = Graph()
+    g.add_value(Value("x", (1, tokens, 3 * d)))
+    g.add_node(Node("input", [], ["x"], {"owner": 1}, name="x"))
+    g.inputs.append("x")
+    head = {"kind": kind, "q_cols": list(range(d)), "k_cols": list(range(d, 2 * d)),
+            "v_cols": list(range(2 * d, 3 * d))}
+    g.add_value(Value("y", (1, tokens, d)))
+    g.add_node(Node("attention", ["x", "x", "x"], ["y"], {"heads": [head], "scale": 1.0, "eps": eps,
+                                                          "tokens": tokens, "head_dim": d}, name="att"))
+    g.add_node(Node("output", ["y"], [], name="output"))
+    g.outputs.append("y")
+    return g
+
+
+def relu_rows(seed: int, tokens: int = 197) -> np.ndarray:
+    """q_i in [0.5, 8], k_j in [0, 14]: scores up to 112, row sums of relu(S) from ~700 to ~1.2e4; v = 1, so the
+    attention output is the row sum of the probabilities."""
+    rng = np.random.default_rng(seed)
+    x = np.ones((1, tokens, 3))
+    x[0, :, 0], x[0, :, 1] = rng.uniform(0.5, 8, tokens), rng.uniform(0, 14, tokens)
+    return x
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_relu_softmax_rows_with_sums_up_to_1e4_sum_to_1(protocol):
+    """Row sums of ReLU-softmax probabilities within 1e-3 of 1 (unscaled: 7.6e-2, as 1/10^4 keeps 6.5 LSBs)."""
+    g = attention_graph("relu_softmax", 197)
+    calib = calibrate(g, np.concatenate([relu_rows(s) for s in range(4)]))
+    assert calib.sites["att"]["relu_sums"][1] > 1e4
+    program = lower(calib.annotate(g), get_profile(protocol))
+    sums = execute(program, {"x": relu_rows(9)}).outputs["y"]
+    assert np.abs(sums - 1).max() < 1e-3
+    scale = next(p for p in program.node_plans if p.node.op == "attention").params["relu_softmax.scale"]
+    assert scale.trunc > 0 and scale.shift > 0  # sums·4 leave the comparison range: truncated, then shifted
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_softmax_rows_of_1024_equal_scores_sum_to_1(protocol):
+    """1024 equal scores: every probability is 1/1024 (64 LSBs). The row sum is within 1e-3 of 1 when the
+    reciprocal of 1024 is (its output 2^q/1024 keeps 2^q times the 64 LSBs of 1/1024). A row of N = 1000 would
+    show the reference's nearest rounding of p itself: 65.54 LSBs -> 66, 0.7 % over 1000 equal terms (MPC's
+    probabilistic truncation rounds each term up or down at random, so its sum stays near 1)."""
+    tokens = 1024
+    g = attention_graph("softmax", tokens, d=2)
+    x = np.zeros((1, tokens, 6))
+    x[..., :2] = 0.7  # q = k: every score is 0.98
+    x[..., 2:4] = 0.7
+    x[..., 4:] = 1.0  # v = 1: the output is the row sum
+    sums = execute(lower(g, get_profile(protocol)), {"x": x}).outputs["y"]
+    assert np.abs(sums - 1).max() < 1e-3

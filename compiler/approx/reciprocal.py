@@ -19,6 +19,12 @@ Fixed-point error: the last step's two truncations add ≤ 0.5 LSB to x·y and �
 ``mpspdz`` — MP-SPDZ's sfix division ``1 / x`` (``library.FPDiv``, Goldschmidt; ``sfix(1) / x`` on a vector
 would silently compute one element). The reference is the exact reciprocal quantised to f bits; the built-in's
 measured error is 4e-5 on [1, 300].
+
+``shift`` q (both choices, default 0): compute 2^q/x instead of 1/x, for a caller that divides the product by 2^q
+again in a truncation it makes anyway (the softmax's e·r truncated by f + q): 1/x of a large x keeps only a few
+LSBs (1/10^4 is 6.5 LSBs at f = 16), 2^q/x keeps 2^q times more, at no extra cost. ``newton`` scales its guesses
+by 2^q and truncates x·y by f + q (e = 1 − x·y/2^q: the proof above unchanged); ``mpspdz`` divides 2^q by x.
+Bounds are on 2^q/x (its absolute error; relative to 1/x, 2^q times smaller).
 """
 from __future__ import annotations
 
@@ -35,13 +41,13 @@ GUESS_SCALE = 4.0 / 3.0
 DEFAULT_F = 16
 
 
-def segment_guess(lo: float, hi: float, fx: FixedPoint) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded thresholds t_1..t_J and guesses w_0..w_J of the piecewise-constant initial guess."""
+def segment_guess(lo: float, hi: float, fx: FixedPoint, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded thresholds t_1..t_J and guesses w_0..w_J (of 2^shift/x) of the piecewise-constant initial guess."""
     if not 0 < lo < hi:
         raise CompileError(f"reciprocal range [{lo}, {hi}] is empty or not positive: give 0 < lo < hi")
     segments = max(math.ceil(math.log2(hi / lo) - 1e-12), 1)
     thresholds = fx.encode(lo * 2.0 ** np.arange(1, segments + 1))
-    guesses = fx.encode(GUESS_SCALE / (lo * 2.0 ** np.arange(1, segments + 2)))
+    guesses = fx.encode(GUESS_SCALE * 2.0 ** shift / (lo * 2.0 ** np.arange(1, segments + 2)))
     return thresholds, guesses
 
 
@@ -73,48 +79,50 @@ def _iterations(lo: float, hi: float, iterations: int | None, f: int) -> int:
 
 
 def newton_reference(x_int: np.ndarray, fx: FixedPoint, lo: float = 1.0, hi: float = 64.0,
-                     iterations: int | None = None) -> np.ndarray:
-    thresholds, guesses = segment_guess(lo, hi, fx)
+                     iterations: int | None = None, shift: int = 0) -> np.ndarray:
+    thresholds, guesses = segment_guess(lo, hi, fx, shift)
     below = (x_int[..., None] < thresholds).astype(np.int64)  # l_j, one vectorised LTZ
     y = guesses[-1] + below @ (guesses[:-1] - guesses[1:])
     for _ in range(_iterations(lo, hi, iterations, fx.f)):
-        y = fx.mul(y, 2 * fx.scale - fx.mul(x_int, y))
+        y = fx.mul(y, 2 * fx.scale - fx.trunc(x_int * y, fx.f + shift))
     return y
 
 
 def newton_steps(size: int, profile: object, lo: float = 1.0, hi: float = 64.0,
-                 iterations: int | None = None) -> list[Step]:
+                 iterations: int | None = None, shift: int = 0) -> list[Step]:
     f = int(getattr(profile, "f", DEFAULT_F))
     thresholds = segment_guess(lo, hi, FixedPoint(f, max(f + 15, 31)))[0]
     return [Step("ltz", size * len(thresholds))] + [Step("mul", size)] * 2 * _iterations(lo, hi, iterations, f)
 
 
-def newton_bounds(lo: float = 1.0, hi: float = 64.0, iterations: int | None = None) -> tuple[tuple[float, float], float]:
+def newton_bounds(lo: float = 1.0, hi: float = 64.0, iterations: int | None = None,
+                  shift: int = 0) -> tuple[tuple[float, float], float]:
     f = DEFAULT_F
     e0 = initial_error(lo, hi, FixedPoint(f, 31))
     e_final = e0 ** (2 ** _iterations(lo, hi, iterations, f))
-    return (lo, hi), e_final / lo + (1 + 1 / lo) * 2.0 ** -f
+    return (lo, hi), 2.0 ** shift * e_final / lo + (1 + 2.0 ** shift / lo) * 2.0 ** -f
 
 
 def newton_template_constants(fx: FixedPoint, params: dict) -> dict:
     """Encoded segment constants and the derived iteration count, rendered into the template."""
-    thresholds, guesses = segment_guess(params["lo"], params["hi"], fx)
+    thresholds, guesses = segment_guess(params["lo"], params["hi"], fx, params["shift"])
     return {"thresholds": [int(t) for t in thresholds], "guesses": [int(g) for g in guesses],
             "iterations": _iterations(params["lo"], params["hi"], params["iterations"], fx.f)}
 
 
-def mpspdz_reference(x_int: np.ndarray, fx: FixedPoint, lo: float = 1.0, hi: float = 300.0) -> np.ndarray:
-    return fx.encode(1.0 / fx.decode(x_int))
+def mpspdz_reference(x_int: np.ndarray, fx: FixedPoint, lo: float = 1.0, hi: float = 300.0,
+                     shift: int = 0) -> np.ndarray:
+    return fx.encode(2.0 ** shift / fx.decode(x_int))
 
 
 register(Approximation(
     op="reciprocal", choice="newton", reference=newton_reference, template="approx/reciprocal_newton.mpc.j2",
     steps=newton_steps, exact=lambda x: 1.0 / x, bounds=newton_bounds,
-    params={"lo": 1.0, "hi": 64.0, "iterations": None}, constants=newton_template_constants,
+    params={"lo": 1.0, "hi": 64.0, "iterations": None, "shift": 0}, constants=newton_template_constants,
     doc="Newton with a proven piecewise initial guess"))
 
 register(Approximation(
     op="reciprocal", choice="mpspdz", reference=mpspdz_reference, template="approx/reciprocal_mpspdz.mpc.j2",
-    steps=lambda size, profile, lo=1.0, hi=300.0: [Step("reciprocal:mpspdz", size)], exact=lambda x: 1.0 / x,
-    bounds=lambda lo=1.0, hi=300.0: ((lo, hi), 5e-5 * max(1.0, 1.0 / lo ** 2)),
-    params={"lo": 1.0, "hi": 300.0}, doc="MP-SPDZ sfix division 1 / x"))
+    steps=lambda size, profile, lo=1.0, hi=300.0, shift=0: [Step("reciprocal:mpspdz", size)], exact=lambda x: 1.0 / x,
+    bounds=lambda lo=1.0, hi=300.0, shift=0: ((lo, hi), 2.0 ** shift * 5e-5 * max(1.0, 1.0 / lo ** 2)),
+    params={"lo": 1.0, "hi": 300.0, "shift": 0}, doc="MP-SPDZ sfix division 1 / x (2^shift / x)"))

@@ -18,7 +18,7 @@ from compiler.approx import REGISTRY
 from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs
 from compiler.errors import CompileError, UserError
 from compiler.ir import Node, Value
-from compiler.lowering.plans import NodePlan, Program, attention_groups, relu_softmax_eps
+from compiler.lowering.plans import NodePlan, Program, attention_groups
 
 TEMPLATE_ROOT = Path(__file__).resolve().parents[2] / "spdz_templates"
 OUTPUT_MARKER = "MPCVIT_OUT"  # the line prefix compiler.runtime.parser reads
@@ -175,12 +175,13 @@ class _Renderer:
                 v_cols.append((h, *cols[2]))
             if kind == "softmax":
                 group.update(rowmax=p.approx["softmax.rowmax"].fn_name, exp=p.approx["softmax.exp"].fn_name,
-                             reciprocal=p.approx["softmax.reciprocal"].fn_name)
+                             reciprocal=p.approx["softmax.reciprocal"].fn_name, shift=p.params["softmax.scale"].shift)
             elif kind == "relu_softmax":
-                group.update(reciprocal=p.approx["relu_softmax.reciprocal"].fn_name,
-                             eps=repr(relu_softmax_eps(node, self.program.profile)[0] / fx.scale))
+                scale = p.params["relu_softmax.scale"]
+                group.update(reciprocal=p.approx["relu_softmax.reciprocal"].fn_name, trunc=scale.trunc,
+                             shift=scale.trunc + scale.shift, eps=repr(scale.eps_int / fx.scale))
             groups.append(group)
-        ctx.update(q=q, k=k, v=v, heads=heads, tokens=tokens, d=d, scores=f"s{len(self.tensors)}",
+        ctx.update(q=q, k=k, v=v, heads=heads, f=fx.f, bits=fx.k + fx.f, tokens=tokens, d=d, scores=f"s{len(self.tensors)}",
                    scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
                    kinds=", ".join(f"{len(g['heads'])} {g['kind']}" for g in groups))
 

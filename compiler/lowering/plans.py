@@ -111,6 +111,58 @@ def relu_softmax_eps(node: Node, profile: Profile) -> tuple[int, bool]:
     return max(eps_int, 1), eps_int < 1
 
 
+@dataclass(frozen=True)
+class DenominatorScale:
+    """How an attention row's probabilities p = a/(Σ + ε) are computed in fixed point (see the callers).
+
+    ``trunc`` t: the row sum is truncated by t bits before the reciprocal (only when it may leave the comparison
+    range 2^(k-f-1), costs one truncation per row); ``shift`` q: the reciprocal computes 2^q/x (free, see
+    :mod:`compiler.approx.reciprocal`); the product a·r is then truncated by f + t + q instead of f. ``eps_int``
+    is the ε added to the (truncated) sum, in LSBs, at least 1.
+    """
+
+    trunc: int = 0
+    shift: int = 0
+    eps_int: int = 1
+
+
+def balanced_shift(lo: float, hi: float, fx: Any) -> int:
+    """q with 2^q ≈ sqrt(2·lo·hi), at most k-f-2 (a·2^q/x <= 2^q stays in the product range): over [lo, hi] the
+    rounding of the reciprocal's input (relative 2^(t-f-1)/x) and of its output 2^q/x (relative 2^-f·x/2^q)
+    are then balanced; without the shift 1/x at x = 10^4 keeps 6.5 LSBs (4 % off)."""
+    return int(min(max(0, math.floor(math.log2(math.sqrt(2 * lo * hi)))), fx.k - fx.f - 2))
+
+
+def softmax_scale(tokens: int, profile: Profile) -> DenominatorScale:
+    """Softmax rows: Σ exp(s - max) lies in [1, N] whatever the scores, so the shift needs no calibration."""
+    return DenominatorScale(0, balanced_shift(1.0, float(tokens), profile.fx), 0)
+
+
+def relu_softmax_scale(node: Node, profile: Profile) -> tuple[DenominatorScale, tuple[float, float] | None]:
+    """ReLU-softmax rows from the calibrated row sums (``node.attrs["calibration"]["relu_sums"]``: [min, max] of
+    Σ relu(S) + ε, written by :mod:`compiler.calibrate`), with margins [min/4, max·4]; None without calibration
+    (today's computation: 1/(Σ + ε) on [ε, min(N·S_max, S_max)]).
+
+    Sums whose top stays inside the comparison range get only the free reciprocal shift; larger ones are first
+    truncated by t bits (one truncation per row) so that the reciprocal's comparisons see them in range, and the
+    rest of the balance is the shift. ε' = max(1 LSB, ε·2^-t) is added after that truncation (an all-negative row
+    then divides by ε', not by a truncated 0).
+    Returns the scale and the reciprocal's domain (of the truncated sum).
+    """
+    eps_int, _ = relu_softmax_eps(node, profile)
+    sums = (node.attrs.get("calibration") or {}).get("relu_sums")
+    if not sums:
+        return DenominatorScale(eps_int=eps_int), None
+    fx = profile.fx
+    s_lo = max(float(sums[0]) / MAGNITUDE_MARGIN, eps_int * fx.lsb)
+    s_hi = max(float(sums[1]) * MAGNITUDE_MARGIN, 2 * s_lo)
+    t = max(0, math.ceil(math.log2(s_hi / (fx.max_abs / 2))))  # keep the truncated top below half the range
+    if t:
+        eps_int = max(1, int(round(float(node.attrs.get("eps", 0.0) or 0.0) * 2.0 ** (fx.f - t))))
+        s_lo, s_hi = max(s_lo * 2.0 ** -t, eps_int * fx.lsb), s_hi * 2.0 ** -t
+    return DenominatorScale(t, balanced_shift(s_lo, s_hi, fx), eps_int), (s_lo, s_hi)
+
+
 def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     batch, tokens = graph.values[node.inputs[0]].shape[:2]
     d = int(node.attrs["head_dim"])
@@ -126,7 +178,9 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         if kind == "softmax":
             rowmax = p.approx["softmax.rowmax"] = _use(profile, "rowmax", cols=tokens)
             exp = p.approx["softmax.exp"] = _use(profile, "exp")
-            rec = p.approx["softmax.reciprocal"] = _use(profile, "reciprocal", lo=1.0, hi=float(tokens))
+            scale = p.params["softmax.scale"] = softmax_scale(tokens, profile)
+            rec = p.approx["softmax.reciprocal"] = _use(profile, "reciprocal", lo=1.0, hi=float(tokens),
+                                                        **({"shift": scale.shift} if scale.shift else {}))
             p.steps += [*_approx_steps(rowmax, n, profile), *_approx_steps(exp, n, profile),
                         *_approx_steps(rec, rows, profile), Step("mul", n)]
         elif kind == "relu_softmax":
@@ -134,10 +188,14 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
             if raised:
                 p.notes.append(f"relu_softmax eps={node.attrs.get('eps')} rounds to 0 at f={profile.f}; "
                                f"using 1 LSB = {lsb:g}")
-            # range [ε, N·S_max], capped by the comparison range that the row sum must respect anyway
-            rec = p.approx["relu_softmax.reciprocal"] = _use(profile, "reciprocal", lo=eps_int * lsb,
-                                                             hi=min(float(tokens) * score_max, score_max))
-            p.steps += [Step("relu", n), *_approx_steps(rec, rows, profile), Step("mul", n)]
+            scale, domain = relu_softmax_scale(node, profile)
+            p.params["relu_softmax.scale"] = scale
+            if domain is None:  # range [ε, N·S_max], capped by the comparison range the row sum must respect
+                domain = (eps_int * lsb, min(float(tokens) * score_max, score_max))
+            rec = p.approx["relu_softmax.reciprocal"] = _use(profile, "reciprocal", lo=domain[0], hi=domain[1],
+                                                             **({"shift": scale.shift} if scale.shift else {}))
+            p.steps += [Step("relu", n), *([Step("trunc", rows)] if scale.trunc else []),
+                        *_approx_steps(rec, rows, profile), Step("mul", n)]
         elif kind == "scaling":
             p.steps.append(Step("trunc", n))
         else:

@@ -18,8 +18,7 @@ from compiler.approx import REGISTRY
 from compiler.errors import CompileError, FixedPointRangeError, UserError
 from compiler.fixedpoint import FixedPoint
 from compiler.ir import Graph, Node
-from compiler.lowering.plans import (ApproxUse, NodePlan, Program, attention_groups, client_input,
-                                     relu_softmax_eps)
+from compiler.lowering.plans import ApproxUse, NodePlan, Program, attention_groups, client_input
 
 
 @dataclass(frozen=True)
@@ -197,16 +196,16 @@ class _Executor:
                 z = s_i - m.reshape(s_i.shape[:-1])[..., None]
                 e = self.approx(p.approx["softmax.exp"], z, f"{name} (softmax exponent)")
                 r = self.approx(p.approx["softmax.reciprocal"], e.sum(-1), f"{name} (softmax row sums)")
-                pi[members] = fx.mul(e, r[..., None])
+                pi[members] = fx.trunc(e * r[..., None], fx.f + p.params["softmax.scale"].shift)
                 ef = np.exp(s_f - s_f.max(-1, keepdims=True))
                 pf[members] = ef / ef.sum(-1, keepdims=True)
             elif kind == "relu_softmax":
                 fx.check_range(s_i, f"{name} (relu_softmax scores)")
                 a = np.maximum(s_i, 0)
-                eps_int, _ = relu_softmax_eps(node, self.program.profile)
-                r = self.approx(p.approx["relu_softmax.reciprocal"], a.sum(-1) + eps_int,
-                                f"{name} (relu_softmax row sums)")
-                pi[members] = fx.mul(a, r[..., None])
+                scale = p.params["relu_softmax.scale"]  # plans.relu_softmax_scale
+                total = fx.trunc(a.sum(-1), scale.trunc) + scale.eps_int
+                r = self.approx(p.approx["relu_softmax.reciprocal"], total, f"{name} (relu_softmax row sums)")
+                pi[members] = fx.trunc(a * r[..., None], fx.f + scale.trunc + scale.shift)
                 af = np.maximum(s_f, 0.0)
                 pf[members] = af / (af.sum(-1, keepdims=True) + float(node.attrs.get("eps", 0.0) or 0.0))
             else:  # scaling

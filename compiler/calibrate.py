@@ -71,7 +71,7 @@ def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration image
     from threadpoolctl import threadpool_limits
 
     from compiler.ir_eval import evaluate
-    from compiler.lowering.plans import client_layout
+    from compiler.lowering.plans import _name_nodes, client_layout
 
     images = np.asarray(images, dtype=np.float64)
     image_shape, _ = client_layout(graph)
@@ -81,6 +81,7 @@ def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration image
                         f"{tuple(image_shape[1:])} (give an array [n, {', '.join(map(str, image_shape[1:]))}])")
     if not np.all(np.isfinite(images)):
         raise UserError("calibration images contain NaN or infinite values; give finite, normalised images")
+    _name_nodes(graph)  # sites are keyed by node name, as lowering will name them
     ranges: dict[str, tuple[float, float]] = {}
     sites: dict[str, dict[str, Any]] = {}
     name = graph.inputs[0]

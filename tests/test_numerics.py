@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks.fidelity import attention_graph, equal_scores, layernorm_graph, relu_rows, tokens
 from compiler.calibrate import calibrate, check_client_images
 from compiler.errors import UserError
 from compiler.ir import Graph, Node, Value
@@ -15,22 +16,6 @@ from compiler.lowering.profiles import PROTOCOLS
 from compiler.reference import execute
 
 
-def layernorm_graph(batch: int, tokens: int, dim: int, eps: float, seed: int = 0) -> Graph:
-    """input [B, N, C] -> LayerNorm(C, eps) with a random affine γ, β -> output."""
-    rng = np.random.default_rng(seed)
-    g = Graph()
-    g.add_value(Value("x", (batch, tokens, dim)))
-    g.add_node(Node("input", [], ["x"], {"owner": 1}, name="x"))
-    g.inputs.append("x")
-    g.add_value(Value("gamma", (dim,), "param", 1 + 0.2 * rng.standard_normal(dim)))
-    g.add_value(Value("beta", (dim,), "param", 0.1 * rng.standard_normal(dim)))
-    g.add_value(Value("y", (batch, tokens, dim)))
-    g.add_node(Node("layernorm", ["x", "gamma", "beta"], ["y"], {"eps": eps}, name="ln"))
-    g.add_node(Node("output", ["y"], [], name="output"))
-    g.outputs.append("y")
-    return g
-
-
 def torch_layernorm(x: np.ndarray, g: Graph, eps: float) -> np.ndarray:
     torch = pytest.importorskip("torch")
     ln = torch.nn.LayerNorm(x.shape[-1], eps=eps, dtype=torch.float64)
@@ -38,13 +23,6 @@ def torch_layernorm(x: np.ndarray, g: Graph, eps: float) -> np.ndarray:
         ln.weight.copy_(torch.from_numpy(g.values["gamma"].data))
         ln.bias.copy_(torch.from_numpy(g.values["beta"].data))
         return ln(torch.from_numpy(x)).numpy()
-
-
-def tokens(std: float, batch: int, seed: int, n: int = 17, dim: int = 192) -> np.ndarray:
-    """Tokens [B, n, dim] with per-token std around ``std`` (0.5x to 2x) and a per-token mean of a few std."""
-    rng = np.random.default_rng(seed)
-    spread = std * 2.0 ** rng.uniform(-1, 1, (batch, n, 1))
-    return rng.standard_normal((batch, n, 1)) * 3 * std + spread * rng.standard_normal((batch, n, dim))
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
@@ -147,31 +125,6 @@ def test_check_reports_where_the_error_grows(tmp_path):
     assert ln["rsqrt"]["approx"] == "rsqrt:newton" and ln["rsqrt"]["eps"] < ln["rsqrt"]["hi"]
 
 
-def attention_graph(kind: str, tokens: int, d: int = 1, eps: float = 1e-6) -> Graph:
-    """input [1, N, 3d] = q | k | v columns -> one attention head of ``kind`` -> output [1, N, d]."""
-    g = Graph()
-    g.add_value(Value("x", (1, tokens, 3 * d)))
-    g.add_node(Node("input", [], ["x"], {"owner": 1}, name="x"))
-    g.inputs.append("x")
-    head = {"kind": kind, "q_cols": list(range(d)), "k_cols": list(range(d, 2 * d)),
-            "v_cols": list(range(2 * d, 3 * d))}
-    g.add_value(Value("y", (1, tokens, d)))
-    g.add_node(Node("attention", ["x", "x", "x"], ["y"], {"heads": [head], "scale": 1.0, "eps": eps,
-                                                          "tokens": tokens, "head_dim": d}, name="att"))
-    g.add_node(Node("output", ["y"], [], name="output"))
-    g.outputs.append("y")
-    return g
-
-
-def relu_rows(seed: int, tokens: int = 197) -> np.ndarray:
-    """q_i in [0.5, 8], k_j in [0, 14]: scores up to 112, row sums of relu(S) from ~700 to ~1.2e4; v = 1, so the
-    attention output is the row sum of the probabilities."""
-    rng = np.random.default_rng(seed)
-    x = np.ones((1, tokens, 3))
-    x[0, :, 0], x[0, :, 1] = rng.uniform(0.5, 8, tokens), rng.uniform(0, 14, tokens)
-    return x
-
-
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
 def test_relu_softmax_rows_with_sums_up_to_1e4_sum_to_1(protocol):
     """Row sums of ReLU-softmax probabilities within 1e-3 of 1 (unscaled: 7.6e-2, as 1/10^4 keeps 6.5 LSBs)."""
@@ -191,12 +144,8 @@ def test_softmax_rows_of_1024_equal_scores_sum_to_1(protocol):
     reciprocal of 1024 is (its output 2^q/1024 keeps 2^q times the 64 LSBs of 1/1024). A row of N = 1000 would
     show the reference's nearest rounding of p itself: 65.54 LSBs -> 66, 0.7 % over 1000 equal terms (MPC's
     probabilistic truncation rounds each term up or down at random, so its sum stays near 1)."""
-    tokens = 1024
-    g = attention_graph("softmax", tokens, d=2)
-    x = np.zeros((1, tokens, 6))
-    x[..., :2] = 0.7  # q = k: every score is 0.98
-    x[..., 2:4] = 0.7
-    x[..., 4:] = 1.0  # v = 1: the output is the row sum
+    g = attention_graph("softmax", 1024, d=2)
+    x = equal_scores(1024)
     sums = execute(lower(g, get_profile(protocol)), {"x": x}).outputs["y"]
     assert np.abs(sums - 1).max() < 1e-3
 
@@ -235,3 +184,26 @@ def test_scaled_templates_match_the_reference_under_mp_spdz(mpspdz, tmp_path, pr
         emit(program, out, client_images=x)
         result = run(out, mpspdz=mpspdz, log=lambda _: None)
         assert np.abs(result.logits.reshape(1, -1) - expected).max() <= 1e-2, name
+
+
+def test_fidelity_benchmark_fast_sections_meet_their_bars():
+    """`python -m benchmarks.fidelity --only layernorm rows random` on a small random ViT: every row meets the
+    issue's bar and the table prints them (the digits section trains models, minutes: the benchmark only)."""
+    from benchmarks import fidelity
+
+    args = fidelity.parser().parse_args(["--only", "layernorm", "rows", "random", "--shape", "vit_2_4_8",
+                                         "--depths", "2", "3", "--random-images", "2"])
+    rows = fidelity.run(args, lambda m: None)
+    assert {r["section"] for r in rows} == {"layernorm", "rows", "random"}
+    assert len(rows) == 3 * (2 + 2 + 2)  # per protocol: 2 LayerNorm cases, 2 row cases, 2 depths
+    assert all(fidelity.passes(r) for r in rows), fidelity.table(rows)
+    assert "LayerNorm(192) std 100" in fidelity.table(rows) and " NO" not in fidelity.table(rows)
+
+
+def test_fidelity_benchmark_bad_flags_are_one_line(capsys):
+    from benchmarks import fidelity
+
+    with pytest.raises(SystemExit) as exc:
+        fidelity.main(["--only", "rows", "--random-images", "0"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --random-images 0: give a positive number"

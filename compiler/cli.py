@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--approx", action="append", metavar="OP=CHOICE", help="force an approximation, e.g. gelu=poly")
     p.add_argument("--check", action="store_true", help="compare the fixed-point reference with onnxruntime")
     p.add_argument("--check-samples", type=int, default=200, help="inputs for --check (default 200)")
+    p.add_argument("--calibrate", metavar="FILE.npz", default=None,
+                   help="normalised images (array x: [n, C, H, W]) whose float ranges choose the fixed-point "
+                        "parameters (default: the check samples: the digits test set, else N(0, 1) images)")
     p.add_argument("--dump-ir", action="store_true", help="print the IR after the passes")
     p.add_argument("--reveal", choices=("logits", "argmax"), default="logits", help="what the client learns")
     p.add_argument("--template-set", default=None, help="alternative templates under spdz_templates/ "
@@ -46,6 +49,11 @@ def summary(result) -> str:
              f"approximations: {approx}",
              f"estimated: {total.bytes_p0 / 1e6:.2f} MB party 0, {total.bytes_all / 1e6:.2f} MB all parties, "
              f"{total.rounds:.0f} rounds; latency LAN {cost.latency('lan'):.3f} s, WAN {cost.latency('wan'):.2f} s"]
+    if result.calibration is not None:
+        c = result.calibration
+        lo, hi = c.input_range
+        lines.append(f"calibrated on {c.samples} inputs ({c.source}): input range [{lo:.3g}, {hi:.3g}]; the client "
+                     f"refuses images beyond |v| {c.input_bound:.3g}")
     lines += [f"warning: {w}" for w in m.warnings]
     lines += ["", cost.table()]
     if result.check is not None:
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         result = compile_onnx(args.model, out, protocol=args.protocol, batch=args.batch, frac_bits=args.frac_bits,
                               approx=parse_approx_flags(args.approx), check=args.check,
                               check_samples=args.check_samples, reveal=args.reveal, template_set=args.template_set,
-                              on_graph=dump)
+                              on_graph=dump, calibration=args.calibrate)
         print(summary(result))
         return 0
 

@@ -1,6 +1,7 @@
 """Numerics that adapt to the model (issue 9): calibrated ranges, scale-aware LayerNorm, the client's input guard."""
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -207,3 +208,23 @@ def test_fidelity_benchmark_bad_flags_are_one_line(capsys):
         fidelity.main(["--only", "rows", "--random-images", "0"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == "error: --random-images 0: give a positive number"
+
+
+def test_compile_cli_calibrates_on_a_given_file(tmp_path, capsys):
+    models = pytest.importorskip("benchmarks.models")
+    from compiler.cli import main
+
+    path = models.export_spec(models.ModelSpec("vit_1_4_8", attention="mu0.5"), tmp_path / "digits.onnx")
+    images = np.random.default_rng(0).uniform(-1, 2, (5, 1, 8, 8))
+    np.savez(tmp_path / "calib.npz", x=images)
+    assert main([str(path), "-o", str(tmp_path / "out"), "--calibrate", str(tmp_path / "calib.npz")]) == 0
+    out = capsys.readouterr().out
+    assert f"calibrated on 5 inputs (--calibrate {tmp_path / 'calib.npz'})" in out
+    np.savez(tmp_path / "wrong.npz", x=images[:, :, :4])
+    for bad, message in ((tmp_path / "missing.npz", "no such file"),
+                         (tmp_path / "wrong.npz", r"calibration images have shape \(5, 1, 4, 8\); the model takes")):
+        with pytest.raises(SystemExit) as exc:
+            main([str(path), "-o", str(tmp_path / "out2"), "--calibrate", str(bad)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and re.search(message, err), err

@@ -13,11 +13,12 @@ from typing import Any, Callable
 import numpy as np
 
 from compiler.backend import Manifest, emit
-from compiler.calibrate import Calibration, calibrate, load_calibration_images
+from compiler.calibrate import Calibration, calibrate, choose_frac_bits, load_calibration_images
 from compiler.cost import CostReport, estimate
 from compiler.errors import UserError
 from compiler.frontend import load_onnx
 from compiler.lowering import Program, get_profile, lower
+from compiler.lowering.profiles import DEFAULT_F, DEFAULT_K
 from compiler.lowering.plans import client_layout
 from compiler.passes import run_passes
 from compiler.reference import execute
@@ -191,7 +192,6 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
     timings["frontend_s"] = time.perf_counter() - start
     if on_graph is not None:
         on_graph(graph)
-    profile = get_profile(protocol, frac_bits, approx)
     image_shape, _ = client_layout(graph)
     images, source = sample_images(graph.metadata, image_shape,
                                    max(batch, check_samples if check else 0, calibration_samples))
@@ -199,6 +199,9 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
         calib = calibrate(graph, load_calibration_images(calibration), f"--calibrate {calibration}")
     else:
         calib = calibrate(graph, images[:calibration_samples], source)
+    if frac_bits is None:  # as many fractional bits as the calibrated ranges allow
+        frac_bits, calib.frac_bits_bound = choose_frac_bits(calib, graph, DEFAULT_K, DEFAULT_F)
+    profile = get_profile(protocol, frac_bits, approx)
     program = lower(calib.annotate(graph), profile, name=Path(onnx_path).stem, reveal=reveal)
     execute(program, {graph.inputs[0]: images[:batch]})  # range errors surface here, before anything is written
     timings["lowering_s"] = time.perf_counter() - start - timings["frontend_s"]

@@ -14,6 +14,7 @@ anything is secret-shared, since the parameters chosen here would not cover it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class Calibration:
     input_range: tuple[float, float]  # min, max of the client's images (the model input, before its layout)
     ranges: dict[str, tuple[float, float]]  # tensor -> (min, max) over all samples
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # node name -> statistics for its parameters
+    frac_bits_bound: str | None = None  # the magnitude that bounded an automatic choice of f (choose_frac_bits)
 
     @property
     def input_bound(self) -> float:
@@ -52,6 +54,7 @@ class Calibration:
             "input_range": list(self.input_range), "input_bound": self.input_bound,
             "ranges": {name: list(r) for name, r in self.ranges.items()}, "sites": self.sites}
         if program is not None:
+            out["frac_bits"] = {"f": program.profile.f, "bounded_by": self.frac_bits_bound or "--frac-bits"}
             out["choices"] = {p.node.name: _choices(p) for p in program.node_plans
                               if p.params or any(u.params for u in p.approx.values())}
         return out
@@ -99,8 +102,8 @@ def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration image
         for node in graph.nodes:
             if node.op == "layernorm":
                 _merge(sites, node.name, _layernorm_stats(env[node.inputs[0]], graph.values[node.inputs[1]].data))
-            elif node.op == "attention" and any(h["kind"] == "relu_softmax" for h in node.attrs["heads"]):
-                _merge(sites, node.name, _relu_softmax_stats(node, [env[n] for n in node.inputs[:3]]))
+            elif node.op == "attention":
+                _merge(sites, node.name, _attention_stats(node, [env[n] for n in node.inputs[:3]]))
     return Calibration(len(images), source, (float(images.min()), float(images.max())), ranges, sites)
 
 
@@ -112,15 +115,18 @@ def _layernorm_stats(x: np.ndarray, gamma: np.ndarray | None) -> dict[str, Any]:
             "gamma_abs": float(np.abs(gamma).max()) if gamma is not None else 1.0}
 
 
-def _relu_softmax_stats(node: Any, sources: list[np.ndarray]) -> dict[str, Any]:
-    """[min, max] over the ReLU-softmax rows of Σ relu(S) + ε (the denominators)."""
+def _attention_stats(node: Any, sources: list[np.ndarray]) -> dict[str, Any]:
+    """The largest |score| of any head, and [min, max] over the ReLU-softmax rows of Σ relu(S) + ε."""
     from compiler.ir_eval import attention_heads
 
     q, k, _ = attention_heads(node, *sources)  # [..., H, N, d]
+    scores = (q * float(node.attrs.get("scale", 1.0))) @ np.swapaxes(k, -1, -2)
+    stats: dict[str, Any] = {"scores_abs": float(np.abs(scores).max())}
     relu = np.array([h["kind"] == "relu_softmax" for h in node.attrs["heads"]])
-    scores = (q[..., relu, :, :] * float(node.attrs.get("scale", 1.0))) @ np.swapaxes(k[..., relu, :, :], -1, -2)
-    sums = np.maximum(scores, 0).sum(-1) + float(node.attrs.get("eps", 0.0) or 0.0)
-    return {"relu_sums": [float(sums.min()), float(sums.max())]}
+    if relu.any():
+        sums = np.maximum(scores[..., relu, :, :], 0).sum(-1) + float(node.attrs.get("eps", 0.0) or 0.0)
+        stats["relu_sums"] = [float(sums.min()), float(sums.max())]
+    return stats
 
 
 def _merge(sites: dict[str, dict[str, Any]], name: str, stats: dict[str, Any]) -> None:
@@ -134,6 +140,30 @@ def _merge(sites: dict[str, dict[str, Any]], name: str, stats: dict[str, Any]) -
             old[key] = [min(old[key][0], value[0]), max(old[key][1], value[1])]
         else:
             old[key] = max(old[key], value)
+
+
+# The most fractional bits choose_frac_bits picks: the approximations' bounds are tested up to here, and MP-SPDZ's
+# sfix products truncate (k + f)-bit values in the 64-bit ring.
+MAX_AUTO_FRAC_BITS = 20
+
+
+def choose_frac_bits(calibration: Calibration, graph: Graph, k: int, default: int) -> tuple[int, str]:
+    """The most fractional bits f (from ``default`` up to MAX_AUTO_FRAC_BITS) that keep every calibrated
+    magnitude, times the margin, inside the comparison/product range 2^(k-f-1): every secret tensor, twice every
+    attention's largest |score| (a softmax exponent s - max), and a softmax row sum (<= N). LayerNorm and ReLU-softmax
+    internals adapt their own pre-scale to f. Returns f and the magnitude that bounds it."""
+    worst: list[tuple[float, str]] = [(abs(v), name) for name, r in calibration.ranges.items() for v in r]
+    for node in graph.nodes:
+        site = calibration.sites.get(node.name, {})
+        if "scores_abs" in site:
+            worst.append((2 * site["scores_abs"], f"{node.name} (attention scores)"))
+            if any(h["kind"] == "softmax" for h in node.attrs["heads"]):
+                worst.append((float(node.attrs["tokens"]) / MAGNITUDE_MARGIN, f"{node.name} (softmax row sums)"))
+    top, name = max(worst, default=(1.0, "no tensor"))
+    f = k - 2 - max(0, math.ceil(math.log2(max(top * MAGNITUDE_MARGIN, 1e-12))))
+    if f >= MAX_AUTO_FRAC_BITS:
+        return MAX_AUTO_FRAC_BITS, f"the cap {MAX_AUTO_FRAC_BITS} (largest: {name}, |v| {top:.3g})"
+    return max(f, default), f"{name}, |v| {top:.3g}"
 
 
 def load_calibration_images(path: str | Path) -> np.ndarray:

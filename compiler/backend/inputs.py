@@ -40,7 +40,7 @@ def exact_decimals(x_int: np.ndarray, f: int) -> str:
     """The exact decimal of every x/2^f, by vectorised digit arithmetic (50 MB of weights in well under a second,
     where Python's float repr takes seconds): x/2^f = q + r/2^f and r/2^f = r·5^f/10^f has exactly f digits."""
     x_int = np.asarray(x_int, dtype=np.int64).reshape(-1)
-    if f > 18 or not x_int.size:  # r·5^f would overflow int64
+    if -(-f // 4) * 4 > 18 or not x_int.size:  # r·5^f·10^(digits-f) < 10^digits must fit int64 (f <= 16)
         return " ".join(map(repr, (x_int / 2.0 ** f).tolist())) + "\n"
     a = np.abs(x_int)
     q, r = a >> f, (a & ((1 << f) - 1)) * 5 ** f

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.fidelity import attention_graph, equal_scores, layernorm_graph, relu_rows, tokens
 from compiler.calibrate import calibrate, check_client_images
-from compiler.errors import UserError
+from compiler.errors import FixedPointRangeError, UserError
 from compiler.ir import Graph, Node, Value
 from compiler.lowering import get_profile, lower
 from compiler.lowering.plans import LayerNormScale
@@ -239,3 +239,14 @@ def test_input_decimals_round_trip_at_every_frac_bits(f):
     x = np.array([0, 1, -1, 2 ** f - 1, -(2 ** (f + 10)) + 3, 123456789], dtype=np.int64)
     values = np.array([float(t) for t in exact_decimals(x, f).split()])
     assert np.array_equal(np.rint(values * 2.0 ** f).astype(np.int64), x)
+
+
+def test_inputs_beyond_the_calibrated_layernorm_domain_fail_in_the_reference():
+    """Tokens 100x beyond the calibration (variance 10^4 x, beyond the 16x margin): the reference refuses rather
+    than let the rsqrt's Newton start diverge, and names the remedy."""
+    g = layernorm_graph(1, 17, 192, 1e-6)
+    program = lower(calibrate(g, tokens(1.0, 8, seed=6)).annotate(g), get_profile("replicated-ring"))
+    execute(program, {"x": tokens(2.0, 1, seed=7)})  # within the margin
+    with pytest.raises(FixedPointRangeError, match=r"tensor y \(layernorm variance scaled by .*\) reaches .* above "
+                                                   r"the calibrated rsqrt domain top .*--calibrate"):
+        execute(program, {"x": tokens(100.0, 1, seed=7)})

@@ -111,6 +111,13 @@ def relu_softmax_eps(node: Node, profile: Profile) -> tuple[int, bool]:
     return max(eps_int, 1), eps_int < 1
 
 
+# Calibration margins (compiler.calibrate): magnitudes (|mean|, |x - mean|, row sums, |scores|) are assumed to reach
+# up to MAGNITUDE_MARGIN times their calibrated maximum (minimum: divided by it), variances VARIANCE_MARGIN (its
+# square) times beyond their calibrated range, on inputs other than the calibration samples.
+MAGNITUDE_MARGIN = 4.0
+VARIANCE_MARGIN = MAGNITUDE_MARGIN ** 2
+
+
 @dataclass(frozen=True)
 class DenominatorScale:
     """How an attention row's probabilities p = a/(Σ + ε) are computed in fixed point (see the callers).
@@ -118,7 +125,7 @@ class DenominatorScale:
     ``trunc`` t: the row sum is truncated by t bits before the reciprocal (only when it may leave the comparison
     range 2^(k-f-1), costs one truncation per row); ``shift`` q: the reciprocal computes 2^q/x (free, see
     :mod:`compiler.approx.reciprocal`); the product a·r is then truncated by f + t + q instead of f. ``eps_int``
-    is the ε added to the (truncated) sum, in LSBs, at least 1.
+    is the ε added to the (truncated) sum, in LSBs: at least 1 for ReLU-softmax, 0 for softmax (which adds none).
     """
 
     trunc: int = 0
@@ -232,11 +239,6 @@ class LayerNormScale:
     sigma: float = 1.0
 
 
-# LayerNorm calibration margins (see layernorm_scale): magnitudes (|mean|, |x - mean|) are assumed to reach up to
-# MAGNITUDE_MARGIN times their calibrated maximum, variances VARIANCE_MARGIN (its square) times beyond their
-# calibrated range, on inputs other than the calibration samples.
-MAGNITUDE_MARGIN = 4.0
-VARIANCE_MARGIN = MAGNITUDE_MARGIN ** 2
 # The scaled variance's calibrated maximum (with margin) is placed at or below 2^VARIANCE_TOP: high enough that the
 # smallest rows keep their bits, low enough that 1/sqrt keeps >= 2^(f - VARIANCE_TOP/2) LSBs of its own.
 VARIANCE_TOP = 8

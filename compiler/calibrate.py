@@ -4,8 +4,10 @@
 the calibration images (``mpcvit-compile --calibrate FILE.npz``; by default the check samples of
 :func:`compiler.api.sample_images`) and records, per tensor, its min and max over all samples, and per call site
 the statistics its fixed-point parameters depend on (LayerNorm: the per-row variance range, the largest |row mean|
-and |x - mean|, and |γ|; attention with ReLU-softmax heads: the range of its row sums Σ relu(S) + ε). :meth:`Calibration.annotate` writes those statistics into ``node.attrs["calibration"]``,
-where :mod:`compiler.lowering.plans` reads them (``layernorm_scale``).
+and |x - mean|, and |γ|; attention: the largest |score|, and with ReLU-softmax heads the range of its row sums
+Σ relu(S) + ε). :meth:`Calibration.annotate` writes those statistics into ``node.attrs["calibration"]``, where
+:mod:`compiler.lowering.plans` reads them (``layernorm_scale``, ``relu_softmax_scale``); :func:`choose_frac_bits`
+picks f from the ranges.
 
 Safety margin: inputs other than the calibration samples are assumed to reach up to ``MAGNITUDE_MARGIN`` (4)
 times the calibrated magnitudes (16 times for variances, its square). The same margin bounds the client's input:
@@ -174,12 +176,15 @@ def load_calibration_images(path: str | Path) -> np.ndarray:
             keys = list(data.keys())
             key = next((k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None)
             if key is None:
-                raise UserError(f"--calibrate {path}: holds arrays {keys}; name the images 'x' (np.savez(path, x=images))")
+                raise UserError(f"--calibrate {path}: holds arrays {keys}; name the images 'x' "
+                                "(np.savez(path, x=images))")
             return np.asarray(data[key], dtype=np.float64)
     except FileNotFoundError:
-        raise UserError(f"--calibrate {path}: no such file; give an .npz of normalised images (np.savez(path, x=images))") from None
+        raise UserError(f"--calibrate {path}: no such file; give an .npz of normalised images "
+                        "(np.savez(path, x=images))") from None
     except (ValueError, OSError) as exc:
-        raise UserError(f"--calibrate {path}: not a readable .npz ({exc}); write it with np.savez(path, x=images)") from None
+        raise UserError(f"--calibrate {path}: not a readable .npz ({exc}); write it with "
+                        "np.savez(path, x=images)") from None
 
 
 def check_client_images(manifest: dict[str, Any], images: np.ndarray) -> None:

@@ -48,7 +48,8 @@ def test_uncalibrated_layernorm_is_the_unscaled_computation():
     g = layernorm_graph(2, 17, 192, 1e-5)
     program = lower(g, get_profile("replicated-ring"))
     plan = next(p for p in program.node_plans if p.node.op == "layernorm")
-    assert plan.params["scale"] == LayerNormScale(centre_mul=341, var_mul=341, eps_int=1)  # 1/C = 341·2^-16, ε = 1 LSB
+    # 1/C = 341·2^-16, ε = 1 LSB
+    assert plan.params["scale"] == LayerNormScale(centre_mul=341, var_mul=341, eps_int=1)
     assert plan.approx["rsqrt"].params == ()  # the rsqrt's default domain
 
 

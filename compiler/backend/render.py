@@ -181,7 +181,8 @@ class _Renderer:
                 group.update(reciprocal=p.approx["relu_softmax.reciprocal"].fn_name, trunc=scale.trunc,
                              shift=scale.trunc + scale.shift, eps=repr(scale.eps_int / fx.scale))
             groups.append(group)
-        ctx.update(q=q, k=k, v=v, heads=heads, f=fx.f, bits=fx.k + fx.f, tokens=tokens, d=d, scores=f"s{len(self.tensors)}",
+        ctx.update(q=q, k=k, v=v, heads=heads, f=fx.f, bits=fx.k + fx.f, tokens=tokens, d=d,
+                   scores=f"s{len(self.tensors)}",
                    scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
                    kinds=", ".join(f"{len(g['heads'])} {g['kind']}" for g in groups))
 

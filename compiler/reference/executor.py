@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 from compiler.approx import REGISTRY
 from compiler.errors import CompileError, FixedPointRangeError, UserError
 from compiler.fixedpoint import FixedPoint
-from compiler.ir import Graph, Node
+from compiler.ir import Graph
 from compiler.lowering.plans import ApproxUse, NodePlan, Program, attention_groups, client_input
 
 

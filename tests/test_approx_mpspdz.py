@@ -39,11 +39,16 @@ def _cases() -> list[Case]:
     rng = np.random.default_rng(3)
     return [
         Case("exp", "limit", np.concatenate([rng.uniform(-12, 0, 200), [0.0, -256.0, -300.0]]), 2 ** 9),
+        # the base's 1 LSB and each squaring's, amplified up to 2^5-fold (exp:limit2's bound)
+        Case("exp", "limit2", np.concatenate([rng.uniform(-12, 0, 200), [0.0, -32.0, -300.0]]), 2 ** 7),
         Case("exp", "mpspdz", rng.uniform(-10, 0, 200), 8),
         Case("reciprocal", "newton", np.geomspace(1, 65, 200), 8, {"lo": 1.0, "hi": 65.0}),
         # y up to 1/lo: one LSB of x·y, multiplied by y, gives ~1/lo LSB
         Case("reciprocal", "newton", np.geomspace(1e-3, 2600, 200), 4 + 2 * 1000, {"lo": 1e-3, "hi": 2600.0}),
         Case("reciprocal", "mpspdz", np.geomspace(1, 300, 200), 8),
+        # 2^q/x (the softmax/ReLU-softmax denominators): one LSB of x·y/2^q times y <= 2^q/lo = 32
+        Case("reciprocal", "newton", np.geomspace(1, 1024, 200), 4 + 2 * 32, {"lo": 1.0, "hi": 1024.0, "shift": 5}),
+        Case("reciprocal", "mpspdz", np.geomspace(1, 1024, 200), 8 * 32, {"shift": 5}),
         Case("rowmax", "tree", rng.uniform(-20, 20, (9, 65)), 0, {"cols": 65}),
         Case("gelu", "poly", np.linspace(-8, 8, 201), 16),
         Case("gelu", "mpspdz", np.linspace(-8, 8, 201), 64),
@@ -125,7 +130,7 @@ def test_engine_matches_reference(engine_run):
         assert model.rounds == pytest.approx(timer.rounds, rel=0.5) and model.bytes_p0 == pytest.approx(
             timer.bytes, rel=0.5), f"{case.name}: cost model far from the engine"
         # and the engine's result meets the approximation's error bound against the exact function
-        exact = approx.exact(fx.decode(x_int))
+        exact = approx.exact(fx.decode(x_int)) * 2.0 ** case.params.get("shift", 0)  # reciprocal: 2^shift/x
         slack = case.lsb / fx.scale
         assert np.max(np.abs(fx.decode(got) - exact)) <= approx.bounds(**approx.with_params(case.params))[1] + slack
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import UserError
+from compiler.errors import CompileError, UserError
 from compiler.ir import Graph
 from compiler.lowering.plans import MAGNITUDE_MARGIN, Program
 
@@ -75,7 +75,7 @@ def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration image
     """Evaluate ``graph`` in float64 on ``images`` ([n, *image]) batch by batch and record the ranges."""
     from threadpoolctl import threadpool_limits
 
-    from compiler.ir_eval import evaluate
+    from compiler.ir_eval import KERNELS, evaluate
     from compiler.lowering.plans import _name_nodes, client_layout
 
     images = np.asarray(images, dtype=np.float64)
@@ -87,6 +87,10 @@ def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration image
     if not np.all(np.isfinite(images)):
         raise UserError("calibration images contain NaN or infinite values; give finite, normalised images")
     _name_nodes(graph)  # sites are keyed by node name, as lowering will name them
+    missing = sorted({n.op for n in graph.nodes if n.op not in KERNELS and n.op not in ("input", "output")})
+    if missing:
+        raise CompileError(f"the model uses op(s) {', '.join(missing)}, which the float evaluator "
+                           f"(compiler.ir_eval) lacks, so it cannot be calibrated; these ops are not supported yet")
     ranges: dict[str, tuple[float, float]] = {}
     sites: dict[str, dict[str, Any]] = {}
     name = graph.inputs[0]

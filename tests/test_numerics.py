@@ -251,3 +251,12 @@ def test_inputs_beyond_the_calibrated_layernorm_domain_fail_in_the_reference():
     with pytest.raises(FixedPointRangeError, match=r"tensor y \(layernorm variance scaled by .*\) reaches .* above "
                                                    r"the calibrated rsqrt domain top .*--calibrate"):
         execute(program, {"x": tokens(100.0, 1, seed=7)})
+
+
+def test_calibration_names_ops_it_cannot_evaluate():
+    from compiler.errors import CompileError
+
+    g = layernorm_graph(1, 17, 192, 1e-6)
+    next(n for n in g.nodes if n.op == "layernorm").op = "tanh"
+    with pytest.raises(CompileError, match=r"^the model uses op\(s\) tanh, which the float evaluator"):
+        calibrate(g, tokens(1.0, 2, seed=0))

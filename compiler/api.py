@@ -24,6 +24,7 @@ from compiler.passes import run_passes
 from compiler.reference import execute
 
 
+RANDOM_SOURCE = "random N(0, 1) images"  # sample_images' fallback when the model names no dataset we hold
 # Default number of the sample inputs the parameters are calibrated on (without --calibrate): the float IR runs
 # once per image batch (vit_7_4_32: ~0.1 s an image), so this bounds the compile time it adds.
 CALIBRATION_SAMPLES = 32
@@ -123,7 +124,7 @@ def sample_images(metadata: dict[str, str], image_shape: tuple[int, ...], count:
             reps = -(-count // len(x))
             return np.concatenate([x] * reps)[:count].astype(np.float64), "digits test set"
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((count, *image_shape[1:])), "random N(0, 1) images"
+    return rng.standard_normal((count, *image_shape[1:])), RANDOM_SOURCE
 
 
 def onnxruntime_logits(onnx_path: str | Path, images: np.ndarray) -> np.ndarray:
@@ -199,8 +200,12 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
         calib = calibrate(graph, load_calibration_images(calibration), f"--calibrate {calibration}")
     else:
         calib = calibrate(graph, images[:calibration_samples], source)
-    if frac_bits is None:  # as many fractional bits as the calibrated ranges allow
+    if frac_bits is None and (calibration is not None or source != RANDOM_SOURCE):
+        # as many fractional bits as the calibrated ranges allow, when they come from real images (the activations
+        # of a trained model on random noise need not bound those on its data)
         frac_bits, calib.frac_bits_bound = choose_frac_bits(calib, graph, DEFAULT_K, DEFAULT_F)
+    elif frac_bits is None:
+        calib.frac_bits_bound = f"the default {DEFAULT_F}: calibrated on random images only (give --calibrate)"
     profile = get_profile(protocol, frac_bits, approx)
     program = lower(calib.annotate(graph), profile, name=Path(onnx_path).stem, reveal=reveal)
     execute(program, {graph.inputs[0]: images[:batch]})  # range errors surface here, before anything is written

@@ -15,7 +15,7 @@ import jinja2
 import numpy as np
 
 from compiler.approx import REGISTRY
-from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs
+from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs, strided_runs
 from compiler.errors import CompileError, UserError
 from compiler.ir import Node, Value
 from compiler.lowering.plans import NodePlan, Program, attention_groups, relu_softmax_eps
@@ -134,16 +134,22 @@ class _Renderer:
     def ctx_layout(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
         inputs = [self.tensor(n) for n in node.inputs]
         index = np.asarray(node.attrs["index"], dtype=np.int64)
-        copies = runs(index, [t.size for t in inputs])
-        ctx.update(inputs=inputs, runs=copies, gather=None, how=f"{len(copies)} contiguous copies")
-        if len(copies) > 8 and len(inputs) == 1:
-            pattern = affine(index)
-            if pattern is not None:
-                ctx.update(gather=pattern.expr(inputs[0].var + ".address"), how="one affine gather")
-                return
-        if len(copies) > MAX_COPY_RUNS:
+        sizes = [t.size for t in inputs]
+        copies = runs(index, sizes)
+        ctx.update(inputs=inputs, runs=copies, strided=None, gather=None, how=f"{len(copies)} contiguous copies")
+        if len(copies) <= 8:
+            return
+        pattern = affine(index) if len(inputs) == 1 else None
+        if pattern is not None:
+            ctx.update(runs=[], gather=pattern.expr(inputs[0].var + ".address"), how="one affine gather")
+            return
+        strided = strided_runs(index, sizes)
+        if len(strided) < len(copies):
+            ctx.update(runs=[], strided=strided, how=f"{len(strided)} strided gathers")
+        if min(len(strided), len(copies)) > MAX_COPY_RUNS:
             raise CompileError(f"layout node {node.name!r}: the index map is neither affine nor made of at most "
-                               f"{MAX_COPY_RUNS} contiguous runs ({len(copies)}); it cannot be emitted efficiently")
+                               f"{MAX_COPY_RUNS} strided runs along any axis ({len(strided)}); it cannot be emitted "
+                               f"efficiently")
 
     def ctx_layernorm(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
         x = self.tensor(node.inputs[0])

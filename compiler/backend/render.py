@@ -16,6 +16,7 @@ import numpy as np
 
 from compiler.approx import REGISTRY
 from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs
+from compiler.backend.manifest import OUTPUT_MARKER, output_marker
 from compiler.errors import CompileError, UserError
 from compiler.ir import Node, Value
 from compiler.lowering.plans import (HARDSWISH, NodePlan, Program, attention_groups, constant_operands,
@@ -24,7 +25,6 @@ from compiler.lowering.plans import (HARDSWISH, NodePlan, Program, attention_gro
 from compiler.reference.executor import layernorm_eps_int
 
 TEMPLATE_ROOT = Path(__file__).resolve().parents[2] / "spdz_templates"
-OUTPUT_MARKER = "MPCVIT_OUT"  # the line prefix compiler.runtime.parser reads
 MAX_COPY_RUNS = 4096  # a layout of more contiguous runs than this must be affine (one gather)
 
 
@@ -291,11 +291,6 @@ class _Renderer:
             name=self.program.name, source=source, profile=self.program.profile, reveal=self.program.reveal,
             marker=OUTPUT_MARKER, approx_sources=approx_sources, blocks=blocks,
             weights=weights, client=self.tensor(self.graph.inputs[0]))
-
-
-def output_marker(index: int) -> str:
-    """Line prefix of graph output ``index``: ``MPCVIT_OUT`` for output 0 (unchanged), ``MPCVIT_OUT<j>`` after."""
-    return OUTPUT_MARKER if index == 0 else f"{OUTPUT_MARKER}{index}"
 
 
 def render_program(program: Program, source: str = "", template_set: str | None = None) -> tuple[str, list[Value]]:

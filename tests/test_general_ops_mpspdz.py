@@ -109,7 +109,9 @@ def test_engine_matches_reference_for_every_generic_op(mpspdz, tmp_path, protoco
                                   "hardswish", "div_secret", "reduce_max_two_axes", "abs"])
 def test_cost_model_prices_what_the_engine_does(mpspdz, tmp_path, case):
     """replicated-ring (no preprocessing phase): the plans' rounds within 2 of the measured ones (the model is
-    conservative by one), party 0's bytes within 50 % (the fitted matmul slope lies above a small batched product)."""
+    conservative by one), party 0's bytes within 10 %. The reveal is left out of party 0's bytes: the model has
+    every party send its share to the client, while under replicated secret sharing one other party's suffices
+    and MP-SPDZ lets party 2 send it (a property of the existing reveal formula, not of these plans)."""
     from compiler.cost import estimate
     from compiler.runtime.runner import run
 
@@ -118,8 +120,10 @@ def test_cost_model_prices_what_the_engine_does(mpspdz, tmp_path, case):
     program = lower(one_op(op, operands, attrs), get_profile("replicated-ring"), name=case)
     emit(program, tmp_path / case, client_images=client_input(program.graph, np.random.default_rng(0), **options))
     measured = run(tmp_path / case, mpspdz=mpspdz, log=lambda _: None)
-    model = estimate(program).total
+    report = estimate(program)
+    model = report.total
+    bytes_p0 = model.bytes_p0 - sum(row.cost.bytes_p0 for row in report.rows if row.op == "output")
     print(f"{case}: rounds {measured.rounds} (model {model.rounds:.0f}), P0 bytes {measured.bytes_party0} "
-          f"(model {model.bytes_p0:.0f})")
+          f"(model without the reveal {bytes_p0:.0f})")
     assert abs(model.rounds - measured.rounds) <= 2
-    assert model.bytes_p0 == pytest.approx(measured.bytes_party0, rel=0.5)
+    assert bytes_p0 == pytest.approx(measured.bytes_party0, rel=0.1)

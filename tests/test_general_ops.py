@@ -161,6 +161,13 @@ def test_outputs_must_keep_the_batch_axis():
         lower(g, PROFILE)
 
 
+def test_where_with_a_secret_condition_is_one_line_naming_the_node():
+    g = one_op("where", [(S, (2, 3)), (S, (2, 3)), (S, (2, 3))])
+    with pytest.raises(CompileError, match="where node 'the_where': its condition 'in0_0' is secret; only a "
+                                           "compile-time \\(public\\) condition"):
+        lower(g, PROFILE)
+
+
 def test_quantised_helper_is_exact_in_fixed_point():
     x = quantised(np.random.default_rng(0).uniform(-3, 3, 100))
     assert np.array_equal(fx.decode(fx.encode(x)), x)

@@ -227,7 +227,13 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     out = graph.values[node.outputs[0]]
     x_shape = graph.values[node.inputs[0]].shape
     fx = profile.fx
-    if op == "abs":  # |x| = x - 2 [x < 0] x
+    if op == "where":
+        cond = graph.values[node.inputs[0]]
+        if cond.role != "public" or cond.data is None:
+            raise CompileError(f"where node {node.name!r}: its condition {cond.name!r} is {cond.role}; only a "
+                               f"compile-time (public) condition is supported: compute a secret select as "
+                               f"b + c * (a - b) with mul/add instead")
+    elif op == "abs":  # |x| = x - 2 [x < 0] x
         p.steps += [Step("ltz", out.size), Step("mul_int", out.size)]
     elif op == "mul":
         p.steps.append(Step("trunc" if constant_operands(node, graph) else "mul", out.size))

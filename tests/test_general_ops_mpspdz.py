@@ -15,7 +15,7 @@ import pytest
 from compiler.backend import emit
 from compiler.lowering import get_profile, lower
 from compiler.reference import execute
-from general_ops_ir import client_input, many_ops, one_op, op_columns
+from general_ops_ir import client_input, many_ops, one_op, op_columns, quantised
 from test_general_ops import CASES
 
 pytestmark = pytest.mark.mpspdz
@@ -127,3 +127,30 @@ def test_cost_model_prices_what_the_engine_does(mpspdz, tmp_path, case):
           f"(model without the reveal {bytes_p0:.0f})")
     assert abs(model.rounds - measured.rounds) <= 2
     assert bytes_p0 == pytest.approx(measured.bytes_party0, rel=0.1)
+
+
+def test_builtin_sigmoid_and_tanh_meet_their_measured_bounds(mpspdz, tmp_path):
+    """ml.sigmoid and mpc_math.tanh (the ``mpspdz`` choices) against the exact functions on 4000 points of
+    [−16, 16]; their cost (composed of fitted built-ins) within 50 % of the engine's rounds and party-0 bytes."""
+    from scipy.special import expit
+
+    from compiler.approx import get
+    from compiler.cost import estimate
+    from compiler.runtime.runner import run
+
+    n = 2000
+    ops = [("sigmoid", [("secret", (2, n))], {}), ("tanh", [("secret", (2, n))], {})]
+    program = lower(many_ops(ops), get_profile("replicated-ring", approx={"sigmoid": "mpspdz", "tanh": "mpspdz"}),
+                    name="builtins")
+    grid = quantised(np.linspace(-16, 16, 2 * n)).reshape(2, n)
+    emit(program, tmp_path / "out", client_images=np.concatenate([grid, grid], axis=1))
+    result = run(tmp_path / "out", mpspdz=mpspdz, log=lambda _: None)
+    for k, (op, exact) in enumerate((("sigmoid", expit), ("tanh", np.tanh))):
+        err = np.max(np.abs(result.outputs[k].reshape(grid.shape) - exact(grid)))
+        print(f"{op}:mpspdz max error {err:.3g} (bound {get(op, 'mpspdz').max_abs_error:.3g})")
+        assert err <= get(op, "mpspdz").max_abs_error
+    model = estimate(program).total
+    print(f"rounds {result.rounds} (model {model.rounds:.0f}), P0 bytes {result.bytes_party0} "
+          f"(model {model.bytes_p0:.0f})")
+    assert model.rounds == pytest.approx(result.rounds, rel=0.5)
+    assert model.bytes_p0 == pytest.approx(result.bytes_party0, rel=0.5)

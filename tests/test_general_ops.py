@@ -168,6 +168,13 @@ def test_where_with_a_secret_condition_is_one_line_naming_the_node():
         lower(g, PROFILE)
 
 
+def test_matmul_of_a_vector_is_one_line_naming_the_node():
+    g = one_op("matmul", [(S, (2, 3, 4)), ("param", np.ones((4, 5)))])
+    g.values["in0_1"].shape, g.values["in0_1"].data = (4,), np.ones(4)
+    with pytest.raises(CompileError, match="matmul node 'the_matmul': operands \\(2, 3, 4\\) @ \\(4,\\) need"):
+        lower(g, PROFILE)
+
+
 def test_quantised_helper_is_exact_in_fixed_point():
     x = quantised(np.random.default_rng(0).uniform(-3, 3, 100))
     assert np.array_equal(fx.decode(fx.encode(x)), x)

@@ -191,10 +191,8 @@ def reduction_block(node: Node, shape: tuple[int, ...]) -> tuple[int, int, tuple
 
 def matmul_instances(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
     """Per product instance (row-major over the broadcast leading dims), the instance index into a and into b;
-    None when b is one [K, N] matrix shared by every row of a (then a single 2-D product does it all)."""
-    if len(a_shape) < 2 or len(b_shape) < 2:
-        raise CompileError(f"matmul operands {a_shape} @ {b_shape}: both need at least 2 dims (the frontend "
-                           f"reshapes vectors)")
+    None when b is one [K, N] matrix shared by every row of a (then a single 2-D product does it all). Both
+    shapes have at least 2 dims (the lowering checks)."""
     if len(b_shape) == 2:
         return None
     lead = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
@@ -205,6 +203,9 @@ def matmul_instances(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> list
 
 def _matmul(node: Node, graph: Graph, p: NodePlan) -> None:
     a_shape, b_shape = (graph.values[n].shape for n in node.inputs)
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        raise CompileError(f"matmul node {node.name!r}: operands {a_shape} @ {b_shape} need at least 2 dims each; "
+                           f"reshape a vector operand to [1, K] or [K, 1] first")
     (m, k), n = a_shape[-2:], b_shape[-1]
     if b_shape[-2] != k:
         raise CompileError(f"matmul node {node.name!r}: {a_shape} @ {b_shape} has mismatched inner dims")

@@ -65,7 +65,7 @@ CASES = {
     "tanh": ("tanh", [(S, (2, 40))], {}, {"lo": -6, "hi": 6}, bound("tanh")),
     "erf": ("erf", [(S, (2, 40))], {}, {"lo": -4, "hi": 4}, bound("erf")),
     "rsqrt": ("rsqrt", [(S, (2, 20))], {}, {"lo": 0.01, "hi": 50}, bound("rsqrt", eps=LSB, hi=fx.max_abs)),
-    "sqrt": ("sqrt", [(S, (2, 20))], {}, {"lo": 0.0, "hi": 50}, bound("sqrt", eps=LSB, hi=64.0)),
+    "sqrt": ("sqrt", [(S, (2, 20))], {}, {"lo": 0.0, "hi": 50}, bound("sqrt", eps=LSB, hi=fx.max_abs)),
     "gelu_tanh": ("gelu", [(S, (2, 40))], {"approximate": "tanh"}, {"lo": -6, "hi": 6},
                   bound("gelu") + TANH_GELU_GAP),
     # alpha·x encodes alpha to 0.5 LSB (times |x| ≤ 3) + one truncation; the clip itself is exact
@@ -173,6 +173,15 @@ def test_matmul_of_a_vector_is_one_line_naming_the_node():
     g.values["in0_1"].shape, g.values["in0_1"].data = (4,), np.ones(4)
     with pytest.raises(CompileError, match="matmul node 'the_matmul': operands \\(2, 3, 4\\) @ \\(4,\\) need"):
         lower(g, PROFILE)
+
+
+def test_generic_sqrt_is_accurate_over_the_whole_comparison_range():
+    """The generic sqrt node's range: every positive value a comparison may consume (not only variances)."""
+    approx = get("sqrt", "newton")
+    (lo, hi), stated = approx.bounds(eps=LSB, hi=fx.max_abs)
+    x = np.unique(fx.encode(np.geomspace(lo, hi - LSB, 200_001)))
+    err = np.abs(fx.decode(approx.run(x, fx, eps=LSB, hi=fx.max_abs)) - np.sqrt(fx.decode(x)))
+    assert err.max() <= stated <= 2.5e-3
 
 
 def test_quantised_helper_is_exact_in_fixed_point():

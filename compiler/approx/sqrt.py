@@ -1,53 +1,82 @@
-"""sqrt(x) for x ≥ 0 (a Sqrt the LayerNorm pattern did not fuse).
+"""sqrt(x) for x ≥ 0 (a Sqrt the LayerNorm pattern did not fuse), accurate over the whole comparison range.
 
-``newton`` — sqrt(x) = x·(1/√x) with 1/√x from ``rsqrt:newton`` on [eps, hi] (its segment guess and proven Newton
-iterations, :mod:`compiler.approx.rsqrt`), then ONE sfix product (one truncation).
+``newton`` — y ≈ 1/√x by Newton's iteration y ← y·(3/2 − x·y²/2) from rsqrt:newton's proven segment guess on
+[eps, hi] (thresholds, guesses and iteration count from :mod:`compiler.approx.rsqrt`: same mathematics, same
+convergence proof), then s = x·y and ONE Newton step for the square root itself, s' = s + (x − s²)·y/2.
 
-Error (LSB = 2^-f, y ≈ 1/√x, Newton's relative error e_I of rsqrt): the last rsqrt step truncates y² (0.5 LSB,
-multiplied by x/2 in x·y²/2, then by y), x·y²/2 (0.5 LSB, times y) and its product (0.5 LSB): y is off by
-≤ 0.5 + y·(0.5 + x/4) LSB; s = x·y multiplies that by x and adds 0.5 LSB:
-|s − √x| ≤ (e_I/2)·√x + (1 + x/2 + √x/2 + x^1.5/4)·LSB (1 % margin on y). ``bounds`` gives its maximum over
-[eps, hi] at f = 16: 2.4e-3 at hi = 64, growing like x^1.5·LSB/4 (0.5 at x = 256): y holds only f fractional
-bits, so its relative precision falls as x grows. Below eps the guess keeps Newton convergent but slower.
+Why not x·rsqrt:newton(x): rsqrt:newton forms y² first, which for large x (y = 1/128 at x = 16384: y² = 4 LSB)
+keeps almost no significant bits, so y is off by percents and x·y by units. Here x·y²/2 is computed as (x·y)·y/2
+(x·y ≈ √x keeps full relative precision, one truncation by f and one by f + 1), so each Newton step's rounding
+leaves y off by ≤ (0.5 + y·(0.5 + y/4))·LSB; then s = x·y is off by δ ≤ x·δy + (e_I/2)·√x + LSB/2, and the final
+step cancels δ to first order: s' − √x ≈ −δ·ρ − δ²/(2√x) + (x − s²)·δy/2 + rounding, with ρ the relative error
+of y. ``bounds`` evaluates that estimate (doubled) over [eps, hi] at f = 16; the tests check it densely,
+including hi = 16384 (the generic node's range).
+
+Cost: one vectorised comparison (rsqrt's segments), 3 products per Newton step, 3 for the final step.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from compiler.approx import Approximation, get, register
-from compiler.approx.rsqrt import _lo, initial_error, newton_iterations, newton_reference, newton_steps
+from compiler.approx import Approximation, register
+from compiler.approx.rsqrt import _lo, initial_error, newton_iterations, segment_guess
 from compiler.cost.primitives import Step
 from compiler.fixedpoint import FixedPoint
 
 DEFAULT_F = 16
+DEFAULTS = {"eps": 2.0 ** -16, "hi": 64.0}
 
 
-def sqrt_reference(x_int: np.ndarray, fx: FixedPoint, eps: float = 2.0 ** -16, hi: float = 64.0) -> np.ndarray:
-    return fx.mul(x_int, newton_reference(x_int, fx, eps=eps, hi=hi))
+def _iterations(eps: float, hi: float, f: int) -> int:
+    return newton_iterations(eps, hi, f)
 
 
-def sqrt_steps(size: int, profile: object, eps: float = 2.0 ** -16, hi: float = 64.0) -> list[Step]:
-    return newton_steps(size, profile, eps=eps, hi=hi) + [Step("mul", size)]
+def wide_rsqrt(x_int: np.ndarray, fx: FixedPoint, eps: float, hi: float) -> np.ndarray:
+    """1/√x with x·y²/2 computed as (x·y)·y/2 (see the module doc)."""
+    thresholds, guesses = segment_guess(eps, hi, fx)
+    below = (x_int[..., None] < thresholds).astype(np.int64)
+    y = guesses[-1] + below @ (guesses[:-1] - guesses[1:])
+    for _ in range(_iterations(eps, hi, fx.f)):
+        half = fx.trunc(fx.mul(x_int, y) * y, fx.f + 1)
+        y = fx.mul(y, 3 * fx.scale // 2 - half)
+    return y
 
 
-def sqrt_bounds(eps: float = 2.0 ** -16, hi: float = 64.0) -> tuple[tuple[float, float], float]:
+def sqrt_reference(x_int: np.ndarray, fx: FixedPoint, eps: float = DEFAULTS["eps"],
+                   hi: float = DEFAULTS["hi"]) -> np.ndarray:
+    y = wide_rsqrt(x_int, fx, eps, hi)
+    s = fx.mul(x_int, y)
+    return s + fx.trunc((x_int - fx.mul(s, s)) * y, fx.f + 1)
+
+
+def sqrt_steps(size: int, profile: object, eps: float = DEFAULTS["eps"], hi: float = DEFAULTS["hi"]) -> list[Step]:
+    f = int(getattr(profile, "f", DEFAULT_F))
+    thresholds = segment_guess(eps, hi, FixedPoint(f, max(f + 15, 31)))[0]
+    return [Step("ltz", size * len(thresholds))] + [Step("mul", size)] * (3 * _iterations(eps, hi, f) + 3)
+
+
+def sqrt_bounds(eps: float = DEFAULTS["eps"], hi: float = DEFAULTS["hi"]) -> tuple[tuple[float, float], float]:
     fx = FixedPoint(DEFAULT_F, 31)
     e = initial_error(eps, hi, fx)
-    for _ in range(newton_iterations(eps, hi, fx.f)):
+    for _ in range(_iterations(eps, hi, fx.f)):
         e = (3 * e * e + e ** 3) / 4
     lo = _lo(eps, fx)
     x = np.geomspace(lo, hi, 10_001)
-    bound = (e / 2) * np.sqrt(x) + 1.01 * (1 + x / 2 + np.sqrt(x) / 2 + x ** 1.5 / 4) * fx.lsb
-    return (lo, hi), float(np.max(bound))
+    root = np.sqrt(x)
+    dy = (0.5 + (0.5 + 1 / (4 * root)) / root) * fx.lsb  # y's rounding, y = 1/√x
+    rho = e / 2 + dy * root  # y's relative error
+    delta = x * dy + (e / 2) * root + fx.lsb / 2  # s = x·y before the final step
+    final = delta * rho + delta ** 2 / (2 * root) + root * delta * dy + (1 + 1 / (4 * root)) * fx.lsb
+    return (lo, hi), float(2 * np.max(final))
 
 
 def sqrt_constants(fx: FixedPoint, params: dict) -> dict:
-    """The rsqrt:newton function this one calls, rendered under a derived name."""
-    inner = get("rsqrt", "newton").render("inner_rsqrt", fx, eps=params["eps"], hi=params["hi"])
-    return {"rsqrt_source": inner}
+    thresholds, guesses = segment_guess(params["eps"], params["hi"], fx)
+    return {"thresholds": [int(t) for t in thresholds], "guesses": [int(g) for g in guesses],
+            "iterations": _iterations(params["eps"], params["hi"], fx.f)}
 
 
 register(Approximation(
     op="sqrt", choice="newton", reference=sqrt_reference, template="approx/sqrt_newton.mpc.j2", steps=sqrt_steps,
-    exact=lambda x: np.sqrt(np.maximum(x, 0.0)), bounds=sqrt_bounds, params={"eps": 2.0 ** -16, "hi": 64.0},
-    constants=sqrt_constants, doc="x * rsqrt:newton(x)"))
+    exact=lambda x: np.sqrt(np.maximum(x, 0.0)), bounds=sqrt_bounds, params=dict(DEFAULTS),
+    constants=sqrt_constants, doc="Newton 1/sqrt(x) as (x*y)*y, s = x*y, one Newton step on s"))

@@ -37,8 +37,9 @@ ALLOWED_LSB = {
     "exp": 26, "reciprocal": 16, "div_secret": 3 * 16 + 1,
     # Horner: each of d − 1 truncations may land 1 LSB off, the last ones are not damped by t
     "sigmoid": 16, "tanh": 16, "erf": 16, "gelu_tanh": 16,
-    # rsqrt: one LSB of x·y²/2 times y (≤ 1/√0.01 = 10) per step; sqrt: y's last-step LSBs times x ≤ 50 in s = x·y
-    # are cancelled to first order by its final Newton step, which adds its own truncations (y/2 ≤ 128 times 1 LSB)
+    # rsqrt:wide: one LSB of x·y²/2 times y (≤ 1/√0.01 = 10) in the last step; sqrt: y's last-step LSBs times
+    # x ≤ 50 in s = x·y are cancelled to first order by its final Newton step, which adds its own truncations
+    # (y/2 ≤ 128 times 1 LSB at the smallest x)
     "rsqrt": 2 * 10 + 4, "sqrt": 128 + 4,
     # exp:limit amplifies each squaring's LSB up to 2^8-fold near 0 (test_approx_mpspdz.py), then the normalisation
     "softmax_last": 2 ** 9 + 16, "softmax_middle": 2 ** 9 + 16,

@@ -22,9 +22,10 @@ SUPPORTED_OPS = ("input", "linear", "layout", "add", "sub", "scale", "layernorm"
                  "where")
 # Element-wise approximations of generic nodes; the profile chooses among their candidates.
 PROFILE_UNARY = ("sigmoid", "tanh", "erf")
-# Range-agnostic built-ins for generic nodes whose input range is unknown: MP-SPDZ's exponential (any sign) and
-# its division (any sign and magnitude); the profile's exp/reciprocal choices are made for softmax ranges.
-RANGE_AGNOSTIC = {"exp": "mpspdz", "reciprocal": "mpspdz"}
+# The choices for generic nodes whose input range is unknown: MP-SPDZ's exponential (any sign) and division (any
+# sign and magnitude), and rsqrt:wide (precise over the whole positive comparison range); the profile's choices
+# are made for softmax and LayerNorm ranges.
+RANGE_AGNOSTIC = {"exp": "mpspdz", "reciprocal": "mpspdz", "rsqrt": "wide"}
 HARDSWISH = (1.0 / 6.0, 0.5)  # ONNX HardSwish = x * HardSigmoid(x; alpha=1/6, beta=1/2)
 
 
@@ -259,14 +260,16 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         rec = p.approx["reciprocal"] = _use(profile, "reciprocal", lo=1.0, hi=float(max(cols, 2)))
         p.steps += [*_approx_steps(rowmax, rows * cols, profile), *_approx_steps(exp, rows * cols, profile),
                     *_approx_steps(rec, rows, profile), Step("mul", rows * cols)]
-    elif op in RANGE_AGNOSTIC:
+    elif op in ("exp", "reciprocal"):
         use = p.approx[op] = ApproxUse(op, RANGE_AGNOSTIC[op])
         p.steps += _approx_steps(use, out.size, profile)
     elif op in PROFILE_UNARY:
         use = p.approx[op] = _use(profile, op)
         p.steps += _approx_steps(use, out.size, profile)
     elif op in ("rsqrt", "sqrt"):  # unknown range: every positive fixed-point value of the comparison range
-        use = p.approx[op] = _use(profile, op, eps=fx.lsb, hi=fx.max_abs)
+        params = (("eps", fx.lsb), ("hi", fx.max_abs))
+        use = p.approx[op] = ApproxUse(op, RANGE_AGNOSTIC[op], params) if op in RANGE_AGNOSTIC else \
+            _use(profile, op, **dict(params))
         p.steps += _approx_steps(use, out.size, profile)
     elif op == "hardsigmoid":
         p.steps += [Step("trunc", out.size), *_clip_steps(out.size, 2)]

@@ -4,8 +4,8 @@ match the fixed-point reference within the LSBs that MP-SPDZ's probabilistic tru
 faked) without a built MP-SPDZ."""
 from __future__ import annotations
 
+import json
 import re
-import shutil
 import subprocess
 import sys
 
@@ -95,8 +95,11 @@ def test_engine_matches_reference_for_every_generic_op(mpspdz, tmp_path, protoco
         x[:, columns] = client_input(program.graph, np.random.default_rng(k), **CASES[case][3])[:, columns]
     emit(program, tmp_path / protocol, client_images=x)
     expected = execute(program, {"x": x})
-    result = run(tmp_path / protocol, mpspdz=mpspdz, log=lambda _: None)
-    assert len(result.outputs) == len(CASES)
+    result = run(tmp_path / protocol, mpspdz=mpspdz, log=lambda _: None, json_path=tmp_path / "run.json")
+    assert len(result.outputs) == len(CASES)  # every graph output revealed, parsed and reported
+    reported = json.loads((tmp_path / "run.json").read_text())["outputs"]
+    assert [(out["name"], out["shape"]) for out in reported] == \
+        [(name, list(program.graph.values[name].shape)) for name in program.graph.outputs]
     report = []
     for k, case in enumerate(sorted(CASES)):
         want = expected.ints[f"y{k}"]

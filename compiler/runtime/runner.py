@@ -219,6 +219,9 @@ def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[
                                     sum(s.rounds for s in stats))
         global_bytes = sum(s.global_bytes or 0 for s in stats)
     logits = outputs[0]
+    meta = manifest.get("outputs") or [{}]
+    if "shape" in meta[0] and manifest.get("reveal") != "argmax":  # output 0 in its own shape, as the others
+        outputs = [logits.reshape(-1, *meta[0]["shape"][1:]), *outputs[1:]]
     accuracy = compare_logits(logits, plain, y)
     model_time = profile.time_s(rounds, bytes_p0)
     details = {
@@ -241,8 +244,8 @@ def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[
                     "cores": os.cpu_count(), "python": platform.python_version()},
         "mpspdz": {"home": str(mpspdz.home), "commit": mpspdz_commit(mpspdz)},
         "preprocessing": PREPROCESSING[preprocessing],
-        "outputs": [{"name": meta.get("name"), "shape": list(array.shape), "values": array.tolist()}
-                    for meta, array in zip(manifest.get("outputs") or [{}], outputs)],
+        "outputs": [{"name": entry.get("name"), "shape": list(array.shape), "values": array.tolist()}
+                    for entry, array in zip(meta, outputs)],
     }
     return RunResult(spec.name, preprocessing != "live", time_s, bytes_p0, global_bytes, rounds,
                      accuracy.get("top1_agreement"), accuracy.get("max_logit_error"),

@@ -105,9 +105,6 @@ class _Executor:
         self.fx.check_range(x_int, tensor)
         return REGISTRY[use.op][use.choice].run(x_int, self.fx, **use.kwargs)
 
-    def exact(self, use: ApproxUse, x: np.ndarray) -> np.ndarray:
-        return np.asarray(REGISTRY[use.op][use.choice].exact(x), dtype=np.float64)
-
     # --- ops: each returns (fixed-point int64, float64) -----------------------------------------------------
     def run_node(self, p: NodePlan) -> tuple[np.ndarray, np.ndarray]:
         node = p.node

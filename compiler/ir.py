@@ -27,7 +27,7 @@ NODE_KINDS: dict[str, str] = {
               "either operand may be secret, param or public",
     "add": "(a, b) -> a + b (numpy broadcasting)",
     "sub": "(a, b) -> a - b (numpy broadcasting)",
-    "mul": "(a, b) -> a * b elementwise (numpy broadcasting; a public/param operand is cheaper)",
+    "mul": "(a, b) -> a * b elementwise (numpy broadcasting; a public scalar operand is a local multiply)",
     "scale": "(x) -> x * attrs['factor'] (public scalar)",
     "layout": "(x0, x1, ...) -> concat(flat(x_i))[attrs['index']] reshaped to the output shape: "
               "every Reshape/Transpose/Slice/Split/Concat/Gather/Squeeze/Unsqueeze/Flatten/Expand",

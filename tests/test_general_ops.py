@@ -193,6 +193,12 @@ def test_generic_sqrt_and_rsqrt_are_accurate_over_the_whole_comparison_range(op,
     assert np.max(np.abs(got - want)[large] / want[large]) < 2e-3
 
 
+def test_infinite_constant_is_one_line_naming_it():
+    g = one_op("add", [(S, (2, 3)), ("param", np.array([0.0, -np.inf, 1.0]))])
+    with pytest.raises(CompileError, match="constant 'in0_1' of node 'the_add' \\(add\\) holds inf or NaN.*-1e4"):
+        lower(g, PROFILE)
+
+
 def test_quantised_helper_is_exact_in_fixed_point():
     x = quantised(np.random.default_rng(0).uniform(-3, 3, 100))
     assert np.array_equal(fx.decode(fx.encode(x)), x)

@@ -356,10 +356,24 @@ def lower(graph: Graph, profile: Profile, name: str = "mpcvit", reveal: str = "l
     if len(graph.inputs) != 1:
         raise CompileError(f"the model has {len(graph.inputs)} inputs {graph.inputs}; expected one image input")
     _name_nodes(graph)
+    _check_constants(graph, profile)
     plans = [plan(node, profile, graph, reveal) for node in graph.nodes]
     warnings = [f"{p.node.name or p.node.op}: {note}" for p in plans for note in p.notes]
     safe = "".join(c if c.isalnum() else "_" for c in name) or "mpcvit"
     return Program(graph, profile, plans, safe, reveal, warnings)
+
+
+def _check_constants(graph: Graph, profile: Profile) -> None:
+    """Fixed point has no infinities: a constant operand holding ±inf or NaN (e.g. a mask filled with -inf) would
+    encode to garbage; name it and say what to use instead."""
+    for node in graph.nodes:
+        for name in node.inputs:
+            value = graph.values[name]
+            if value.role != "secret" and value.data is not None and np.asarray(value.data).dtype.kind == "f" \
+                    and not np.isfinite(value.data).all():
+                raise CompileError(f"constant {name!r} of node {node.name!r} ({node.op}) holds inf or NaN, which "
+                                   f"fixed point cannot represent: use a finite value within ±{profile.fx.max_abs:g} "
+                                   f"(e.g. -1e4 for a mask added to softmax scores)")
 
 
 def client_layout(graph: Graph) -> tuple[tuple[int, ...], np.ndarray | None]:

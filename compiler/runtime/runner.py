@@ -23,7 +23,7 @@ from compiler.api import onnxruntime_logits
 from compiler.backend import write_client_input
 from compiler.errors import MPSPDZError, UserError
 from compiler.runtime import datasets
-from compiler.runtime.mpspdz import (MPSPDZ, ProtocolSpec, check_protocol_ready, find_mpspdz, mpspdz_commit,
+from compiler.runtime.mpspdz import (MPSPDZ, ProtocolSpec, check_protocol_ready, find_mpspdz, mpspdz_version,
                                      protocol_spec)
 from compiler.runtime.network import network_profile
 from compiler.runtime.overlay import install_inputs, make_overlay
@@ -242,7 +242,7 @@ def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[
         "mpspdz_compile_s": compile_s,
         "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "python": platform.python_version()},
-        "mpspdz": {"home": str(mpspdz.home), "commit": mpspdz_commit(mpspdz)},
+        "mpspdz": {"home": str(mpspdz.home), **mpspdz_version(mpspdz)},
         "preprocessing": PREPROCESSING[preprocessing],
         "outputs": [{"name": entry.get("name"), "shape": list(array.shape), "values": array.tolist()}
                     for entry, array in zip(meta, outputs)],

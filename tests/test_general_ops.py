@@ -10,7 +10,7 @@ from compiler.approx import get
 from compiler.approx.gelu import TANH_GELU_GAP
 from compiler.backend.render import render_program
 from compiler.cost import estimate
-from compiler.errors import CompileError
+from compiler.errors import CompileError, FixedPointRangeError
 from compiler.fixedpoint import FixedPoint
 from compiler.lowering import get_profile, lower
 from compiler.reference import execute
@@ -197,6 +197,13 @@ def test_infinite_constant_is_one_line_naming_it():
     g = one_op("add", [(S, (2, 3)), ("param", np.array([0.0, -np.inf, 1.0]))])
     with pytest.raises(CompileError, match="constant 'in0_1' of node 'the_add' \\(add\\) holds inf or NaN.*-1e4"):
         lower(g, PROFILE)
+
+
+def test_exp_beyond_the_fixed_point_range_is_a_range_error_naming_the_tensor():
+    program = _program("exp")
+    x = np.full(program.graph.values["x"].shape, 10.0)  # e^10 = 22026 > 2^(k-f-1) = 16384
+    with pytest.raises(FixedPointRangeError, match="tensor 'y' \\(exp 'the_exp'\\) reaches"):
+        execute(program, {"x": x})
 
 
 def test_quantised_helper_is_exact_in_fixed_point():

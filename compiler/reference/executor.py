@@ -315,8 +315,10 @@ def layernorm_eps_int(node: Node, fx: FixedPoint) -> int:
     return max(1, int(round(float(node.attrs.get("eps", 1e-5)) * fx.scale)))
 
 
+# outputs truncated from sfix products (exp and 1/x: MP-SPDZ's built-ins end in products, and beyond the range
+# their results are garbage, e.g. e^x for x > ln 2^(k-f-1) ≈ 9.7)
 PRODUCT_OPS = ("linear", "scale", "gelu", "layernorm", "attention", "mul", "div", "matmul", "reduce_mean", "softmax",
-               "hardswish", "sqrt")  # outputs truncated from sfix products
+               "hardswish", "sqrt", "exp", "reciprocal")
 
 
 def check_product_range(rec: NodeRecord, fx: FixedPoint) -> None:

@@ -31,7 +31,8 @@ NODE_KINDS: dict[str, str] = {
     "layout": "(x0, x1, ...) -> concat(flat(x_i))[attrs['index']] reshaped to the output shape: "
               "every Reshape/Transpose/Slice/Split/Concat/Gather/Squeeze/Unsqueeze/Flatten/Expand",
     "relu": "(x) -> max(x, 0)",
-    "gelu": "(x) -> x * Phi(x) (exact erf GeLU in plaintext)",
+    "gelu": "(x) -> x * Phi(x) (exact erf GeLU in plaintext); attrs: approximate 'none' (default) | 'tanh' "
+            "(0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))))",
     "softmax": "(x) -> softmax over attrs['axis'] (generic, outside attention)",
     "reduce_sum": "(x) -> sum over attrs['axes'], keepdims=attrs['keepdims']",
     "reduce_mean": "(x) -> mean over attrs['axes'], keepdims=attrs['keepdims']",
@@ -43,6 +44,17 @@ NODE_KINDS: dict[str, str] = {
     "attention": "(q_src[B, N, Cq], k_src[B, N, Ck], v_src[B, N, Cv]) -> [B, N, H*d]; attrs: heads=[{kind, q_cols, "
                  "k_cols, v_cols}], scale, eps (relu_softmax), tokens N, head_dim d. Per head S = (q kᵀ)·scale, then "
                  "softmax(S) | relu(S)/(Σrelu(S)+eps) | S/N; head h writes output columns h*d..h*d+d-1",
+    "neg": "(x) -> -x",
+    "abs": "(x) -> |x|",
+    "exp": "(x) -> e^x",
+    "sigmoid": "(x) -> 1 / (1 + e^-x)",
+    "tanh": "(x) -> tanh(x)",
+    "reciprocal": "(x) -> 1/x",
+    "reduce_max": "(x) -> max over attrs['axes'], keepdims=attrs['keepdims']",
+    "hardswish": "(x) -> x * clip(x/6 + 1/2, 0, 1)",
+    "hardsigmoid": "(x) -> clip(alpha*x + beta, 0, 1); attrs: alpha, beta (as ONNX)",
+    "clip": "(x) -> clip(x, attrs['min'], attrs['max']) (public bounds, None: unbounded on that side)",
+    "where": "(cond public bool, a, b) -> where(cond, a, b) (numpy broadcasting; a local select)",
     "argmax": "(x[B, C]) -> index of the largest logit (revealed instead of logits by option)",
     "output": "(x) -> revealed to the client (party 1)",
 }

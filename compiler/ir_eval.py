@@ -79,6 +79,18 @@ def _linear(node: Node, xs: list[Array]) -> Array:
     return xs[0] @ xs[1] + (xs[2] if len(xs) > 2 else 0)
 
 
+def _gelu(node: Node, xs: list[Array]) -> Array:
+    x = xs[0]
+    if node.attrs.get("approximate", "none") == "tanh":
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+
+def _clip(node: Node, xs: list[Array]) -> Array:
+    lo, hi = node.attrs.get("min"), node.attrs.get("max")
+    return np.clip(xs[0], -np.inf if lo is None else lo, np.inf if hi is None else hi)
+
+
 def _reduce(fn: Callable[..., Array]) -> Callable[[Node, list[Array]], Array]:
     return lambda node, xs: fn(xs[0], axis=tuple(node.attrs["axes"]), keepdims=node.attrs["keepdims"])
 
@@ -93,7 +105,7 @@ KERNELS: dict[str, Callable[[Node, list[Array]], Array]] = {
     "scale": lambda node, xs: xs[0] * node.attrs["factor"],
     "layout": _layout,
     "relu": lambda node, xs: np.maximum(xs[0], 0),
-    "gelu": lambda node, xs: 0.5 * xs[0] * (1 + erf(xs[0] / np.sqrt(2))),
+    "gelu": _gelu,
     "erf": lambda node, xs: erf(xs[0]),
     "softmax": lambda node, xs: _softmax(xs[0], node.attrs["axis"]),
     "reduce_sum": _reduce(np.sum),
@@ -102,6 +114,17 @@ KERNELS: dict[str, Callable[[Node, list[Array]], Array]] = {
     "sqrt": lambda node, xs: np.sqrt(xs[0]),
     "layernorm": _layernorm,
     "attention": _attention,
+    "neg": lambda node, xs: -xs[0],
+    "abs": lambda node, xs: np.abs(xs[0]),
+    "exp": lambda node, xs: np.exp(xs[0]),
+    "sigmoid": lambda node, xs: 1 / (1 + np.exp(-xs[0])),
+    "tanh": lambda node, xs: np.tanh(xs[0]),
+    "reciprocal": lambda node, xs: 1 / xs[0],
+    "reduce_max": _reduce(np.max),
+    "hardswish": lambda node, xs: xs[0] * np.clip(xs[0] / 6 + 0.5, 0, 1),
+    "hardsigmoid": lambda node, xs: np.clip(node.attrs["alpha"] * xs[0] + node.attrs["beta"], 0, 1),
+    "clip": _clip,
+    "where": lambda node, xs: np.where(xs[0], xs[1], xs[2]),
     "argmax": lambda node, xs: np.argmax(xs[0], axis=-1),
 }
 

@@ -1,4 +1,5 @@
-"""ONNX file -> generic IR: read and check the model, fix the batch, run the converters in graph order."""
+"""ONNX file -> generic IR: read and check the model, fix the batch, fold constant nodes (onnx's reference evaluator,
+see :mod:`compiler.frontend.context`) and run the converters on the others, in graph order."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,6 +50,9 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
         if node.domain not in ("", "ai.onnx"):
             raise CompileError(f"ONNX node {node.name or node.output[0]!r}: op {node.domain}.{node.op_type} is "
                                f"outside the default ONNX domain and not supported")
+        if all(ctx.is_const(i) for i in node.input if i):  # Constant, shape arithmetic, masks, folded weights
+            ctx.fold(node)
+            continue
         convert = find_converter(node, opset)
         try:
             convert(ctx, node)

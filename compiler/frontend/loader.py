@@ -37,11 +37,13 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
     ctx = ConvertContext(graph, opset)
     for init in model.graph.initializer:
         try:
-            ctx.set_const(init.name, onnx.numpy_helper.to_array(init))
+            array = onnx.numpy_helper.to_array(init)
         except (KeyError, ValueError) as exc:  # an unknown data type or a size that disagrees with the dims
             raise CompileError(f"ONNX file {str(path)!r}: initializer {init.name!r} cannot be read "
                                f"({type(exc).__name__}: {exc}); re-export the model") from None
-        ctx.from_initializer.add(init.name)
+        ctx.set_const(init.name, array)
+        if array.size > 1:  # a weight; scalars (eps, scales, shape pieces) are hyperparameters: public
+            ctx.from_initializer.add(init.name)
     for name, shape in input_shapes.items():
         graph.add_value(Value(name, shape))
         graph.add_node(Node("input", [], [name], {"owner": 1}, name=name))

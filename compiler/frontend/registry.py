@@ -11,7 +11,7 @@ from typing import Callable
 import onnx
 
 from compiler.errors import CompileError
-from compiler.frontend.context import ConvertContext, node_label
+from compiler.frontend.context import ConvertContext
 
 Converter = Callable[[ConvertContext, onnx.NodeProto], None]
 
@@ -35,6 +35,7 @@ def find_converter(node: onnx.NodeProto, opset: int) -> Converter:
     candidates = [fn for since, fn in REGISTRY.get(node.op_type, []) if since <= opset]
     if not candidates:
         raise CompileError(
-            f"{node_label(node)}: op {node.op_type} (opset {opset}) is not supported on a secret input (any op folds "
-            f"when all its inputs are compile-time constants); supported ops: {', '.join(supported_ops())}")
+            f"ONNX node {node.name or node.output[0]!r}: op {node.op_type} (opset {opset}) is not supported; "
+            f"supported ops: {', '.join(supported_ops())}; any other op folds only when all its inputs are "
+            f"compile-time constants, and this node's depend on the secret input")
     return candidates[-1]

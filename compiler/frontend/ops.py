@@ -562,6 +562,33 @@ def _conv_pads(node: onnx.NodeProto, spatial: Sequence[int], kernel: Sequence[in
     return [int(p) for p in attrs.get("pads", [0] * (2 * len(spatial)))]
 
 
+def _windows(in_shape: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+             pads: Sequence[int], fill: int, ceil_mode: bool = False) -> tuple[np.ndarray, list[int]]:
+    """The index map of every sliding window of x [B, C, *spatial]: [B, C, *out_spatial, *kernel], indices into x
+    flattened, ``fill`` where a window reads padding (``pads``: begins then ends). ``ceil_mode`` keeps a last
+    partial window when it starts inside the input or the begin padding (as torch and onnxruntime do)."""
+    nd = len(kernel)
+    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    out_spatial, extra = [], []
+    for n, b, e, ext, s in zip(in_shape[2:], pads[:nd], pads[nd:], extents, strides):
+        padded = n + b + e
+        steps = (padded - ext) // s + 1
+        if ceil_mode and (padded - ext) % s and (steps * s < n + b):
+            steps += 1
+        out_spatial.append(steps)
+        extra.append(max((steps - 1) * s + ext - padded, 0))
+    padded = np.pad(np.arange(_size(in_shape)).reshape(in_shape),
+                    [(0, 0), (0, 0)] + [(b, e + x) for b, e, x in zip(pads[:nd], pads[nd:], extra)],
+                    constant_values=fill)
+    grids = []
+    for i, (steps, k, s, d) in enumerate(zip(out_spatial, kernel, strides, dilations)):
+        grid = np.arange(steps)[:, None] * s + np.arange(k)[None, :] * d  # [out, k]: padded position read
+        shape = [1] * (2 * nd)
+        shape[i], shape[nd + i] = steps, k
+        grids.append(grid.reshape(shape))
+    return padded[(slice(None), slice(None), *grids)], out_spatial
+
+
 @converter("Conv", since=13)
 def conv(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     """Any Conv with a constant kernel W [Cout, C/G, *k] on x [B, C, *spatial] (any kernel, stride, padding,
@@ -589,18 +616,8 @@ def conv(ctx: ConvertContext, node: onnx.NodeProto) -> None:
                            f"{channels} channels; the model is inconsistent: re-export it")
     pads = _conv_pads(node, spatial, kernel, strides, dilations)
     zero_at = _size(in_shape)  # index of the public zero: the first element after x in the layout's inputs
-    padded = np.pad(np.arange(zero_at).reshape(in_shape), [(0, 0), (0, 0)] + list(zip(pads[:nd], pads[nd:])),
-                    constant_values=zero_at)
-    out_spatial, grids = [], []
-    for i, (n, k, s, d) in enumerate(zip(padded.shape[2:], kernel, strides, dilations)):
-        steps = (n - (k - 1) * d - 1) // s + 1
-        out_spatial.append(steps)
-        grid = np.arange(steps)[:, None] * s + np.arange(k)[None, :] * d  # [out, k]: padded position read
-        shape = [1] * (2 * nd)
-        shape[2 * i:2 * i + 2] = [steps, k]
-        grids.append(grid.reshape(shape))
-    windows = padded[(slice(None), slice(None), *grids)]  # [B, C, o1, k1, o2, k2, ...]
-    order = [0, *range(2, 2 + 2 * nd, 2), 1, *range(3, 3 + 2 * nd, 2)]  # [B, o1, o2, ..., C, k1, k2, ...]
+    windows, out_spatial = _windows(in_shape, kernel, strides, dilations, pads, zero_at)
+    order = [0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd)]  # [B, o1, o2, ..., C, k1, k2, ...]
     tokens, taps = _size(out_spatial), _size(kernel)
     patches = windows.transpose(order).reshape(batch, tokens, channels * taps)
     inputs = [x]
@@ -630,6 +647,102 @@ def conv(ctx: ConvertContext, node: onnx.NodeProto) -> None:
                                                                                  out_ch // groups), node)
     ctx.emit_layout(node, [product], out,
                     lambda t: t[0].transpose(0, 1, 3, 2).reshape(batch, out_ch, *out_spatial))
+
+
+def _pool_geometry(node: onnx.NodeProto, in_shape: Sequence[int]) -> tuple[list[int], list[int], list[int],
+                                                                             list[int]]:
+    attrs = onnx_attrs(node)
+    kernel = list(attrs["kernel_shape"])
+    nd = len(kernel)
+    strides = list(attrs.get("strides", [1] * nd))
+    dilations = list(attrs.get("dilations", [1] * nd))
+    return kernel, strides, dilations, _conv_pads(node, in_shape[2:], kernel, strides, dilations)
+
+
+@converter("MaxPool", since=13)
+def max_pool(ctx: ConvertContext, node: onnx.NodeProto) -> None:
+    """A layout to the windows [B, C, *out_spatial, K], then ``reduce_max`` over K. A padded position reads another
+    element of its own window instead (a duplicate leaves the maximum unchanged; -inf has no fixed-point code)."""
+    x, out = node.input[0], node.output[0]
+    if len(node.output) > 1 and node.output[1]:
+        raise CompileError(f"{node_label(node)}: the Indices output of MaxPool is not supported")
+    in_shape = ctx.shape(x)
+    kernel, strides, dilations, pads = _pool_geometry(node, in_shape)
+    fill = _size(in_shape)
+    windows, out_spatial = _windows(in_shape, kernel, strides, dilations, pads, fill,
+                                    bool(onnx_attrs(node).get("ceil_mode", 0)))
+    flat = windows.reshape(*windows.shape[:2 + len(kernel)], -1)
+    first = np.take_along_axis(flat, np.argmax(flat != fill, axis=-1)[..., None], axis=-1)  # ONNX: pads < kernel
+    ctx.emit_layout(node, [x], out + "__windows", lambda _: np.where(flat == fill, first, flat))
+    ctx.emit("reduce_max", [out + "__windows"], out, flat.shape[:-1], node, axes=[flat.ndim - 1], keepdims=False)
+
+
+@converter("AveragePool", since=13)
+def average_pool(ctx: ConvertContext, node: onnx.NodeProto) -> None:
+    """A layout to the windows [B, C, *out_spatial, K] (padding reads a public zero), then ``reduce_mean`` over K
+    (count_include_pad=1), or ``reduce_sum`` times a public 1/count per output position (count_include_pad=0,
+    the default: only input elements count)."""
+    x, out = node.input[0], node.output[0]
+    attrs = onnx_attrs(node)
+    in_shape = ctx.shape(x)
+    kernel, strides, dilations, pads = _pool_geometry(node, in_shape)
+    fill = _size(in_shape)
+    windows, out_spatial = _windows(in_shape, kernel, strides, dilations, pads, fill, bool(attrs.get("ceil_mode", 0)))
+    flat = windows.reshape(*windows.shape[:2 + len(kernel)], -1)
+    inputs = [x]
+    if (flat == fill).any():
+        ctx.set_const(out + "__zero", np.zeros(1, np.float32))
+        inputs.append(out + "__zero")
+    ctx.emit_layout(node, inputs, out + "__windows", lambda _: flat)
+    axes, shape = [flat.ndim - 1], flat.shape[:-1]
+    if attrs.get("count_include_pad", 0):
+        _, unpadded = _windows(in_shape, kernel, strides, dilations, pads, fill)  # the ceil_mode overhang
+        if unpadded != out_spatial:  # counts as padding in torch but not in onnxruntime: refuse the ambiguity
+            raise CompileError(f"{node_label(node)}: AveragePool with count_include_pad=1 and a ceil_mode window "
+                               f"past the padding is not supported; export with ceil_mode=False")
+        ctx.emit("reduce_mean", [out + "__windows"], out, shape, node, axes=axes, keepdims=False)
+        return
+    counts = (flat[0, 0] != fill).sum(axis=-1)  # input elements per window, the same for every image and channel
+    ctx.set_const(out + "__inverse_count", 1.0 / counts.astype(np.float64))
+    total = ctx.emit("reduce_sum", [out + "__windows"], out + "__sum", shape, node, axes=axes, keepdims=False)
+    ctx.emit("mul", [total, out + "__inverse_count"], out, shape, node)
+
+
+def _global_pool(op: str) -> Callable[[ConvertContext, onnx.NodeProto], None]:
+    def convert(ctx: ConvertContext, node: onnx.NodeProto) -> None:
+        in_shape = ctx.shape(node.input[0])
+        axes = list(range(2, len(in_shape)))
+        ctx.emit(op, [node.input[0]], node.output[0], (*in_shape[:2], *[1] * len(axes)), node, axes=axes,
+                 keepdims=True)
+
+    return convert
+
+
+converter("GlobalAveragePool", since=13)(_global_pool("reduce_mean"))
+converter("GlobalMaxPool", since=13)(_global_pool("reduce_max"))
+
+
+def _variadic(mean: bool) -> Callable[[ConvertContext, onnx.NodeProto], None]:
+    """Sum (and Mean: the sum times 1/n) of any number of operands with broadcasting: a chain of ``add``."""
+    def convert(ctx: ConvertContext, node: onnx.NodeProto) -> None:
+        operands = [i for i in node.input if i]
+        out = node.output[0]
+        if len(operands) == 1:
+            ctx.set_alias(out, operands[0])
+            return
+        acc = operands[0]
+        for step, other in enumerate(operands[1:]):
+            last = step == len(operands) - 2 and not mean
+            acc = ctx.emit("add", [acc, other], out if last else f"{out}__{step}", _broadcast(ctx, acc, other), node)
+        if mean:
+            ctx.set_const(out + "__inverse_count", np.float64(1.0 / len(operands)))
+            ctx.emit("mul", [acc, out + "__inverse_count"], out, ctx.shape(acc), node)
+
+    return convert
+
+
+converter("Sum", since=13)(_variadic(mean=False))
+converter("Mean", since=13)(_variadic(mean=True))
 
 
 @converter("Einsum", since=12)

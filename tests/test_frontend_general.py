@@ -202,6 +202,9 @@ def test_ops_emit_the_contract_kinds(tmp_path: Path) -> None:
     assert kinds("where_constant_condition")["where"] == 2
     assert {"mul", "add"} <= set(kinds("batchnorm")) and "div" not in kinds("batchnorm")
     assert kinds("conv_pad_stride_dilation")["linear"] == 1 and kinds("conv_same_lower_groups")["matmul"] == 1
+    nodes, inits, inputs, opset, _ = CASES["gelu_both"]
+    graph = load_onnx(model(tmp_path / "gelu.onnx", nodes, inputs, ["y"], inits, opset))
+    assert [n.attrs for n in graph.nodes if n.op == "gelu"] == [{}, {"approximate": "tanh"}]  # default implicit
 
 
 def test_conv_layouts_read_padding_from_one_public_zero(tmp_path: Path) -> None:

@@ -342,7 +342,9 @@ def gelu(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     if approximate not in ("none", "tanh"):
         raise CompileError(f"{node_label(node)}: Gelu(approximate={approximate!r}) is not an ONNX value ('none' or "
                            f"'tanh'); re-export the model")
-    ctx.emit("gelu", [node.input[0]], node.output[0], ctx.shape(node.input[0]), node, approximate=approximate)
+    # the default stays implicit, as in the gelu nodes the GeLU pattern pass builds from Erf
+    extra = {"approximate": approximate} if approximate != "none" else {}
+    ctx.emit("gelu", [node.input[0]], node.output[0], ctx.shape(node.input[0]), node, **extra)
 
 
 def _bound(ctx: ConvertContext, node: onnx.NodeProto, index: int, what: str) -> float | None:

@@ -40,8 +40,8 @@ def model(path: Path, nodes: list[onnx.NodeProto], inputs: dict[str, Sequence[in
         nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs.items()],
         [onnx.ValueInfoProto(name=n) for n in outputs],
         [onnx.numpy_helper.from_array(a, n) for n, a in (initializers or {}).items()])
-    untyped = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.save(onnx.shape_inference.infer_shapes(untyped), str(path))  # fills in the outputs' types and shapes
+    typed = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+    onnx.save(typed, str(path))  # with the outputs' types and shapes filled in
     return path
 
 
@@ -87,6 +87,25 @@ CASES: dict[str, tuple[list[onnx.NodeProto], dict, dict, int, bool]] = {
                             helper.make_node("ReduceMean", ["a"], ["b"], axes=[-1]),
                             helper.make_node("ReduceL2", ["x"], ["c"], axes=[2, 3], keepdims=0),
                             helper.make_node("Mul", ["b", "c"], ["y"])], {"ax": _i64(0, 2)}, X, 17, False),
+    "reduce_min_l1_sumsquare": ([helper.make_node("ReduceMin", ["x", "ax"], ["a"], keepdims=0),
+                                 helper.make_node("ReduceL1", ["x", "ax"], ["b"], keepdims=0),
+                                 helper.make_node("ReduceSumSquare", ["x", "ax"], ["c"], keepdims=0),
+                                 helper.make_node("ReduceL2", ["x", "none"], ["d"], noop_with_empty_axes=1),
+                                 helper.make_node("ReduceMin", ["x", "none"], ["e"], noop_with_empty_axes=1),
+                                 helper.make_node("Concat", ["a", "b", "c"], ["abc"], axis=1),
+                                 helper.make_node("Sub", ["d", "e"], ["de"]),
+                                 helper.make_node("Reshape", ["de", "rows"], ["f"]),
+                                 helper.make_node("Concat", ["abc", "f"], ["y"], axis=1)],
+                                {"ax": _i64(1), "none": np.zeros(0, np.int64), "rows": _i64(1, 18, 6)}, X, 18, False),
+    "leaky_prelu": ([helper.make_node("LeakyRelu", ["x"], ["a"], alpha=0.2),
+                     helper.make_node("PRelu", ["x", "slope"], ["b"]), helper.make_node("Sub", ["a", "b"], ["y"])],
+                    {"slope": np.array([0.1, -0.5, 2.0], np.float32).reshape(3, 1, 1)}, X, 17, False),
+    "instance_norm": ([helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-3)],
+                      {"s": _f32(0.5, -1, 2), "b": _f32(0, 1, 2)}, X, 17, False),
+    "depth_space": ([helper.make_node("SpaceToDepth", ["x"], ["a"], blocksize=2),
+                     helper.make_node("DepthToSpace", ["a"], ["b"], blocksize=2, mode="CRD"),
+                     helper.make_node("DepthToSpace", ["a"], ["c"], blocksize=2),
+                     helper.make_node("Concat", ["b", "c"], ["y"], axis=1)], {}, X, 17, False),
     "softmax_axis_1": ([helper.make_node("Softmax", ["x"], ["y"], axis=1)], {}, X, 17, False),
     "gelu_both": ([helper.make_node("Gelu", ["x"], ["a"]), helper.make_node("Gelu", ["x"], ["b"], approximate="tanh"),
                    helper.make_node("Sub", ["a", "b"], ["d"]), helper.make_node("Add", ["d", "b"], ["y"])],

@@ -227,6 +227,32 @@ def split(ctx: ConvertContext, node: onnx.NodeProto) -> None:
                         lambda x, lo=lo, hi=hi: np.take(x[0], np.arange(lo, hi), axis=axis))
 
 
+@converter("DepthToSpace", since=13)
+def depth_to_space(ctx: ConvertContext, node: onnx.NodeProto) -> None:
+    attrs = onnx_attrs(node)
+    block, crd = int(attrs["blocksize"]), attrs.get("mode", "DCR") == "CRD"
+    b, c, h, w = ctx.shape(node.input[0])
+    depth = c // block ** 2
+
+    def build(x: list[np.ndarray]) -> np.ndarray:
+        if crd:
+            blocks = x[0].reshape(b, depth, block, block, h, w).transpose(0, 1, 4, 2, 5, 3)
+        else:
+            blocks = x[0].reshape(b, block, block, depth, h, w).transpose(0, 3, 4, 1, 5, 2)
+        return blocks.reshape(b, depth, h * block, w * block)
+
+    ctx.emit_layout(node, node.input[:1], node.output[0], build)
+
+
+@converter("SpaceToDepth", since=13)
+def space_to_depth(ctx: ConvertContext, node: onnx.NodeProto) -> None:
+    block = int(onnx_attrs(node)["blocksize"])
+    b, c, h, w = ctx.shape(node.input[0])
+    ctx.emit_layout(node, node.input[:1], node.output[0],
+                    lambda x: x[0].reshape(b, c, h // block, block, w // block, block).transpose(0, 3, 5, 1, 2, 4)
+                    .reshape(b, c * block ** 2, h // block, w // block))
+
+
 _NUMPY_PAD_MODES = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
 
 
@@ -336,6 +362,29 @@ def hard_sigmoid(ctx: ConvertContext, node: onnx.NodeProto) -> None:
              alpha=float(attrs.get("alpha", 0.2)), beta=float(attrs.get("beta", 0.5)))
 
 
+def _leaky(ctx: ConvertContext, node: onnx.NodeProto, slope: str) -> None:
+    """x for x > 0, slope·x below: slope·x + (1 - slope)·relu(x) (one comparison; slope public or param)."""
+    x, out = node.input[0], node.output[0]
+    shape = _broadcast(ctx, x, slope)
+    ctx.set_const(out + "__relu_weight", 1.0 - ctx.const(slope).astype(np.float64), [slope])
+    positive = ctx.emit("relu", [x], out + "__relu", ctx.shape(x), node)
+    weighted = ctx.emit("mul", [positive, out + "__relu_weight"], out + "__weighted", shape, node)
+    sloped = ctx.emit("mul", [x, slope], out + "__sloped", shape, node)
+    ctx.emit("add", [weighted, sloped], out, shape, node)
+
+
+@converter("LeakyRelu", since=13)
+def leaky_relu(ctx: ConvertContext, node: onnx.NodeProto) -> None:
+    ctx.set_const(node.output[0] + "__slope", np.float64(onnx_attrs(node).get("alpha", 0.01)))
+    _leaky(ctx, node, node.output[0] + "__slope")
+
+
+@converter("PRelu", since=13)
+def prelu(ctx: ConvertContext, node: onnx.NodeProto) -> None:
+    ctx.require_const(node, 1, "slope")
+    _leaky(ctx, node, node.input[1])
+
+
 @converter("Gelu", since=20)
 def gelu(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     approximate = onnx_attrs(node).get("approximate", "none")
@@ -414,8 +463,22 @@ def softmax(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     ctx.emit("softmax", [x], node.output[0], ctx.shape(x), node, axis=_axis(onnx_attrs(node).get("axis", -1), rank))
 
 
-def _reduce(op: str, axes_from_input: bool) -> Callable[[ConvertContext, onnx.NodeProto], None]:
-    """reduce_sum/mean/max over any axes; ReduceL2 = sqrt(reduce_sum(x * x))."""
+# ONNX reduction -> (elementwise op before, IR reduction, elementwise op after); "square" is mul(x, x)
+_REDUCTIONS: dict[str, tuple[str | None, str, str | None]] = {
+    "ReduceSum": (None, "reduce_sum", None), "ReduceMean": (None, "reduce_mean", None),
+    "ReduceMax": (None, "reduce_max", None), "ReduceMin": ("neg", "reduce_max", "neg"),
+    "ReduceL1": ("abs", "reduce_sum", None), "ReduceL2": ("square", "reduce_sum", "sqrt"),
+    "ReduceSumSquare": ("square", "reduce_sum", None)}
+
+
+def _elementwise(ctx: ConvertContext, node: onnx.NodeProto, op: str, x: str, out: str) -> str:
+    return ctx.emit("mul" if op == "square" else op, [x, x] if op == "square" else [x], out, ctx.shape(x), node)
+
+
+def _reduce(onnx_op: str, axes_from_input: bool) -> Callable[[ConvertContext, onnx.NodeProto], None]:
+    """Any axes, keepdims, noop_with_empty_axes; min = -max(-x), L1 = sum |x|, L2 = sqrt(sum x²)."""
+    before, op, after = _REDUCTIONS[onnx_op]
+
     def convert(ctx: ConvertContext, node: onnx.NodeProto) -> None:
         x, out = node.input[0], node.output[0]
         in_shape = ctx.shape(x)
@@ -423,25 +486,35 @@ def _reduce(op: str, axes_from_input: bool) -> Callable[[ConvertContext, onnx.No
         raw_axes = ctx.optional_const(node, 1) if axes_from_input else attrs.get("axes")
         axes = _axes(raw_axes, len(in_shape))
         if not axes and attrs.get("noop_with_empty_axes", 0):
-            ctx.set_alias(out, x)
+            _no_reduction_applied(ctx, node, [op for op in (before, after) if op is not None])
             return
         axes = axes or list(range(len(in_shape)))
         keepdims = bool(attrs.get("keepdims", 1))
         out_shape = [1 if i in axes else d for i, d in enumerate(in_shape) if keepdims or i not in axes]
-        if op == "reduce_l2":
-            squares = ctx.emit("mul", [x, x], out + "__squares", in_shape, node)
-            total = ctx.emit("reduce_sum", [squares], out + "__sum", out_shape, node, axes=axes, keepdims=keepdims)
-            ctx.emit("sqrt", [total], out, out_shape, node)
-        else:
-            ctx.emit(op, [x], out, out_shape, node, axes=axes, keepdims=keepdims)
+        if before is not None:
+            x = _elementwise(ctx, node, before, x, f"{out}__{before}")
+        reduced = ctx.emit(op, [x], out if after is None else f"{out}__{op}", out_shape, node, axes=axes,
+                           keepdims=keepdims)
+        if after is not None:
+            _elementwise(ctx, node, after, reduced, out)
 
     return convert
 
 
-converter("ReduceSum", since=13)(_reduce("reduce_sum", axes_from_input=True))
-for _op, _kind in {"ReduceMean": "reduce_mean", "ReduceMax": "reduce_max", "ReduceL2": "reduce_l2"}.items():
-    converter(_op, since=13)(_reduce(_kind, axes_from_input=False))
-    converter(_op, since=18)(_reduce(_kind, axes_from_input=True))
+def _no_reduction_applied(ctx: ConvertContext, node: onnx.NodeProto, steps: list[str]) -> None:
+    """noop_with_empty_axes and no axes: no reduction, but the elementwise parts apply (ReduceL1 is |x|)."""
+    x, out = node.input[0], node.output[0]
+    if not steps:
+        ctx.set_alias(out, x)
+    for i, op in enumerate(steps):
+        x = _elementwise(ctx, node, op, x, out if i == len(steps) - 1 else f"{out}__{op}")
+
+
+converter("ReduceSum", since=13)(_reduce("ReduceSum", axes_from_input=True))
+for _op in _REDUCTIONS:
+    if _op != "ReduceSum":
+        converter(_op, since=13)(_reduce(_op, axes_from_input=False))
+        converter(_op, since=18)(_reduce(_op, axes_from_input=True))
 
 
 @converter("LayerNormalization", since=17)
@@ -478,6 +551,40 @@ def batch_normalization(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     ctx.set_const(out + "__shift", (beta - mean * scale).reshape(per_channel), node.input[1:5])
     scaled = ctx.emit("mul", [x, out + "__scale"], out + "__scaled", in_shape, node)
     ctx.emit("add", [scaled, out + "__shift"], out, in_shape, node)
+
+
+def _normalise(ctx: ConvertContext, node: onnx.NodeProto, x: str, axes: list[int], eps: float, out: str) -> str:
+    """(x - mean) / sqrt(var + eps) over ``axes`` in generic kinds (reduce_mean, sub, mul, add, rsqrt)."""
+    shape = ctx.shape(x)
+    reduced = [1 if i in axes else d for i, d in enumerate(shape)]
+    mean = ctx.emit("reduce_mean", [x], out + "__mean", reduced, node, axes=axes, keepdims=True)
+    centred = ctx.emit("sub", [x, mean], out + "__centred", shape, node)
+    squares = ctx.emit("mul", [centred, centred], out + "__squares", shape, node)
+    variance = ctx.emit("reduce_mean", [squares], out + "__variance", reduced, node, axes=axes, keepdims=True)
+    ctx.set_const(out + "__eps", np.float64(eps))
+    shifted = ctx.emit("add", [variance, out + "__eps"], out + "__shifted", reduced, node)
+    inverse = ctx.emit("rsqrt", [shifted], out + "__rsqrt", reduced, node)
+    return ctx.emit("mul", [centred, inverse], out + "__normalised", shape, node)
+
+
+def _channel_affine(ctx: ConvertContext, node: onnx.NodeProto, x: str, scale: np.ndarray, bias: np.ndarray) -> None:
+    """x * scale + bias with per-channel (axis 1) params [C, 1, ...] derived from the node's inputs 1 and 2."""
+    out, shape = node.output[0], ctx.shape(x)
+    per_channel = (shape[1],) + (1,) * (len(shape) - 2)
+    ctx.set_const(out + "__scale", scale.reshape(per_channel), node.input[1:3])
+    ctx.set_const(out + "__shift", bias.reshape(per_channel), node.input[1:3])
+    scaled = ctx.emit("mul", [x, out + "__scale"], out + "__scaled", shape, node)
+    ctx.emit("add", [scaled, out + "__shift"], out, shape, node)
+
+
+@converter("InstanceNormalization", since=13)
+def instance_normalization(ctx: ConvertContext, node: onnx.NodeProto) -> None:
+    """Per image and channel over the spatial axes, then a per-channel affine."""
+    x = node.input[0]
+    axes = list(range(2, len(ctx.shape(x))))
+    normalised = _normalise(ctx, node, x, axes, float(onnx_attrs(node).get("epsilon", 1e-5)), node.output[0])
+    _channel_affine(ctx, node, normalised, ctx.require_const(node, 1, "scale").astype(np.float64),
+                    ctx.require_const(node, 2, "B").astype(np.float64))
 
 
 # --- products -------------------------------------------------------------------------------------------------

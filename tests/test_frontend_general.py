@@ -360,6 +360,17 @@ class _EncoderLayer(nn.Module):
         return self.layer(x)
 
 
+class _MultiheadAttention(nn.Module):
+    """nn.MultiheadAttention with its default need_weights=True (the averaged weights are computed, not returned)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x, x, x)[0]
+
+
 def _randomise_norms(module: nn.Module) -> None:
     generator = torch.Generator().manual_seed(5)
     for m in module.modules():
@@ -373,6 +384,7 @@ def _randomise_norms(module: nn.Module) -> None:
 
 TORCH_MODELS = {"conv_bn_hardswish": (_ConvNet, (1, 3, 12, 12)), "sdpa_silu_relu6": (_SdpaBlock, (1, 5, 16)),
                 "encoder_layer_relu": (lambda: _EncoderLayer("relu"), (1, 5, 16)),
+                "multihead_attention": (_MultiheadAttention, (1, 5, 16)),
                 "encoder_layer_gelu": (lambda: _EncoderLayer("gelu"), (1, 5, 16)),
                 "gelu_tanh": (lambda: nn.Sequential(nn.Linear(16, 16), nn.GELU(approximate="tanh")), (1, 5, 16))}
 

@@ -53,7 +53,8 @@ def size(ctx: ConvertContext, node: onnx.NodeProto) -> None:
 @converter("Cast", since=13)
 def cast(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     if onnx_attrs(node)["to"] not in FLOAT_TYPES:
-        raise CompileError(f"{node_label(node)}: Cast of a secret tensor to a non-float type is not supported")
+        raise CompileError(f"{node_label(node)}: Cast of a secret tensor to a non-float type is not supported; only "
+                           f"compile-time constants (masks, indices) may be integers or booleans")
     ctx.set_alias(node.output[0], node.input[0])  # secrets are fixed point whatever the float width
 
 
@@ -174,7 +175,8 @@ def _no_reduction(node: onnx.NodeProto) -> None:
     reduction = onnx_attrs(node).get("reduction", "none")
     if reduction != "none":
         raise CompileError(f"{node_label(node)}: {node.op_type} with reduction={reduction!r} onto a secret tensor "
-                           f"is not supported (only reduction='none', a plain write)")
+                           f"is not supported (only reduction='none', a plain write); write the updates and then "
+                           f"Add/Mul them")
 
 
 @converter("Expand", since=13)
@@ -517,21 +519,44 @@ for _op in _REDUCTIONS:
         converter(_op, since=18)(_reduce(_op, axes_from_input=True))
 
 
+def _normalise(ctx: ConvertContext, node: onnx.NodeProto, x: str, axes: list[int], eps: float, out: str) -> str:
+    """(x - mean) / sqrt(var + eps) over ``axes`` in generic kinds (reduce_mean, sub, mul, add, rsqrt)."""
+    shape = ctx.shape(x)
+    reduced = [1 if i in axes else d for i, d in enumerate(shape)]
+    mean = ctx.emit("reduce_mean", [x], out + "__mean", reduced, node, axes=axes, keepdims=True)
+    centred = ctx.emit("sub", [x, mean], out + "__centred", shape, node)
+    squares = ctx.emit("mul", [centred, centred], out + "__squares", shape, node)
+    variance = ctx.emit("reduce_mean", [squares], out + "__variance", reduced, node, axes=axes, keepdims=True)
+    ctx.set_const(out + "__eps", np.float64(eps))
+    shifted = ctx.emit("add", [variance, out + "__eps"], out + "__shifted", reduced, node)
+    inverse = ctx.emit("rsqrt", [shifted], out + "__rsqrt", reduced, node)
+    return ctx.emit("mul", [centred, inverse], out + "__normalised", shape, node)
+
+
 @converter("LayerNormalization", since=17)
 def layer_normalization(ctx: ConvertContext, node: onnx.NodeProto) -> None:
-    x = node.input[0]
+    """Over the last axis: one ``layernorm`` node. Over the axes from ``axis`` on (more than one): mean, variance and
+    rsqrt in generic kinds, then times gamma plus beta (both shaped like those axes)."""
+    x, out = node.input[0], node.output[0]
     in_shape = ctx.shape(x)
     attrs = onnx_attrs(node)
-    if _axis(attrs.get("axis", -1), len(in_shape)) != len(in_shape) - 1:
-        raise CompileError(f"{node_label(node)}: LayerNormalization over more than the last axis is not supported")
+    axis = _axis(attrs.get("axis", -1), len(in_shape))
+    eps = float(attrs.get("epsilon", 1e-5))
+    if len(node.output) > 1 and any(node.output[1:]):
+        raise CompileError(f"{node_label(node)}: the Mean/InvStdDev outputs of LayerNormalization are not "
+                           f"supported; use only its first output")
     gamma = node.input[1]
     beta = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if axis != len(in_shape) - 1:
+        normalised = _normalise(ctx, node, x, list(range(axis, len(in_shape))), eps, out)
+        scaled = ctx.emit("mul", [normalised, gamma], out if beta is None else out + "__scaled", in_shape, node)
+        if beta is not None:
+            ctx.emit("add", [scaled, beta], out, in_shape, node)
+        return
     if beta is None:
-        beta = node.output[0] + "__zero_bias"
+        beta = out + "__zero_bias"
         ctx.set_const(beta, np.zeros(in_shape[-1], np.float32), [gamma])
-    if len(node.output) > 1 and any(node.output[1:]):
-        raise CompileError(f"{node_label(node)}: the Mean/InvStdDev outputs of LayerNormalization are not supported")
-    ctx.emit("layernorm", [x, gamma, beta], node.output[0], in_shape, node, eps=float(attrs.get("epsilon", 1e-5)))
+    ctx.emit("layernorm", [x, gamma, beta], out, in_shape, node, eps=eps)
 
 
 @converter("BatchNormalization", since=13)
@@ -551,20 +576,6 @@ def batch_normalization(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     ctx.set_const(out + "__shift", (beta - mean * scale).reshape(per_channel), node.input[1:5])
     scaled = ctx.emit("mul", [x, out + "__scale"], out + "__scaled", in_shape, node)
     ctx.emit("add", [scaled, out + "__shift"], out, in_shape, node)
-
-
-def _normalise(ctx: ConvertContext, node: onnx.NodeProto, x: str, axes: list[int], eps: float, out: str) -> str:
-    """(x - mean) / sqrt(var + eps) over ``axes`` in generic kinds (reduce_mean, sub, mul, add, rsqrt)."""
-    shape = ctx.shape(x)
-    reduced = [1 if i in axes else d for i, d in enumerate(shape)]
-    mean = ctx.emit("reduce_mean", [x], out + "__mean", reduced, node, axes=axes, keepdims=True)
-    centred = ctx.emit("sub", [x, mean], out + "__centred", shape, node)
-    squares = ctx.emit("mul", [centred, centred], out + "__squares", shape, node)
-    variance = ctx.emit("reduce_mean", [squares], out + "__variance", reduced, node, axes=axes, keepdims=True)
-    ctx.set_const(out + "__eps", np.float64(eps))
-    shifted = ctx.emit("add", [variance, out + "__eps"], out + "__shifted", reduced, node)
-    inverse = ctx.emit("rsqrt", [shifted], out + "__rsqrt", reduced, node)
-    return ctx.emit("mul", [centred, inverse], out + "__normalised", shape, node)
 
 
 def _channel_affine(ctx: ConvertContext, node: onnx.NodeProto, x: str, scale: np.ndarray, bias: np.ndarray) -> None:
@@ -774,7 +785,8 @@ def max_pool(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     element of its own window instead (a duplicate leaves the maximum unchanged; -inf has no fixed-point code)."""
     x, out = node.input[0], node.output[0]
     if len(node.output) > 1 and node.output[1]:
-        raise CompileError(f"{node_label(node)}: the Indices output of MaxPool is not supported")
+        raise CompileError(f"{node_label(node)}: the Indices output of MaxPool is not supported; export with "
+                           f"return_indices=False")
     in_shape = ctx.shape(x)
     kernel, strides, dilations, pads = _pool_geometry(node, in_shape)
     fill = _size(in_shape)
@@ -875,7 +887,8 @@ def einsum(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     free_a, free_b = [c for c in ta if c not in tb], [c for c in tb if c not in ta]
     for c in batch:
         if ctx.shape(node.input[0])[ta.index(c)] != ctx.shape(node.input[1])[tb.index(c)]:
-            raise CompileError(f"{node_label(node)}: Einsum broadcasting over {c!r} is not supported")
+            raise CompileError(f"{node_label(node)}: Einsum broadcasting over {c!r} is not supported; Expand the "
+                               f"smaller operand first or use MatMul")
     lead = [dims[c] for c in batch]
     size_of = lambda letters: _size([dims[c] for c in letters])  # noqa: E731
     left, right = out + "__left", out + "__right"

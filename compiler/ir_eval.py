@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.special import erf
+from scipy.special import erf, expit
 
 from compiler.ir import Graph, Node
 
@@ -117,7 +117,7 @@ KERNELS: dict[str, Callable[[Node, list[Array]], Array]] = {
     "neg": lambda node, xs: -xs[0],
     "abs": lambda node, xs: np.abs(xs[0]),
     "exp": lambda node, xs: np.exp(xs[0]),
-    "sigmoid": lambda node, xs: 1 / (1 + np.exp(-xs[0])),
+    "sigmoid": lambda node, xs: expit(xs[0]),
     "tanh": lambda node, xs: np.tanh(xs[0]),
     "reciprocal": lambda node, xs: 1 / xs[0],
     "reduce_max": _reduce(np.max),

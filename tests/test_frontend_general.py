@@ -75,8 +75,11 @@ CASES: dict[str, tuple[list[onnx.NodeProto], dict, dict, int, bool]] = {
         ("Sigmoid", "Tanh", "Exp", "Neg", "Abs", "Erf", "HardSwish", "Relu"))]
         + [helper.make_node("HardSigmoid", ["x"], ["u8"], alpha=0.3, beta=0.4),
            helper.make_node("Concat", [f"u{i}" for i in range(9)], ["y"], axis=1)], {}, X, 17, False),
-    "reciprocal_sqrt_div": ([helper.make_node("Reciprocal", ["x"], ["r"]), helper.make_node("Sqrt", ["x"], ["s"]),
-                             helper.make_node("Div", ["r", "s"], ["y"])], {}, X, 17, True),
+    "reciprocal_sqrt_div_castlike": ([helper.make_node("Reciprocal", ["x"], ["r"]),
+                                      helper.make_node("Sqrt", ["x"], ["s"]),
+                                      helper.make_node("CastLike", ["s", "like"], ["c"]),
+                                      helper.make_node("Div", ["r", "c"], ["y"])], {"like": np.float32(0)}, X, 17,
+                                     True),
     "pow_2_3_half_1": ([helper.make_node("Pow", ["x", f"e{i}"], [f"p{i}"]) for i in range(4)]
                        + [helper.make_node("Concat", [f"p{i}" for i in range(4)], ["y"], axis=0)],
                        {"e0": _f32(2), "e1": _f32(3), "e2": np.float32(0.5), "e3": np.float32(1)}, X, 17, True),

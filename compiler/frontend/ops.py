@@ -4,9 +4,10 @@ compile-time constants never reaches a converter: the loader folds it with onnx'
 no converter at all.
 
 Data-movement ops (Reshape, Transpose, Slice, Split, Concat, Gather, GatherElements, Squeeze, Unsqueeze, Flatten,
-Expand, Tile, Pad, ScatterElements, ScatterND, and Conv's im2col) share one mechanism: the op is applied to an index
-array (:meth:`ConvertContext.emit_layout`), which yields the ``layout`` node's static index map — no runtime work in
-MPC. Padding values are read from a public constant passed as one more layout input.
+Expand, Tile, Pad, ScatterElements, ScatterND, DepthToSpace, SpaceToDepth, and the windows of Conv and the pools)
+share one mechanism: the op is applied to an index array (:meth:`ConvertContext.emit_layout`), which yields the
+``layout`` node's static index map — no runtime work in MPC. Padding values are read from a public constant passed
+as one more layout input.
 """
 from __future__ import annotations
 
@@ -56,6 +57,15 @@ def cast(ctx: ConvertContext, node: onnx.NodeProto) -> None:
         raise CompileError(f"{node_label(node)}: Cast of a secret tensor to a non-float type is not supported; only "
                            f"compile-time constants (masks, indices) may be integers or booleans")
     ctx.set_alias(node.output[0], node.input[0])  # secrets are fixed point whatever the float width
+
+
+@converter("CastLike", since=15)
+def cast_like(ctx: ConvertContext, node: onnx.NodeProto) -> None:
+    target = ctx.const(node.input[1])  # None: a secret, hence float
+    if target is not None and target.dtype.kind != "f":
+        raise CompileError(f"{node_label(node)}: CastLike of a secret tensor to {target.dtype} is not supported; "
+                           f"only compile-time constants (masks, indices) may be integers or booleans")
+    ctx.set_alias(node.output[0], node.input[0])
 
 
 @converter("Identity", since=13)

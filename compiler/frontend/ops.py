@@ -265,7 +265,7 @@ def space_to_depth(ctx: ConvertContext, node: onnx.NodeProto) -> None:
                     .reshape(b, c * block ** 2, h // block, w // block))
 
 
-_NUMPY_PAD_MODES = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+_INDEX_PAD_MODES = ("reflect", "edge", "wrap")  # numpy.pad spells them as ONNX does
 
 
 @converter("Pad", since=13)
@@ -276,7 +276,7 @@ def pad(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     in_shape = ctx.shape(x)
     rank = len(in_shape)
     mode = onnx_attrs(node).get("mode", "constant")
-    if mode != "constant" and mode not in _NUMPY_PAD_MODES:
+    if mode != "constant" and mode not in _INDEX_PAD_MODES:
         raise CompileError(f"{node_label(node)}: Pad mode {mode!r} is not supported (constant, reflect, edge, wrap)")
     pads = [int(p) for p in ctx.require_const(node, 1, "pads")]
     axes = ctx.optional_const(node, 3)
@@ -301,7 +301,7 @@ def pad(ctx: ConvertContext, node: onnx.NodeProto) -> None:
         if mode == "constant":
             padded = np.pad(xs[0], widths, mode="constant", constant_values=fill)
         else:
-            padded = np.pad(xs[0], widths, mode=_NUMPY_PAD_MODES[mode])
+            padded = np.pad(xs[0], widths, mode=mode)
         return padded[crop]
 
     ctx.emit_layout(node, inputs, out, build)

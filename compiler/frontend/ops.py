@@ -878,37 +878,47 @@ converter("Mean", since=13)(_variadic(mean=True))
 
 @converter("Einsum", since=12)
 def einsum(ctx: ConvertContext, node: onnx.NodeProto) -> None:
-    """An Einsum that is a transpose (one operand) or a batched matmul with transposes (two operands): layouts to
-    [*batch, M, K] and [*batch, K, N], ``matmul``, a layout to the output's order. Every letter of an operand is
-    kept or contracted with the other operand (no diagonals, no sums over one operand)."""
+    """An Einsum of one or two operands without diagonals: letters only one operand has and the output lacks are
+    summed first (``reduce_sum``); then one operand is a transpose (a layout), two are a batched ``matmul`` between
+    layouts to [*batch, M, K] and [*batch, K, N] (batch letters broadcast where one side is 1) and a layout to the
+    output's order."""
     terms, output = _einsum_terms(node, [len(ctx.shape(i)) for i in node.input])
-    dims = {letter: d for term, name in zip(terms, node.input) for letter, d in zip(term, ctx.shape(name))}
+    equation = onnx_attrs(node)["equation"]
+    if len(terms) > 2 or any(len(set(t)) != len(t) for t in (*terms, output)):
+        raise CompileError(f"{node_label(node)}: Einsum {equation!r} (more than two operands or a repeated letter, "
+                           f"a diagonal) is not supported; rewrite it with MatMul/Transpose/ReduceSum")
     out = node.output[0]
-    if len(terms) == 1 and sorted(terms[0]) == sorted(output) and len(set(output)) == len(output):
-        ctx.emit_layout(node, node.input[:1], out, lambda x: np.transpose(x[0], [terms[0].index(c) for c in output]))
+    names = list(node.input)
+    for i, term in enumerate(terms):
+        others = "".join(t for j, t in enumerate(terms) if j != i) + output
+        summed = [term.index(c) for c in term if c not in others]
+        if summed:
+            shape = [d for axis, d in enumerate(ctx.shape(names[i])) if axis not in summed]
+            names[i] = ctx.emit("reduce_sum", [names[i]], f"{out}__sum{i}", shape, node, axes=summed, keepdims=False)
+            terms[i] = "".join(c for c in term if c in others)
+    if len(terms) == 1:
+        ctx.emit_layout(node, names, out, lambda x: np.transpose(x[0], [terms[0].index(c) for c in output]))
         return
-    if len(terms) != 2 or any(len(set(t)) != len(t) for t in (*terms, output)) \
-            or any(c not in output and not all(c in t for t in terms) for t in terms for c in t):
-        raise CompileError(f"{node_label(node)}: Einsum {onnx_attrs(node)['equation']!r} is not a transpose or a "
-                           f"(batched) matmul; rewrite it with MatMul/Transpose/ReduceSum")
-    ta, tb = terms
+    (ta, tb), (name_a, name_b) = terms, names
+    size_a, size_b = dict(zip(ta, ctx.shape(name_a))), dict(zip(tb, ctx.shape(name_b)))
     batch = [c for c in output if c in ta and c in tb]
     contract = [c for c in ta if c in tb and c not in output]
     free_a, free_b = [c for c in ta if c not in tb], [c for c in tb if c not in ta]
-    for c in batch:
-        if ctx.shape(node.input[0])[ta.index(c)] != ctx.shape(node.input[1])[tb.index(c)]:
-            raise CompileError(f"{node_label(node)}: Einsum broadcasting over {c!r} is not supported; Expand the "
-                               f"smaller operand first or use MatMul")
-    lead = [dims[c] for c in batch]
-    size_of = lambda letters: _size([dims[c] for c in letters])  # noqa: E731
+    for c in batch + contract:
+        if size_a[c] != size_b[c] and (c in contract or 1 not in (size_a[c], size_b[c])):
+            raise CompileError(f"{node_label(node)}: Einsum {equation!r}: {c!r} is {size_a[c]} in one operand and "
+                               f"{size_b[c]} in the other; the model is inconsistent: re-export it")
+    dims = {**size_a, **size_b, **{c: max(size_a[c], size_b[c]) for c in batch}}
+    size_of = lambda letters, sizes: _size([sizes[c] for c in letters])  # noqa: E731
+    rows, inner, cols = size_of(free_a, size_a), size_of(contract, size_a), size_of(free_b, size_b)
     left, right = out + "__left", out + "__right"
-    ctx.emit_layout(node, node.input[:1], left, lambda x: np.transpose(x[0], [ta.index(c) for c in batch + free_a
-                                                                              + contract])
-                    .reshape(*lead, size_of(free_a), size_of(contract)))
-    ctx.emit_layout(node, node.input[1:2], right, lambda x: np.transpose(x[0], [tb.index(c) for c in batch + contract
-                                                                               + free_b])
-                    .reshape(*lead, size_of(contract), size_of(free_b)))
-    product = ctx.emit("matmul", [left, right], out + "__product", (*lead, size_of(free_a), size_of(free_b)), node)
+    ctx.emit_layout(node, [name_a], left, lambda x: np.transpose(x[0], [ta.index(c) for c in batch + free_a
+                                                                        + contract])
+                    .reshape(*[size_a[c] for c in batch], rows, inner))
+    ctx.emit_layout(node, [name_b], right, lambda x: np.transpose(x[0], [tb.index(c) for c in batch + contract
+                                                                         + free_b])
+                    .reshape(*[size_b[c] for c in batch], inner, cols))
+    product = ctx.emit("matmul", [left, right], out + "__product", (*[dims[c] for c in batch], rows, cols), node)
     produced = batch + free_a + free_b
     ctx.emit_layout(node, [product], out, lambda x: x[0].reshape([dims[c] for c in produced])
                     .transpose([produced.index(c) for c in output]))

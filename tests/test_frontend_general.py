@@ -165,6 +165,8 @@ CASES: dict[str, tuple[list[onnx.NodeProto], dict, dict, int, bool]] = {
                                {"x6": [1, 6, 5, 5]}, 17, False),
     "conv_depthwise_1d": ([helper.make_node("Conv", ["x1", "wd"], ["y"], group=3, pads=[1, 1])],
                           {"wd": WEIGHT[:3, :1, 0]}, {"x1": [1, 3, 7]}, 17, False),
+    "conv_3d": ([helper.make_node("Conv", ["x3", "w3"], ["y"], pads=[1, 0, 1, 0, 1, 1], strides=[1, 2, 1])],
+                {"w3": WEIGHT[:2, :2, :2, :2].reshape(2, 2, 2, 2, 1).repeat(2, 4)}, {"x3": [1, 2, 3, 4, 4]}, 17, False),
     "conv_patch_embedding": ([helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[3, 3])],
                              {"w": WEIGHT, "b": BIAS}, X, 17, False),
     "pools": ([helper.make_node("MaxPool", ["x"], ["m1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
@@ -405,8 +407,7 @@ def _randomise_norms(module: nn.Module) -> None:
 TORCH_MODELS = {"conv_bn_hardswish": (_ConvNet, (1, 3, 12, 12)), "sdpa_silu_relu6": (_SdpaBlock, (1, 5, 16)),
                 "encoder_layer_relu": (lambda: _EncoderLayer("relu"), (1, 5, 16)),
                 "multihead_attention": (_MultiheadAttention, (1, 5, 16)),
-                "encoder_layer_gelu": (lambda: _EncoderLayer("gelu"), (1, 5, 16)),
-                "gelu_tanh": (lambda: nn.Sequential(nn.Linear(16, 16), nn.GELU(approximate="tanh")), (1, 5, 16))}
+                "encoder_layer_gelu": (lambda: _EncoderLayer("gelu"), (1, 5, 16))}
 
 
 @pytest.fixture(scope="module")
@@ -426,6 +427,18 @@ def test_torch_exports_match_onnxruntime(export_dir: Path, name: str, dynamo: bo
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     if name.startswith("encoder_layer") and not dynamo:
         assert "Mod" in ops  # the shape subgraph the issue reports: folded by the evaluator
-    if name == "gelu_tanh" and not dynamo:
-        assert "Tanh" in ops and "Gelu" not in ops  # opset 17: GeLU-tanh decomposed (x·x·x, Tanh)
+    assert max(check(path)) <= RTOL
+
+
+@pytest.mark.parametrize("dynamo,opset", [(True, 17), (False, 17), (False, 20)])
+def test_gelu_tanh_loads_at_every_opset(export_dir: Path, dynamo: bool, opset: int) -> None:
+    """Opset 17: the dynamo exporter writes x³ as Pow 3, TorchScript as x·x·x; opset 20: one Gelu(tanh) node."""
+    torch.manual_seed(0)
+    path = export(nn.Sequential(nn.Linear(16, 16), nn.GELU(approximate="tanh")), torch.randn(1, 5, 16),
+                  export_dir / f"general_gelu_tanh_{dynamo}_{opset}.onnx", dynamo, opset)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert ("Pow" in ops) == dynamo and ("Gelu" in ops) == (opset == 20)
+    graph = load_onnx(path)
+    if opset == 20:
+        assert [n.attrs for n in graph.nodes if n.op == "gelu"] == [{"approximate": "tanh"}]
     assert max(check(path)) <= RTOL

@@ -442,3 +442,25 @@ def test_gelu_tanh_loads_at_every_opset(export_dir: Path, dynamo: bool, opset: i
     if opset == 20:
         assert [n.attrs for n in graph.nodes if n.op == "gelu"] == [{"approximate": "tanh"}]
     assert max(check(path)) <= RTOL
+
+
+# timm families whose graphs need the general converters (small configurations; ZOO's test compiles the whole zoo)
+TIMM_FAMILIES = {
+    "swin": ("swin_tiny_patch4_window7_224", dict(patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+                                                  window_size=4)),  # windows, shifted-window masks, patch merging
+    "xcit": ("xcit_nano_12_p16_224", dict(patch_size=8, embed_dim=32, depth=1, num_heads=2, cls_attn_layers=1)),
+    "levit": ("levit_128s", dict(embed_dim=(32, 48), key_dim=8, num_heads=(2, 3), depth=(1, 1), use_conv=False)),
+    "pit": ("pit_ti_224", dict(patch_size=4, stride=2, base_dims=[8, 8], depth=[1, 1], heads=[1, 2])),
+    "convit": ("convit_tiny", dict(patch_size=8, embed_dim=32, depth=1, num_heads=2, local_up_to_layer=1)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(TIMM_FAMILIES))
+def test_timm_families_load_and_match_onnxruntime(export_dir: Path, family: str) -> None:
+    timm = pytest.importorskip("timm")
+    arch, kwargs = TIMM_FAMILIES[family]
+    torch.manual_seed(0)
+    module = timm.create_model(arch, pretrained=False, img_size=32, num_classes=10, **kwargs)
+    path = export(module, torch.randn(1, 3, 32, 32), export_dir / f"general_timm_{family}.onnx", False, 17,
+                  dynamic_batch=True)
+    assert max(check(path, batch=2)) <= RTOL

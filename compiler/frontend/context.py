@@ -7,8 +7,9 @@ non-scalar initializer (a model weight, private to party 0), ``public`` otherwis
 
 Folding: a node whose inputs are all constants is not converted but queued (:meth:`ConvertContext.fold`); the queue
 is evaluated by ``onnx.reference.ReferenceEvaluator`` as one function, at the model's opset, when a converter first
-reads one of its outputs. One evaluation per chain of shape arithmetic (Shape -> Gather -> Unsqueeze -> Concat ->
-Reshape) costs ~0.03 ms a node where one evaluator per node costs ~0.9 ms (its set-up dominates).
+reads one of its outputs: one evaluation per chain of shape arithmetic (Shape -> Gather -> Unsqueeze -> Concat ->
+Reshape) instead of one per node, whose set-up dominates. Measured on a TorchScript export of timm's Swin (527 nodes,
+403 folded): 46 evaluations, 47 ms for the whole load, against 403 evaluations and 57 ms node by node.
 """
 from __future__ import annotations
 

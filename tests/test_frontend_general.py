@@ -170,17 +170,21 @@ CASES: dict[str, tuple[list[onnx.NodeProto], dict, dict, int, bool]] = {
     "conv_patch_embedding": ([helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[3, 3])],
                              {"w": WEIGHT, "b": BIAS}, X, 17, False),
     "pools": ([helper.make_node("MaxPool", ["x"], ["m1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
-               helper.make_node("MaxPool", ["x"], ["m2"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 0, 0, 1],
-                                ceil_mode=1),
+               helper.make_node("MaxPool", ["x"], ["m2"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
                helper.make_node("AveragePool", ["x"], ["a1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
                helper.make_node("AveragePool", ["x"], ["a2"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
                                 count_include_pad=1),
-               helper.make_node("AveragePool", ["x"], ["a3"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 0, 0, 1],
-                                ceil_mode=1),
+               helper.make_node("AveragePool", ["x"], ["a3"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+               helper.make_node("AveragePool", ["x"], ["a4"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                ceil_mode=1, count_include_pad=1),  # torch's AvgPool2d(3, 2, 1, ceil_mode=True)
+               helper.make_node("AveragePool", ["x"], ["a5"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1],
+                                count_include_pad=1),  # every window counts 4: reduce_mean
                helper.make_node("Sum", ["m1", "a1", "a2"], ["s"]),
                helper.make_node("Mean", ["m2", "a3"], ["t"]),
+               helper.make_node("Add", ["a4", "a5"], ["u"]),
+               helper.make_node("GlobalAveragePool", ["u"], ["gu"]),
                helper.make_node("GlobalAveragePool", ["s"], ["gs"]), helper.make_node("GlobalMaxPool", ["t"], ["gt"]),
-               helper.make_node("Concat", ["gs", "gt"], ["y"], axis=1)], {}, X, 17, False),
+               helper.make_node("Concat", ["gs", "gt", "gu"], ["y"], axis=1)], {}, X, 17, False),
     "max_pool_1d": ([helper.make_node("MaxPool", ["x1"], ["a"], kernel_shape=[3], dilations=[2], pads=[2, 1]),
                      helper.make_node("MaxPool", ["x1"], ["b"], kernel_shape=[3], strides=[2], auto_pad="SAME_UPPER"),
                      helper.make_node("Concat", ["a", "b"], ["y"], axis=2)], {}, {"x1": [1, 3, 7]}, 17, False),
@@ -382,6 +386,13 @@ class _EncoderLayer(nn.Module):
         return self.layer(x)
 
 
+def _pools_and_norms() -> nn.Module:
+    """Pooling, GroupNorm (InstanceNormalization on a reshape, or a decomposition), PReLU, PixelShuffle, a LayerNorm
+    over three axes: [1, 4, 12, 12] -> [1, 1, 2, 2]."""
+    return nn.Sequential(nn.GroupNorm(2, 4), nn.PReLU(4), nn.MaxPool2d(3, 2, 1), nn.AvgPool2d(3, 2, 1, ceil_mode=True),
+                         nn.PixelShuffle(2), nn.LayerNorm([1, 8, 8]), nn.AdaptiveAvgPool2d(2))
+
+
 class _MultiheadAttention(nn.Module):
     """nn.MultiheadAttention with its default need_weights=True (the averaged weights are computed, not returned)."""
 
@@ -407,6 +418,7 @@ def _randomise_norms(module: nn.Module) -> None:
 TORCH_MODELS = {"conv_bn_hardswish": (_ConvNet, (1, 3, 12, 12)), "sdpa_silu_relu6": (_SdpaBlock, (1, 5, 16)),
                 "encoder_layer_relu": (lambda: _EncoderLayer("relu"), (1, 5, 16)),
                 "multihead_attention": (_MultiheadAttention, (1, 5, 16)),
+                "pools_and_norms": (_pools_and_norms, (1, 4, 12, 12)),
                 "encoder_layer_gelu": (lambda: _EncoderLayer("gelu"), (1, 5, 16))}
 
 

@@ -811,8 +811,9 @@ def max_pool(ctx: ConvertContext, node: onnx.NodeProto) -> None:
 @converter("AveragePool", since=13)
 def average_pool(ctx: ConvertContext, node: onnx.NodeProto) -> None:
     """A layout to the windows [B, C, *out_spatial, K] (padding reads a public zero), then ``reduce_mean`` over K
-    (count_include_pad=1), or ``reduce_sum`` times a public 1/count per output position (count_include_pad=0,
-    the default: only input elements count)."""
+    where every window counts K elements, else ``reduce_sum`` times a public 1/count per output position: the input
+    elements (count_include_pad=0, the default), or those and the padding but not a ceil_mode overhang
+    (count_include_pad=1, as torch and onnxruntime count)."""
     x, out = node.input[0], node.output[0]
     attrs = onnx_attrs(node)
     in_shape = ctx.shape(x)
@@ -826,15 +827,17 @@ def average_pool(ctx: ConvertContext, node: onnx.NodeProto) -> None:
         inputs.append(out + "__zero")
     ctx.emit_layout(node, inputs, out + "__windows", lambda _: flat)
     axes, shape = [flat.ndim - 1], flat.shape[:-1]
-    if attrs.get("count_include_pad", 0):
-        _, unpadded = _windows(in_shape, kernel, strides, dilations, pads, fill)  # the ceil_mode overhang
-        if unpadded != out_spatial:  # counts as padding in torch but not in onnxruntime: refuse the ambiguity
-            raise CompileError(f"{node_label(node)}: AveragePool with count_include_pad=1 and a ceil_mode window "
-                               f"past the padding is not supported; export with ceil_mode=False")
+    nd = len(kernel)
+    counts = np.ones(out_spatial, dtype=np.int64)
+    for i, (n, k, s, d, begin, end) in enumerate(zip(in_shape[2:], kernel, strides, dilations, pads[:nd], pads[nd:])):
+        position = np.arange(out_spatial[i])[:, None] * s + np.arange(k)[None, :] * d  # in padded coordinates
+        lo, hi = (0, begin + n + end) if attrs.get("count_include_pad", 0) else (begin, begin + n)
+        counted = ((position >= lo) & (position < hi)).sum(axis=1)
+        counts = counts * counted.reshape([-1 if j == i else 1 for j in range(nd)])
+    if (counts == flat.shape[-1]).all():
         ctx.emit("reduce_mean", [out + "__windows"], out, shape, node, axes=axes, keepdims=False)
         return
-    counts = (flat[0, 0] != fill).sum(axis=-1)  # input elements per window, the same for every image and channel
-    ctx.set_const(out + "__inverse_count", 1.0 / counts.astype(np.float64))
+    ctx.set_const(out + "__inverse_count", 1.0 / counts)
     total = ctx.emit("reduce_sum", [out + "__windows"], out + "__sum", shape, node, axes=axes, keepdims=False)
     ctx.emit("mul", [total, out + "__inverse_count"], out, shape, node)
 

@@ -476,3 +476,22 @@ def test_timm_families_load_and_match_onnxruntime(export_dir: Path, family: str)
     path = export(module, torch.randn(1, 3, 32, 32), export_dir / f"general_timm_{family}.onnx", False, 17,
                   dynamic_batch=True)
     assert max(check(path, batch=2)) <= RTOL
+
+
+def test_subgraphs_fold_with_what_they_read_from_outer_scopes(tmp_path: Path) -> None:
+    """An If on a constant condition folds when its branches read constants only; a branch reading the image makes
+    it a node on a secret (no converter: one line)."""
+    def branch(name: str, source: str) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node("Identity", [source], [name])], name, [],
+                                 [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)])
+
+    constant = [helper.make_node("If", ["cond"], ["w"], then_branch=branch("t", "a"), else_branch=branch("e", "b")),
+                helper.make_node("Mul", ["x", "w"], ["y"])]
+    inits = {"cond": np.array(True), "a": np.full(6, 2, np.float32), "b": np.ones(6, np.float32)}
+    graph = load_onnx(model(tmp_path / "if.onnx", constant, X, ["y"], inits))
+    assert graph.op_counts() == {"input": 1, "mul": 1, "output": 1}
+    assert graph.values["w"].role == "param" and graph.values["w"].data.tolist() == [2.0] * 6
+    secret = [helper.make_node("If", ["cond"], ["y"], then_branch=branch("t", "x"), else_branch=branch("e", "x"),
+                               name="branchy")]
+    with pytest.raises(CompileError, match=r"'branchy': op If \(opset 17\) is not supported"):
+        load_onnx(model(tmp_path / "if_secret.onnx", secret, X, ["y"], {"cond": np.array(True)}))

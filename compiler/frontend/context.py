@@ -26,6 +26,17 @@ def node_label(node: onnx.NodeProto) -> str:
     return f"ONNX node {node.name or node.output[0]!r} ({node.op_type})"
 
 
+def reads(node: onnx.NodeProto) -> list[str]:
+    """Every tensor ``node`` reads: its inputs and what its subgraphs (If/Loop/Scan bodies) take from outer scopes."""
+    names = [i for i in node.input if i]
+    for attr in node.attribute:
+        for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+            local = {o for n in body.node for o in n.output} | {v.name for v in body.input} \
+                | {t.name for t in body.initializer}
+            names += [name for inner in body.node for name in reads(inner) if name not in local]
+    return list(dict.fromkeys(names))
+
+
 def onnx_attrs(node: onnx.NodeProto) -> dict[str, Any]:
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
@@ -83,7 +94,7 @@ class ConvertContext:
         self.pending.append(node)
         outputs = [o for o in node.output if o]
         self.pending_outputs.update(outputs)
-        if any(i and self.resolve(i) in self.from_initializer for i in node.input):
+        if any(self.resolve(i) in self.from_initializer for i in reads(node)):
             self.from_initializer.update(outputs)
 
     def flush(self) -> None:
@@ -92,7 +103,7 @@ class ConvertContext:
             return
         nodes, self.pending = self.pending, []
         produced = {o for n in nodes for o in n.output}
-        needed = list(dict.fromkeys(i for n in nodes for i in n.input if i and i not in produced))
+        needed = list(dict.fromkeys(i for n in nodes for i in reads(n) if i not in produced))
         outputs = [o for n in nodes for o in n.output if o]
         self.pending_outputs.difference_update(outputs)
         try:
@@ -104,7 +115,7 @@ class ConvertContext:
 
     def _fold_one_by_one(self, nodes: Sequence[onnx.NodeProto]) -> None:
         for node in nodes:
-            inputs = [i for i in node.input if i]
+            inputs = reads(node)
             outputs = [o for o in node.output if o]
             try:
                 results = _evaluate([node], inputs, outputs, {i: self.consts[i] for i in inputs}, self.opset)

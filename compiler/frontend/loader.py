@@ -9,7 +9,7 @@ from onnx.external_data_helper import load_external_data_for_model, uses_externa
 
 from compiler.errors import CompileError, UserError
 from compiler.frontend import ops  # noqa: F401  (registers the converters)
-from compiler.frontend.context import ConvertContext, node_label
+from compiler.frontend.context import ConvertContext, node_label, reads
 from compiler.frontend.registry import find_converter
 from compiler.ir import Graph, Node, Value
 
@@ -52,7 +52,7 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
         if node.domain not in ("", "ai.onnx"):
             raise CompileError(f"ONNX node {node.name or node.output[0]!r}: op {node.domain}.{node.op_type} is "
                                f"outside the default ONNX domain and not supported")
-        if all(ctx.is_const(i) for i in node.input if i):  # Constant, shape arithmetic, masks, folded weights
+        if all(ctx.is_const(i) for i in reads(node)):  # Constant, shape arithmetic, masks, folded weights
             ctx.fold(node)
             continue
         convert = find_converter(node, opset)

@@ -196,6 +196,15 @@ CASES: dict[str, tuple[list[onnx.NodeProto], dict, dict, int, bool]] = {
     "max_pool_1d": ([helper.make_node("MaxPool", ["x1"], ["a"], kernel_shape=[3], dilations=[2], pads=[2, 1]),
                      helper.make_node("MaxPool", ["x1"], ["b"], kernel_shape=[3], strides=[2], auto_pad="SAME_UPPER"),
                      helper.make_node("Concat", ["a", "b"], ["y"], axis=2)], {}, {"x1": [1, 3, 7]}, 17, False),
+    "resize": ([helper.make_node("Resize", ["x", "", "up"], ["a"], mode="nearest"),  # [1, 3, 12, 9]: a layout
+                helper.make_node("Resize", ["x", "", "", "to"], ["b"], mode="linear"),  # half_pixel, [1, 3, 12, 9]
+                helper.make_node("Resize", ["x", "", "", "to"], ["c"], mode="cubic",
+                                 coordinate_transformation_mode="align_corners"),
+                helper.make_node("Resize", ["x", "", "down"], ["d"], mode="linear", coordinate_transformation_mode=
+                                 "asymmetric"),  # [1, 3, 3, 6]
+                helper.make_node("Resize", ["d", "", "", "to"], ["e"], mode="nearest", nearest_mode="floor"),
+                helper.make_node("Sum", ["a", "b", "c", "e"], ["y"])],
+               {"up": _f32(1, 1, 2, 1.5), "to": _i64(1, 3, 12, 9), "down": _f32(1, 1, 0.5, 1)}, X, 17, False),
     "pad_modes": ([helper.make_node("Pad", ["x", "p"], ["a"]),
                    helper.make_node("Pad", ["x", "p", "v"], ["b"]),
                    helper.make_node("Pad", ["x", "p"], ["c"], mode="reflect"),
@@ -255,6 +264,8 @@ def test_ops_emit_the_contract_kinds(tmp_path: Path) -> None:
     assert kinds("where_constant_condition")["where"] == 2
     assert {"mul", "add"} <= set(kinds("batchnorm")) and "div" not in kinds("batchnorm")
     assert kinds("conv_pad_stride_dilation")["linear"] == 1 and kinds("conv_same_lower_groups")["matmul"] == 1
+    # linear and cubic: a matmul per axis; nearest and the asymmetric 1/2 downscale (it lands on samples): layouts
+    assert kinds("resize")["matmul"] == 4
     nodes, inits, inputs, opset, _ = CASES["gelu_both"]
     graph = load_onnx(model(tmp_path / "gelu.onnx", nodes, inputs, ["y"], inits, opset))
     assert [n.attrs for n in graph.nodes if n.op == "gelu"] == [{}, {"approximate": "tanh"}]  # default implicit
@@ -394,6 +405,12 @@ class _EncoderLayer(nn.Module):
         return self.layer(x)
 
 
+class _Interpolations(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (F.interpolate(x, scale_factor=2, mode="nearest") + F.interpolate(x, size=(12, 12), mode="bilinear")
+                + F.interpolate(x, size=(12, 12), mode="bicubic", align_corners=True))
+
+
 def _pools_and_norms() -> nn.Module:
     """Pooling, GroupNorm (InstanceNormalization on a reshape, or a decomposition), PReLU, PixelShuffle, a LayerNorm
     over three axes: [1, 4, 12, 12] -> [1, 1, 2, 2]."""
@@ -427,6 +444,7 @@ TORCH_MODELS = {"conv_bn_hardswish": (_ConvNet, (1, 3, 12, 12)), "sdpa_silu_relu
                 "encoder_layer_relu": (lambda: _EncoderLayer("relu"), (1, 5, 16)),
                 "multihead_attention": (_MultiheadAttention, (1, 5, 16)),
                 "pools_and_norms": (_pools_and_norms, (1, 4, 12, 12)),
+                "interpolate": (_Interpolations, (1, 2, 6, 6)),
                 "encoder_layer_gelu": (lambda: _EncoderLayer("gelu"), (1, 5, 16))}
 
 

@@ -114,7 +114,7 @@ class ConvertContext:
         outputs = [o for n in nodes for o in n.output if o]
         self.pending_outputs.difference_update(outputs)
         try:
-            results = _evaluate(nodes, needed, outputs, {i: self.consts[i] for i in needed}, self.opset)
+            results = evaluate(nodes, needed, outputs, {i: self.consts[i] for i in needed}, self.opset)
         except Exception:  # the evaluator raises whatever numpy or its kernels raise: find the node and name it
             self._fold_one_by_one(nodes)
         else:
@@ -125,7 +125,7 @@ class ConvertContext:
             inputs = reads(node)
             outputs = [o for o in node.output if o]
             try:
-                results = _evaluate([node], inputs, outputs, {i: self.consts[i] for i in inputs}, self.opset)
+                results = evaluate([node], inputs, outputs, {i: self.consts[i] for i in inputs}, self.opset)
             except Exception as exc:
                 message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise CompileError(f"{node_label(node)}: evaluating it on its compile-time constant inputs failed "
@@ -183,7 +183,7 @@ class ConvertContext:
             self.emit("layout", inputs, output, index.shape, node, index=index.astype(np.int64))
 
 
-def _evaluate(nodes: Sequence[onnx.NodeProto], inputs: list[str], outputs: list[str], feeds: dict[str, np.ndarray],
+def evaluate(nodes: Sequence[onnx.NodeProto], inputs: list[str], outputs: list[str], feeds: dict[str, np.ndarray],
               opset: int) -> list[np.ndarray]:
     """Run ``nodes`` with onnx's reference evaluator as one function (a function keeps the model's opset; a bare
     NodeProto would run at the newest one, where e.g. ReduceMean reads its axes from an input)."""

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from compiler.errors import CompileError
-from compiler.frontend.context import ConvertContext, node_label, onnx_attrs
+from compiler.frontend.context import ConvertContext, evaluate, node_label, onnx_attrs
 from compiler.frontend.registry import converter
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
@@ -305,6 +305,77 @@ def pad(ctx: ConvertContext, node: onnx.NodeProto) -> None:
         return padded[crop]
 
     ctx.emit_layout(node, inputs, out, build)
+
+
+@converter("Resize", since=13)
+def resize(ctx: ConvertContext, node: onnx.NodeProto) -> None:
+    """Resize is linear in x and acts on each axis separately: per resized axis, onnx's reference evaluator runs the
+    node itself on an identity basis along that axis, which yields the axis's [out, in] weights. One-hot weights
+    (nearest, or an integer upscale that lands on samples) are a layout; others a ``matmul`` with the public
+    weights on that axis, between layouts moving it last and back."""
+    x, out = node.input[0], node.output[0]
+    in_shape = ctx.shape(x)
+    rank = len(in_shape)
+    attrs = onnx_attrs(node)
+    if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize" or "axes" in attrs \
+            or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise CompileError(f"{node_label(node)}: Resize with tf_crop_and_resize, axes or keep_aspect_ratio_policy is "
+                           f"not supported; export an interpolation over the whole tensor (torch's F.interpolate)")
+    roi, scales, sizes = (ctx.optional_const(node, i) for i in (1, 2, 3))
+    scales = None if scales is None or scales.size == 0 else [float(v) for v in scales]
+    sizes = None if sizes is None or sizes.size == 0 else [int(v) for v in sizes]
+    resized = [a for a in range(rank) if (sizes[a] != in_shape[a] if sizes is not None else scales[a] != 1.0)]
+    if not resized:
+        ctx.set_alias(out, x)
+    elif resized[0] == 0:
+        raise CompileError(f"{node_label(node)}: Resize of the batch axis is not supported")
+    current = x
+    for axis in resized:
+        weights = _resize_weights(node, in_shape, axis, roi, scales, sizes, ctx.opset)  # [out, in]
+        current = _apply_on_axis(ctx, node, current, axis, weights, out if axis == resized[-1] else f"{out}__{axis}")
+
+
+def _resize_weights(node: onnx.NodeProto, in_shape: Sequence[int], axis: int, roi: np.ndarray | None,
+                    scales: list[float] | None, sizes: list[int] | None, opset: int) -> np.ndarray:
+    """The node run on the identity along ``axis`` (basis index on axis 0): its [out, in] weights for that axis."""
+    n = in_shape[axis]
+    basis_shape = [1] * len(in_shape)
+    basis_shape[0], basis_shape[axis] = n, n
+    basis = np.moveaxis(np.eye(n).reshape(n, n, *[1] * (len(in_shape) - 2)), 1, axis).reshape(basis_shape)
+    feeds = {"x": basis, "roi": roi if roi is not None else np.zeros(0, np.float32)}
+    single = onnx.NodeProto()
+    single.CopyFrom(node)
+    del single.input[:]
+    del single.output[:]
+    if sizes is not None:
+        target = list(basis_shape)
+        target[axis] = sizes[axis]
+        feeds["sizes"] = np.asarray(target, np.int64)
+        single.input.extend(["x", "roi", "", "sizes"])
+    else:
+        factors = [1.0] * len(in_shape)
+        factors[axis] = scales[axis]
+        feeds["scales"] = np.asarray(factors, np.float32)
+        single.input.extend(["x", "roi", "scales"])
+    single.output.append("y")
+    result = evaluate([single], [i for i in single.input if i], ["y"], feeds, opset)[0]
+    return np.moveaxis(result, axis, 1).reshape(n, -1).T  # [out, in]
+
+
+def _apply_on_axis(ctx: ConvertContext, node: onnx.NodeProto, x: str, axis: int, weights: np.ndarray,
+                   out: str) -> str:
+    """``x`` with ``weights`` [out, in] applied along ``axis``: a layout when they only pick elements."""
+    one_hot = np.isin(weights, (0.0, 1.0)).all() and (weights.sum(axis=1) == 1).all()
+    if one_hot:
+        ctx.emit_layout(node, [x], out, lambda i: np.take(i[0], weights.argmax(axis=1), axis=axis))
+        return out
+    last = f"{out}__last"
+    ctx.emit_layout(node, [x], last, lambda i: np.moveaxis(i[0], axis, -1))
+    ctx.set_const(f"{out}__weights", weights.T)
+    shape = (*ctx.shape(last)[:-1], weights.shape[0])
+    product = ctx.emit("matmul", [last, f"{out}__weights"], f"{out}__resized", shape, node)
+    ctx.emit_layout(node, [product], out, lambda i: np.moveaxis(i[0], -1, axis))
+    return out
 
 
 # --- elementwise arithmetic -----------------------------------------------------------------------------------

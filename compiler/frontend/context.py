@@ -184,7 +184,7 @@ class ConvertContext:
 
 
 def evaluate(nodes: Sequence[onnx.NodeProto], inputs: list[str], outputs: list[str], feeds: dict[str, np.ndarray],
-              opset: int) -> list[np.ndarray]:
+             opset: int) -> list[np.ndarray]:
     """Run ``nodes`` with onnx's reference evaluator as one function (a function keeps the model's opset; a bare
     NodeProto would run at the newest one, where e.g. ReduceMean reads its axes from an input)."""
     function = onnx.helper.make_function("mpcvit.fold", "fold", inputs, outputs, list(nodes),

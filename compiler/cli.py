@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--approx", action="append", metavar="OP=CHOICE", help="force an approximation, e.g. gelu=poly")
     p.add_argument("--check", action="store_true", help="compare the fixed-point reference with onnxruntime")
     p.add_argument("--check-samples", type=int, default=200, help="inputs for --check (default 200)")
+    p.add_argument("--data", metavar="FILE.npz", default=None, help="your own inputs for --check: the array named "
+                   "like the model input, else the first one, shaped [N, ...input shape without the batch] "
+                   "(default: the digits test set when the model was trained on it, else random N(0, 1) inputs)")
     p.add_argument("--dump-ir", action="store_true", help="print the IR after the passes")
     p.add_argument("--reveal", choices=("logits", "argmax"), default="logits", help="what the client learns")
     p.add_argument("--template-set", default=None, help="alternative templates under spdz_templates/ "
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         result = compile_onnx(args.model, out, protocol=args.protocol, batch=args.batch, frac_bits=args.frac_bits,
                               approx=parse_approx_flags(args.approx), check=args.check,
                               check_samples=args.check_samples, reveal=args.reveal, template_set=args.template_set,
-                              on_graph=dump)
+                              on_graph=dump, check_data=args.data)
         print(summary(result))
         return 0
 

@@ -10,7 +10,7 @@ from typing import Callable
 from compiler.ir import Graph
 from compiler.passes.attention import fold_attention_scale, fuse_attention, merge_attention
 from compiler.passes.layouts import compose_layouts, fold_layouts_into_linear, layout_into_input, scales_after_layouts
-from compiler.passes.linear import fold_scales, fuse_linear_chains, linear_from_matmul, scale_from_mul
+from compiler.passes.linear import fold_channel_affine, fold_scales, fuse_linear_chains, linear_from_matmul, scale_from_mul
 from compiler.passes.patterns import fuse_gelu, fuse_layernorm
 
 Pass = Callable[[Graph], Graph]
@@ -18,6 +18,7 @@ Pass = Callable[[Graph], Graph]
 PIPELINE: list[Pass] = [
     scale_from_mul,
     linear_from_matmul,
+    fold_channel_affine,  # LayerScale / BatchNormalization next to a linear -> its weights
     scales_after_layouts,
     compose_layouts,
     fuse_layernorm,
@@ -40,5 +41,5 @@ def run_passes(graph: Graph) -> Graph:
 
 
 __all__ = ["run_passes", "PIPELINE", "compose_layouts", "fold_layouts_into_linear", "layout_into_input",
-           "scales_after_layouts", "fuse_attention", "merge_attention", "fold_attention_scale", "fold_scales", "fuse_linear_chains",
+           "scales_after_layouts", "fuse_attention", "merge_attention", "fold_attention_scale", "fold_scales", "fold_channel_affine", "fuse_linear_chains",
            "linear_from_matmul", "scale_from_mul", "fuse_gelu", "fuse_layernorm"]

@@ -66,6 +66,62 @@ def set_linear_parts(graph: Graph, node: Node, weight: np.ndarray, bias: np.ndar
     graph.values[node.outputs[0]].shape = (*graph.values[node.inputs[0]].shape[:-1], weight.shape[1])
 
 
+def channel_vector(graph: Graph, name: str, width: int) -> np.ndarray | None:
+    """The per-channel vector [width] of a param/public operand that broadcasts along the last axis only (shape
+    (), (1,), (width,) or (1, ..., 1, width)), else None."""
+    data = _weight(graph, name)
+    if data is None or any(d != 1 for d in data.shape[:-1]) or (data.ndim and data.shape[-1] not in (1, width)):
+        return None
+    return np.broadcast_to(data.reshape(-1).astype(np.float64), (width,))
+
+
+def fold_channel_affine(graph: Graph) -> Graph:
+    """Per-channel mul/add by a weight (LayerScale ``x * gamma``, a BatchNormalization's scale and shift) next to a
+    linear folds into its weights, exactly:
+
+    * after the linear (its only use): mul by c -> W[:, j] * c_j, b_j * c_j; add of c -> b + c;
+    * before the linear (the mul/add's only use): mul by c -> W[j, :] * c_j; add of c -> b + c @ W.
+    A per-channel op with no linear next to it stays a generic ``mul``/``add``."""
+    changed = True
+    while changed:
+        changed = False
+        uses, prod = consumers(graph), producers(graph)
+        for node in graph.nodes:
+            if node.op not in ("mul", "add") or len(node.inputs) != 2:
+                continue
+            for secret, other in (node.inputs, node.inputs[::-1]):
+                shape = graph.values[secret].shape
+                vector = channel_vector(graph, other, shape[-1]) if graph.values[secret].role == "secret" and shape \
+                    else None
+                if vector is not None and graph.values[node.outputs[0]].shape == shape:
+                    break
+            else:
+                continue
+            out = node.outputs[0]
+            before = producer_op(prod, secret, "linear")
+            after = only_use(uses, graph, out)
+            if before is not None and only_use(uses, graph, secret) is node:
+                weight, bias = linear_parts(graph, before)
+                if node.op == "mul":
+                    set_linear_parts(graph, before, weight * vector, bias * vector)
+                else:
+                    set_linear_parts(graph, before, weight, bias + vector)
+            elif after is not None and after.op == "linear" and after.inputs[0] == out:
+                weight, bias = linear_parts(graph, after)
+                if node.op == "mul":
+                    set_linear_parts(graph, after, weight * vector[:, None], bias)
+                else:
+                    set_linear_parts(graph, after, weight, bias + vector @ weight)
+            else:
+                continue
+            node.inputs = [secret]
+            _bypass(graph, node)
+            remove_dead(graph)
+            changed = True
+            break
+    return graph
+
+
 def fold_scales(graph: Graph) -> Graph:
     """scale(scale(x)) merges; scale after a linear (its only use) or before one folds into W and b; scale 1 goes."""
     changed = True

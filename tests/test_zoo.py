@@ -17,7 +17,6 @@ PENDING: dict[str, str] = {
     "sdpa_block": "ZOO: token mean pooling pattern (reduce_mean)",
     "vit_qk_norm": "ZOO: qk_norm in the attention pattern",
     "vit_gelu_tanh": "ZOO: GeLU-tanh pattern (Pow 3 / Tanh)",
-    "beit": "ZOO: relative position bias in attention; LayerScale fold",
     "vit_map": "LOWER: secret x secret matmul (attention-pool's latent query) and reduce ops",
     "vit_swiglu": "FRONT/LOWER: Sigmoid (SiLU gate), secret x secret mul",
     "cait": "LOWER: matmul/softmax of class attention, talking-heads mixing",

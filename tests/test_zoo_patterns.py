@@ -8,14 +8,19 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+from compiler.backend.render import render_program
 from compiler.frontend import load_onnx
 from compiler.ir import Graph
 from compiler.ir_eval import evaluate
-from compiler.passes import PIPELINE, fold_channel_affine
-from onnx_fixtures import run_onnxruntime, shared_dir
+from compiler.lowering import get_profile, lower
+from compiler.passes import PIPELINE, fold_channel_affine, fuse_attention, run_passes
+from compiler.reference import execute
+from onnx_fixtures import apply_kind, export, run_onnxruntime, shared_dir
 from test_passes import make_graph
-from zoo_models import export_zoo, random_inputs
+from zoo_models import export_zoo, random_inputs, tolerance
 
 RNG = np.random.default_rng(3)
 
@@ -80,3 +85,57 @@ def test_channel_affine_before_and_after_a_linear_folds_and_elsewhere_stays() ->
     graph = fold_channel_affine(graph)
     np.testing.assert_allclose(evaluate(graph, feeds)["z"], before, rtol=1e-12, atol=1e-12)
     assert graph.op_counts() == {"input": 1, "linear": 1, "mul": 2, "output": 1}
+
+
+def test_relative_position_bias_stays_inside_the_attention_node(zoo_dir: Path) -> None:
+    path = export_zoo("beit", "dynamo", zoo_dir)
+    graph, before, after = pipeline_checking(load_onnx(path), fuse_attention, random_inputs(1))
+    assert before["matmul"] == 2 and before["softmax"] == 1 and "matmul" not in after and "softmax" not in after
+    (attention,) = [n for n in graph.nodes if n.op == "attention"]
+    bias = graph.values[attention.inputs[3]]
+    assert bias.shape == (1, 2, 17, 17) and bias.role == "param"
+    assert attention.attrs["scale"] == 1.0  # folded into q; the bias is not scaled by it
+
+
+class BiasedGroups(nn.Module):
+    """Tokens [B, 6, 16] -> (token 0 of) attention with a learned bias [H, N, N] on the scores, heads 0 and 2 ReLU-softmax and
+    1 and 3 softmax, each kind its own q/k/v chain (index_select of heads), concatenated and put back in order."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, tokens: int = 6) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.bias = nn.Parameter(torch.randn(heads, tokens, tokens))
+        self.heads = heads
+        self.register_buffer("relu_heads", torch.tensor([0, 2]), persistent=False)
+        self.register_buffer("soft_heads", torch.tensor([1, 3]), persistent=False)
+        self.register_buffer("inverse", torch.tensor([0, 2, 1, 3]), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        parts = []
+        for kind, index in (("relu_softmax", self.relu_heads), ("softmax", self.soft_heads)):
+            s = q.index_select(1, index) @ k.index_select(1, index).transpose(-2, -1) * 0.5
+            s = s + self.bias.index_select(0, index)
+            parts.append(apply_kind(kind, s, 0.01) @ v.index_select(1, index))
+        out = torch.cat(parts, 1).index_select(1, self.inverse)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))[:, 0]
+
+
+def test_biases_of_kind_groups_merge_into_one_attention(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = export(BiasedGroups(), torch.randn(1, 6, 16), tmp_path / "biased.onnx", dynamo=False, opset=17)
+    graph = run_passes(load_onnx(path))
+    assert graph.op_counts() == {"input": 1, "linear": 2, "attention": 1, "layout": 1, "output": 1}
+    (attention,) = [n for n in graph.nodes if n.op == "attention"]
+    assert [h["kind"] for h in attention.attrs["heads"]] == ["relu_softmax", "softmax", "relu_softmax", "softmax"]
+    x = RNG.standard_normal((1, 6, 16))
+    expected = run_onnxruntime(path, x)
+    np.testing.assert_allclose(evaluate(graph, {graph.inputs[0]: x})[graph.outputs[0]], expected, atol=1e-4)
+    # the fixed-point reference and the template: the bias is added per head slot (kinds grouped: 0, 2, 1, 3)
+    program = lower(graph, get_profile("replicated-ring"))
+    got = execute(program, {graph.inputs[0]: x}).outputs[graph.outputs[0]]
+    np.testing.assert_allclose(got, expected, atol=tolerance(expected))
+    source, _ = render_program(program)
+    offsets = [h * 36 for h in (0, 2, 1, 3)]  # one image, [1, 4, 6, 6] bias: each head's 6x6 block
+    assert f".get_vector(offset, 36).v for offset in {offsets}]" in source

@@ -180,7 +180,13 @@ class _Renderer:
                 group.update(reciprocal=p.approx["relu_softmax.reciprocal"].fn_name,
                              eps=repr(relu_softmax_eps(node, self.program.profile)[0] / fx.scale))
             groups.append(group)
-        ctx.update(q=q, k=k, v=v, heads=heads, tokens=tokens, d=d, scores=f"s{len(self.tensors)}",
+        bias = None
+        if len(node.inputs) > 3:  # [b, H, N, N]: the N x N block of each (head slot, image), in score order
+            b_bias = self.graph.values[node.inputs[3]].shape[0]
+            slots = [h for members in attention_groups(node).values() for h in members]
+            bias = {"var": self.tensor(node.inputs[3]).var, "size": tokens * tokens,
+                    "offsets": [((b % b_bias) * len(heads) + h) * tokens * tokens for h in slots for b in range(batch)]}
+        ctx.update(q=q, k=k, v=v, heads=heads, tokens=tokens, d=d, scores=f"s{len(self.tensors)}", bias=bias,
                    scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
                    kinds=", ".join(f"{len(g['heads'])} {g['kind']}" for g in groups))
 

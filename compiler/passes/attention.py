@@ -7,6 +7,8 @@ S = (Q * a) @ (K^T * a') * b. Models that run each kind group as its own chain (
 a head-axis concat of the group outputs) give one attention per group; :func:`merge_attention` joins them.
 Per-head factors (1/sqrt(d), and c * N for scaling heads, whose kind means S / N) become the ``scale`` attr and
 then fold into the q projection's columns when that linear feeds only this attention (:func:`fold_attention_scale`).
+A param/public tensor added to the scores before the kind (BEiT's relative-position bias, a mask) becomes the
+node's optional 4th input ``bias`` [b, H, N, N] (b: 1 or the batch): S = (q kᵀ)·scale + bias.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compiler.ir import Graph, Node, Value
-from compiler.passes.graph_tools import consumers, fresh_name, producer_op, producers, public_scalar, remove_dead
+from compiler.passes.graph_tools import (consumers, fresh_name, new_constant, producer_op, producers, public_scalar,
+                                         remove_dead)
 from compiler.passes.linear import linear_parts, set_linear_parts
 
 
@@ -25,6 +28,7 @@ class _Group:
     s_heads: np.ndarray  # head of S feeding each head of this group
     factor: float  # multiplies S before the kind (scaling heads: relative to S / N)
     eps: float | None
+    bias: np.ndarray | None = None  # [b, heads of this group, N, N] added after the factor (b: 1 or the batch)
 
 
 @dataclass
@@ -36,6 +40,8 @@ class _Match:
     head_group: list[tuple[_Group, int]]  # per output head: its group and the S head it reads
     qk_factor: float  # scales found on the q and k paths
     nodes: list[Node] = field(default_factory=list)  # every node of the matched subgraph
+    bias: np.ndarray | None = None  # [b, H, N, N] per output head, added to the scaled scores
+    bias_role: str = "public"
 
 
 def _head_columns(index: np.ndarray, src_shape: tuple[int, ...], transposed: bool) -> np.ndarray | None:
@@ -76,6 +82,7 @@ def _head_selection(index: np.ndarray, in_shapes: list[tuple[int, ...]]) -> list
 class _Matcher:
     def __init__(self, graph: Graph) -> None:
         self.graph, self.prod = graph, producers(graph)
+        self.bias_roles: set[str] = set()
 
     def node(self, name: str, *ops: str) -> Node | None:
         return producer_op(self.prod, name, *ops)
@@ -123,6 +130,19 @@ class _Matcher:
         nodes.extend([relu, summed, other_relu])
         return "relu_softmax", relu.inputs[0], 1.0, eps
 
+    def score_bias(self, add: Node) -> tuple[str, np.ndarray] | None:
+        """For add(S, c) on scores S [B, H, N, N] with c a param/public weight: (S, c as [b, H, N, N], b 1 or B)."""
+        shape = self.graph.values[add.outputs[0]].shape
+        for secret, other in (add.inputs, add.inputs[::-1]):
+            value = self.graph.values[other]
+            if value.role == "secret" or value.data is None or self.graph.values[secret].shape != shape \
+                    or len(value.shape) > 4:
+                continue
+            data = value.data.reshape((1,) * (4 - value.data.ndim) + value.data.shape).astype(np.float64)
+            self.bias_roles.add(value.role)
+            return secret, np.broadcast_to(data, (data.shape[0], *shape[1:]))
+        return None
+
     def group(self, name: str, tokens: int, nodes: list[Node]) -> tuple[_Group, Node] | None:
         """A group of heads: its kind and which heads of S (the Q @ K^T matmul) it reads."""
         found = self.kind(name, tokens, nodes)
@@ -130,15 +150,27 @@ class _Matcher:
             return None
         kind, current, factor, eps = found
         heads = np.arange(self.graph.values[name].shape[1])
+        bias: np.ndarray | None = None
         while True:
-            node = self.node(current, "scale", "layout", "matmul")
+            node = self.node(current, "scale", "layout", "matmul", "add")
             if node is None:
                 return None
             nodes.append(node)
             if node.op == "matmul":
-                return _Group(kind, heads, factor, eps), node
+                return _Group(kind, heads, factor, eps, bias), node
             if node.op == "scale":
                 factor *= node.attrs["factor"]
+            elif node.op == "add":
+                # S_kind = (x + c) * factor + bias = x * factor + (c * factor + bias): the weight c (relative-position
+                # bias, mask) joins the bias, on this group's heads
+                found_bias = self.score_bias(node)
+                if found_bias is None:
+                    return None
+                secret, weight = found_bias
+                term = weight[:, heads] * factor
+                bias = term if bias is None else np.broadcast_arrays(bias, term)[0] + term
+                current = secret
+                continue
             else:
                 picked = _head_selection(node.attrs["index"], [self.graph.values[i].shape for i in node.inputs])
                 if picked is None or len(node.inputs) != 1:
@@ -171,7 +203,14 @@ class _Matcher:
         if q is None or k is None:
             return None
         head_group = [(groups[i][0], int(groups[i][0].s_heads[h])) for i, h in picked]
-        return _Match((q[0], k[0], v[0]), q[1], k[1], v[1], head_group, q_factor * k_factor, nodes)
+        biased = [(j, groups[i][0].bias, h) for j, (i, h) in enumerate(picked) if groups[i][0].bias is not None]
+        bias = None
+        if biased:
+            bias = np.zeros((max(b.shape[0] for _, b, _ in biased), len(picked), tokens, tokens))
+            for j, group_bias, h in biased:
+                bias[:, j] = group_bias[:, h]
+        return _Match((q[0], k[0], v[0]), q[1], k[1], v[1], head_group, q_factor * k_factor, nodes, bias,
+                      "param" if "param" in self.bias_roles else "public")
 
 
 def _fold_into_q(graph: Graph, q_src: str, q_cols: np.ndarray, factors: np.ndarray, others: list[np.ndarray],
@@ -221,7 +260,10 @@ def _rewrite(graph: Graph, pv: Node, match: _Match) -> bool:
                    "v_cols": match.v_cols[h].tolist()} for h, (group, s) in enumerate(match.head_group)]
     fused = fresh_name(graph, pv.outputs[0] + "_attention")
     graph.add_value(Value(fused, (batch, tokens, heads * dim)))
-    attention = Node("attention", list(match.sources), [fused], name=pv.name, attrs={
+    inputs = list(match.sources)
+    if match.bias is not None:
+        inputs.append(new_constant(graph, fused + "_bias", match.bias, match.bias_role))
+    attention = Node("attention", inputs, [fused], name=pv.name, attrs={
         "heads": heads_attr, "scale": scale, "eps": eps_values.pop() if eps_values else 0.0, "tokens": tokens,
         "head_dim": dim})
     back = np.arange(batch * tokens * heads * dim).reshape(batch, tokens, heads, dim).transpose(0, 2, 1, 3)
@@ -258,15 +300,24 @@ def merge_attention(graph: Graph) -> Graph:
         parts = [producer_op(prod, name, "attention") for name in layout.inputs]
         if not parts or any(p is None or len(uses.get(p.outputs[0], [])) != 1 for p in parts):
             continue
-        same = {(tuple(p.inputs), p.attrs["tokens"], p.attrs["head_dim"], p.attrs["scale"]) for p in parts}
+        same = {(tuple(p.inputs[:3]), p.attrs["tokens"], p.attrs["head_dim"], p.attrs["scale"]) for p in parts}
         eps = {p.attrs["eps"] for p in parts if any(h["kind"] == "relu_softmax" for h in p.attrs["heads"])}
         picked = _head_blocks(layout.attrs["index"], [graph.values[i].shape for i in layout.inputs],
                               parts[0].attrs["head_dim"])
         if len(same) != 1 or len(eps) > 1 or picked is None:
             continue
-        merged = Node("attention", list(parts[0].inputs), layout.outputs, name=parts[0].name,
+        merged = Node("attention", list(parts[0].inputs[:3]), layout.outputs, name=parts[0].name,
                       attrs={**parts[0].attrs, "heads": [parts[i].attrs["heads"][h] for i, h in picked],
                              "eps": eps.pop() if eps else 0.0})
+        biases = [graph.values[p.inputs[3]] if len(p.inputs) > 3 else None for p in parts]
+        if any(b is not None for b in biases):
+            tokens = parts[0].attrs["tokens"]
+            bias = np.zeros((max(b.shape[0] for b in biases if b is not None), len(picked), tokens, tokens))
+            for j, (i, h) in enumerate(picked):
+                if biases[i] is not None:
+                    bias[:, j] = biases[i].data[:, h]
+            role = "param" if any(b is not None and b.role == "param" for b in biases) else "public"
+            merged.inputs.append(new_constant(graph, layout.outputs[0] + "_bias", bias, role))
         graph.nodes[graph.nodes.index(layout)] = merged
         prod, uses = producers(graph), consumers(graph)
     return remove_dead(graph)
@@ -275,7 +326,7 @@ def merge_attention(graph: Graph) -> Graph:
 def fold_attention_scale(graph: Graph) -> Graph:
     """attention(scale=a) with q from a linear read only by this attention: a goes into the q columns."""
     for node in [n for n in graph.nodes if n.op == "attention" and n.attrs["scale"] != 1.0]:
-        q_src, k_src, v_src = node.inputs
+        q_src, k_src, v_src = node.inputs[:3]
         cols = {key: np.array([h[key] for h in node.attrs["heads"]]) for key in ("q_cols", "k_cols", "v_cols")}
         factors = np.full(len(node.attrs["heads"]), node.attrs["scale"])
         others = [cols[key] for src, key in ((k_src, "k_cols"), (v_src, "v_cols")) if src == q_src]

@@ -15,7 +15,6 @@ from zoo_models import EXPORTERS, ZOO, compile_zoo, export_zoo
 PENDING: dict[str, str] = {
     "vit_avg": "ZOO: token mean pooling pattern (reduce_mean)",
     "sdpa_block": "ZOO: token mean pooling pattern (reduce_mean)",
-    "vit_qk_norm": "ZOO: qk_norm in the attention pattern",
     "vit_gelu_tanh": "ZOO: GeLU-tanh pattern (Pow 3 / Tanh)",
     "vit_map": "LOWER: secret x secret matmul (attention-pool's latent query) and reduce ops",
     "vit_swiglu": "FRONT/LOWER: Sigmoid (SiLU gate), secret x secret mul",

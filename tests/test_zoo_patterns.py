@@ -16,7 +16,7 @@ from compiler.frontend import load_onnx
 from compiler.ir import Graph
 from compiler.ir_eval import evaluate
 from compiler.lowering import get_profile, lower
-from compiler.passes import PIPELINE, fold_channel_affine, fuse_attention, run_passes
+from compiler.passes import PIPELINE, fold_channel_affine, fuse_attention, norm_heads_on_tokens, run_passes
 from compiler.reference import execute
 from onnx_fixtures import apply_kind, export, run_onnxruntime, shared_dir
 from test_passes import make_graph
@@ -139,3 +139,16 @@ def test_biases_of_kind_groups_merge_into_one_attention(tmp_path: Path) -> None:
     source, _ = render_program(program)
     offsets = [h * 36 for h in (0, 2, 1, 3)]  # one image, [1, 4, 6, 6] bias: each head's 6x6 block
     assert f".get_vector(offset, 36).v for offset in {offsets}]" in source
+
+
+def test_qk_norm_feeds_the_attention_pattern(zoo_dir: Path) -> None:
+    path = export_zoo("vit_qk_norm", "dynamo", zoo_dir)
+    image = random_inputs(1)
+    graph, before, after = pipeline_checking(load_onnx(path), norm_heads_on_tokens, image)
+    assert before["layernorm"] == after["layernorm"] == 9  # per block norm1, q_norm, k_norm, norm2; final norm
+    counts = graph.op_counts()
+    assert counts["attention"] == 2 and not {"matmul", "softmax", "scale"} & set(counts)
+    # 1/sqrt(d) went into q_norm's gamma and beta: no truncation of the scores
+    assert all(n.attrs["scale"] == 1.0 for n in graph.nodes if n.op == "attention")
+    np.testing.assert_allclose(evaluate(graph, feeds_for(graph, image))[graph.outputs[0]],
+                               run_onnxruntime(path, image), atol=1e-4)  # float32 onnxruntime vs float64

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from compiler.ir import Graph
-from compiler.passes.attention import fold_attention_scale, fuse_attention, merge_attention
+from compiler.passes.attention import fold_attention_scale, fuse_attention, merge_attention, norm_heads_on_tokens
 from compiler.passes.layouts import compose_layouts, fold_layouts_into_linear, layout_into_input, scales_after_layouts
 from compiler.passes.linear import fold_channel_affine, fold_scales, fuse_linear_chains, linear_from_matmul, scale_from_mul
 from compiler.passes.patterns import fuse_gelu, fuse_layernorm
@@ -23,6 +23,8 @@ PIPELINE: list[Pass] = [
     compose_layouts,
     fuse_layernorm,
     fuse_gelu,
+    norm_heads_on_tokens,  # qk_norm: the per-head LayerNorm of q/k on token rows, so that q/k are head columns
+    compose_layouts,
     fuse_attention,
     compose_layouts,  # the attention's head-major output meets the exporter's transpose/reshape: identity
     merge_attention,  # per-kind groups concatenated on the head axis -> one attention per layer
@@ -41,5 +43,5 @@ def run_passes(graph: Graph) -> Graph:
 
 
 __all__ = ["run_passes", "PIPELINE", "compose_layouts", "fold_layouts_into_linear", "layout_into_input",
-           "scales_after_layouts", "fuse_attention", "merge_attention", "fold_attention_scale", "fold_scales", "fold_channel_affine", "fuse_linear_chains",
+           "scales_after_layouts", "fuse_attention", "merge_attention", "norm_heads_on_tokens", "fold_attention_scale", "fold_scales", "fold_channel_affine", "fuse_linear_chains",
            "linear_from_matmul", "scale_from_mul", "fuse_gelu", "fuse_layernorm"]

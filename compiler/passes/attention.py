@@ -46,11 +46,12 @@ class _Match:
 
 def _head_columns(index: np.ndarray, src_shape: tuple[int, ...], transposed: bool) -> np.ndarray | None:
     """Columns per head if ``index`` ([B, H, N, d], or [B, H, d, N] when transposed) reads token n of batch b
-    from row n of a [B, N, C] source: index[b, h, n, j] = (b * N + n) * C + cols[h, j]."""
-    if len(src_shape) != 3 or index.ndim != 4:
+    from row n of a [B, N, C] source (or [B, N, ...], its trailing dims flattened to C, e.g. per-head normalised
+    q [B, N, H, d]): index[b, h, n, j] = (b * N + n) * C + cols[h, j]."""
+    if len(src_shape) < 3 or index.ndim != 4:
         return None
     index = np.swapaxes(index, -1, -2) if transposed else index
-    batch, tokens, width = src_shape
+    batch, tokens, width = src_shape[0], src_shape[1], int(np.prod(src_shape[2:]))
     if index.shape[0] != batch or index.shape[2] != tokens:
         return None
     cols = index[0, :, 0, :]
@@ -260,17 +261,32 @@ def _rewrite(graph: Graph, pv: Node, match: _Match) -> bool:
                    "v_cols": match.v_cols[h].tolist()} for h, (group, s) in enumerate(match.head_group)]
     fused = fresh_name(graph, pv.outputs[0] + "_attention")
     graph.add_value(Value(fused, (batch, tokens, heads * dim)))
-    inputs = list(match.sources)
+    inputs = [_token_rows(graph, name, pv) for name in match.sources]
+    position = graph.nodes.index(pv)
     if match.bias is not None:
         inputs.append(new_constant(graph, fused + "_bias", match.bias, match.bias_role))
     attention = Node("attention", inputs, [fused], name=pv.name, attrs={
         "heads": heads_attr, "scale": scale, "eps": eps_values.pop() if eps_values else 0.0, "tokens": tokens,
         "head_dim": dim})
     back = np.arange(batch * tokens * heads * dim).reshape(batch, tokens, heads, dim).transpose(0, 2, 1, 3)
-    position = graph.nodes.index(pv)
     graph.nodes[position:position + 1] = [attention, Node("layout", [fused], pv.outputs, {"index": back},
                                                            name=pv.name)]
     return True
+
+
+def _token_rows(graph: Graph, name: str, before: Node) -> str:
+    """``name`` as the [B, N, C] source an attention reads: a [B, N, ...] tensor gets a free reshape (a layout with
+    an arange index, inserted before ``before``)."""
+    shape = graph.values[name].shape
+    if len(shape) == 3:
+        return name
+    flat = (shape[0], shape[1], int(np.prod(shape[2:])))
+    rows = fresh_name(graph, name + "_rows")
+    graph.add_value(Value(rows, flat))
+    graph.nodes.insert(graph.nodes.index(before), Node("layout", [name], [rows],
+                                                       {"index": np.arange(int(np.prod(flat))).reshape(flat)},
+                                                       name=before.name))
+    return rows
 
 
 def _head_blocks(index: np.ndarray, in_shapes: list[tuple[int, ...]], dim: int) -> list[tuple[int, int]] | None:
@@ -330,9 +346,57 @@ def fold_attention_scale(graph: Graph) -> Graph:
         cols = {key: np.array([h[key] for h in node.attrs["heads"]]) for key in ("q_cols", "k_cols", "v_cols")}
         factors = np.full(len(node.attrs["heads"]), node.attrs["scale"])
         others = [cols[key] for src, key in ((k_src, "k_cols"), (v_src, "v_cols")) if src == q_src]
-        if _fold_into_q(graph, q_src, cols["q_cols"], factors, others, {id(node)}):
+        if _fold_into_q(graph, q_src, cols["q_cols"], factors, others, {id(node)}) or \
+                (not others and _fold_into_q_norm(graph, q_src, node.attrs["scale"], node)):
             node.attrs["scale"] = 1.0
     return graph
+
+
+def _fold_into_q_norm(graph: Graph, q_src: str, factor: float, attention: Node) -> bool:
+    """qk_norm: q is (a free reshape of) a LayerNorm read only by ``attention``: the factor goes into its gamma
+    and beta."""
+    uses = consumers(graph)
+    node = graph.producer(q_src)
+    while node is not None and node.op == "layout" and len(node.inputs) == 1 and \
+            np.array_equal(node.attrs["index"].reshape(-1), np.arange(node.attrs["index"].size)) and \
+            [id(n) for n in uses.get(node.outputs[0], [])] == [id(attention)]:
+        attention = node
+        node = graph.producer(node.inputs[0])
+    if node is None or node.op != "layernorm" or [id(n) for n in uses.get(node.outputs[0], [])] != [id(attention)]:
+        return False
+    gamma, beta = (graph.values[name].data * factor for name in node.inputs[1:3])
+    node.inputs[1:3] = [new_constant(graph, name, data) for name, data in zip(node.inputs[1:3], (gamma, beta))]
+    return True
+
+
+def norm_heads_on_tokens(graph: Graph) -> Graph:
+    """qk_norm: a LayerNorm over head_dim of q (or k) [B, H, N, d], a layout of head columns of a [B, N, C] source,
+    runs on [B, N, H, d] instead (the same rows, normalised alike), followed by the layout to [B, H, N, d]: the
+    head split then reads a [B, N, ...] tensor, as :func:`fuse_attention` expects of q, k and v."""
+    prod = producers(graph)
+    for norm in [n for n in graph.nodes if n.op == "layernorm"]:
+        split = producer_op(prod, norm.inputs[0], "layout")
+        if split is None or len(split.inputs) != 1:
+            continue
+        source = split.inputs[0]
+        cols = _head_columns(split.attrs["index"], graph.values[source].shape, transposed=False)
+        if cols is None:
+            continue
+        batch, heads, tokens, dim = graph.values[norm.inputs[0]].shape
+        width = int(np.prod(graph.values[source].shape[2:]))
+        rows = (np.arange(batch)[:, None] * tokens + np.arange(tokens)[None, :]) * width  # [B, N]
+        token_major = fresh_name(graph, norm.inputs[0] + "_tokens")
+        normed = fresh_name(graph, norm.outputs[0] + "_tokens")
+        for name in (token_major, normed):
+            graph.add_value(Value(name, (batch, tokens, heads, dim)))
+        back = np.arange(batch * tokens * heads * dim).reshape(batch, tokens, heads, dim).transpose(0, 2, 1, 3)
+        position = graph.nodes.index(norm)
+        graph.nodes[position:position + 1] = [
+            Node("layout", [source], [token_major], {"index": rows[:, :, None, None] + cols[None, None]},
+                 name=split.name),
+            Node("layernorm", [token_major, *norm.inputs[1:]], [normed], dict(norm.attrs), name=norm.name),
+            Node("layout", [normed], norm.outputs, {"index": back}, name=norm.name)]
+    return remove_dead(graph)
 
 
 def fuse_attention(graph: Graph) -> Graph:

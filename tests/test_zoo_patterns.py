@@ -16,7 +16,8 @@ from compiler.frontend import load_onnx
 from compiler.ir import Graph
 from compiler.ir_eval import evaluate
 from compiler.lowering import get_profile, lower
-from compiler.passes import PIPELINE, fold_channel_affine, fuse_attention, norm_heads_on_tokens, run_passes
+from compiler.passes import (PIPELINE, fold_channel_affine, fuse_attention, mean_as_sum, norm_heads_on_tokens,
+                             run_passes)
 from compiler.reference import execute
 from onnx_fixtures import apply_kind, export, run_onnxruntime, shared_dir
 from test_passes import make_graph
@@ -152,3 +153,24 @@ def test_qk_norm_feeds_the_attention_pattern(zoo_dir: Path) -> None:
     assert all(n.attrs["scale"] == 1.0 for n in graph.nodes if n.op == "attention")
     np.testing.assert_allclose(evaluate(graph, feeds_for(graph, image))[graph.outputs[0]],
                                run_onnxruntime(path, image), atol=1e-4)  # float32 onnxruntime vs float64
+
+
+def test_token_mean_is_a_local_sum_with_its_scale_folded_into_the_head(zoo_dir: Path) -> None:
+    path = export_zoo("sdpa_block", "dynamo", zoo_dir)
+    image = random_inputs(1)
+    graph, before, after = pipeline_checking(load_onnx(path), mean_as_sum, image)
+    assert before["reduce_mean"] == 1 and "reduce_mean" not in after
+    counts = graph.op_counts()
+    assert counts["reduce_sum"] == 1 and "scale" not in counts  # 1/16 is in the head's weights
+    (head,) = [n for n in graph.nodes if n.outputs == graph.outputs]
+    assert head.op == "linear" and graph.producer(head.inputs[0]).op == "reduce_sum"
+    np.testing.assert_allclose(evaluate(graph, feeds_for(graph, image))[graph.outputs[0]],
+                               run_onnxruntime(path, image), atol=1e-4)  # float32 onnxruntime vs float64
+
+
+def test_token_mean_before_a_layernorm_keeps_its_one_public_scale(zoo_dir: Path) -> None:
+    graph = run_passes(load_onnx(export_zoo("vit_avg", "dynamo", zoo_dir)))
+    (total,) = [n for n in graph.nodes if n.op == "reduce_sum"]
+    (scale,) = graph.consumers(total.outputs[0])
+    assert total.attrs["axes"] == [1] and scale.op == "scale" and scale.attrs["factor"] == 1 / 16
+    assert graph.consumers(scale.outputs[0])[0].op == "layernorm"  # timm's fc_norm

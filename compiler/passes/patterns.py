@@ -1,13 +1,14 @@
-"""Elementwise patterns: the decomposed LayerNorm and the erf GeLU, in their exporter variants."""
+"""Elementwise patterns: the decomposed LayerNorm, the erf and tanh GeLUs in their exporter variants, and means
+(global average pooling) as a local sum and a public scale."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from compiler.ir import Graph, Node
-from compiler.passes.graph_tools import (consumers, new_constant, only_use, producer_op, producers, public_scalar,
-                                         remove_dead)
+from compiler.ir import Graph, Node, Value
+from compiler.passes.graph_tools import (consumers, fresh_name, new_constant, only_use, producer_op, producers,
+                                         public_scalar, remove_dead)
 
 
 def _last_axis_mean(graph: Graph, node: Node | None) -> str | None:
@@ -114,3 +115,19 @@ def _product_with_half_x(graph: Graph, prod: dict[str, Node], uses: dict[str, li
         if has_x and math.isclose(factor, 0.5, rel_tol=1e-6):
             return node
         current = node.outputs[0]
+
+
+def mean_as_sum(graph: Graph) -> Graph:
+    """reduce_mean(x) -> scale(reduce_sum(x), 1 / count): the sum is local under MPC, and the public scale folds
+    into the next linear when the mean feeds one (global average pooling over tokens before the head), else it is
+    the one truncation the mean costs anyway. Runs after :func:`fuse_layernorm`, whose pattern reads the means."""
+    for node in [n for n in graph.nodes if n.op == "reduce_mean"]:
+        shape = graph.values[node.inputs[0]].shape
+        count = int(np.prod([shape[a] for a in node.attrs["axes"]]))
+        total = fresh_name(graph, node.outputs[0] + "_sum")
+        graph.add_value(Value(total, graph.values[node.outputs[0]].shape))
+        position = graph.nodes.index(node)
+        graph.nodes[position:position + 1] = [
+            Node("reduce_sum", node.inputs, [total], dict(node.attrs), name=node.name),
+            Node("scale", [total], node.outputs, {"factor": 1.0 / count}, name=node.name)]
+    return graph

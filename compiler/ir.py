@@ -31,7 +31,9 @@ NODE_KINDS: dict[str, str] = {
     "layout": "(x0, x1, ...) -> concat(flat(x_i))[attrs['index']] reshaped to the output shape: "
               "every Reshape/Transpose/Slice/Split/Concat/Gather/Squeeze/Unsqueeze/Flatten/Expand",
     "relu": "(x) -> max(x, 0)",
-    "gelu": "(x) -> x * Phi(x) (exact erf GeLU in plaintext)",
+    "gelu": "(x) -> x * Phi(x); attrs: approximate 'none' (default: erf GeLU) | 'tanh' "
+            "(0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))))",
+    "tanh": "(x) -> tanh(x)",
     "softmax": "(x) -> softmax over attrs['axis'] (generic, outside attention)",
     "reduce_sum": "(x) -> sum over attrs['axes'], keepdims=attrs['keepdims']",
     "reduce_mean": "(x) -> mean over attrs['axes'], keepdims=attrs['keepdims']",

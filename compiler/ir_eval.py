@@ -81,6 +81,13 @@ def _linear(node: Node, xs: list[Array]) -> Array:
     return xs[0] @ xs[1] + (xs[2] if len(xs) > 2 else 0)
 
 
+def _gelu(node: Node, xs: list[Array]) -> Array:
+    x = xs[0]
+    if node.attrs.get("approximate", "none") == "tanh":
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+
 def _reduce(fn: Callable[..., Array]) -> Callable[[Node, list[Array]], Array]:
     return lambda node, xs: fn(xs[0], axis=tuple(node.attrs["axes"]), keepdims=node.attrs["keepdims"])
 
@@ -95,8 +102,9 @@ KERNELS: dict[str, Callable[[Node, list[Array]], Array]] = {
     "scale": lambda node, xs: xs[0] * node.attrs["factor"],
     "layout": _layout,
     "relu": lambda node, xs: np.maximum(xs[0], 0),
-    "gelu": lambda node, xs: 0.5 * xs[0] * (1 + erf(xs[0] / np.sqrt(2))),
+    "gelu": _gelu,
     "erf": lambda node, xs: erf(xs[0]),
+    "tanh": lambda node, xs: np.tanh(xs[0]),
     "softmax": lambda node, xs: _softmax(xs[0], node.attrs["axis"]),
     "reduce_sum": _reduce(np.sum),
     "reduce_mean": _reduce(np.mean),

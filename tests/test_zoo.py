@@ -15,7 +15,7 @@ from zoo_models import EXPORTERS, ZOO, compile_zoo, export_zoo
 PENDING: dict[str, str] = {
     "vit_avg": "LOWER: reduce_sum (the token sum of global average pooling)",
     "sdpa_block": "LOWER: reduce_sum (the token sum of global average pooling)",
-    "vit_gelu_tanh": "ZOO: GeLU-tanh pattern (Pow 3 / Tanh)",
+    "vit_gelu_tanh": "FRONT: Pow 3 and Tanh converters (the pattern fuse_gelu_tanh then makes it one gelu node)",
     "vit_map": "LOWER: secret x secret matmul (attention-pool's latent query) and reduce ops",
     "vit_swiglu": "FRONT/LOWER: Sigmoid (SiLU gate), secret x secret mul",
     "cait": "LOWER: matmul/softmax of class attention, talking-heads mixing",

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from scipy.special import erf
 from torch import nn
 
 from compiler.backend.render import render_program
@@ -16,8 +17,10 @@ from compiler.frontend import load_onnx
 from compiler.ir import Graph
 from compiler.ir_eval import evaluate
 from compiler.lowering import get_profile, lower
-from compiler.passes import (PIPELINE, fold_channel_affine, fuse_attention, mean_as_sum, norm_heads_on_tokens,
-                             run_passes)
+from compiler.approx import REGISTRY
+from compiler.passes import (PIPELINE, fold_channel_affine, fuse_attention, fuse_gelu_tanh, mean_as_sum,
+                             norm_heads_on_tokens, run_passes)
+from compiler.passes.patterns import TANH_GELU_GAP
 from compiler.reference import execute
 from onnx_fixtures import apply_kind, export, run_onnxruntime, shared_dir
 from test_passes import make_graph
@@ -174,3 +177,45 @@ def test_token_mean_before_a_layernorm_keeps_its_one_public_scale(zoo_dir: Path)
     (scale,) = graph.consumers(total.outputs[0])
     assert total.attrs["axes"] == [1] and scale.op == "scale" and scale.attrs["factor"] == 1 / 16
     assert graph.consumers(scale.outputs[0])[0].op == "layernorm"  # timm's fc_norm
+
+
+@pytest.mark.parametrize("cube_order", ["square_first", "x_first"])  # Pow 3 by the frontend / TorchScript's x*(x*x)
+def test_decomposed_tanh_gelu_becomes_gelu_tanh(cube_order: str) -> None:
+    shape = (2, 5, 8)
+    cube_inputs = ["sq", "x"] if cube_order == "square_first" else ["x", "sq"]
+    graph = make_graph({"x": shape}, {"one": ("public", np.array(1.0))},
+                       [("mul", ["x", "x"], "sq", shape, {}),
+                        ("mul", cube_inputs, "cube", shape, {}),
+                        ("scale", ["cube"], "t", shape, {"factor": 0.044714998453855515}),  # float32 constants
+                        ("add", ["x", "t"], "inner", shape, {}),
+                        ("scale", ["inner"], "pre", shape, {"factor": 0.7978845834732056}),
+                        ("tanh", ["pre"], "th", shape, {}),
+                        ("add", ["one", "th"], "p1", shape, {}),
+                        ("mul", ["x", "p1"], "m", shape, {}),
+                        ("scale", ["m"], "y", shape, {"factor": 0.5})], "y")
+    feeds = {"x": 3 * RNG.standard_normal(shape)}
+    before = evaluate(copy.deepcopy(graph), feeds)["y"]
+    graph = fuse_gelu_tanh(graph)
+    assert graph.op_counts() == {"input": 1, "gelu": 1, "output": 1}
+    assert graph.nodes[1].attrs == {"approximate": "tanh"}
+    # the exporter's float32 constants against the exact sqrt(2/pi) and 0.044715 of the fused node's semantic
+    np.testing.assert_allclose(evaluate(graph, feeds)["y"], before, rtol=1e-6, atol=1e-6)
+
+
+def test_gelu_approximations_are_within_their_bound_plus_the_gap_of_the_tanh_gelu() -> None:
+    """The GeLU approximations target the erf GeLU; against the tanh formula (a gelu node with approximate='tanh')
+    their error is at most their own bound plus TANH_GELU_GAP, sampled over each one's whole domain in fixed
+    point (every LSB step of f=16 would be 1M points: every 7th is dense enough for these smooth curves)."""
+    fx = get_profile("replicated-ring").fx
+    grid = np.linspace(-20, 20, 400001)
+    gap = np.abs(0.5 * grid * (1 + erf(grid / np.sqrt(2))) - gelu_tanh(grid)).max()
+    assert 4.7e-4 < gap <= TANH_GELU_GAP
+    for choice, approx in REGISTRY["gelu"].items():
+        lo, hi = approx.domain
+        x_int = np.arange(fx.encode(lo), fx.encode(hi) + 1, 7, dtype=np.int64)
+        err = np.abs(fx.decode(approx.run(x_int, fx)) - gelu_tanh(fx.decode(x_int))).max()
+        assert err <= approx.max_abs_error + TANH_GELU_GAP, choice
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))

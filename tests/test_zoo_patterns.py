@@ -219,3 +219,30 @@ def test_gelu_approximations_are_within_their_bound_plus_the_gap_of_the_tanh_gel
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def test_batchnorm_after_a_conv_folds_through_the_layout_into_the_linear() -> None:
+    """The frontend's Conv: linear on patches [B, L, Cout], a layout back to [B, Cout, H, W]; BatchNormalization:
+    mul and add by [Cout, 1, 1] weights. Both fold into the linear; the layout stays."""
+    w, b = RNG.standard_normal((6, 3)), RNG.standard_normal(3)
+    back = np.arange(2 * 4 * 3).reshape(2, 4, 3).transpose(0, 2, 1).reshape(2, 3, 2, 2)  # [B, L=4, C] -> NCHW
+    graph = make_graph({"x": (2, 4, 6)}, {"w": ("param", w), "b": ("param", b),
+                                           "w2": ("param", RNG.standard_normal((3, 3))),
+                                           "scale": ("param", RNG.standard_normal((3, 1, 1))),
+                                           "shift": ("param", RNG.standard_normal((3, 1, 1))),
+                                           "pixel": ("param", RNG.standard_normal((1, 2, 2)))},
+                       [("linear", ["x", "w", "b"], "y", (2, 4, 3), {}),
+                        ("layout", ["y"], "nchw", (2, 3, 2, 2), {"index": back}),
+                        ("mul", ["nchw", "scale"], "scaled", (2, 3, 2, 2), {}),
+                        ("add", ["shift", "scaled"], "bn", (2, 3, 2, 2), {}),
+                        ("relu", ["bn"], "r", (2, 3, 2, 2), {}),
+                        ("layout", ["r"], "r_flat", (2, 4, 3), {"index": back.transpose(0, 2, 3, 1).reshape(2, 4, 3)}),
+                        ("linear", ["r_flat", "w2", "b"], "y2", (2, 4, 3), {}),
+                        ("layout", ["y2"], "nchw2", (2, 3, 2, 2), {"index": back}),
+                        ("mul", ["nchw2", "pixel"], "z", (2, 3, 2, 2), {})],  # per pixel, not per channel: stays
+                       "z")
+    feeds = {"x": RNG.standard_normal((2, 4, 6))}
+    before = evaluate(copy.deepcopy(graph), feeds)["z"]
+    graph = fold_channel_affine(graph)
+    np.testing.assert_allclose(evaluate(graph, feeds)["z"], before, rtol=1e-12, atol=1e-12)
+    assert graph.op_counts() == {"input": 1, "linear": 2, "layout": 3, "relu": 1, "mul": 1, "output": 1}

@@ -25,8 +25,8 @@ PENDING: dict[str, str] = {
     "convit": "FRONT: ScatterND; LOWER: Sigmoid gating, matmul",
     "xcit": "FRONT: general Conv, BatchNormalization; LOWER: cross-covariance attention (matmul, div)",
     "levit": "FRONT: general Conv, BatchNormalization, HardSwish; LOWER: matmul",
-    "nn_transformer_encoder_layer": "FRONT: Mod (TorchScript); LOWER: matmul (dynamo's head split)",
-    "nn_multihead_attention": "FRONT: Mod (TorchScript); LOWER: matmul (dynamo's head split)",
+    "nn_transformer_encoder_layer": "FRONT: Mod (TorchScript's shape subgraph); LOWER: reduce_sum (mean pooling)",
+    "nn_multihead_attention": "FRONT: Mod (TorchScript's shape subgraph); LOWER: reduce_sum (mean pooling)",
 }
 
 

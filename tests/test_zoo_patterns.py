@@ -18,8 +18,8 @@ from compiler.ir import Graph
 from compiler.ir_eval import evaluate
 from compiler.lowering import get_profile, lower
 from compiler.approx import REGISTRY
-from compiler.passes import (PIPELINE, fold_channel_affine, fuse_attention, fuse_gelu_tanh, mean_as_sum,
-                             norm_heads_on_tokens, run_passes)
+from compiler.passes import (PIPELINE, compose_layouts, fold_channel_affine, fuse_attention, fuse_gelu_tanh,
+                             mean_as_sum, norm_heads_on_tokens, permutations_after_linear, run_passes)
 from compiler.passes.patterns import TANH_GELU_GAP
 from compiler.reference import execute
 from onnx_fixtures import apply_kind, export, run_onnxruntime, shared_dir
@@ -246,3 +246,33 @@ def test_batchnorm_after_a_conv_folds_through_the_layout_into_the_linear() -> No
     graph = fold_channel_affine(graph)
     np.testing.assert_allclose(evaluate(graph, feeds)["z"], before, rtol=1e-12, atol=1e-12)
     assert graph.op_counts() == {"input": 1, "linear": 2, "layout": 3, "relu": 1, "mul": 1, "output": 1}
+
+
+@pytest.mark.parametrize("name", ["nn_multihead_attention", "nn_transformer_encoder_layer"])
+def test_sequence_first_attention_matches_once_its_transposes_pass_the_linears(name: str, zoo_dir: Path) -> None:
+    path = export_zoo(name, "dynamo", zoo_dir)
+    image = random_inputs(1)
+    graph, _, _ = pipeline_checking(load_onnx(path), permutations_after_linear, image)
+    counts = graph.op_counts()
+    assert counts["attention"] == 1 and not {"matmul", "softmax"} & set(counts)
+    np.testing.assert_allclose(evaluate(graph, feeds_for(graph, image))[graph.outputs[0]],
+                               run_onnxruntime(path, image), atol=1e-4)  # float32 onnxruntime vs float64
+
+
+def test_row_permutations_move_past_linears_and_cancel_but_row_selections_stay() -> None:
+    to_seq = np.arange(2 * 5 * 4).reshape(2, 5, 4).transpose(1, 0, 2)  # [B, N, C] -> [N, B, C]
+    back = np.arange(2 * 5 * 3).reshape(5, 2, 3).transpose(1, 0, 2)
+    first_token = np.arange(2 * 5 * 3).reshape(2, 5, 3)[:, :1]
+    graph = make_graph({"x": (2, 5, 4)}, {"w": ("param", RNG.standard_normal((4, 3))),
+                                           "w2": ("param", RNG.standard_normal((3, 2)))},
+                       [("layout", ["x"], "seq", (5, 2, 4), {"index": to_seq}),
+                        ("linear", ["seq", "w"], "y", (5, 2, 3), {}),
+                        ("layout", ["y"], "y_b", (2, 5, 3), {"index": back}),
+                        ("relu", ["y_b"], "r", (2, 5, 3), {}),
+                        ("layout", ["r"], "cls", (2, 1, 3), {"index": first_token}),
+                        ("linear", ["cls", "w2"], "z", (2, 1, 2), {})], "z")
+    feeds = {"x": RNG.standard_normal((2, 5, 4))}
+    before = evaluate(copy.deepcopy(graph), feeds)["z"]
+    graph = compose_layouts(permutations_after_linear(graph))
+    np.testing.assert_allclose(evaluate(graph, feeds)["z"], before, rtol=1e-12, atol=1e-12)
+    assert [n.op for n in graph.nodes] == ["input", "linear", "relu", "layout", "linear", "output"]

@@ -30,6 +30,49 @@ def scales_after_layouts(graph: Graph) -> Graph:
     return remove_dead(graph)
 
 
+def row_permutation(index: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray | None:
+    """If ``index`` (output [..., K]) moves whole rows of an input [..., K], every row exactly once: the input row
+    of each output row."""
+    width = in_shape[-1] if in_shape else 0
+    if not width or index.shape[-1] != width or index.size != int(np.prod(in_shape)):
+        return None
+    rows = index.reshape(-1, width)
+    source = rows[:, 0] // width
+    ok = np.array_equal(rows, source[:, None] * width + np.arange(width)) and \
+        np.array_equal(np.sort(source), np.arange(len(source)))
+    return source if ok else None
+
+
+def permutations_after_linear(graph: Graph) -> Graph:
+    """linear(layout(x)) where the layout only permutes whole rows (nn.MultiheadAttention's sequence-first
+    transposes [B, N, C] <-> [N, B, C]) -> layout(linear(x)): the same work, and the layout moves on to meet the
+    next layouts (the head split) and compose with them. Row selections stay before the linear (cheaper there)."""
+    changed = True
+    while changed:
+        changed = False
+        uses, prod = consumers(graph), producers(graph)
+        for linear in graph.nodes:
+            layout = producer_op(prod, linear.inputs[0], "layout") if linear.op == "linear" else None
+            if layout is None or len(layout.inputs) != 1 or only_use(uses, graph, layout.outputs[0]) is not linear:
+                continue
+            source = layout.inputs[0]
+            rows = row_permutation(layout.attrs["index"], graph.values[source].shape)
+            if rows is None:
+                continue
+            out_shape = graph.values[linear.outputs[0]].shape
+            width = out_shape[-1]
+            moved = fresh_name(graph, linear.outputs[0] + "_rows")
+            graph.add_value(Value(moved, (*graph.values[source].shape[:-1], width)))
+            index = (rows[:, None] * width + np.arange(width)).reshape(out_shape)
+            position = graph.nodes.index(linear)
+            graph.nodes[position:position + 1] = [
+                Node("linear", [source, *linear.inputs[1:]], [moved], dict(linear.attrs), name=linear.name),
+                Node("layout", [moved], linear.outputs, {"index": index}, name=layout.name)]
+            changed = True
+            break
+    return remove_dead(graph)
+
+
 def compose_layouts(graph: Graph) -> Graph:
     """Every layout reads non-layout tensors only: a layout of a layout becomes one index map (vectorised)."""
     prod = producers(graph)

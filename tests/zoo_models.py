@@ -310,10 +310,23 @@ def status(name: str, exporter: str, out_dir: Path) -> Status:
     return result
 
 
+def _checkout() -> str:
+    """The branch and commit of the compiler checkout this runs (the table says what it describes)."""
+    import subprocess
+
+    import compiler
+
+    root = Path(compiler.__file__).resolve().parents[1]
+    out = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    branch = subprocess.run(["git", "-C", str(root), "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True,
+                            text=True)
+    return f"{root} ({branch.stdout.strip()}, {out.stdout.strip()[:80]})"
+
+
 def write_table(statuses: dict[tuple[str, str], Status], path: Path) -> None:
-    lines = ["# Zoo status (issue 8): model x exporter on branch i8-zoo",
+    lines = [f"# Zoo status (issue 8): model x exporter on {_checkout()}",
              "",
-             "Written by `python tests/zoo_models.py /work/zoo_status.md`. `stage` is where compilation stops "
+             "Written by `python tests/zoo_models.py OUT.md`. `stage` is where compilation stops "
              "(ok = within the tolerance for semi2k, dealer, replicated-ring); err/tol per protocol when it got "
              "that far.",
              "",

@@ -19,7 +19,8 @@ from compiler.ir_eval import evaluate
 from compiler.lowering import get_profile, lower
 from compiler.approx import REGISTRY
 from compiler.passes import (PIPELINE, compose_layouts, fold_channel_affine, fuse_attention, fuse_gelu_tanh,
-                             mean_as_sum, norm_heads_on_tokens, permutations_after_linear, run_passes)
+                             mean_as_sum, norm_heads_on_tokens, permutations_after_linear, run_passes,
+                             weights_before_layouts)
 from compiler.passes.patterns import TANH_GELU_GAP
 from compiler.reference import execute
 from onnx_fixtures import apply_kind, export, run_onnxruntime, shared_dir
@@ -276,3 +277,43 @@ def test_row_permutations_move_past_linears_and_cancel_but_row_selections_stay()
     graph = compose_layouts(permutations_after_linear(graph))
     np.testing.assert_allclose(evaluate(graph, feeds)["z"], before, rtol=1e-12, atol=1e-12)
     assert [n.op for n in graph.nodes] == ["input", "linear", "relu", "layout", "linear", "output"]
+
+
+class WindowAttention(nn.Module):
+    """Swin's shape on tokens [B, 16, 8] (a 4x4 grid): 2x2 windows gathered from the grid, qkv on the windows'
+    tokens, a relative-position bias per head and a mask per window added through a [B, windows, H, N, N] view,
+    the windows laid back onto the grid; token 0 out."""
+
+    def __init__(self, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.qkv, self.proj, self.heads = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), heads
+        self.bias = nn.Parameter(torch.randn(heads, 4, 4))
+        self.register_buffer("mask", torch.where(torch.rand(4, 4, 4) < 0.3, -100.0, 0.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        windows = x.view(B, 2, 2, 2, 2, C).permute(0, 1, 3, 2, 4, 5).reshape(B * 4, 4, C)
+        q, k, v = self.qkv(windows).reshape(B * 4, 4, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        s = (q * (C // self.heads) ** -0.5) @ k.transpose(-2, -1) + self.bias
+        s = (s.view(B, 4, self.heads, 4, 4) + self.mask[None, :, None]).view(B * 4, self.heads, 4, 4)
+        out = (s.softmax(-1) @ v).transpose(1, 2).reshape(B * 4, 4, C)
+        grid = self.proj(out).view(B, 2, 2, 2, 2, C).permute(0, 1, 3, 2, 4, 5).reshape(B, L, C)
+        return grid[:, 0]
+
+
+def test_window_attention_with_bias_and_mask_is_one_attention_node(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = export(WindowAttention(), torch.randn(1, 16, 8), tmp_path / "windows.onnx", dynamo=False, opset=17)
+    x = RNG.standard_normal((1, 16, 8))
+    graph, _, _ = pipeline_checking(load_onnx(path), weights_before_layouts, x)
+    counts = graph.op_counts()
+    assert counts["attention"] == 1 and not {"matmul", "softmax", "add", "scale"} & set(counts)
+    (attention,) = [n for n in graph.nodes if n.op == "attention"]
+    assert graph.values[attention.inputs[3]].shape == (4, 2, 4, 4)  # per window (the attention's batch): bias + mask
+    assert attention.attrs["scale"] == 1.0  # folded into q's columns through the window row gather
+    expected = run_onnxruntime(path, x)
+    np.testing.assert_allclose(evaluate(graph, {graph.inputs[0]: x})[graph.outputs[0]], expected, atol=1e-4)
+    program = lower(graph, get_profile("dealer"))
+    np.testing.assert_allclose(execute(program, {graph.inputs[0]: x}).outputs[graph.outputs[0]], expected,
+                               atol=tolerance(expected))
+    render_program(program)  # the template takes the windows as the attention's batch

@@ -1,7 +1,7 @@
 """Attention pattern: one ``attention`` node per layer with a kind per head.
 
 Starting from each secret ``P @ V`` product, walk back: V, Q and K^T are layouts of [B, N, C] sources (their
-composed index maps give each head's columns); P is a head-axis concatenation (a layout) of groups, each one
+composed index maps give each head's columns; rows read in another order, Swin's windows, get a row gather); P is a head-axis concatenation (a layout) of groups, each one
 kind — softmax, ReLU-softmax relu(S)/(sum(relu(S)) + eps), or scaling S * c — of a head selection of
 S = (Q * a) @ (K^T * a') * b. Models that run each kind group as its own chain (slices/index_select of q, k, v, then
 a head-axis concat of the group outputs) give one attention per group; :func:`merge_attention` joins them.
@@ -34,6 +34,7 @@ class _Group:
 @dataclass
 class _Match:
     sources: tuple[str, str, str]
+    rows: tuple[tuple[np.ndarray, int], ...]  # per source: (row read for [b, n] [B, N], row width)
     q_cols: np.ndarray  # [H_s, d] per head of S
     k_cols: np.ndarray
     v_cols: np.ndarray  # [H, d] per output head
@@ -44,21 +45,24 @@ class _Match:
     bias_role: str = "public"
 
 
-def _head_columns(index: np.ndarray, src_shape: tuple[int, ...], transposed: bool) -> np.ndarray | None:
-    """Columns per head if ``index`` ([B, H, N, d], or [B, H, d, N] when transposed) reads token n of batch b
-    from row n of a [B, N, C] source (or [B, N, ...], its trailing dims flattened to C, e.g. per-head normalised
-    q [B, N, H, d]): index[b, h, n, j] = (b * N + n) * C + cols[h, j]."""
-    if len(src_shape) < 3 or index.ndim != 4:
+def _rows_and_columns(index: np.ndarray, src_shape: tuple[int, ...],
+                      transposed: bool) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(rows [B, N], cols [H, d], width) if ``index`` ([B, H, N, d], or [B, H, d, N] when transposed) reads, for
+    token n of image b, the columns cols[h] of one row of its source seen as a matrix of rows of ``width``
+    (the last dims' product, the fewest that work): index[b, h, n, j] = rows[b, n] * width + cols[h, j].
+    Usually rows[b, n] = b * N + n of a [B, N, C] source; Swin's windows read permuted rows, a per-head
+    normalised q ([B, N, H, d], see :func:`norm_heads_on_tokens`) rows of width H * d."""
+    if index.ndim != 4:
         return None
     index = np.swapaxes(index, -1, -2) if transposed else index
-    batch, tokens, width = src_shape[0], src_shape[1], int(np.prod(src_shape[2:]))
-    if index.shape[0] != batch or index.shape[2] != tokens:
-        return None
-    cols = index[0, :, 0, :]
-    rows = (np.arange(batch)[:, None] * tokens + np.arange(tokens)[None, :]) * width
-    ok = np.array_equal(index, rows[:, None, :, None] + cols[None, :, None, :]) and 0 <= cols.min() and \
-        cols.max() < width
-    return cols if ok else None
+    for axis in range(len(src_shape) - 1, 0, -1):
+        width = int(np.prod(src_shape[axis:]))
+        rows, cols = np.divmod(index, width)
+        row_map, col_map = rows[:, 0, :, 0], cols[0, :, 0, :]
+        if np.array_equal(rows, np.broadcast_to(row_map[:, None, :, None], rows.shape)) and \
+                np.array_equal(cols, np.broadcast_to(col_map[None, :, None, :], cols.shape)):
+            return row_map, col_map, width
+    return None
 
 
 def _head_selection(index: np.ndarray, in_shapes: list[tuple[int, ...]]) -> list[tuple[int, int]] | None:
@@ -96,13 +100,15 @@ class _Matcher:
             name = scale.inputs[0]
         return name, factor
 
-    def columns(self, name: str, nodes: list[Node], transposed: bool = False) -> tuple[str, np.ndarray] | None:
+    def columns(self, name: str, nodes: list[Node],
+                transposed: bool = False) -> tuple[str, np.ndarray, np.ndarray, int] | None:
+        """(source, rows [B, N], cols [H, d], row width) of the head split producing q, kᵀ or v."""
         layout = self.node(name, "layout")
         if layout is None or len(layout.inputs) != 1:
             return None
         nodes.append(layout)
-        cols = _head_columns(layout.attrs["index"], self.graph.values[layout.inputs[0]].shape, transposed)
-        return None if cols is None else (layout.inputs[0], cols)
+        found = _rows_and_columns(layout.attrs["index"], self.graph.values[layout.inputs[0]].shape, transposed)
+        return None if found is None else (layout.inputs[0], *found)
 
     def kind(self, name: str, tokens: int, nodes: list[Node]) -> tuple[str, str, float, float | None] | None:
         """(kind, S-side input, factor, eps) of the op producing a group of probabilities."""
@@ -210,7 +216,8 @@ class _Matcher:
             bias = np.zeros((max(b.shape[0] for _, b, _ in biased), len(picked), tokens, tokens))
             for j, group_bias, h in biased:
                 bias[:, j] = group_bias[:, h]
-        return _Match((q[0], k[0], v[0]), q[1], k[1], v[1], head_group, q_factor * k_factor, nodes, bias,
+        return _Match((q[0], k[0], v[0]), tuple((x[1], x[3]) for x in (q, k, v)), q[2], k[2], v[2], head_group,
+                      q_factor * k_factor, nodes, bias,
                       "param" if "param" in self.bias_roles else "public")
 
 
@@ -261,7 +268,7 @@ def _rewrite(graph: Graph, pv: Node, match: _Match) -> bool:
                    "v_cols": match.v_cols[h].tolist()} for h, (group, s) in enumerate(match.head_group)]
     fused = fresh_name(graph, pv.outputs[0] + "_attention")
     graph.add_value(Value(fused, (batch, tokens, heads * dim)))
-    inputs = [_token_rows(graph, name, pv) for name in match.sources]
+    inputs = _row_sources(graph, pv, match)
     position = graph.nodes.index(pv)
     if match.bias is not None:
         inputs.append(new_constant(graph, fused + "_bias", match.bias, match.bias_role))
@@ -274,19 +281,27 @@ def _rewrite(graph: Graph, pv: Node, match: _Match) -> bool:
     return True
 
 
-def _token_rows(graph: Graph, name: str, before: Node) -> str:
-    """``name`` as the [B, N, C] source an attention reads: a [B, N, ...] tensor gets a free reshape (a layout with
-    an arange index, inserted before ``before``)."""
-    shape = graph.values[name].shape
-    if len(shape) == 3:
-        return name
-    flat = (shape[0], shape[1], int(np.prod(shape[2:])))
-    rows = fresh_name(graph, name + "_rows")
-    graph.add_value(Value(rows, flat))
-    graph.nodes.insert(graph.nodes.index(before), Node("layout", [name], [rows],
-                                                       {"index": np.arange(int(np.prod(flat))).reshape(flat)},
-                                                       name=before.name))
-    return rows
+def _row_sources(graph: Graph, before: Node, match: _Match) -> list[str]:
+    """The [B, N, C] tensors the attention reads: a source as it is when its rows are b * N + n, else a layout
+    gathering the rows (one per source and row map, shared by q/k/v; a free reshape for standard rows of a
+    [B, N, ...] source), inserted before ``before``."""
+    names: list[str] = []
+    made: dict[tuple[str, bytes], str] = {}
+    for name, (rows, width) in zip(match.sources, match.rows):
+        batch, tokens = rows.shape
+        standard = np.array_equal(rows, np.arange(batch * tokens).reshape(batch, tokens))
+        if standard and graph.values[name].shape == (batch, tokens, width):
+            names.append(name)
+            continue
+        key = (name, rows.tobytes())
+        if key not in made:
+            made[key] = fresh_name(graph, name + "_rows")
+            graph.add_value(Value(made[key], (batch, tokens, width)))
+            graph.nodes.insert(graph.nodes.index(before), Node(
+                "layout", [name], [made[key]], {"index": rows[:, :, None] * width + np.arange(width)},
+                name=before.name))
+        names.append(made[key])
+    return names
 
 
 def _head_blocks(index: np.ndarray, in_shapes: list[tuple[int, ...]], dim: int) -> list[tuple[int, int]] | None:
@@ -346,10 +361,28 @@ def fold_attention_scale(graph: Graph) -> Graph:
         cols = {key: np.array([h[key] for h in node.attrs["heads"]]) for key in ("q_cols", "k_cols", "v_cols")}
         factors = np.full(len(node.attrs["heads"]), node.attrs["scale"])
         others = [cols[key] for src, key in ((k_src, "k_cols"), (v_src, "v_cols")) if src == q_src]
-        if _fold_into_q(graph, q_src, cols["q_cols"], factors, others, {id(node)}) or \
+        readers = {id(node)}
+        gather = graph.producer(q_src)
+        if gather is not None and gather.op == "layout" and _copies_rows(graph, gather) and \
+                all(user is node for user in consumers(graph)[q_src]):
+            readers.add(id(gather))  # Swin's window rows of the qkv linear: its columns are still q's
+            q_src = gather.inputs[0]
+        if _fold_into_q(graph, q_src, cols["q_cols"], factors, others, readers) or \
                 (not others and _fold_into_q_norm(graph, q_src, node.attrs["scale"], node)):
             node.attrs["scale"] = 1.0
     return graph
+
+
+def _copies_rows(graph: Graph, layout: Node) -> bool:
+    """The layout gathers whole rows of one input of the same width (a row map, as :func:`_row_sources` makes)."""
+    if len(layout.inputs) != 1:
+        return False
+    width = graph.values[layout.inputs[0]].shape[-1]
+    index = np.asarray(layout.attrs["index"])
+    if index.shape[-1] != width:
+        return False
+    rows = index.reshape(-1, width)
+    return bool(np.array_equal(rows, rows[:, :1] + np.arange(width)) and np.all(rows[:, 0] % width == 0))
 
 
 def _fold_into_q_norm(graph: Graph, q_src: str, factor: float, attention: Node) -> bool:
@@ -379,12 +412,12 @@ def norm_heads_on_tokens(graph: Graph) -> Graph:
         if split is None or len(split.inputs) != 1:
             continue
         source = split.inputs[0]
-        cols = _head_columns(split.attrs["index"], graph.values[source].shape, transposed=False)
-        if cols is None:
+        found = _rows_and_columns(split.attrs["index"], graph.values[source].shape, transposed=False)
+        if found is None:
             continue
+        row_map, cols, width = found
         batch, heads, tokens, dim = graph.values[norm.inputs[0]].shape
-        width = int(np.prod(graph.values[source].shape[2:]))
-        rows = (np.arange(batch)[:, None] * tokens + np.arange(tokens)[None, :]) * width  # [B, N]
+        rows = row_map * width  # [B, N]
         token_major = fresh_name(graph, norm.inputs[0] + "_tokens")
         normed = fresh_name(graph, norm.outputs[0] + "_tokens")
         for name in (token_major, normed):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.ir import Graph, Node, Value
-from compiler.passes.graph_tools import (consumers, fresh_name, only_use, producer_op, producers, remove_dead,
-                                         rename_uses)
+from compiler.passes.graph_tools import (consumers, fresh_name, new_constant, only_use, producer_op, producers,
+                                         remove_dead, rename_uses)
 from compiler.passes.linear import linear_parts, set_linear_parts
 
 
@@ -28,6 +28,52 @@ def scales_after_layouts(graph: Graph) -> Graph:
             layout.op, layout.inputs, layout.attrs = "scale", [moved], {"factor": factor}
             changed = True
     return remove_dead(graph)
+
+
+def weights_before_layouts(graph: Graph) -> Graph:
+    """add/mul(layout(x), c), c a weight, the layout a bijection of x's elements (a reshape or transpose) read
+    only by this op, whose own output goes to a layout: -> layout(add/mul(x, c')), c' = c carried back through the
+    index. Exact; the two layouts then meet and compose (Swin's shifted-window mask, added to the scores on a
+    [B, windows, H, N, N] view between two reshapes)."""
+    changed = True
+    while changed:
+        changed = False
+        uses, prod = consumers(graph), producers(graph)
+        for node in graph.nodes:
+            if node.op not in ("add", "mul") or len(node.inputs) != 2:
+                continue
+            after = only_use(uses, graph, node.outputs[0])
+            for position, (secret, other) in enumerate((node.inputs, node.inputs[::-1])):
+                layout = producer_op(prod, secret, "layout")
+                weight = graph.values[other]
+                if layout is not None and weight.role != "secret" and weight.data is not None and \
+                        after is not None and after.op == "layout" and len(layout.inputs) == 1 and \
+                        only_use(uses, graph, secret) is node and _bijective(graph, layout) and \
+                        graph.values[node.outputs[0]].shape == graph.values[secret].shape:
+                    break
+            else:
+                continue
+            index = np.asarray(layout.attrs["index"]).reshape(-1)
+            source_shape = graph.values[layout.inputs[0]].shape
+            carried = np.empty(index.size)
+            carried[index] = np.broadcast_to(weight.data, graph.values[secret].shape).reshape(-1)
+            moved_weight = new_constant(graph, other + "_carried", carried.reshape(source_shape), weight.role)
+            moved = fresh_name(graph, node.outputs[0] + "_before_layout")
+            graph.add_value(Value(moved, source_shape))
+            out = node.outputs[0]
+            node.inputs = [layout.inputs[0], moved_weight] if position == 0 else [moved_weight, layout.inputs[0]]
+            node.outputs = [moved]
+            layout.inputs, layout.outputs = [moved], [out]
+            a, b = graph.nodes.index(layout), graph.nodes.index(node)
+            graph.nodes[a], graph.nodes[b] = node, layout  # x is defined before the layout, so before node now
+            changed = True
+            break
+    return remove_dead(graph)
+
+
+def _bijective(graph: Graph, layout: Node) -> bool:
+    index = np.asarray(layout.attrs["index"]).reshape(-1)
+    return index.size == graph.values[layout.inputs[0]].size and np.array_equal(np.sort(index), np.arange(index.size))
 
 
 def row_permutation(index: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray | None:

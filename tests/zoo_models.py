@@ -201,12 +201,22 @@ UNFUSED = {"beit", "eva"}
 
 def _randomise_matrices(model: nn.Module) -> None:
     """Every weight matrix N(0, 1/fan_in): timm initialises heads 1000x smaller (BEiT, EVA's head_init_scale), which
-    leaves logits of ~1e-3 that any error tolerance of 0.02 would accept."""
+    leaves logits of ~1e-3 that any error tolerance of 0.02 would accept. BatchNorms get weights near 1 (LeViT
+    zero-initialises its residual branches' ones) and running statistics of their own, so that folding them is
+    tested with non-trivial values."""
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2 and p.shape[0] > 1:
-                p.copy_(torch.randn(p.shape, generator=generator) * p[0].numel() ** -0.5)
+                # convolutions: He's sqrt(2/fan_in), as the stems' activations halve the variance (LeViT's 4 convs)
+                gain = 2 ** 0.5 if p.dim() == 4 else 1.0
+                p.copy_(torch.randn(p.shape, generator=generator) * gain * p[0].numel() ** -0.5)
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                shape = module.running_mean.shape
+                module.weight.copy_(1 + 0.1 * torch.randn(shape, generator=generator))
+                module.running_mean.copy_(0.1 * torch.randn(shape, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(shape, generator=generator))
 
 
 def build(name: str) -> nn.Module:

@@ -104,8 +104,9 @@ def test_relative_position_bias_stays_inside_the_attention_node(zoo_dir: Path) -
 
 
 class BiasedGroups(nn.Module):
-    """Tokens [B, 6, 16] -> (token 0 of) attention with a learned bias [H, N, N] on the scores, heads 0 and 2 ReLU-softmax and
-    1 and 3 softmax, each kind its own q/k/v chain (index_select of heads), concatenated and put back in order."""
+    """Tokens [B, 6, 16] -> (token 0 of) attention with a learned bias [H, N, N] on the scores, heads 0 and 2
+    ReLU-softmax and 1 and 3 softmax, each kind its own q/k/v chain (index_select of heads), concatenated and put
+    back in order."""
 
     def __init__(self, dim: int = 16, heads: int = 4, tokens: int = 6) -> None:
         super().__init__()

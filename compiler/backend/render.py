@@ -187,9 +187,10 @@ class _Renderer:
             b_bias = self.graph.values[node.inputs[3]].shape[0]
             slots = [h for members in attention_groups(node).values() for h in members]
             bias = {"var": self.tensor(node.inputs[3]).var, "size": tokens * tokens,
-                    "offsets": [((b % b_bias) * len(heads) + h) * tokens * tokens for h in slots for b in range(batch)]}
-        ctx.update(q=q, k=k, v=v, heads=heads, tokens=tokens, d=d, d_key=d_key, scores=f"s{len(self.tensors)}", bias=bias,
-                   scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
+                    "offsets": [((b % b_bias) * len(heads) + h) * tokens * tokens
+                                for h in slots for b in range(batch)]}
+        ctx.update(q=q, k=k, v=v, heads=heads, tokens=tokens, d=d, d_key=d_key, scores=f"s{len(self.tensors)}",
+                   bias=bias, scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
                    kinds=", ".join(f"{len(g['heads'])} {g['kind']}" for g in groups))
 
     def ctx_output(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:

@@ -131,12 +131,13 @@ class BiasedGroups(nn.Module):
 
 def test_biases_of_kind_groups_merge_into_one_attention(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    path = export(BiasedGroups(), torch.randn(1, 6, 16), tmp_path / "biased.onnx", dynamo=False, opset=17)
-    graph = run_passes(load_onnx(path))
+    path = export(BiasedGroups(), torch.randn(1, 6, 16), tmp_path / "biased.onnx", dynamo=False, opset=17,
+                  dynamic_batch=True)
+    graph = run_passes(load_onnx(path, batch=2))  # the [1, H, N, N] bias broadcasts over the images
     assert graph.op_counts() == {"input": 1, "linear": 2, "attention": 1, "layout": 1, "output": 1}
     (attention,) = [n for n in graph.nodes if n.op == "attention"]
     assert [h["kind"] for h in attention.attrs["heads"]] == ["relu_softmax", "softmax", "relu_softmax", "softmax"]
-    x = RNG.standard_normal((1, 6, 16))
+    x = RNG.standard_normal((2, 6, 16))
     expected = run_onnxruntime(path, x)
     np.testing.assert_allclose(evaluate(graph, {graph.inputs[0]: x})[graph.outputs[0]], expected, atol=1e-4)
     # the fixed-point reference and the template: the bias is added per head slot (kinds grouped: 0, 2, 1, 3)
@@ -144,7 +145,7 @@ def test_biases_of_kind_groups_merge_into_one_attention(tmp_path: Path) -> None:
     got = execute(program, {graph.inputs[0]: x}).outputs[graph.outputs[0]]
     np.testing.assert_allclose(got, expected, atol=tolerance(expected))
     source, _ = render_program(program)
-    offsets = [h * 36 for h in (0, 2, 1, 3)]  # one image, [1, 4, 6, 6] bias: each head's 6x6 block
+    offsets = [h * 36 for h in (0, 2, 1, 3) for _ in range(2)]  # [1, 4, 6, 6] bias: each head's 6x6 block, twice
     assert f".get_vector(offset, 36).v for offset in {offsets}]" in source
 
 
@@ -305,13 +306,14 @@ class WindowAttention(nn.Module):
 
 def test_window_attention_with_bias_and_mask_is_one_attention_node(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    path = export(WindowAttention(), torch.randn(1, 16, 8), tmp_path / "windows.onnx", dynamo=False, opset=17)
-    x = RNG.standard_normal((1, 16, 8))
-    graph, _, _ = pipeline_checking(load_onnx(path), weights_before_layouts, x)
+    path = export(WindowAttention(), torch.randn(1, 16, 8), tmp_path / "windows.onnx", dynamo=False, opset=17,
+                  dynamic_batch=True)
+    x = RNG.standard_normal((2, 16, 8))
+    graph, _, _ = pipeline_checking(load_onnx(path, batch=2), weights_before_layouts, x)
     counts = graph.op_counts()
     assert counts["attention"] == 1 and not {"matmul", "softmax", "add", "scale"} & set(counts)
     (attention,) = [n for n in graph.nodes if n.op == "attention"]
-    assert graph.values[attention.inputs[3]].shape == (4, 2, 4, 4)  # per window (the attention's batch): bias + mask
+    assert graph.values[attention.inputs[3]].shape == (8, 2, 4, 4)  # per window of each image: bias + mask
     assert attention.attrs["scale"] == 1.0  # folded into q's columns through the window row gather
     expected = run_onnxruntime(path, x)
     np.testing.assert_allclose(evaluate(graph, {graph.inputs[0]: x})[graph.outputs[0]], expected, atol=1e-4)

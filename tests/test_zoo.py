@@ -18,7 +18,7 @@ from zoo_models import EXPORTERS, ZOO, compile_zoo, export_zoo, random_inputs, t
 # Cases that fail on this branch alone, waiting for the general lowering (LOWER) or the frontend (FRONT) of
 # issue 8; each names the missing op. Temporary: the merged branches must pass them (see /work/zoo_status.md).
 PENDING: dict[str, str] = {
-    "vit_avg": "LOWER: reduce_sum (the token sum of global average pooling)",
+    "vit_avg": "LOWER: reduce_mean (global average pooling, normalised by fc_norm before the head)",
     "sdpa_block": "LOWER: reduce_sum (the token sum of global average pooling)",
     "vit_map": "LOWER: secret x secret matmul and softmax (the attention pool's latent query)",
     "vit_swiglu": "FRONT: Sigmoid; LOWER: sigmoid, secret x secret mul (SiLU gate), reduce_sum",

@@ -158,10 +158,15 @@ def _product_with_half_x(graph: Graph, prod: dict[str, Node], uses: dict[str, li
 
 
 def mean_as_sum(graph: Graph) -> Graph:
-    """reduce_mean(x) -> scale(reduce_sum(x), 1 / count): the sum is local under MPC, and the public scale folds
-    into the next linear when the mean feeds one (global average pooling over tokens before the head), else it is
-    the one truncation the mean costs anyway. Runs after :func:`fuse_layernorm`, whose pattern reads the means."""
+    """reduce_mean(x) feeding a linear (global average pooling before the head) -> scale(reduce_sum(x), 1 / count),
+    whose public scale :func:`compiler.passes.linear.fold_scales` then folds into the linear's weights: the mean
+    costs a local sum only. Elsewhere a mean stays (its lowering is that sum and one public scale). Runs after
+    :func:`fuse_layernorm`, whose pattern reads the means."""
+    uses = consumers(graph)
     for node in [n for n in graph.nodes if n.op == "reduce_mean"]:
+        head = only_use(uses, graph, node.outputs[0])
+        if head is None or head.op != "linear" or head.inputs[0] != node.outputs[0]:
+            continue
         shape = graph.values[node.inputs[0]].shape
         count = int(np.prod([shape[a] for a in node.attrs["axes"]]))
         total = fresh_name(graph, node.outputs[0] + "_sum")

@@ -184,7 +184,8 @@ def test_token_mean_before_a_layernorm_stays_a_mean(zoo_dir: Path) -> None:
     assert graph.consumers(mean.outputs[0])[0].op == "layernorm"
 
 
-@pytest.mark.parametrize("cube_order", ["square_first", "x_first"])  # Pow 3 by the frontend / TorchScript's x*(x*x)
+# the cube as the frontend writes Pow 3, and as TorchScript writes x * (x * x)
+@pytest.mark.parametrize("cube_order", ["square_first", "x_first"])
 def test_decomposed_tanh_gelu_becomes_gelu_tanh(cube_order: str) -> None:
     shape = (2, 5, 8)
     cube_inputs = ["sq", "x"] if cube_order == "square_first" else ["x", "sq"]

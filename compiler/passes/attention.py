@@ -3,8 +3,9 @@
 Starting from each secret ``P @ V`` product, walk back: V, Q and K^T are layouts of [B, N, C] sources (their
 composed index maps give each head's columns; rows read in another order, Swin's windows, get a row gather); P is
 a head-axis concatenation (a layout) of groups, each one kind — softmax, ReLU-softmax relu(S)/(sum(relu(S)) + eps),
-or scaling S * c — of a head selection of S = (Q * a) @ (K^T * a') * b. Models that run each kind group as its own chain (slices/index_select of q, k, v, then
-a head-axis concat of the group outputs) give one attention per group; :func:`merge_attention` joins them.
+or scaling S * c — of a head selection of S = (Q * a) @ (K^T * a') * b. Models that run each kind group as its
+own chain (slices/index_select of q, k, v, then a head-axis concat of the group outputs) give one attention per
+group; :func:`merge_attention` joins them.
 Per-head factors (1/sqrt(d), and c * N for scaling heads, whose kind means S / N) become the ``scale`` attr and
 then fold into the q projection's columns when that linear feeds only this attention (:func:`fold_attention_scale`).
 A param/public tensor added to the scores before the kind (BEiT's relative-position bias, a mask) becomes the

@@ -53,9 +53,11 @@ NODE_KINDS: dict[str, str] = {
     "sqrt": "(x) -> sqrt(x) (generic, before the layernorm pattern fuses it)",
     "erf": "(x) -> erf(x) (generic, before the gelu pattern fuses it)",
     "layernorm": "(x[..., C], gamma[C] param, beta[C] param) -> layer norm over the last axis; attrs: eps",
-    "attention": "(q_src[B, N, Cq], k_src[B, N, Ck], v_src[B, N, Cv]) -> [B, N, H*d]; attrs: heads=[{kind, q_cols, "
-                 "k_cols, v_cols}], scale, eps (relu_softmax), tokens N, head_dim d. Per head S = (q kᵀ)·scale, then "
-                 "softmax(S) | relu(S)/(Σrelu(S)+eps) | S/N; head h writes output columns h*d..h*d+d-1",
+    "attention": "(q_src[B, N, Cq], k_src[B, N, Ck], v_src[B, N, Cv], bias[b, H, N, N] param/public?) -> "
+                 "[B, N, H*d]; attrs: heads=[{kind, q_cols, k_cols, v_cols}], scale, eps (relu_softmax), tokens N, "
+                 "head_dim d (of v; q/k may have fewer columns per head, e.g. LeViT). Per head S = (q kᵀ)·scale "
+                 "(+ bias[:, h]: relative-position bias, mask; b is 1 or B), "
+                 "then softmax(S) | relu(S)/(Σrelu(S)+eps) | S/N; head h writes output columns h*d..h*d+d-1",
     "argmax": "(x[B, C]) -> index of the largest logit (revealed instead of logits by option)",
     "output": "(x) -> revealed to the client (party 1); any shape, one node per graph output (graph.outputs order)",
 }

@@ -51,8 +51,10 @@ def attention_heads(node: Node, q_src: Array, k_src: Array, v_src: Array) -> tup
 
 
 def _attention(node: Node, xs: list[Array]) -> Array:
-    q, k, v = attention_heads(node, *xs)
+    q, k, v = attention_heads(node, *xs[:3])
     scores = (q * node.attrs["scale"]) @ np.swapaxes(k, -1, -2)
+    if len(xs) > 3:  # bias [b, H, N, N], b 1 or B
+        scores = scores + xs[3]
     kinds = np.array([head["kind"] for head in node.attrs["heads"]])
     probs = np.empty_like(scores)
     for kind, fn in _HEAD_KINDS.items():

@@ -184,6 +184,7 @@ class _Renderer:
         heads = node.attrs["heads"]
         batch, tokens = self.graph.values[node.inputs[0]].shape[:2]
         d = int(node.attrs["head_dim"])
+        d_key = len(heads[0]["q_cols"])  # q/k width per head: d, or less (LeViT's key_dim)
         qk_cols, v_cols, groups = [], [], []
         fx = self.program.profile.fx
         for kind, members in attention_groups(node).items():
@@ -191,9 +192,10 @@ class _Renderer:
                                      "offset": len(qk_cols) * batch * tokens * tokens}
             for h in members:
                 cols = [column_pattern(heads[h][key]) for key in ("q_cols", "k_cols", "v_cols")]
-                if any(c is None or len(heads[h][key]) != d for c, key in zip(cols, ("q_cols", "k_cols", "v_cols"))):
+                if any(c is None or len(heads[h][key]) != width
+                       for c, key, width in zip(cols, ("q_cols", "k_cols", "v_cols"), (d_key, d_key, d))):
                     raise CompileError(f"attention node {node.name!r}: head {h} selects q/k/v columns that are not an "
-                                       f"arithmetic progression of {d} columns")
+                                       f"arithmetic progression of {d_key}/{d_key}/{d} columns")
                 qk_cols.append((*cols[0], *cols[1]))
                 v_cols.append((h, *cols[2]))
             if kind == "softmax":
@@ -203,8 +205,15 @@ class _Renderer:
                 group.update(reciprocal=p.approx["relu_softmax.reciprocal"].fn_name,
                              eps=repr(relu_softmax_eps(node, self.program.profile)[0] / fx.scale))
             groups.append(group)
-        ctx.update(q=q, k=k, v=v, heads=heads, tokens=tokens, d=d, scores=f"s{len(self.tensors)}",
-                   scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
+        bias = None
+        if len(node.inputs) > 3:  # [b, H, N, N]: the N x N block of each (head slot, image), in score order
+            b_bias = self.graph.values[node.inputs[3]].shape[0]
+            slots = [h for members in attention_groups(node).values() for h in members]
+            bias = {"var": self.tensor(node.inputs[3]).var, "size": tokens * tokens,
+                    "offsets": [((b % b_bias) * len(heads) + h) * tokens * tokens
+                                for h in slots for b in range(batch)]}
+        ctx.update(q=q, k=k, v=v, heads=heads, tokens=tokens, d=d, d_key=d_key, scores=f"s{len(self.tensors)}",
+                   bias=bias, scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
                    kinds=", ".join(f"{len(g['heads'])} {g['kind']}" for g in groups))
 
     def ctx_output(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:

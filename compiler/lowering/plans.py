@@ -122,9 +122,10 @@ def relu_softmax_eps(node: Node, profile: Profile) -> tuple[int, bool]:
 def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     batch, tokens = graph.values[node.inputs[0]].shape[:2]
     d = int(node.attrs["head_dim"])
+    d_key = len(node.attrs["heads"][0]["q_cols"])  # q/k width per head: d, or less (LeViT's key_dim)
     heads = len(node.attrs["heads"])
     lsb = 2.0 ** -profile.f
-    p.steps.append(Step("matmul", tokens * tokens, (tokens, d, tokens), instances=heads * batch))
+    p.steps.append(Step("matmul", tokens * tokens, (tokens, d_key, tokens), instances=heads * batch))
     if float(node.attrs.get("scale", 1.0)) != 1.0:
         p.steps.append(Step("trunc", heads * batch * tokens * tokens))
     score_max = 2.0 ** (profile.k - profile.f - 1)

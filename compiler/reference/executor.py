@@ -264,6 +264,8 @@ class _Executor:
         sf = qf @ np.swapaxes(kf, -1, -2)
         if scale != 1.0:
             si, sf = fx.mul_public(si, scale), sf * scale
+        if len(xi) > 3:  # bias [b, H, N, N] -> per head [H, b, N, N], b broadcasting over the batch: a local add
+            si, sf = si + np.swapaxes(xi[3], 0, 1), sf + np.swapaxes(xf[3], 0, 1)
         pi = np.empty_like(si)
         pf = np.empty_like(sf)
         for kind, members in attention_groups(node).items():

@@ -1,7 +1,7 @@
 """Issue 8's zoo: every model of ``zoo_models.ZOO``, by each torch exporter, compiles for semi2k, dealer and
 replicated-ring, and the fixed-point reference agrees with onnxruntime on 8 random images within
 ``zoo_models.tolerance`` (max(0.02, 1 % of the largest |logit|), the issue's acceptance figure); with MP-SPDZ
-present, five of them also run for real."""
+present, nine of them also run for real."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,33 +15,9 @@ from compiler.runtime import run
 from onnx_fixtures import shared_dir
 from zoo_models import EXPORTERS, ZOO, compile_zoo, export_zoo, random_inputs, tolerance
 
-# Cases that fail on this branch alone, waiting for the general lowering (LOWER) or the frontend (FRONT) of
-# issue 8; each names the missing op. Temporary: the merged branches must pass them (see /work/zoo_status.md).
-PENDING: dict[str, str] = {
-    "vit_avg": "LOWER: reduce_mean (global average pooling, normalised by fc_norm before the head)",
-    "sdpa_block": "LOWER: reduce_sum (the token sum of global average pooling)",
-    "vit_map": "LOWER: secret x secret matmul and softmax (the attention pool's latent query)",
-    "vit_swiglu": "FRONT: Sigmoid; LOWER: sigmoid, secret x secret mul (SiLU gate), reduce_sum",
-    "vit_gelu_tanh": "FRONT: Pow 3 and Tanh converters (the pattern fuse_gelu_tanh then makes it one gelu node)",
-    "cait": "LOWER: matmul, softmax (class attention, talking heads)",
-    "eva": "FRONT: Neg; LOWER: neg, mul, matmul, softmax (rotary embedding), reduce_sum",
-    "swin": "FRONT: Pad, Mod (shifted windows); LOWER: reduce_sum",
-    "pit": "FRONT: general Conv; LOWER or FRONT: emitting the depthwise conv's im2col layout (render.ctx_layout)",
-    "convit": "FRONT: ScatterND; LOWER: matmul, softmax, div, mul (gated positional attention)",
-    "xcit": "FRONT: general Conv, BatchNormalization; LOWER: clip, div, matmul; the depthwise conv's layout",
-    "levit": "FRONT: general Conv, BatchNormalization, HardSwish; LOWER: hardswish, reduce_sum",
-    "nn_transformer_encoder_layer": "FRONT: Mod (TorchScript's shape subgraph); LOWER: reduce_sum (mean pooling)",
-    "nn_multihead_attention": "FRONT: Mod (TorchScript's shape subgraph); LOWER: reduce_sum (mean pooling)",
-}
-
 
 def _cases() -> list:
-    cases = []
-    for name in ZOO:
-        for exporter in EXPORTERS:
-            marks = [pytest.mark.xfail(reason=PENDING[name], strict=False)] if name in PENDING else []
-            cases.append(pytest.param(name, exporter, id=f"{name}-{exporter}", marks=marks))
-    return cases
+    return [pytest.param(name, exporter, id=f"{name}-{exporter}") for name in ZOO for exporter in EXPORTERS]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +35,11 @@ def test_zoo_model_compiles_within_tolerance(name: str, exporter: str, zoo_dir: 
     assert not failed, f"{name} ({exporter}): {failed}"
 
 
-# Models whose fast paths (LayerScale fold, qk_norm, relative-position bias, distillation head) run for real
-REAL_RUNS = ("vit_cls", "vit_layerscale", "vit_qk_norm", "beit", "deit_distilled")
+# Models whose fast paths (LayerScale fold, qk_norm, relative-position bias, distillation head) run for real, and
+# models that need the general lowerings: attention pooling (secret x secret matmul, softmax), shifted windows
+# (bias and mask per window, attention over a batch of windows), rotary embeddings with SwiGLU (neg, secret x
+# secret mul, sigmoid), padded and depthwise convolutions (strided im2col gathers)
+REAL_RUNS = ("vit_cls", "vit_layerscale", "vit_qk_norm", "beit", "deit_distilled", "vit_map", "swin", "eva", "pit")
 
 
 @pytest.mark.mpspdz

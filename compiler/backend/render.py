@@ -212,7 +212,7 @@ class _Renderer:
             bias = {"var": self.tensor(node.inputs[3]).var, "size": tokens * tokens,
                     "offsets": [((b % b_bias) * len(heads) + h) * tokens * tokens
                                 for h in slots for b in range(batch)]}
-        ctx.update(q=q, k=k, v=v, heads=heads, tokens=tokens, d=d, d_key=d_key, scores=f"s{len(self.tensors)}",
+        ctx.update(q=q, k=k, v=v, batch=batch, heads=heads, tokens=tokens, d=d, d_key=d_key, scores=f"s{len(self.tensors)}",
                    bias=bias, scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
                    kinds=", ".join(f"{len(g['heads'])} {g['kind']}" for g in groups))
 

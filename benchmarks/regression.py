@@ -16,7 +16,6 @@ cost-model counts. Rules (a change in the good direction never fails; it is show
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from dataclasses import dataclass

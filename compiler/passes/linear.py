@@ -66,15 +66,6 @@ def set_linear_parts(graph: Graph, node: Node, weight: np.ndarray, bias: np.ndar
     graph.values[node.outputs[0]].shape = (*graph.values[node.inputs[0]].shape[:-1], weight.shape[1])
 
 
-def channel_vector(graph: Graph, name: str, width: int) -> np.ndarray | None:
-    """The per-channel vector [width] of a param/public operand that broadcasts along the last axis only (shape
-    (), (1,), (width,) or (1, ..., 1, width)), else None."""
-    data = _weight(graph, name)
-    if data is None or any(d != 1 for d in data.shape[:-1]) or (data.ndim and data.shape[-1] not in (1, width)):
-        return None
-    return np.broadcast_to(data.reshape(-1).astype(np.float64), (width,))
-
-
 def fold_channel_affine(graph: Graph) -> Graph:
     """Per-channel mul/add by a weight (LayerScale ``x * gamma``, a BatchNormalization's scale and shift) next to a
     linear folds into its weights, exactly:

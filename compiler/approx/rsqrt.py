@@ -156,14 +156,20 @@ def wide_steps(size: int, profile: object, eps: float = WIDE_DEFAULTS["eps"],
     return newton_steps(size, profile, eps=eps, hi=hi)
 
 
+def wide_newton_error(eps: float, hi: float, fx: FixedPoint) -> tuple[float, float]:
+    """(the domain's low end, the relative error of y left by the Newton steps): each step maps a relative
+    error e to (3e² + e³)/4, starting from :func:`initial_error`."""
+    e = initial_error(eps, hi, fx)
+    for _ in range(newton_iterations(eps, hi, fx.f)):
+        e = (3 * e * e + e ** 3) / 4
+    return _lo(eps, fx), e
+
+
 def wide_bounds(eps: float = WIDE_DEFAULTS["eps"], hi: float = WIDE_DEFAULTS["hi"]):
     """Newton's relative error e_I/2 times y plus the last step's rounding (0.5 + y/2 + √x/2^10)·LSB (see the
     module doc), maximised over [eps, hi] at f = 16."""
     fx = FixedPoint(DEFAULT_F, 31)
-    e = initial_error(eps, hi, fx)
-    for _ in range(newton_iterations(eps, hi, fx.f)):
-        e = (3 * e * e + e ** 3) / 4
-    lo = _lo(eps, fx)
+    lo, e = wide_newton_error(eps, hi, fx)
     x = np.geomspace(lo, hi, 10_001)
     y = 1 / np.sqrt(x)
     return (lo, hi), float(np.max((e / 2) * y + (0.5 + y / 2 + np.sqrt(x) / 2 ** 10) * fx.lsb))

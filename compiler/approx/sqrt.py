@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.approx import Approximation, get, register
-from compiler.approx.rsqrt import WIDE_DEFAULTS, _lo, initial_error, newton_iterations, wide_reference, wide_steps
+from compiler.approx.rsqrt import WIDE_DEFAULTS, wide_newton_error, wide_reference, wide_steps
 from compiler.cost.primitives import Step
 from compiler.fixedpoint import FixedPoint
 
@@ -38,10 +38,7 @@ def sqrt_steps(size: int, profile: object, eps: float = WIDE_DEFAULTS["eps"],
 
 def sqrt_bounds(eps: float = WIDE_DEFAULTS["eps"], hi: float = WIDE_DEFAULTS["hi"]):
     fx = FixedPoint(DEFAULT_F, 31)
-    e = initial_error(eps, hi, fx)
-    for _ in range(newton_iterations(eps, hi, fx.f)):
-        e = (3 * e * e + e ** 3) / 4
-    lo = _lo(eps, fx)
+    lo, e = wide_newton_error(eps, hi, fx)
     x = np.geomspace(lo, hi, 10_001)
     root = np.sqrt(x)
     dy = (0.5 + 0.5 / root + root / 2 ** 10) * fx.lsb

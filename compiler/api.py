@@ -48,9 +48,10 @@ class CheckReport:
     samples: int
     source: str  # where the sample images came from
     layers: list[LayerError]
-    max_logit_error: float  # fixed-point reference vs onnxruntime
+    max_logit_error: float  # fixed-point reference vs onnxruntime, over every output
     float_ir_error: float  # float IR evaluation vs onnxruntime (the frontend/passes' own exactness)
-    top1_agreement: float
+    top1_agreement: float  # argmax of output 0 per input
+    output_errors: dict[str, float] = field(default_factory=dict)  # per graph output: fixed point vs onnxruntime
 
     @property
     def worst_growth(self) -> LayerError | None:
@@ -68,6 +69,9 @@ class CheckReport:
                          f"{worst.growth:.1f}x its input's")
         lines.append(f"logits vs onnxruntime: max |err| {self.max_logit_error:.3e} (float IR {self.float_ir_error:.1e}), "
                      f"top-1 agreement {self.top1_agreement * 100:.1f}%")
+        if len(self.output_errors) > 1:
+            lines.append("per output max |err|: " + ", ".join(f"{name} {err:.3e}"
+                                                                for name, err in self.output_errors.items()))
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -75,6 +79,7 @@ class CheckReport:
         return {"samples": self.samples, "source": self.source, "max_logit_error": self.max_logit_error,
                 "float_ir_error": self.float_ir_error, "top1_agreement": self.top1_agreement,
                 "error_grows_most_at": worst.name if worst is not None else None,
+                "output_errors": self.output_errors,
                 "layers": [{**e.__dict__, "rel_error": e.rel_error} for e in self.layers]}
 
 
@@ -127,8 +132,45 @@ def sample_images(metadata: dict[str, str], image_shape: tuple[int, ...], count:
     return rng.standard_normal((count, *image_shape[1:])), RANDOM_SOURCE
 
 
-def onnxruntime_logits(onnx_path: str | Path, images: np.ndarray) -> np.ndarray:
-    """onnxruntime's outputs for ``images``, in chunks of the model's batch when that is fixed."""
+def load_check_data(path: str | Path, input_name: str, image_shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    """The user's inputs for ``--check --data FILE.npz``: the array named like the model input ``input_name``, else
+    the file's first array; shaped [N, *image_shape[1:]] (a single input may omit N); any real numeric dtype."""
+    path = Path(path)
+    per_input = ", ".join(map(str, image_shape[1:]))
+    hint = f"give an .npz file (numpy.savez) holding the inputs as one float array of shape [N, {per_input}]"
+    if not path.is_file():
+        raise UserError(f"--data {str(path)!r} not found; {hint}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError/OSError/BadZipFile/EOFError by what the bytes look like
+        raise UserError(f"--data {str(path)!r} cannot be read as .npz ({type(exc).__name__}); {hint}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise UserError(f"--data {str(path)!r} is a single .npy array, not an .npz archive; {hint}")
+    with archive:
+        if not archive.files:
+            raise UserError(f"--data {str(path)!r} holds no array; {hint}")
+        key = input_name if input_name in archive.files else archive.files[0]
+        try:
+            data = archive[key]
+        except Exception as exc:  # object arrays need pickle (refused), a damaged member fails to inflate
+            raise UserError(f"--data {str(path)!r}: array {key!r} cannot be read ({type(exc).__name__}); "
+                            f"{hint}") from None
+    where = f"--data {str(path)!r}: array {key!r}"
+    if data.dtype.kind not in "fiu":
+        raise UserError(f"{where} has dtype {data.dtype}; {hint}")
+    if data.shape == tuple(image_shape[1:]):
+        data = data[None]
+    if data.shape[1:] != tuple(image_shape[1:]) or len(data) == 0:
+        raise UserError(f"{where} has shape {list(data.shape)}, the model input {input_name!r} takes "
+                        f"{list(image_shape)[1:]} per input; {hint}")
+    if not np.isfinite(data).all():
+        raise UserError(f"{where} holds NaN or infinite values; {hint}")
+    return data.astype(np.float64), f"{path.name}, array {key!r}"
+
+
+def onnxruntime_outputs(onnx_path: str | Path, images: np.ndarray) -> list[np.ndarray]:
+    """onnxruntime's outputs (all of them, in graph order) for ``images``, in chunks of the model's batch when that
+    is fixed."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -136,57 +178,71 @@ def onnxruntime_logits(onnx_path: str | Path, images: np.ndarray) -> np.ndarray:
     fixed = spec.shape[0] if isinstance(spec.shape[0], int) else None
     dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(spec.type, np.float32)
     step = fixed or len(images)
-    outs = []
+    outs: list[list[np.ndarray]] = []
     for start in range(0, len(images), step):
         chunk = images[start:start + step].astype(dtype)
         pad = step - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
-        outs.append(session.run(None, {spec.name: chunk})[0][:step - pad])
-    return np.concatenate(outs)
+        outs.append([out[:step - pad] for out in session.run(None, {spec.name: chunk})])
+    return [np.concatenate(parts) for parts in zip(*outs)]
+
+
+def onnxruntime_logits(onnx_path: str | Path, images: np.ndarray) -> np.ndarray:
+    """onnxruntime's output 0 for ``images`` (see :func:`onnxruntime_outputs`)."""
+    return onnxruntime_outputs(onnx_path, images)[0]
 
 
 def check_program(program: Program, onnx_path: str | Path, images: np.ndarray, source: str) -> CheckReport:
-    """Reference executor (per layer: fixed vs float) and onnxruntime on ``images``, batch by batch."""
+    """Reference executor (per layer: fixed vs float) and onnxruntime on ``images``, batch by batch, every output
+    compared (graph outputs and ONNX outputs are in the same order)."""
     graph, batch = program.graph, program.batch
-    name, out = graph.inputs[0], graph.outputs[0]
+    name = graph.inputs[0]
     worst: dict[str, LayerError] = {}
-    fixed, floats = [], []
+    fixed: dict[str, list[np.ndarray]] = {out: [] for out in graph.outputs}
+    floats: dict[str, list[np.ndarray]] = {out: [] for out in graph.outputs}
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch]
         pad = batch - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
         result = execute(program, {name: chunk})
-        fixed.append(result.outputs[out][:batch - pad])
-        floats.append(result.float_outputs[out][:batch - pad])
+        for out in graph.outputs:
+            fixed[out].append(result.outputs[out][:batch - pad])
+            floats[out].append(result.float_outputs[out][:batch - pad])
         for rec in result.per_node:
             prev = worst.get(rec.name)
             worst[rec.name] = LayerError(rec.name, rec.op, max(rec.max_abs_error, prev.max_abs_error if prev else 0.0),
                                          max(rec.max_abs_value, prev.max_abs_value if prev else 0.0))
     error_growth(program, worst, 0.5 * program.profile.fx.lsb / max(float(np.abs(images).max()), 1e-12))
-    ort_out = onnxruntime_logits(onnx_path, images).reshape(len(images), -1)
-    fixed_out = np.concatenate(fixed).reshape(len(images), -1)
-    float_out = np.concatenate(floats).reshape(len(images), -1)
-    return CheckReport(len(images), source, list(worst.values()), float(np.max(np.abs(fixed_out - ort_out))),
-                       float(np.max(np.abs(float_out - ort_out))),
-                       float(np.mean(fixed_out.argmax(1) == ort_out.argmax(1))))
+    per_image = lambda a: a.reshape(len(images), -1)  # noqa: E731
+    ort_outs = [per_image(o) for o in onnxruntime_outputs(onnx_path, images)]
+    fixed_outs = [per_image(np.concatenate(fixed[out])) for out in graph.outputs]
+    float_outs = [per_image(np.concatenate(floats[out])) for out in graph.outputs]
+    errors = {out: float(np.max(np.abs(f - o))) for out, f, o in zip(graph.outputs, fixed_outs, ort_outs)}
+    return CheckReport(len(images), source, list(worst.values()), max(errors.values()),
+                       max(float(np.max(np.abs(f - o))) for f, o in zip(float_outs, ort_outs)),
+                       float(np.mean(fixed_outs[0].argmax(1) == ort_outs[0].argmax(1))), errors)
 
 
 def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "replicated-ring", batch: int = 1,
                  frac_bits: int | None = None, approx: dict[str, str] | None = None, check: bool = False,
                  check_samples: int = 200, reveal: str = "logits", template_set: str | None = None,
-                 on_graph: Callable[[Any], None] | None = None, calibration: str | Path | None = None,
+                 on_graph: Callable[[Any], None] | None = None, check_data: str | Path | None = None,
+                 calibration: str | Path | None = None,
                  calibration_samples: int = CALIBRATION_SAMPLES) -> CompileResult:
     """ONNX -> IR -> passes -> lowering for ``protocol`` -> ``out_dir`` (see module doc).
 
     ``on_graph`` sees the IR after the passes (``--dump-ir``). ``check`` compares the fixed-point reference with
-    onnxruntime on ``check_samples`` inputs (the digits test set when the metadata names it, else random).
+    onnxruntime on ``check_samples`` inputs: the first ones of ``check_data`` (an .npz file, see
+    :func:`load_check_data`) when given, else the digits test set when the metadata names it, else random.
     ``calibration``: an .npz of images (``--calibrate``) whose float ranges choose the fixed-point parameters
-    (:mod:`compiler.calibrate`); by default the first ``calibration_samples`` of those same sample inputs.
+    (:mod:`compiler.calibrate`); by default the first ``calibration_samples`` of those same check inputs.
     """
     if check and check_samples < 1:
         raise UserError(f"--check-samples {check_samples}: give at least 1")
+    if check_data is not None and not check:
+        raise UserError(f"--data {str(check_data)!r} gives the inputs of --check: add --check")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     graph = run_passes(load_onnx(onnx_path, batch=batch))
@@ -194,8 +250,14 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
     if on_graph is not None:
         on_graph(graph)
     image_shape, _ = client_layout(graph)
-    images, source = sample_images(graph.metadata, image_shape,
-                                   max(batch, check_samples if check else 0, calibration_samples))
+    if check_data is None:
+        images, source = sample_images(graph.metadata, image_shape,
+                                       max(batch, check_samples if check else 0, calibration_samples))
+    else:
+        images, source = load_check_data(check_data, graph.inputs[0], image_shape)
+        images = images[:max(check_samples, calibration_samples)]
+        check_samples = min(check_samples, len(images))
+        images = np.concatenate([images] * -(-batch // len(images)))  # the emitted client input needs a batch
     if calibration is not None:
         calib = calibrate(graph, load_calibration_images(calibration), f"--calibrate {calibration}")
     else:

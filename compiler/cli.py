@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--approx", action="append", metavar="OP=CHOICE", help="force an approximation, e.g. gelu=poly")
     p.add_argument("--check", action="store_true", help="compare the fixed-point reference with onnxruntime")
     p.add_argument("--check-samples", type=int, default=200, help="inputs for --check (default 200)")
+    p.add_argument("--data", metavar="FILE.npz", default=None, help="your own inputs for --check: the array named "
+                   "like the model input, else the first one, shaped [N, ...input shape without the batch] "
+                   "(default: the digits test set when the model was trained on it, else random N(0, 1) inputs)")
     p.add_argument("--calibrate", metavar="FILE.npz", default=None,
                    help="normalised images (array x: [n, C, H, W]) whose float ranges choose the fixed-point "
                         "parameters (default: the check samples: the digits test set, else N(0, 1) images)")
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         result = compile_onnx(args.model, out, protocol=args.protocol, batch=args.batch, frac_bits=args.frac_bits,
                               approx=parse_approx_flags(args.approx), check=args.check,
                               check_samples=args.check_samples, reveal=args.reveal, template_set=args.template_set,
-                              on_graph=dump, calibration=args.calibrate)
+                              on_graph=dump, check_data=args.data,
+                              calibration=args.calibrate)
         print(summary(result))
         return 0
 

@@ -23,28 +23,43 @@ NODE_KINDS: dict[str, str] = {
     "input": "() -> x: the client's private image (party 1); attrs: owner=1, and after the patch-embedding pass "
              "image_shape (the client's image) + layout_index (int64, x's shape): x = image.reshape(-1)[layout_index]",
     "linear": "(x[..., K], W[K, N] param, b[N] param?) -> x @ W + b",
-    "matmul": "(a[..., M, K], b[..., K, N]) -> a @ b, both secret (batched over leading dims)",
+    "matmul": "(a[..., M, K], b[..., K, N]) -> a @ b, batched over the leading dims with numpy broadcasting; "
+              "either operand may be secret, param or public",
     "add": "(a, b) -> a + b (numpy broadcasting)",
     "sub": "(a, b) -> a - b (numpy broadcasting)",
-    "mul": "(a, b) -> a * b elementwise (numpy broadcasting; a public/param operand is cheaper)",
+    "mul": "(a, b) -> a * b elementwise (numpy broadcasting; a public scalar operand is a local multiply)",
     "scale": "(x) -> x * attrs['factor'] (public scalar)",
     "layout": "(x0, x1, ...) -> concat(flat(x_i))[attrs['index']] reshaped to the output shape: "
               "every Reshape/Transpose/Slice/Split/Concat/Gather/Squeeze/Unsqueeze/Flatten/Expand",
+    "neg": "(x) -> -x",
+    "abs": "(x) -> |x|",
     "relu": "(x) -> max(x, 0)",
-    "gelu": "(x) -> x * Phi(x) (exact erf GeLU in plaintext)",
+    "gelu": "(x) -> x * Phi(x); attrs: approximate 'none' (default: erf GeLU) | 'tanh' "
+            "(0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))))",
+    "exp": "(x) -> e^x",
+    "sigmoid": "(x) -> 1 / (1 + e^-x)",
+    "tanh": "(x) -> tanh(x)",
+    "reciprocal": "(x) -> 1 / x (x secret, any sign and range)",
+    "hardsigmoid": "(x) -> max(0, min(1, alpha x + beta)); attrs: alpha, beta (ONNX defaults 0.2, 0.5)",
+    "hardswish": "(x) -> x * max(0, min(1, x / 6 + 1 / 2))",
+    "clip": "(x) -> min(max(x, attrs['min']), attrs['max']); either bound may be None (public floats)",
+    "where": "(cond public bool, a, b) -> cond ? a : b (numpy broadcasting; cond is a compile-time constant)",
     "softmax": "(x) -> softmax over attrs['axis'] (generic, outside attention)",
     "reduce_sum": "(x) -> sum over attrs['axes'], keepdims=attrs['keepdims']",
     "reduce_mean": "(x) -> mean over attrs['axes'], keepdims=attrs['keepdims']",
-    "div": "(a, b) -> a / b with b secret (element-wise; avoided by the attention/layernorm patterns)",
+    "reduce_max": "(x) -> max over attrs['axes'], keepdims=attrs['keepdims']",
+    "div": "(a, b) -> a / b element-wise with numpy broadcasting; 1/b is computed under MPC (b of any sign)",
     "rsqrt": "(x) -> 1/sqrt(x)",
     "sqrt": "(x) -> sqrt(x) (generic, before the layernorm pattern fuses it)",
     "erf": "(x) -> erf(x) (generic, before the gelu pattern fuses it)",
     "layernorm": "(x[..., C], gamma[C] param, beta[C] param) -> layer norm over the last axis; attrs: eps",
-    "attention": "(q_src[B, N, Cq], k_src[B, N, Ck], v_src[B, N, Cv]) -> [B, N, H*d]; attrs: heads=[{kind, q_cols, "
-                 "k_cols, v_cols}], scale, eps (relu_softmax), tokens N, head_dim d. Per head S = (q kᵀ)·scale, then "
-                 "softmax(S) | relu(S)/(Σrelu(S)+eps) | S/N; head h writes output columns h*d..h*d+d-1",
+    "attention": "(q_src[B, N, Cq], k_src[B, N, Ck], v_src[B, N, Cv], bias[b, H, N, N] param/public?) -> "
+                 "[B, N, H*d]; attrs: heads=[{kind, q_cols, k_cols, v_cols}], scale, eps (relu_softmax), tokens N, "
+                 "head_dim d (of v; q/k may have fewer columns per head, e.g. LeViT). Per head S = (q kᵀ)·scale "
+                 "(+ bias[:, h]: relative-position bias, mask; b is 1 or B), "
+                 "then softmax(S) | relu(S)/(Σrelu(S)+eps) | S/N; head h writes output columns h*d..h*d+d-1",
     "argmax": "(x[B, C]) -> index of the largest logit (revealed instead of logits by option)",
-    "output": "(x) -> revealed to the client (party 1)",
+    "output": "(x) -> revealed to the client (party 1); any shape, one node per graph output (graph.outputs order)",
 }
 
 HEAD_KINDS = ("softmax", "relu_softmax", "scaling")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.special import erf
+from scipy.special import erf, expit
 
 from compiler.ir import Graph, Node
 
@@ -51,8 +51,10 @@ def attention_heads(node: Node, q_src: Array, k_src: Array, v_src: Array) -> tup
 
 
 def _attention(node: Node, xs: list[Array]) -> Array:
-    q, k, v = attention_heads(node, *xs)
+    q, k, v = attention_heads(node, *xs[:3])
     scores = (q * node.attrs["scale"]) @ np.swapaxes(k, -1, -2)
+    if len(xs) > 3:  # bias [b, H, N, N], b 1 or B
+        scores = scores + xs[3]
     kinds = np.array([head["kind"] for head in node.attrs["heads"]])
     probs = np.empty_like(scores)
     for kind, fn in _HEAD_KINDS.items():
@@ -79,6 +81,22 @@ def _linear(node: Node, xs: list[Array]) -> Array:
     return xs[0] @ xs[1] + (xs[2] if len(xs) > 2 else 0)
 
 
+def _gelu(node: Node, xs: list[Array]) -> Array:
+    x = xs[0]
+    if node.attrs.get("approximate", "none") == "tanh":
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+
+def _clip(node: Node, xs: list[Array]) -> Array:
+    lo, hi = node.attrs.get("min"), node.attrs.get("max")
+    return np.clip(xs[0], -np.inf if lo is None else lo, np.inf if hi is None else hi)
+
+
+def _hardsigmoid(node: Node, xs: list[Array]) -> Array:
+    return np.clip(node.attrs.get("alpha", 0.2) * xs[0] + node.attrs.get("beta", 0.5), 0.0, 1.0)
+
+
 def _reduce(fn: Callable[..., Array]) -> Callable[[Node, list[Array]], Array]:
     return lambda node, xs: fn(xs[0], axis=tuple(node.attrs["axes"]), keepdims=node.attrs["keepdims"])
 
@@ -93,11 +111,22 @@ KERNELS: dict[str, Callable[[Node, list[Array]], Array]] = {
     "scale": lambda node, xs: xs[0] * node.attrs["factor"],
     "layout": _layout,
     "relu": lambda node, xs: np.maximum(xs[0], 0),
-    "gelu": lambda node, xs: 0.5 * xs[0] * (1 + erf(xs[0] / np.sqrt(2))),
+    "neg": lambda node, xs: -xs[0],
+    "abs": lambda node, xs: np.abs(xs[0]),
+    "gelu": _gelu,
     "erf": lambda node, xs: erf(xs[0]),
+    "exp": lambda node, xs: np.exp(xs[0]),
+    "sigmoid": lambda node, xs: expit(xs[0]),
+    "tanh": lambda node, xs: np.tanh(xs[0]),
+    "reciprocal": lambda node, xs: 1 / xs[0],
+    "hardsigmoid": _hardsigmoid,
+    "hardswish": lambda node, xs: xs[0] * np.clip(xs[0] / 6 + 0.5, 0.0, 1.0),
+    "clip": _clip,
+    "where": lambda node, xs: np.where(xs[0].astype(bool), xs[1], xs[2]),
     "softmax": lambda node, xs: _softmax(xs[0], node.attrs["axis"]),
     "reduce_sum": _reduce(np.sum),
     "reduce_mean": _reduce(np.mean),
+    "reduce_max": _reduce(np.max),
     "rsqrt": lambda node, xs: 1 / np.sqrt(xs[0]),
     "sqrt": lambda node, xs: np.sqrt(xs[0]),
     "layernorm": _layernorm,

@@ -10,7 +10,7 @@ import pytest
 
 import tiny_vit_ir
 from compiler.backend import Manifest, emit, write_client_input
-from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs
+from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs, strided_runs
 from compiler.errors import CompileError, UserError
 from compiler.ir import Value
 from compiler.lowering import get_profile, lower
@@ -51,6 +51,43 @@ def test_non_affine_maps_and_runs():
     got = [(r.source, r.src_start, r.out_start, r.length) for r in runs(cls_concat, [3, 12])]
     assert got == [(0, 0, 0, 3), (1, 0, 3, 6), (0, 0, 9, 3), (1, 6, 12, 6)]
     assert column_pattern([4, 6, 8]) == (4, 2) and column_pattern([1, 2, 4]) is None
+
+
+def padded_im2col(channels: int = 2, size: int = 5, kernel: int = 3, stride: int = 2, pad: int = 1) -> np.ndarray:
+    """The im2col index of a padded, strided convolution over a [1, C, H, W] image whose padding reads input 1
+    (one zero constant at flat position C·H·W): [1, patches, C·k·k]."""
+    image = np.arange(channels * size * size).reshape(channels, size, size)
+    padded = np.pad(image, ((0, 0), (pad, pad), (pad, pad)), constant_values=image.size)
+    out = (size + 2 * pad - kernel) // stride + 1
+    return np.stack([padded[:, i * stride:i * stride + kernel, j * stride:j * stride + kernel].reshape(-1)
+                     for i in range(out) for j in range(out)])[None]
+
+
+def _gathered(found, sizes: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    flat = np.full(int(np.prod(shape)), -1, dtype=np.int64)
+    offsets = np.cumsum([0] + sizes)
+    for r in found:
+        for k in range(r.count):
+            flat[r.out_start + k * r.out_jump + r.out_step * np.arange(r.length)] = \
+                offsets[r.source] + r.src_start + k * r.src_jump + r.src_step * np.arange(r.length)
+    return flat.reshape(shape)
+
+
+def test_strided_runs_reproduce_any_index_map_with_fewer_pieces():
+    rng = np.random.default_rng(3)
+    for _ in range(200):  # any map, several inputs: the runs write every output position from the right source
+        shape = tuple(int(d) for d in rng.integers(1, 5, rng.integers(1, 4)))
+        sizes = [int(n) for n in rng.integers(1, 10, rng.integers(1, 3))]
+        index = rng.integers(0, sum(sizes), shape)
+        assert np.array_equal(_gathered(strided_runs(index, sizes), sizes, shape), index)
+    index = padded_im2col()
+    found = strided_runs(index, [50, 1])
+    assert np.array_equal(_gathered(found, [50, 1], index.shape), index)
+    # 18 (channel, kernel offset) columns of 9 patches, broken where a window meets the padding, the same pieces
+    # of consecutive patch rows merged: 31 gathers where contiguous copies (at most 3 long) need 106
+    assert len(found) * 3 <= len(runs(index, [50, 1]))
+    wide = padded_im2col(channels=4, size=8, stride=1)  # 3x3, pad 1: 1,072 copies
+    assert len(strided_runs(wide, [256, 1])) * 10 <= len(runs(wide, [256, 1]))
 
 
 @pytest.fixture

@@ -51,7 +51,8 @@ def test_constants_fold_and_roles(onnx_dir: Path) -> None:
     concat = next(n for n in graph.nodes if n.op == "layout" and len(n.inputs) == 2)
     cls = graph.values[concat.inputs[0]]
     expected_cls = onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "cls_token"))
-    assert cls.role == "param" and np.allclose(cls.data, expected_cls)
+    # folding copies the float32 initializer into float64 data: exact, so only float64 rounding may differ
+    assert cls.role == "param" and np.allclose(cls.data, expected_cls, rtol=0, atol=1e-12)
     scalars = [v for v in graph.values.values() if v.data is not None and v.data.size == 1]
     assert scalars and all(v.role == "public" for v in scalars)  # eps, 1/sqrt(2), 0.5, the attention scale
     assert all(v.role == "secret" for n in graph.nodes for v in map(graph.values.get, n.outputs))
@@ -161,13 +162,14 @@ def test_missing_and_truncated_files_name_the_file(onnx_dir: Path, tmp_path: Pat
 
 
 def test_unsupported_op_names_node_op_opset_and_lists_supported(tmp_path: Path) -> None:
-    path = onnx_graph(tmp_path / "tanh.onnx", [helper.make_node("Tanh", ["x"], ["y"], name="my_tanh")], [1, 4], "y", [1, 4])
+    path = onnx_graph(tmp_path / "round.onnx", [helper.make_node("Round", ["x"], ["y"], name="my_round")], [1, 4], "y",
+                      [1, 4])
     with pytest.raises(CompileError) as info:
         load_onnx(path)
     message = str(info.value)
-    assert "'my_tanh'" in message and "Tanh" in message and "opset 17" in message
+    assert "'my_round': op Round (opset 17) is not supported" in message and "secret input" in message
     assert all(op in message for op in ("MatMul", "Softmax", "LayerNormalization", "Conv")) and "\n" not in message
-    assert {"MatMul", "Gemm", "Conv", "Erf", "Gelu", "Range", "Where", "ConstantOfShape"} <= set(supported_ops())
+    assert {"MatMul", "Gemm", "Conv", "Erf", "Gelu", "Tanh", "Where", "Pad"} <= set(supported_ops())
 
 
 def test_converter_is_chosen_by_opset() -> None:
@@ -177,13 +179,7 @@ def test_converter_is_chosen_by_opset() -> None:
         find_converter(helper.make_node("Gelu", ["x"], ["y"]), 18)  # Gelu exists from opset 20
 
 
-def test_non_patch_conv_and_bad_opset_are_errors(tmp_path: Path) -> None:
-    weight = ("w", np.ones((2, 3, 3, 3), np.float32))
-    padded = onnx_graph(tmp_path / "conv.onnx", [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3],
-                                                                  strides=[1, 1], pads=[1, 1, 1, 1], name="c")],
-                        [1, 3, 6, 6], "y", [1, 2, 6, 6], [weight])
-    with pytest.raises(CompileError, match=r"'c' \(Conv\).*patch-embedding"):
-        load_onnx(padded)
+def test_bad_opset_is_an_error(tmp_path: Path) -> None:
     old = onnx_graph(tmp_path / "old.onnx", [helper.make_node("Relu", ["x"], ["y"])], [1, 4], "y", [1, 4], opset=11)
     with pytest.raises(CompileError, match="opset 11; supported opsets are 13-20"):
         load_onnx(old)
@@ -191,7 +187,7 @@ def test_non_patch_conv_and_bad_opset_are_errors(tmp_path: Path) -> None:
 
 def test_secret_shape_arithmetic_is_an_error(tmp_path: Path) -> None:
     nodes = [helper.make_node("Equal", ["x", "x"], ["e"], name="eq"), helper.make_node("Where", ["e", "x", "x"], ["y"])]
-    with pytest.raises(CompileError, match=r"'eq' \(Equal\).*secret"):
+    with pytest.raises(CompileError, match=r"'eq': op Equal .*depend on the secret input"):
         load_onnx(onnx_graph(tmp_path / "eq.onnx", nodes, [1, 4], "y", [1, 4]))
 
 

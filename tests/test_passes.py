@@ -56,6 +56,8 @@ def preserved(graph: Graph, step: Callable[[Graph], Graph]) -> Graph:
     after_graph = step(graph)
     after = evaluate(after_graph, feeds)
     for b, a in zip(before.values(), after.values()):
+        # float64 before and after a rewrite that reassociates (folded scales, composed weights): ~1e-15 relative
+        # per op; 1e-6 is far above rounding and far below any real semantic change
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     return after_graph
 
@@ -162,7 +164,8 @@ def test_layout_into_input_sets_the_input_writer_attrs() -> None:
     assert graph.op_counts() == {"input": 1, "linear": 1, "output": 1}
     assert node.attrs["image_shape"] == (1, 3, 8, 8) and np.array_equal(node.attrs["layout_index"], im2col)
     assert graph.values["img"].shape == (1, 4, 48)
-    np.testing.assert_allclose(evaluate(graph, feeds)["y"], before)
+    # float64: the same products, only the gather moved to the input writer (reassociation-free: ~1e-15)
+    np.testing.assert_allclose(evaluate(graph, feeds)["y"], before, rtol=1e-12, atol=1e-12)
 
 
 def test_fuse_layernorm_decomposed_with_its_eps(onnx_dir: Path) -> None:

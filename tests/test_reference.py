@@ -37,7 +37,8 @@ def _run(batch=3, kinds=tiny_vit_ir.KINDS, protocol="replicated-ring", seed=1, s
 def test_float_path_is_the_model_and_fixed_point_is_close():
     g, prog, x, res = _run()
     truth = tiny_vit_ir.forward(g, x)
-    assert np.allclose(res.float_outputs["logits"], truth, atol=1e-9)  # the IR semantics, independently
+    # the IR semantics, independently: both float64, same ops in another order (~1e-15 relative on logits ~1)
+    assert np.allclose(res.float_outputs["logits"], truth, rtol=0, atol=1e-9)
     err = np.abs(res.outputs["logits"] - truth).max()
     assert 1e-5 < err < 0.02  # fixed point is not exact, and close
     assert (res.outputs["logits"].argmax(1) == truth.argmax(1)).all()
@@ -91,10 +92,10 @@ def test_vit_7_4_32_sized_model_runs_a_batch_in_seconds():
     g = tiny_vit_ir.build(batch=32, image=32, patch=4, dim=256, hidden=512, classes=10)
     prog = lower(g, get_profile("replicated-ring"))
     x = np.random.default_rng(0).uniform(-1, 1, (32, 1, 32, 32))
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time (the executor runs one BLAS thread): wall time follows machine load
     res = execute(prog, {"image": x})
-    per_layer = time.perf_counter() - start
-    assert per_layer * 7 < 30, f"{per_layer:.2f} s per layer"
+    per_layer = time.process_time() - start
+    assert per_layer * 7 < 30, f"{per_layer:.2f} s CPU per layer"
     assert np.abs(res.outputs["logits"] - res.float_outputs["logits"]).max() < 0.1
 
 

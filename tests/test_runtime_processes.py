@@ -19,7 +19,7 @@ import pytest
 
 from compiler.errors import MPSPDZError, UserError
 from compiler.runtime import run
-from compiler.runtime.mpspdz import MPSPDZ, protocol_spec
+from compiler.runtime.mpspdz import MPSPDZ, mpspdz_version, protocol_spec
 from compiler.runtime.processes import free_port_base, run_parties
 
 FAKE_PARTY = r'''#!PYTHON
@@ -184,7 +184,8 @@ def test_run_parses_compares_and_writes_json(fake_mpspdz: MPSPDZ, program_dir: P
 
     result = run(program_dir, "replicated-ring", data=tmp_path / "data.npz", network="wan", json_path=json_path,
                  mpspdz=fake_mpspdz, client_input_writer=write_floats, reference=plain, log=lambda m: None)
-    np.testing.assert_allclose(result.logits, 2 * images)
+    # the fake party prints 2·x with repr precision: the parsed value is the float64 product, up to 1 ulp
+    np.testing.assert_allclose(result.logits, 2 * images, rtol=1e-15, atol=0)
     assert (result.images, result.batches) == (3, 2)
     assert (result.time_s, result.bytes_party0, result.global_bytes, result.rounds) == (0.5, 3_000_000, 9_000_000, 80)
     assert result.top1_agreement == pytest.approx(2 / 3) and result.max_logit_error == pytest.approx(4)
@@ -313,3 +314,21 @@ def test_digits_eval_images_are_the_normalised_test_split() -> None:
     assert np.bincount(y, minlength=10).min() >= 35  # stratified: every class ~36 times
     with pytest.raises(UserError, match="the test set has only 360 images"):
         eval_images(metadata, 361)
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ("git", {"commit": "3a0a7b1d5e80e9f7e1b1ce76ae8b8a43931e80f4", "release": "0.4.2",
+             "version": "commit 3a0a7b1d5e80e9f7e1b1ce76ae8b8a43931e80f4"}),
+    ("archive", {"commit": None, "release": "0.4.2", "version": "release 0.4.2 or later"}),
+    ("bare", {"commit": None, "release": None, "version": "unknown"}),
+])
+def test_mpspdz_version_whatever_way_the_tree_was_obtained(tmp_path: Path, layout: str, expected: dict) -> None:
+    """A git checkout gives its commit; a release archive (no .git) its CHANGELOG release; else 'unknown'."""
+    if layout != "bare":
+        (tmp_path / "CHANGELOG.md").write_text("The changelog explains changes.\n\n## 0.4.2 (Dec 24, 2025)\n\n"
+                                               "- x\n\n## 0.4.1 (Jun 1, 2025)\n")
+    if layout == "git":
+        (tmp_path / ".git" / "refs" / "heads").mkdir(parents=True)
+        (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/master\n")
+        (tmp_path / ".git" / "refs" / "heads" / "master").write_text(expected["commit"] + "\n")
+    assert mpspdz_version(MPSPDZ(tmp_path)) == expected

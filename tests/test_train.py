@@ -35,7 +35,8 @@ def test_kd_losses_match_formulas() -> None:
     combined = distillation_loss(s, st, t, tt, logit_weight=0.5, token_weight=3.0, temperature=T)
     expected = 0.5 * soft_cross_entropy(s, t, T) + 3.0 * token_mse(st, tt)
     assert combined.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert distillation_loss(s, st, s, st, 1.0, 1.0).item() == pytest.approx(soft_cross_entropy(s, s).item())
+    # float32 losses combined in another order: a few ulps (1.2e-7 relative each), hence rel=1e-6 here and above
+    assert distillation_loss(s, st, s, st, 1.0, 1.0).item() == pytest.approx(soft_cross_entropy(s, s).item(), rel=1e-6)
 
 
 def test_resume_continues_exactly(tmp_path, small_digits, monkeypatch) -> None:
@@ -68,7 +69,10 @@ def test_resume_continues_exactly(tmp_path, small_digits, monkeypatch) -> None:
     result = fit(resumed, small_digits, train, resume=ckpt["resume"], progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2]
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        # the same kernels on the same data in the same order give identical weights here; 1e-6 (float32
+        # rounding of weights of order 0.1) only allows for a BLAS whose reductions follow thread timing,
+        # while a wrong RNG stream or a repeated/skipped epoch moves weights by ~1e-2
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_search_moves_alpha_and_model_checkpoint_roundtrips(tmp_path, small_digits) -> None:

@@ -106,3 +106,4 @@ def get(op: str, choice: str) -> Approximation:
 
 
 from compiler.approx import exp, gelu, reciprocal, rowmax, rsqrt  # noqa: E402,F401  (registration)
+from compiler.approx import erf, sigmoid, sqrt, tanh  # noqa: E402,F401  (registration; sqrt uses rsqrt)

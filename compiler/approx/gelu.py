@@ -21,6 +21,9 @@ from compiler.cost.primitives import Step
 from compiler.fixedpoint import FixedPoint
 
 CUT = 4.0
+# max |tanh-GeLU − erf-GeLU| (dense grid on [−10, 10]; both tend to x resp. 0 beyond): a gelu node with
+# approximate='tanh' is lowered with the same approximation, so its bound grows by this gap
+TANH_GELU_GAP = 4.8e-4
 # g(4t) = 4t·Φ(−4t) ≈ Σ POLY[i]·t^i on t ∈ [0, 1] (minimax, Lawson iterations on 8001 points)
 POLY = (-2.59231964e-03, 2.22394950e+00, -9.47899037e+00, 1.49188074e+01, -1.01864867e+01, 2.52284436e+00)
 # ml.Gelu's coefficients (Compiler/ml.py at 3a0a7b1d): f0 = Σ F0[i] x^i, f1 = Σ F1[power] x^power

@@ -12,6 +12,15 @@ f+1: halving is free) and y·(3/2 − x·y²/2) (trunc f); computing x·(y²) ra
 precision for tiny x, where y is large. Fixed-point error: ≤ 2^-f·(1 + 2·y) absolute plus the relative e_I/2:
 |y − 1/√x| ≤ (e_I/2)/√x + (1 + 2/√x)·LSB; ``bounds`` gives its maximum over [ε, hi] at f = 16.
 
+``wide`` — ``newton`` with y² kept to f + 8 fractional bits (one truncation by f − 8, then x·y² truncated by
+f + 9): with f bits, y² of a large x (y = 1/128 at x = 16384: y² = 4 LSB) keeps almost no significant bits, so
+``newton`` is off by percents there (6.5 % measured for x > 1000 on [2^-16, 16384]). x·y² ≈ 1 keeps its raw
+value near 2^(2f+8) (2^40 at f = 16) whatever x is. The last step's rounding leaves y off by
+≤ (0.5 + y/2 + √x/2^10)·LSB (y² by 2^-(f+8)/2, times x/2, times y; x·y²/2 by LSB/2, times y; the product's LSB/2),
+plus Newton's relative e_I/2 (same guess, same iterations as ``newton``). Same comparisons and products as
+``newton``; its default range is every positive value a comparison may consume (generic rsqrt/sqrt nodes, whose
+range is unknown), which costs more segments than a LayerNorm's [ε, 64], so the profile keeps ``newton`` there.
+
 ``mpspdz`` — MP-SPDZ's ``mpc_math.InvertSqrt`` (Lu et al.). Reference: exact 1/√x quantised to f bits; the
 built-in's own error (0.032 measured at x = 0.01) is bounded here by 0.04 on [0.01, 100].
 """
@@ -120,3 +129,55 @@ register(Approximation(
     steps=lambda size, profile, eps=0.01, hi=100.0: [Step("rsqrt:mpspdz", size)],
     exact=lambda x: 1.0 / np.sqrt(x), bounds=lambda eps=0.01, hi=100.0: ((max(eps, 0.01), hi), 0.04),
     params={"eps": 0.01, "hi": 100.0}, doc="MP-SPDZ mpc_math.InvertSqrt"))
+
+
+WIDE_DEFAULTS = {"eps": 2.0 ** -16, "hi": 16384.0}  # every positive value a comparison may consume at f=16, k=31
+
+
+def wide_extra_bits(fx: FixedPoint) -> int:
+    """Fractional bits y² keeps beyond f (8 at f = 16; at most f/2 so that y² is still truncated)."""
+    return min(8, fx.f // 2)
+
+
+def wide_reference(x_int: np.ndarray, fx: FixedPoint, eps: float = WIDE_DEFAULTS["eps"],
+                   hi: float = WIDE_DEFAULTS["hi"]) -> np.ndarray:
+    thresholds, guesses = segment_guess(eps, hi, fx)
+    below = (x_int[..., None] < thresholds).astype(np.int64)
+    y = guesses[-1] + below @ (guesses[:-1] - guesses[1:])
+    extra = wide_extra_bits(fx)
+    for _ in range(newton_iterations(eps, hi, fx.f)):
+        half_s = fx.trunc(x_int * fx.trunc(y * y, fx.f - extra), fx.f + extra + 1)
+        y = fx.mul(y, 3 * fx.scale // 2 - half_s)
+    return y
+
+
+def wide_steps(size: int, profile: object, eps: float = WIDE_DEFAULTS["eps"],
+               hi: float = WIDE_DEFAULTS["hi"]) -> list[Step]:
+    return newton_steps(size, profile, eps=eps, hi=hi)
+
+
+def wide_newton_error(eps: float, hi: float, fx: FixedPoint) -> tuple[float, float]:
+    """(the domain's low end, the relative error of y left by the Newton steps): each step maps a relative
+    error e to (3e² + e³)/4, starting from :func:`initial_error`."""
+    e = initial_error(eps, hi, fx)
+    for _ in range(newton_iterations(eps, hi, fx.f)):
+        e = (3 * e * e + e ** 3) / 4
+    return _lo(eps, fx), e
+
+
+def wide_bounds(eps: float = WIDE_DEFAULTS["eps"], hi: float = WIDE_DEFAULTS["hi"]):
+    """Newton's relative error e_I/2 times y plus the last step's rounding (0.5 + y/2 + √x/2^10)·LSB (see the
+    module doc), maximised over [eps, hi] at f = 16."""
+    fx = FixedPoint(DEFAULT_F, 31)
+    lo, e = wide_newton_error(eps, hi, fx)
+    x = np.geomspace(lo, hi, 10_001)
+    y = 1 / np.sqrt(x)
+    return (lo, hi), float(np.max((e / 2) * y + (0.5 + y / 2 + np.sqrt(x) / 2 ** 10) * fx.lsb))
+
+
+register(Approximation(
+    op="rsqrt", choice="wide", reference=wide_reference, template="approx/rsqrt_wide.mpc.j2", steps=wide_steps,
+    exact=lambda x: 1.0 / np.sqrt(x), bounds=wide_bounds, params=dict(WIDE_DEFAULTS),
+    constants=lambda fx, params: {**newton_constants(fx, {**params, "iterations": None}),
+                                  "extra": wide_extra_bits(fx)},
+    doc="as newton, x*y^2/2 computed as (x*y)*y/2: keeps relative precision up to the comparison range"))

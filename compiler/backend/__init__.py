@@ -87,6 +87,7 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
         write_text(tmp / "Player-Data" / "Input-P1-0",
                    quantised_text([client_values(images, image_shape, layout)], profile.fx))
         output_value = graph.values[graph.outputs[0]]
+        per_image = int(np.prod(output_value.shape[1:], dtype=np.int64))
         manifest = Manifest(
             name=program.name, protocol=profile.protocol, mpspdz_protocol=profile.mpspdz_protocol,
             binary=profile.binary, script=profile.script, n_parties=profile.n_parties,
@@ -95,7 +96,8 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
             truncation=profile.trunc, batch=program.batch, reveal=program.reveal, output_marker=OUTPUT_MARKER,
             input_name=input_value.name, input_shape=list(image_shape), client_shape=list(input_value.shape),
             client_layout=layout,
-            output_shape=[program.batch, 1] if program.reveal == "argmax" else list(output_value.shape),
+            output_shape=[program.batch, 1 if program.reveal == "argmax" else per_image],
+            outputs=[{"name": name, "shape": list(graph.values[name].shape)} for name in graph.outputs],
             weights=[{"name": w.name, "shape": list(w.data.shape)} for w in weights],
             weight_sha256=weight_hash, model=str(graph.metadata.get("mpcvit.model", program.name)),
             # absolute: `mpcvit run` compares with this model from whatever directory it is started in

@@ -84,6 +84,106 @@ def runs(index: np.ndarray, input_sizes: list[int]) -> list[Run]:
     return [Run(int(source[s]), int(flat[s] - offsets[source[s]]), int(s), int(e - s)) for s, e in zip(starts, ends)]
 
 
+@dataclass(frozen=True)
+class StridedRun:
+    """A 2-D affine copy: ``count`` runs of ``length`` elements; element i of run r is read from input ``source``
+    at src_start + r·src_jump + i·src_step and written at out_start + r·out_jump + i·out_step."""
+
+    source: int
+    src_start: int
+    src_step: int
+    out_start: int
+    out_step: int
+    length: int
+    count: int = 1
+    src_jump: int = 0
+    out_jump: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.length * self.count
+
+    def expr(self, origin: str, start: int, step: int, jump: int) -> str:
+        """MP-SPDZ address vector of one side (``origin`` + its start, step and jump)."""
+        inner = f"regint.inc({self.size}, {origin} + {start}, {step}, 1, {self.length})"
+        return inner if self.count == 1 else f"{inner} + regint.inc({self.size}, 0, {jump}, {self.length})"
+
+    def reads(self, origin: str) -> str:
+        return self.expr(origin, self.src_start, self.src_step, self.src_jump)
+
+    def writes(self, origin: str) -> str:
+        return self.expr(origin, self.out_start, self.out_step, self.out_jump)
+
+
+def strided_runs(index: np.ndarray, input_sizes: list[int]) -> list[StridedRun]:
+    """The fewest runs of constant source stride along one output axis (the axis that gives the fewest).
+
+    An index map that is neither affine nor a few contiguous copies is often affine along one axis in pieces:
+    an im2col with padding reads each (channel, kernel offset) row with the convolution's stride, broken only
+    where the window leaves the image (the padding reads a zero constant, a run of source step 0). One gather and
+    one scatter per run, whatever the run's length. Runs of the same shape whose starts advance by constant jumps
+    (the same kernel offset in consecutive output rows) merge into one 2-D run."""
+    index = np.asarray(index, dtype=np.int64)
+    if index.size == 0:
+        return []
+    offsets = np.cumsum([0] + list(input_sizes))
+    positions = np.arange(index.size, dtype=np.int64).reshape(index.shape)
+    best: list[StridedRun] | None = None
+    for axis in range(index.ndim):
+        rows = np.moveaxis(index, axis, -1).reshape(-1, index.shape[axis])
+        outs = np.moveaxis(positions, axis, -1).reshape(-1, index.shape[axis])
+        out_step = int(outs[0, 1] - outs[0, 0]) if rows.shape[1] > 1 else 1
+        found = _merge_runs(_row_runs(rows, outs, offsets, out_step))
+        if best is None or len(found) < len(best):
+            best = found
+    assert best is not None
+    return best
+
+
+def _row_runs(rows: np.ndarray, outs: np.ndarray, offsets: np.ndarray, out_step: int) -> list[StridedRun]:
+    """Greedy maximal runs of each row: a run goes on while it stays in one input and keeps its first step."""
+    found = []
+    length = rows.shape[1]
+    for row, out, src in zip(rows, outs, np.searchsorted(offsets, rows, side="right") - 1):
+        steps, moved = np.diff(row), np.diff(src) != 0
+        # j cannot extend to j+1 once its step differs from the previous one or the input changes there
+        stops = np.flatnonzero((steps[1:] != steps[:-1]) | moved[1:]) + 1
+        i = 0
+        while i < length:
+            if i == length - 1 or moved[i]:
+                j, step = i, 0
+            else:
+                k = np.searchsorted(stops, i, side="right")
+                j, step = (int(stops[k]) if k < stops.size else length - 1), int(steps[i])
+            found.append(StridedRun(int(src[i]), int(row[i] - offsets[src[i]]), step, int(out[i]), out_step,
+                                    j - i + 1))
+            i = j + 1
+    return found
+
+
+def _merge_runs(found: list[StridedRun]) -> list[StridedRun]:
+    """Merge runs of one shape (input, length, steps) whose starts advance by constant jumps into 2-D runs."""
+    merged: list[StridedRun] = []
+    open_block: dict[tuple[int, int, int, int], int] = {}  # run shape -> index in `merged` of its last block
+    for run in found:
+        key = (run.source, run.length, run.src_step, run.out_step)
+        at = open_block.get(key)
+        if at is not None:
+            block = merged[at]
+            src_jump, out_jump = run.src_start - block.src_start, run.out_start - block.out_start
+            if block.count > 1:
+                src_jump, out_jump = src_jump // block.count, out_jump // block.count
+            if (block.count == 1 or (src_jump, out_jump) == (block.src_jump, block.out_jump)) and \
+                    run.src_start == block.src_start + block.count * src_jump and \
+                    run.out_start == block.out_start + block.count * out_jump and out_jump != 0:
+                merged[at] = StridedRun(block.source, block.src_start, block.src_step, block.out_start,
+                                        block.out_step, block.length, block.count + 1, src_jump, out_jump)
+                continue
+        open_block[key] = len(merged)
+        merged.append(run)
+    return merged
+
+
 def broadcast_index(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
     """Flat positions in a tensor of ``shape`` read by each element of its numpy broadcast to ``out_shape``."""
     size = int(np.prod(shape, dtype=np.int64))

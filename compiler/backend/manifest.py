@@ -8,6 +8,12 @@ from typing import Any
 
 from compiler.errors import UserError
 
+OUTPUT_MARKER = "MPCVIT_OUT"  # prefix of the lines party 1 prints (compiler.runtime.parser reads them)
+
+
+def output_marker(index: int, marker: str = OUTPUT_MARKER) -> str:
+    """Line prefix of graph output ``index``: ``MPCVIT_OUT`` for output 0 (unchanged), ``MPCVIT_OUT<j>`` after."""
+    return marker if index == 0 else f"{marker}{index}"
 
 
 @dataclass
@@ -32,7 +38,7 @@ class Manifest:
     input_shape: list[int]  # the model input (image batch) the client passes
     client_shape: list[int]  # the tensor party 1 secret-shares (patch-wise)
     client_layout: list[int] | None  # per image: positions in the flattened image, in party 1's input order
-    output_shape: list[int]
+    output_shape: list[int]  # output 0 as [B, values per image] ([B, 1] for --reveal argmax)
     weights: list[dict[str, Any]]  # name, shape, in Input-P0-0 order
     weight_sha256: str
     model: str
@@ -43,6 +49,7 @@ class Manifest:
     op_counts: dict[str, int]
     model_config: dict[str, Any]  # the ONNX metadata with JSON values decoded (config, head kinds, dataset…)
     template_set: str | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # every graph output: name, shape (batch first)
     warnings: list[str] = field(default_factory=list)
     # compiler.calibrate: samples, margin, input_range/input_bound (party 1's guard), tensor ranges, choices per site
     calibration: dict[str, Any] | None = None

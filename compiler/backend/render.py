@@ -15,13 +15,14 @@ import jinja2
 import numpy as np
 
 from compiler.approx import REGISTRY
-from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs
+from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs, strided_runs
+from compiler.backend.manifest import OUTPUT_MARKER, output_marker
 from compiler.errors import CompileError, UserError
 from compiler.ir import Node, Value
-from compiler.lowering.plans import NodePlan, Program, attention_groups
+from compiler.lowering.plans import (HARDSWISH, NodePlan, Program, attention_groups, constant_operands,
+                                     matmul_instances, output_index, public_scalar, reduction_block)
 
 TEMPLATE_ROOT = Path(__file__).resolve().parents[2] / "spdz_templates"
-OUTPUT_MARKER = "MPCVIT_OUT"  # the line prefix compiler.runtime.parser reads
 MAX_COPY_RUNS = 4096  # a layout of more contiguous runs than this must be affine (one gather)
 
 
@@ -69,9 +70,10 @@ class _Renderer:
         self.tensors: dict[str, Tensor] = {}
         self.weights: list[Value] = []
         for p in program.node_plans:
+            constants = constant_operands(p.node, self.graph)
             for name in p.node.inputs:
                 value = self.graph.values[name]
-                if value.role in ("param", "public") and name not in self.tensors:
+                if value.role in ("param", "public") and name not in self.tensors and name not in constants:
                     if value.data is None:
                         raise CompileError(f"weight {name!r} has no value; the ONNX initializer is missing")
                     self.weights.append(value)
@@ -92,6 +94,20 @@ class _Renderer:
         pattern = affine(broadcast_index(self.graph.values[name].shape, out_shape))
         assert pattern is not None  # a numpy broadcast is always affine
         return f"sfix.load_mem({pattern.expr(t.var + '.address')})"
+
+    def permuted(self, name: str, perm: tuple[int, ...]) -> str:
+        """Expression of tensor ``name`` with its axes reordered by ``perm``, as one vector (one local gather)."""
+        t = self.tensor(name)
+        if tuple(perm) == tuple(range(len(perm))):
+            return f"{t.var}.get_vector()"
+        return f"sfix.load_mem({self.permutation(name, perm).expr(t.var + '.address')})"
+
+    def permutation(self, name: str, perm: tuple[int, ...]) -> Any:
+        """The affine address pattern of tensor ``name`` transposed by ``perm`` (a transpose is always affine)."""
+        shape = self.graph.values[name].shape
+        pattern = affine(np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape).transpose(perm))
+        assert pattern is not None
+        return pattern
 
     def block(self, p: NodePlan) -> str | None:
         node = p.node
@@ -133,16 +149,22 @@ class _Renderer:
     def ctx_layout(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
         inputs = [self.tensor(n) for n in node.inputs]
         index = np.asarray(node.attrs["index"], dtype=np.int64)
-        copies = runs(index, [t.size for t in inputs])
-        ctx.update(inputs=inputs, runs=copies, gather=None, how=f"{len(copies)} contiguous copies")
-        if len(copies) > 8 and len(inputs) == 1:
-            pattern = affine(index)
-            if pattern is not None:
-                ctx.update(gather=pattern.expr(inputs[0].var + ".address"), how="one affine gather")
-                return
-        if len(copies) > MAX_COPY_RUNS:
+        sizes = [t.size for t in inputs]
+        copies = runs(index, sizes)
+        ctx.update(inputs=inputs, runs=copies, strided=None, gather=None, how=f"{len(copies)} contiguous copies")
+        if len(copies) <= 8:
+            return
+        pattern = affine(index) if len(inputs) == 1 else None
+        if pattern is not None:
+            ctx.update(runs=[], gather=pattern.expr(inputs[0].var + ".address"), how="one affine gather")
+            return
+        strided = strided_runs(index, sizes)
+        if len(strided) < len(copies):
+            ctx.update(runs=[], strided=strided, how=f"{len(strided)} strided gathers")
+        if min(len(strided), len(copies)) > MAX_COPY_RUNS:
             raise CompileError(f"layout node {node.name!r}: the index map is neither affine nor made of at most "
-                               f"{MAX_COPY_RUNS} contiguous runs ({len(copies)}); it cannot be emitted efficiently")
+                               f"{MAX_COPY_RUNS} strided runs along any axis ({len(strided)}); it cannot be emitted "
+                               f"efficiently")
 
     def ctx_layernorm(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
         x = self.tensor(node.inputs[0])
@@ -161,6 +183,7 @@ class _Renderer:
         heads = node.attrs["heads"]
         batch, tokens = self.graph.values[node.inputs[0]].shape[:2]
         d = int(node.attrs["head_dim"])
+        d_key = len(heads[0]["q_cols"])  # q/k width per head: d, or less (LeViT's key_dim)
         qk_cols, v_cols, groups = [], [], []
         fx = self.program.profile.fx
         for kind, members in attention_groups(node).items():
@@ -168,9 +191,10 @@ class _Renderer:
                                      "offset": len(qk_cols) * batch * tokens * tokens}
             for h in members:
                 cols = [column_pattern(heads[h][key]) for key in ("q_cols", "k_cols", "v_cols")]
-                if any(c is None or len(heads[h][key]) != d for c, key in zip(cols, ("q_cols", "k_cols", "v_cols"))):
+                if any(c is None or len(heads[h][key]) != width
+                       for c, key, width in zip(cols, ("q_cols", "k_cols", "v_cols"), (d_key, d_key, d))):
                     raise CompileError(f"attention node {node.name!r}: head {h} selects q/k/v columns that are not an "
-                                       f"arithmetic progression of {d} columns")
+                                       f"arithmetic progression of {d_key}/{d_key}/{d} columns")
                 qk_cols.append((*cols[0], *cols[1]))
                 v_cols.append((h, *cols[2]))
             if kind == "softmax":
@@ -181,16 +205,95 @@ class _Renderer:
                 group.update(reciprocal=p.approx["relu_softmax.reciprocal"].fn_name, trunc=scale.trunc,
                              shift=scale.trunc + scale.shift, eps=repr(scale.eps_int / fx.scale))
             groups.append(group)
-        ctx.update(q=q, k=k, v=v, heads=heads, f=fx.f, bits=fx.k + fx.f, tokens=tokens, d=d,
-                   scores=f"s{len(self.tensors)}",
-                   scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
+        bias = None
+        if len(node.inputs) > 3:  # [b, H, N, N]: the N x N block of each (head slot, image), in score order
+            b_bias = self.graph.values[node.inputs[3]].shape[0]
+            slots = [h for members in attention_groups(node).values() for h in members]
+            bias = {"var": self.tensor(node.inputs[3]).var, "size": tokens * tokens,
+                    "offsets": [((b % b_bias) * len(heads) + h) * tokens * tokens
+                                for h in slots for b in range(batch)]}
+        ctx.update(q=q, k=k, v=v, batch=batch, heads=heads, f=fx.f, bits=fx.k + fx.f, tokens=tokens, d=d, d_key=d_key, scores=f"s{len(self.tensors)}",
+                   bias=bias, scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
                    kinds=", ".join(f"{len(g['heads'])} {g['kind']}" for g in groups))
 
     def ctx_output(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
         x = self.tensor(node.inputs[0])
-        if len(x.shape) != 2:
-            raise CompileError(f"output {node.inputs[0]!r} has shape {x.shape}; expected logits [batch, classes]")
-        ctx.update(x=x, result=f"r{len(self.tensors)}")
+        batch = self.program.batch  # the lowering checked that every output leads with it
+        index = output_index(node, self.graph)
+        ctx.update(x=x, result=f"r{len(self.tensors)}", width=x.size // batch, marker=output_marker(index),
+                   reveal="argmax" if self.program.reveal == "argmax" and index == 0 else "logits")
+
+    # --- generic kinds ----------------------------------------------------------------------------------------
+    def ctx_unary(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
+        """neg, abs, and the element-wise approximations (their function from the prelude)."""
+        ctx.update(x=self.tensor(node.inputs[0]), fn=p.approx[node.op].fn_name if node.op in p.approx else None)
+
+    ctx_neg = ctx_abs = ctx_exp = ctx_sigmoid = ctx_tanh = ctx_erf = ctx_reciprocal = ctx_rsqrt = ctx_sqrt = ctx_unary
+
+    def ctx_mul(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
+        shape = self.graph.values[node.outputs[0]].shape
+        constants = constant_operands(node, self.graph)
+        operands = [n for n in node.inputs if n not in constants] or node.inputs[:1]
+        vectors = [self.vector(n, shape) for n in operands]
+        if constants:
+            vectors.append(repr(public_scalar(self.graph, constants[0])))
+        ctx.update(vectors=vectors, shapes=[self.graph.values[n].shape for n in node.inputs])
+
+    def ctx_div(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
+        shape = self.graph.values[node.outputs[0]].shape
+        a, b = node.inputs
+        divisor = public_scalar(self.graph, b)
+        ctx.update(a_vec=self.vector(a, shape), a=self.tensor(a), b=self.tensor(b), fn=None,
+                   inverse=None if divisor is None else repr(1.0 / divisor))
+        if divisor is None:
+            pattern = affine(broadcast_index(self.graph.values[b].shape, shape))
+            assert pattern is not None
+            same = tuple(self.graph.values[b].shape) == tuple(shape)
+            ctx.update(fn=p.approx["reciprocal"].fn_name,
+                       r_vec="inverse.get_vector()" if same else f"sfix.load_mem({pattern.expr('inverse.address')})")
+
+    def ctx_matmul(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
+        a, b = (self.tensor(n) for n in node.inputs)
+        a_shape, b_shape = (self.graph.values[n].shape for n in node.inputs)
+        ctx.update(a=a, b=b, m=a_shape[-2], k=a_shape[-1], n=b_shape[-1],
+                   pairs=matmul_instances(a_shape, b_shape))
+
+    def ctx_reduce(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
+        shape = self.graph.values[node.inputs[0]].shape
+        rows, cols, perm = reduction_block(node, shape)
+        ctx.update(x=self.tensor(node.inputs[0]), x_vec=self.permuted(node.inputs[0], perm), rows=rows, cols=cols,
+                   inv_cols=repr(1.0 / cols), rowmax=p.approx["rowmax"].fn_name if "rowmax" in p.approx else None)
+
+    ctx_reduce_sum = ctx_reduce_mean = ctx_reduce_max = ctx_reduce
+
+    def ctx_softmax(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
+        self.ctx_reduce(node, p, ctx)
+        perm = reduction_block(node, self.graph.values[node.inputs[0]].shape)[2]
+        ctx.update(exp=p.approx["exp"].fn_name, reciprocal=p.approx["reciprocal"].fn_name,
+                   scatter=None if tuple(perm) == tuple(range(len(perm))) else
+                   self.permutation(node.outputs[0], perm).expr(ctx["out"].var + ".address"))
+
+    def ctx_clip(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
+        """hardsigmoid and hardswish are clips of alpha x + beta (bounds as raw fixed-point integers)."""
+        fx = self.program.profile.fx
+        if node.op == "clip":
+            lo, hi, alpha, beta = node.attrs.get("min"), node.attrs.get("max"), None, None
+        else:
+            lo, hi = 0.0, 1.0
+            alpha, beta = HARDSWISH if node.op == "hardswish" else (node.attrs.get("alpha", 0.2),
+                                                                    node.attrs.get("beta", 0.5))
+        ctx.update(x=self.tensor(node.inputs[0]), alpha=None if alpha is None else repr(float(alpha)),
+                   beta=None if beta is None else repr(float(beta)),
+                   lo=None if lo is None else int(fx.encode(lo)), hi=None if hi is None else int(fx.encode(hi)))
+
+    ctx_hardsigmoid = ctx_hardswish = ctx_clip
+
+    def ctx_where(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
+        shape = self.graph.values[node.outputs[0]].shape
+        cond = np.broadcast_to(np.asarray(self.graph.values[node.inputs[0]].data) != 0, shape).reshape(-1)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], cond.astype(np.int8), [0]])))
+        ctx.update(a_vec=self.vector(node.inputs[1], shape), b_vec=self.vector(node.inputs[2], shape),
+                   ones=[(int(s), int(e - s)) for s, e in zip(edges[::2], edges[1::2])], size=int(cond.size))
 
     # --- program --------------------------------------------------------------------------------------------
     def render(self, source: str) -> str:

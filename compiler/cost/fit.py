@@ -1,6 +1,6 @@
 """Fit the per-primitive cost formulas of :mod:`compiler.cost.primitives` to MP-SPDZ measurements.
 
-``python -m compiler.cost.fit /work/shared/mpspdz-costs/mpspdz_costs.csv`` rewrites ``compiler/cost/fitted.py``.
+``python -m compiler.cost.fit [CSV]`` rewrites ``compiler/cost/fitted.py`` (CSV defaults to :func:`default_costs_csv`).
 The formulas (see :class:`compiler.cost.primitives.Formula`) are linear in a few features of n (elements of the
 vectorised call; matmul: M·P outputs and M·K·P scalar products), the compile-time budget B and the run-time
 preprocessing batch b; the chunk widths w (how much budget one element consumes) and v (how much of a batch)
@@ -12,6 +12,7 @@ extrapolation (it was 53 online rounds per semi2k product; a real ViT layer's pr
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from itertools import product
 from pathlib import Path
@@ -27,6 +28,17 @@ FITTED_PRIMS = {
     "exp": "exp:mpspdz", "recip_div": "reciprocal:mpspdz", "recip_nearest": "fpdiv_nearest",
     "recip_apprcr": "apprcr", "invsqrt": "rsqrt:mpspdz", "gelu": "gelu:mpspdz", "matmul": "matmul",
 }
+SHARED_ENV = "MPCVIT_SHARED"
+
+
+def default_costs_csv() -> Path:
+    """The measured MP-SPDZ primitive costs: ``$MPCVIT_SHARED/mpspdz-costs/mpspdz_costs.csv`` when that variable
+    is set, else the ``shared/`` folder beside the repository (``<repo>/../shared``), wherever it is checked out."""
+    shared = os.environ.get(SHARED_ENV)
+    root = Path(shared) if shared else Path(__file__).resolve().parents[2].parent / "shared"
+    return root / "mpspdz-costs" / "mpspdz_costs.csv"
+
+
 PROTOCOLS = {"semi2k": "semi2k", "dealer-ring": "dealer", "rep3-ring": "replicated-ring"}
 GRID = (1 / 8, 1 / 4, 1 / 2, 1, 3 / 2, 2, 3, 4, 8)
 CAPS = (2000.0, 4000.0, 8000.0, 16000.0, 32000.0, 1e9)
@@ -177,6 +189,6 @@ def write(fits: dict, source: str) -> None:
 
 
 if __name__ == "__main__":
-    csv_path = sys.argv[1] if len(sys.argv) > 1 else "/work/shared/mpspdz-costs/mpspdz_costs.csv"
+    csv_path = sys.argv[1] if len(sys.argv) > 1 else str(default_costs_csv())
     write(fit(load_rows(csv_path)), Path(csv_path).name)
     print(f"wrote {OUT}")

@@ -1,4 +1,5 @@
-"""ONNX file -> generic IR: read and check the model, fix the batch, run the converters in graph order."""
+"""ONNX file -> generic IR: read and check the model, fix the batch, fold constant nodes (onnx's reference evaluator,
+see :mod:`compiler.frontend.context`) and run the converters on the others, in graph order."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ from onnx.external_data_helper import load_external_data_for_model, uses_externa
 
 from compiler.errors import CompileError, UserError
 from compiler.frontend import ops  # noqa: F401  (registers the converters)
-from compiler.frontend.context import ConvertContext, node_label
+from compiler.frontend.context import ConvertContext, node_label, reads
 from compiler.frontend.registry import find_converter
 from compiler.ir import Graph, Node, Value
 
@@ -36,11 +37,13 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
     ctx = ConvertContext(graph, opset)
     for init in model.graph.initializer:
         try:
-            ctx.set_const(init.name, onnx.numpy_helper.to_array(init))
+            array = onnx.numpy_helper.to_array(init)
         except (KeyError, ValueError) as exc:  # an unknown data type or a size that disagrees with the dims
             raise CompileError(f"ONNX file {str(path)!r}: initializer {init.name!r} cannot be read "
                                f"({type(exc).__name__}: {exc}); re-export the model") from None
-        ctx.from_initializer.add(init.name)
+        ctx.set_const(init.name, array)
+        if array.size > 1:  # a weight; scalars (eps, scales, shape pieces) are hyperparameters: public
+            ctx.from_initializer.add(init.name)
     for name, shape in input_shapes.items():
         graph.add_value(Value(name, shape))
         graph.add_node(Node("input", [], [name], {"owner": 1}, name=name))
@@ -49,6 +52,9 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
         if node.domain not in ("", "ai.onnx"):
             raise CompileError(f"ONNX node {node.name or node.output[0]!r}: op {node.domain}.{node.op_type} is "
                                f"outside the default ONNX domain and not supported")
+        if all(ctx.is_const(i) for i in reads(node)):  # Constant, shape arithmetic, masks, folded weights
+            ctx.fold(node)
+            continue
         convert = find_converter(node, opset)
         try:
             convert(ctx, node)

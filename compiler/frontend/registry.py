@@ -1,20 +1,19 @@
 """Converter registry keyed by ONNX op type and opset (like onnx2torch): ``@converter("Softmax", since=13)``.
 
-A converter turns one ONNX node into IR nodes (or into a folded constant) through a :class:`ConvertContext`.
+A converter turns one ONNX node with a secret input into IR nodes through a :class:`ConvertContext`; nodes on
+constants only are folded by the loader and need none.
 Several converters may exist for one op type; the one with the largest ``since`` not above the model's opset wins.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import onnx
 
 from compiler.errors import CompileError
+from compiler.frontend.context import ConvertContext
 
-if TYPE_CHECKING:
-    from compiler.frontend.context import ConvertContext
-
-Converter = Callable[["ConvertContext", onnx.NodeProto], None]
+Converter = Callable[[ConvertContext, onnx.NodeProto], None]
 
 REGISTRY: dict[str, list[tuple[int, Converter]]] = {}
 
@@ -37,5 +36,6 @@ def find_converter(node: onnx.NodeProto, opset: int) -> Converter:
     if not candidates:
         raise CompileError(
             f"ONNX node {node.name or node.output[0]!r}: op {node.op_type} (opset {opset}) is not supported; "
-            f"supported ops: {', '.join(supported_ops())}")
+            f"supported ops: {', '.join(supported_ops())}; any other op folds only when all its inputs are "
+            f"compile-time constants, and this node's depend on the secret input")
     return candidates[-1]

@@ -15,9 +15,19 @@ from compiler.errors import CompileError, UserError
 from compiler.ir import Graph, Node
 from compiler.lowering.profiles import Profile
 
-# Node kinds the templates and the reference executor implement.
+# Node kinds the templates and the reference executor implement: the ViT-level kinds the passes produce, then
+# every generic kind (each with a general lowering, slower than a pattern's fast path).
 SUPPORTED_OPS = ("input", "linear", "layout", "add", "sub", "scale", "layernorm", "attention", "gelu", "relu",
-                 "output")
+                 "output", "neg", "abs", "mul", "div", "matmul", "reduce_sum", "reduce_mean", "reduce_max", "softmax",
+                 "exp", "sigmoid", "tanh", "erf", "reciprocal", "rsqrt", "sqrt", "hardsigmoid", "hardswish", "clip",
+                 "where")
+# Element-wise approximations of generic nodes; the profile chooses among their candidates.
+PROFILE_UNARY = ("sigmoid", "tanh", "erf")
+# The choices for generic nodes whose input range is unknown: MP-SPDZ's exponential (any sign) and division (any
+# sign and magnitude), and rsqrt:wide (precise over the whole positive comparison range); the profile's choices
+# are made for softmax and LayerNorm ranges.
+RANGE_AGNOSTIC = {"exp": "mpspdz", "reciprocal": "mpspdz", "rsqrt": "wide"}
+HARDSWISH = (1.0 / 6.0, 0.5)  # ONNX HardSwish = x * HardSigmoid(x; alpha=1/6, beta=1/2)
 
 
 @dataclass(frozen=True)
@@ -173,9 +183,10 @@ def relu_softmax_scale(node: Node, profile: Profile) -> tuple[DenominatorScale, 
 def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     batch, tokens = graph.values[node.inputs[0]].shape[:2]
     d = int(node.attrs["head_dim"])
+    d_key = len(node.attrs["heads"][0]["q_cols"])  # q/k width per head: d, or less (LeViT's key_dim)
     heads = len(node.attrs["heads"])
     lsb = 2.0 ** -profile.f
-    p.steps.append(Step("matmul", tokens * tokens, (tokens, d, tokens), instances=heads * batch))
+    p.steps.append(Step("matmul", tokens * tokens, (tokens, d_key, tokens), instances=heads * batch))
     if float(node.attrs.get("scale", 1.0)) != 1.0:
         p.steps.append(Step("trunc", heads * batch * tokens * tokens))
     score_max = 2.0 ** (profile.k - profile.f - 1)
@@ -209,6 +220,131 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
             raise CompileError(f"attention node {node.name!r}: head kind {kind!r} is not one of "
                                f"softmax, relu_softmax, scaling")
     p.steps.append(Step("matmul", tokens * d, (tokens, tokens, d), instances=heads * batch))
+
+
+def public_scalar(graph: Graph, name: str) -> float | None:
+    """The value of a public one-element operand (rendered as a constant, multiplied locally), else None."""
+    value = graph.values[name]
+    if value.role == "public" and value.data is not None and value.size == 1:
+        return float(np.asarray(value.data).reshape(-1)[0])
+    return None
+
+
+def constant_operands(node: Node, graph: Graph) -> list[str]:
+    """Inputs of ``node`` that the template uses as compile-time constants, not as party 0's inputs."""
+    if node.op == "where":
+        return [node.inputs[0]]
+    if node.op == "mul":
+        return [n for n in node.inputs if public_scalar(graph, n) is not None][:1]
+    if node.op == "div":
+        return [node.inputs[1]] if public_scalar(graph, node.inputs[1]) is not None else []
+    return []
+
+
+def reduction_axes(node: Node, shape: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """(kept axes, reduced axes) of a reduce_*/softmax node, both ascending; softmax reduces its one axis."""
+    rank = len(shape)
+    raw = [node.attrs["axis"]] if node.op == "softmax" else list(node.attrs.get("axes") or range(rank))
+    reduced = sorted({int(a) % rank for a in raw}) if rank else []
+    return [a for a in range(rank) if a not in reduced], reduced
+
+
+def reduction_block(node: Node, shape: tuple[int, ...]) -> tuple[int, int, tuple[int, ...]]:
+    """(rows, cols, permutation): the input reordered by ``permutation`` (kept axes, then the reduced ones) is a
+    row-major rows x cols block whose rows are reduced."""
+    kept, reduced = reduction_axes(node, shape)
+    cols = int(np.prod([shape[a] for a in reduced], dtype=np.int64))
+    rows = int(np.prod([shape[a] for a in kept], dtype=np.int64))
+    return rows, cols, tuple(kept + reduced)
+
+
+def matmul_instances(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """Per product instance (row-major over the broadcast leading dims), the instance index into a and into b;
+    None when b is one [K, N] matrix shared by every row of a (then a single 2-D product does it all). Both
+    shapes have at least 2 dims (the lowering checks)."""
+    if len(b_shape) == 2:
+        return None
+    lead = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
+    index_a = np.broadcast_to(np.arange(int(np.prod(a_shape[:-2], dtype=np.int64))).reshape(a_shape[:-2]), lead)
+    index_b = np.broadcast_to(np.arange(int(np.prod(b_shape[:-2], dtype=np.int64))).reshape(b_shape[:-2]), lead)
+    return list(zip(index_a.reshape(-1).tolist(), index_b.reshape(-1).tolist()))
+
+
+def _matmul(node: Node, graph: Graph, p: NodePlan) -> None:
+    a_shape, b_shape = (graph.values[n].shape for n in node.inputs)
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        raise CompileError(f"matmul node {node.name!r}: operands {a_shape} @ {b_shape} need at least 2 dims each; "
+                           f"reshape a vector operand to [1, K] or [K, 1] first")
+    (m, k), n = a_shape[-2:], b_shape[-1]
+    if b_shape[-2] != k:
+        raise CompileError(f"matmul node {node.name!r}: {a_shape} @ {b_shape} has mismatched inner dims")
+    pairs = matmul_instances(a_shape, b_shape)
+    if pairs is None:
+        rows = int(np.prod(a_shape[:-1], dtype=np.int64))
+        p.steps.append(Step("matmul", rows * n, (rows, k, n)))
+    else:  # one merged round: every instance's product is issued before any is stored
+        p.steps.append(Step("matmul", m * n, (m, k, n), instances=len(pairs)))
+
+
+def _clip_steps(size: int, bounds: int) -> list[Step]:
+    """One comparison call and one bit x value call over the given bounds (see helpers' mpcvit_clip)."""
+    return [Step("ltz", bounds * size), Step("mul_int", bounds * size)] if bounds else []
+
+
+def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
+    """Plans of the generic kinds (see NODE_KINDS); local kinds (neg, where, reduce_sum) have no step."""
+    op = node.op
+    out = graph.values[node.outputs[0]]
+    x_shape = graph.values[node.inputs[0]].shape
+    fx = profile.fx
+    if op == "where":
+        cond = graph.values[node.inputs[0]]
+        if cond.role != "public" or cond.data is None:
+            raise CompileError(f"where node {node.name!r}: its condition {cond.name!r} is {cond.role}; only a "
+                               f"compile-time (public) condition is supported: compute a secret select as "
+                               f"b + c * (a - b) with mul/add instead")
+    elif op == "abs":  # |x| = x - 2 [x < 0] x
+        p.steps += [Step("ltz", out.size), Step("mul_int", out.size)]
+    elif op == "mul":
+        p.steps.append(Step("trunc" if constant_operands(node, graph) else "mul", out.size))
+    elif op == "div":
+        if constant_operands(node, graph):
+            p.steps.append(Step("trunc", out.size))
+        else:
+            use = p.approx["reciprocal"] = ApproxUse("reciprocal", RANGE_AGNOSTIC["reciprocal"])
+            p.steps += [*_approx_steps(use, graph.values[node.inputs[1]].size, profile), Step("mul", out.size)]
+    elif op == "matmul":
+        _matmul(node, graph, p)
+    elif op == "reduce_mean":
+        p.steps.append(Step("trunc", out.size))
+    elif op == "reduce_max":
+        rows, cols, _ = reduction_block(node, x_shape)
+        use = p.approx["rowmax"] = _use(profile, "rowmax", cols=cols)
+        p.steps += _approx_steps(use, rows * cols, profile)
+    elif op == "softmax":  # as an attention softmax head: max-subtraction, exp, one reciprocal per row
+        rows, cols, _ = reduction_block(node, x_shape)
+        rowmax = p.approx["rowmax"] = _use(profile, "rowmax", cols=cols)
+        exp = p.approx["exp"] = _use(profile, "exp")
+        rec = p.approx["reciprocal"] = _use(profile, "reciprocal", lo=1.0, hi=float(max(cols, 2)))
+        p.steps += [*_approx_steps(rowmax, rows * cols, profile), *_approx_steps(exp, rows * cols, profile),
+                    *_approx_steps(rec, rows, profile), Step("mul", rows * cols)]
+    elif op in ("exp", "reciprocal"):
+        use = p.approx[op] = ApproxUse(op, RANGE_AGNOSTIC[op])
+        p.steps += _approx_steps(use, out.size, profile)
+    elif op in PROFILE_UNARY:
+        use = p.approx[op] = _use(profile, op)
+        p.steps += _approx_steps(use, out.size, profile)
+    elif op in ("rsqrt", "sqrt"):  # unknown range: every positive fixed-point value of the comparison range
+        params = (("eps", fx.lsb), ("hi", fx.max_abs))
+        use = p.approx[op] = ApproxUse(op, RANGE_AGNOSTIC[op], params) if op in RANGE_AGNOSTIC else \
+            _use(profile, op, **dict(params))
+        p.steps += _approx_steps(use, out.size, profile)
+    elif op == "hardsigmoid":
+        p.steps += [Step("trunc", out.size), *_clip_steps(out.size, 2)]
+    elif op == "hardswish":
+        p.steps += [Step("trunc", out.size), *_clip_steps(out.size, 2), Step("mul", out.size)]
+    elif op == "clip":
+        p.steps += _clip_steps(out.size, sum(node.attrs.get(b) is not None for b in ("min", "max")))
 
 
 @dataclass(frozen=True)
@@ -317,9 +453,21 @@ def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
                 Step("mul", rows * cols), Step("mul", rows * cols)]
 
 
+def output_index(node: Node, graph: Graph) -> int:
+    """Position of an output node's tensor in ``graph.outputs`` (output 0 prints ``MPCVIT_OUT``, j ``MPCVIT_OUT<j>``)."""
+    return graph.outputs.index(node.inputs[0]) if node.inputs[0] in graph.outputs else 0
+
+
 def _output(node: Node, graph: Graph, profile: Profile, reveal: str, p: NodePlan) -> None:
     shape = graph.values[node.inputs[0]].shape
-    if reveal == "argmax":
+    batch = graph.values[graph.inputs[0]].shape[0]
+    if not shape or shape[0] != batch:
+        raise CompileError(f"output {node.inputs[0]!r} has shape {shape}: its first axis must be the batch "
+                           f"({batch}), since each image's slice is revealed to its client; reduce over other axes")
+    if reveal == "argmax" and output_index(node, graph) == 0:
+        if len(shape) != 2:
+            raise CompileError(f"--reveal argmax: output {node.inputs[0]!r} has shape {shape}, not [batch, classes]; "
+                               f"use --reveal logits")
         batch, classes = int(np.prod(shape[:-1])), shape[-1]
         width = classes
         while width > 1:  # tree argmax: per level one comparison and two selections
@@ -335,7 +483,8 @@ def plan(node: Node, profile: Profile, graph: Graph, reveal: str = "logits") -> 
     """The approximations and ordered vectorised MP-SPDZ calls of one node."""
     if node.op not in SUPPORTED_OPS:
         raise CompileError(f"node {node.name or node.outputs[0]!r}: op {node.op!r} is not supported by the MPC "
-                           f"backend (supported: {', '.join(SUPPORTED_OPS)}); it matched no ViT pattern")
+                           f"backend (supported: {', '.join(SUPPORTED_OPS)}); express it with those ops"
+                           + (" or reveal it with --reveal argmax" if node.op == "argmax" else ""))
     p = NodePlan(node)
     out = graph.values[(node.outputs or node.inputs)[0]]
     p.steps += _param_inputs(node, graph)
@@ -358,6 +507,8 @@ def plan(node: Node, profile: Profile, graph: Graph, reveal: str = "logits") -> 
         _attention(node, graph, profile, p)
     elif node.op == "output":
         _output(node, graph, profile, reveal, p)
+    elif node.op not in ("layout", "add", "sub"):
+        _generic(node, graph, profile, p)
     return p
 
 
@@ -368,10 +519,24 @@ def lower(graph: Graph, profile: Profile, name: str = "mpcvit", reveal: str = "l
     if len(graph.inputs) != 1:
         raise CompileError(f"the model has {len(graph.inputs)} inputs {graph.inputs}; expected one image input")
     _name_nodes(graph)
+    _check_constants(graph, profile)
     plans = [plan(node, profile, graph, reveal) for node in graph.nodes]
     warnings = [f"{p.node.name or p.node.op}: {note}" for p in plans for note in p.notes]
     safe = "".join(c if c.isalnum() else "_" for c in name) or "mpcvit"
     return Program(graph, profile, plans, safe, reveal, warnings)
+
+
+def _check_constants(graph: Graph, profile: Profile) -> None:
+    """Fixed point has no infinities: a constant operand holding ±inf or NaN (e.g. a mask filled with -inf) would
+    encode to garbage; name it and say what to use instead."""
+    for node in graph.nodes:
+        for name in node.inputs:
+            value = graph.values[name]
+            if value.role != "secret" and value.data is not None and np.asarray(value.data).dtype.kind == "f" \
+                    and not np.isfinite(value.data).all():
+                raise CompileError(f"constant {name!r} of node {node.name!r} ({node.op}) holds inf or NaN, which "
+                                   f"fixed point cannot represent: use a finite value within ±{profile.fx.max_abs:g} "
+                                   f"(e.g. -1e4 for a mask added to softmax scores)")
 
 
 def client_layout(graph: Graph) -> tuple[tuple[int, ...], np.ndarray | None]:

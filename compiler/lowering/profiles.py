@@ -13,9 +13,10 @@ from typing import Any
 from compiler.errors import UserError
 from compiler.fixedpoint import FixedPoint
 
-APPROX_OPS = ("exp", "reciprocal", "rowmax", "gelu", "rsqrt")
+APPROX_OPS = ("exp", "reciprocal", "rowmax", "gelu", "rsqrt", "sigmoid", "tanh", "erf", "sqrt")
 # Largest tolerated max_abs_error per op when choosing automatically (a ViT's logits tolerate ~1e-2 per layer).
-DEFAULT_ACCURACY = {"exp": 0.01, "reciprocal": 0.01, "rowmax": 0.0, "gelu": 0.02, "rsqrt": 0.01}
+DEFAULT_ACCURACY = {"exp": 0.01, "reciprocal": 0.01, "rowmax": 0.0, "gelu": 0.02, "rsqrt": 0.01, "sigmoid": 0.01,
+                    "tanh": 0.01, "erf": 0.01, "sqrt": 0.01}
 # Vector length the candidates are priced at: a typical attention/MLP call.
 PRICING_N = 65 * 65 * 4
 RANK_NETWORK = "lan"  # candidates are ranked by their estimated latency on this network

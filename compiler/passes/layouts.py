@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.ir import Graph, Node, Value
-from compiler.passes.graph_tools import (consumers, fresh_name, only_use, producer_op, producers, remove_dead,
-                                         rename_uses)
+from compiler.passes.graph_tools import (consumers, fresh_name, new_constant, only_use, producer_op, producers,
+                                         remove_dead, rename_uses)
 from compiler.passes.linear import linear_parts, set_linear_parts
 
 
@@ -27,6 +27,95 @@ def scales_after_layouts(graph: Graph) -> Graph:
             scale.op, scale.outputs, scale.attrs = "layout", [moved], layout.attrs  # x is defined before scale
             layout.op, layout.inputs, layout.attrs = "scale", [moved], {"factor": factor}
             changed = True
+    return remove_dead(graph)
+
+
+def weights_before_layouts(graph: Graph) -> Graph:
+    """add/mul(layout(x), c), c a weight, the layout a bijection of x's elements (a reshape or transpose) read
+    only by this op, whose own output goes to a layout: -> layout(add/mul(x, c')), c' = c carried back through the
+    index. Exact; the two layouts then meet and compose (Swin's shifted-window mask, added to the scores on a
+    [B, windows, H, N, N] view between two reshapes)."""
+    changed = True
+    while changed:
+        changed = False
+        uses, prod = consumers(graph), producers(graph)
+        for node in graph.nodes:
+            if node.op not in ("add", "mul") or len(node.inputs) != 2:
+                continue
+            after = only_use(uses, graph, node.outputs[0])
+            for position, (secret, other) in enumerate((node.inputs, node.inputs[::-1])):
+                layout = producer_op(prod, secret, "layout")
+                weight = graph.values[other]
+                if layout is not None and weight.role != "secret" and weight.data is not None and \
+                        after is not None and after.op == "layout" and len(layout.inputs) == 1 and \
+                        only_use(uses, graph, secret) is node and _bijective(graph, layout) and \
+                        graph.values[node.outputs[0]].shape == graph.values[secret].shape:
+                    break
+            else:
+                continue
+            index = np.asarray(layout.attrs["index"]).reshape(-1)
+            source_shape = graph.values[layout.inputs[0]].shape
+            carried = np.empty(index.size)
+            carried[index] = np.broadcast_to(weight.data, graph.values[secret].shape).reshape(-1)
+            moved_weight = new_constant(graph, other + "_carried", carried.reshape(source_shape), weight.role)
+            moved = fresh_name(graph, node.outputs[0] + "_before_layout")
+            graph.add_value(Value(moved, source_shape))
+            out = node.outputs[0]
+            node.inputs = [layout.inputs[0], moved_weight] if position == 0 else [moved_weight, layout.inputs[0]]
+            node.outputs = [moved]
+            layout.inputs, layout.outputs = [moved], [out]
+            a, b = graph.nodes.index(layout), graph.nodes.index(node)
+            graph.nodes[a], graph.nodes[b] = node, layout  # x is defined before the layout, so before node now
+            changed = True
+            break
+    return remove_dead(graph)
+
+
+def _bijective(graph: Graph, layout: Node) -> bool:
+    index = np.asarray(layout.attrs["index"]).reshape(-1)
+    return index.size == graph.values[layout.inputs[0]].size and np.array_equal(np.sort(index), np.arange(index.size))
+
+
+def row_permutation(index: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray | None:
+    """If ``index`` (output [..., K]) moves whole rows of an input [..., K], every row exactly once: the input row
+    of each output row."""
+    width = in_shape[-1] if in_shape else 0
+    if not width or index.shape[-1] != width or index.size != int(np.prod(in_shape)):
+        return None
+    rows = index.reshape(-1, width)
+    source = rows[:, 0] // width
+    ok = np.array_equal(rows, source[:, None] * width + np.arange(width)) and \
+        np.array_equal(np.sort(source), np.arange(len(source)))
+    return source if ok else None
+
+
+def permutations_after_linear(graph: Graph) -> Graph:
+    """linear(layout(x)) where the layout only permutes whole rows (nn.MultiheadAttention's sequence-first
+    transposes [B, N, C] <-> [N, B, C]) -> layout(linear(x)): the same work, and the layout moves on to meet the
+    next layouts (the head split) and compose with them. Row selections stay before the linear (cheaper there)."""
+    changed = True
+    while changed:
+        changed = False
+        uses, prod = consumers(graph), producers(graph)
+        for linear in graph.nodes:
+            layout = producer_op(prod, linear.inputs[0], "layout") if linear.op == "linear" else None
+            if layout is None or len(layout.inputs) != 1 or only_use(uses, graph, layout.outputs[0]) is not linear:
+                continue
+            source = layout.inputs[0]
+            rows = row_permutation(layout.attrs["index"], graph.values[source].shape)
+            if rows is None:
+                continue
+            out_shape = graph.values[linear.outputs[0]].shape
+            width = out_shape[-1]
+            moved = fresh_name(graph, linear.outputs[0] + "_rows")
+            graph.add_value(Value(moved, (*graph.values[source].shape[:-1], width)))
+            index = (rows[:, None] * width + np.arange(width)).reshape(out_shape)
+            position = graph.nodes.index(linear)
+            graph.nodes[position:position + 1] = [
+                Node("linear", [source, *linear.inputs[1:]], [moved], dict(linear.attrs), name=linear.name),
+                Node("layout", [moved], linear.outputs, {"index": index}, name=layout.name)]
+            changed = True
+            break
     return remove_dead(graph)
 
 

@@ -66,6 +66,97 @@ def set_linear_parts(graph: Graph, node: Node, weight: np.ndarray, bias: np.ndar
     graph.values[node.outputs[0]].shape = (*graph.values[node.inputs[0]].shape[:-1], weight.shape[1])
 
 
+def fold_channel_affine(graph: Graph) -> Graph:
+    """Per-channel mul/add by a weight (LayerScale ``x * gamma``, a BatchNormalization's scale and shift) next to a
+    linear folds into its weights, exactly:
+
+    * after the linear (its only use): mul by c -> W[:, j] * c_j, b_j * c_j; add of c -> b + c;
+    * the same through a layout between them (a Conv's tokens laid back out as [B, C, H, W], then BatchNorm's
+      [C, 1, 1] weights): c read back through the layout's index must be one value per column of the linear;
+    * before the linear (the mul/add's only use): mul by c -> W[j, :] * c_j; add of c -> b + c @ W.
+    A per-channel op with no linear next to it stays a generic ``mul``/``add``."""
+    changed = True
+    while changed:
+        changed = False
+        uses, prod = consumers(graph), producers(graph)
+        for node in graph.nodes:
+            operands = _weighted_operands(graph, node)
+            if operands is None:
+                continue
+            secret, data = operands
+            out = node.outputs[0]
+            neutral = 1.0 if node.op == "mul" else 0.0
+            between = producer_op(prod, secret, "layout")
+            if between is not None and (len(between.inputs) != 1 or only_use(uses, graph, secret) is not node):
+                between = None
+            before = producer_op(prod, between.inputs[0] if between is not None else secret, "linear")
+            if before is not None and only_use(uses, graph, before.outputs[0]) is (between or node):
+                vector = _columns_through(graph, between, data, neutral, before.outputs[0]) if between is not None \
+                    else channel_vector(data, graph.values[secret].shape[-1])
+            else:
+                before, vector = None, None
+            after = only_use(uses, graph, out)
+            if vector is not None:
+                weight, bias = linear_parts(graph, before)
+                if node.op == "mul":
+                    set_linear_parts(graph, before, weight * vector, bias * vector)
+                else:
+                    set_linear_parts(graph, before, weight, bias + vector)
+            elif after is not None and after.op == "linear" and after.inputs[0] == out and \
+                    (vector := channel_vector(data, graph.values[secret].shape[-1])) is not None:
+                weight, bias = linear_parts(graph, after)
+                if node.op == "mul":
+                    set_linear_parts(graph, after, weight * vector[:, None], bias)
+                else:
+                    set_linear_parts(graph, after, weight, bias + vector @ weight)
+            else:
+                continue
+            node.inputs = [secret]
+            _bypass(graph, node)
+            remove_dead(graph)
+            changed = True
+            break
+    return graph
+
+
+def _weighted_operands(graph: Graph, node: Node) -> tuple[str, np.ndarray] | None:
+    """For mul/add(x, c) either way round, x secret and c a weight that broadcasts to x's shape: (x, c)."""
+    if node.op not in ("mul", "add") or len(node.inputs) != 2:
+        return None
+    for secret, other in (node.inputs, node.inputs[::-1]):
+        data = _weight(graph, other)
+        shape = graph.values[secret].shape
+        if graph.values[secret].role == "secret" and data is not None and shape and \
+                graph.values[node.outputs[0]].shape == shape and data.ndim <= len(shape) and \
+                all(d in (1, s) for d, s in zip(data.shape[::-1], shape[::-1])):
+            return secret, data.astype(np.float64)
+    return None
+
+
+def channel_vector(data: np.ndarray, width: int) -> np.ndarray | None:
+    """The per-channel vector [width] of a weight that broadcasts along the last axis only (shape (), (1,),
+    (width,) or (1, ..., 1, width)), else None."""
+    if any(d != 1 for d in data.shape[:-1]):
+        return None
+    return np.broadcast_to(data.reshape(-1), (width,)) if data.size in (1, width) else None
+
+
+def _columns_through(graph: Graph, layout: Node, data: np.ndarray, neutral: float, source: str) -> np.ndarray | None:
+    """The weight ``data`` (broadcast to the layout's output) carried back onto ``source`` through the layout's
+    index: one value per column of ``source`` (elements the layout does not read get ``neutral``), else None."""
+    index = np.asarray(layout.attrs["index"]).reshape(-1)
+    per_out = np.broadcast_to(data, layout.attrs["index"].shape).reshape(-1)
+    shape = graph.values[source].shape
+    carried = np.full(int(np.prod(shape)), np.nan)
+    carried[index] = per_out
+    if not np.array_equal(carried[index], per_out):  # an element read twice with two different weights
+        return None
+    rows = carried.reshape(-1, shape[-1])
+    read = ~np.isnan(rows)
+    columns = np.where(read.any(axis=0), np.where(read, rows, -np.inf).max(axis=0), neutral)
+    return columns if np.all(~read | (rows == columns)) else None
+
+
 def fold_scales(graph: Graph) -> Graph:
     """scale(scale(x)) merges; scale after a linear (its only use) or before one folds into W and b; scale 1 goes."""
     changed = True

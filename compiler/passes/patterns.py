@@ -1,13 +1,14 @@
-"""Elementwise patterns: the decomposed LayerNorm and the erf GeLU, in their exporter variants."""
+"""Elementwise patterns: the decomposed LayerNorm, the erf and tanh GeLUs in their exporter variants, and means
+(global average pooling) as a local sum and a public scale."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from compiler.ir import Graph, Node
-from compiler.passes.graph_tools import (consumers, new_constant, only_use, producer_op, producers, public_scalar,
-                                         remove_dead)
+from compiler.ir import Graph, Node, Value
+from compiler.passes.graph_tools import (consumers, fresh_name, new_constant, only_use, producer_op, producers,
+                                         public_scalar, remove_dead)
 
 
 def _last_axis_mean(graph: Graph, node: Node | None) -> str | None:
@@ -90,6 +91,46 @@ def fuse_gelu(graph: Graph) -> Graph:
     return remove_dead(graph)
 
 
+TANH_GELU_GAP = 4.8e-4  # max over x of |erf GeLU - tanh GeLU| (4.73e-4, at |x| = 2.70)
+
+
+def fuse_gelu_tanh(graph: Graph) -> Graph:
+    """x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) -> gelu(x, approximate='tanh'), the cube as the
+    frontend writes Pow 3: mul(mul(x, x), x) in either operand order.
+
+    The node's float semantic is the tanh formula (``compiler.ir_eval``); the fixed-point GeLU approximations
+    target the erf GeLU, so their error against it is their stated bound plus :data:`TANH_GELU_GAP`."""
+    prod, uses = producers(graph), consumers(graph)
+    for tanh in [n for n in graph.nodes if n.op == "tanh"]:
+        pre = producer_op(prod, tanh.inputs[0], "scale")
+        inner = producer_op(prod, pre.inputs[0], "add") if pre is not None and \
+            math.isclose(pre.attrs["factor"], math.sqrt(2 / math.pi), rel_tol=1e-6) else None
+        plus_one = only_use(uses, graph, tanh.outputs[0])
+        if inner is None or plus_one is None or plus_one.op != "add" or _scalar_operand(graph, plus_one)[1] != 1.0:
+            continue
+        for x, cubic in (inner.inputs, inner.inputs[::-1]):
+            term = producer_op(prod, cubic, "scale")
+            if term is not None and math.isclose(term.attrs["factor"], 0.044715, rel_tol=1e-6) and \
+                    _is_cube(prod, term.inputs[0], x):
+                break
+        else:
+            continue
+        last = _product_with_half_x(graph, prod, uses, plus_one.outputs[0], x)
+        if last is not None:
+            last.op, last.inputs, last.attrs = "gelu", [x], {"approximate": "tanh"}
+            prod, uses = producers(graph), consumers(graph)
+    return remove_dead(graph)
+
+
+def _is_cube(prod: dict[str, Node], name: str, x: str) -> bool:
+    """``name`` = mul(mul(x, x), x) or mul(x, mul(x, x))."""
+    cube = producer_op(prod, name, "mul")
+    if cube is None or x not in cube.inputs:
+        return False
+    square = producer_op(prod, cube.inputs[1] if cube.inputs[0] == x else cube.inputs[0], "mul")
+    return square is not None and square.inputs == [x, x]
+
+
 def _product_with_half_x(graph: Graph, prod: dict[str, Node], uses: dict[str, list[Node]], start: str,
                          x: str) -> Node | None:
     """Follow single-use scale/mul nodes from ``start`` until the product is start * x * 0.5; its last node."""
@@ -114,3 +155,24 @@ def _product_with_half_x(graph: Graph, prod: dict[str, Node], uses: dict[str, li
         if has_x and math.isclose(factor, 0.5, rel_tol=1e-6):
             return node
         current = node.outputs[0]
+
+
+def mean_as_sum(graph: Graph) -> Graph:
+    """reduce_mean(x) feeding a linear (global average pooling before the head) -> scale(reduce_sum(x), 1 / count),
+    whose public scale :func:`compiler.passes.linear.fold_scales` then folds into the linear's weights: the mean
+    costs a local sum only. Elsewhere a mean stays (its lowering is that sum and one public scale). Runs after
+    :func:`fuse_layernorm`, whose pattern reads the means."""
+    uses = consumers(graph)
+    for node in [n for n in graph.nodes if n.op == "reduce_mean"]:
+        head = only_use(uses, graph, node.outputs[0])
+        if head is None or head.op != "linear" or head.inputs[0] != node.outputs[0]:
+            continue
+        shape = graph.values[node.inputs[0]].shape
+        count = int(np.prod([shape[a] for a in node.attrs["axes"]]))
+        total = fresh_name(graph, node.outputs[0] + "_sum")
+        graph.add_value(Value(total, graph.values[node.outputs[0]].shape))
+        position = graph.nodes.index(node)
+        graph.nodes[position:position + 1] = [
+            Node("reduce_sum", node.inputs, [total], dict(node.attrs), name=node.name),
+            Node("scale", [total], node.outputs, {"factor": 1.0 / count}, name=node.name)]
+    return graph

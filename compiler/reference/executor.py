@@ -18,7 +18,9 @@ from compiler.approx import REGISTRY
 from compiler.errors import CompileError, FixedPointRangeError, UserError
 from compiler.fixedpoint import FixedPoint
 from compiler.ir import Graph
-from compiler.lowering.plans import ApproxUse, NodePlan, Program, attention_groups, client_input
+from compiler.ir_eval import KERNELS
+from compiler.lowering.plans import (HARDSWISH, ApproxUse, NodePlan, Program, attention_groups, client_input,
+                                     constant_operands, matmul_instances, public_scalar, reduction_block)
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,6 @@ class _Executor:
         self.fx.check_range(x_int, tensor)
         return REGISTRY[use.op][use.choice].run(x_int, self.fx, **use.kwargs)
 
-    def exact(self, use: ApproxUse, x: np.ndarray) -> np.ndarray:
-        return np.asarray(REGISTRY[use.op][use.choice].exact(x), dtype=np.float64)
-
     # --- ops: each returns (fixed-point int64, float64) -----------------------------------------------------
     def run_node(self, p: NodePlan) -> tuple[np.ndarray, np.ndarray]:
         node = p.node
@@ -134,14 +133,103 @@ class _Executor:
             return np.maximum(xi[0], 0), np.maximum(xf[0], 0.0)
         if op == "gelu":
             use = p.approx["gelu"]
-            return self.approx(use, xi[0], node.inputs[0]), self.exact(use, xf[0])
+            return self.approx(use, xi[0], node.inputs[0]), KERNELS["gelu"](node, xf)
         if op == "layernorm":
             return self.layernorm(p, xi, xf)
         if op == "attention":
             return self.attention(p, xi, xf)
         if op == "output":
             return xi[0], xf[0]
+        if op in GENERIC:
+            return GENERIC[op](self, p, xi, xf), KERNELS[op](node, xf)
         raise CompileError(f"node {node.name!r}: op {node.op!r} has no reference implementation")
+
+    # --- generic kinds: the fixed-point side only; the float side is compiler.ir_eval's kernel ---------------
+    def out_shape(self, p: NodePlan) -> tuple[int, ...]:
+        return self.graph.values[p.node.outputs[0]].shape
+
+    def broadcast(self, p: NodePlan, x: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(x, self.out_shape(p))
+
+    def mul(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
+        constants = constant_operands(p.node, self.graph)
+        if constants:  # a public scalar: one public multiply (cfix), one truncation
+            other = xi[1] if p.node.inputs[0] == constants[0] else xi[0]
+            return self.fx.mul_public(self.broadcast(p, other), public_scalar(self.graph, constants[0]))
+        return self.fx.mul(self.broadcast(p, xi[0]), self.broadcast(p, xi[1]))
+
+    def div(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
+        divisor = public_scalar(self.graph, p.node.inputs[1])
+        if divisor is not None:
+            return self.fx.mul_public(self.broadcast(p, xi[0]), 1.0 / divisor)
+        r = self.approx(p.approx["reciprocal"], xi[1], f"{p.node.inputs[1]} (divisor)")
+        return self.fx.mul(self.broadcast(p, xi[0]), self.broadcast(p, r))
+
+    def matmul(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
+        a, b = xi
+        pairs = matmul_instances(a.shape, b.shape)
+        if pairs is None:
+            return self.fx.trunc(exact_int_matmul(a, b))
+        a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+        ia, ib = (np.array(idx, dtype=np.int64) for idx in zip(*pairs))
+        return self.fx.trunc(exact_int_matmul(a3[ia], b3[ib])).reshape(self.out_shape(p))
+
+    def block(self, p: NodePlan, x: np.ndarray) -> tuple[np.ndarray, int, tuple[int, ...]]:
+        """x reordered as the rows x cols block whose rows the node reduces (reduced axes last)."""
+        rows, cols, perm = reduction_block(p.node, x.shape)
+        return np.transpose(x, perm).reshape(rows, cols), cols, perm
+
+    def reduce(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
+        x, cols, _ = self.block(p, xi[0])
+        if p.node.op == "reduce_max":
+            y = self.approx(p.approx["rowmax"], x, p.node.inputs[0])
+        else:
+            y = x.sum(-1)
+            if p.node.op == "reduce_mean":  # a public multiply by 1/cols
+                y = self.fx.mul_public(y, 1.0 / cols)
+        return y.reshape(self.out_shape(p))
+
+    def softmax(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
+        x, cols, perm = self.block(p, xi[0])
+        name = p.node.outputs[0]
+        m = self.approx(p.approx["rowmax"], x, f"{name} (softmax input)")
+        e = self.approx(p.approx["exp"], x - m[:, None], f"{name} (softmax exponent)")
+        r = self.approx(p.approx["reciprocal"], e.sum(-1), f"{name} (softmax row sums)")
+        y = self.fx.mul(e, r[:, None])
+        permuted = [xi[0].shape[a] for a in perm]
+        return np.transpose(y.reshape(permuted), np.argsort(perm))
+
+    def unary(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
+        return self.approx(p.approx[p.node.op], xi[0], p.node.inputs[0])
+
+    def clip(self, z: np.ndarray, lo: float | None, hi: float | None, tensor: str) -> np.ndarray:
+        """helpers' mpcvit_clip: z + [z < lo](lo - z) + [z >= hi](hi - z), one comparison call."""
+        self.fx.check_range(z, tensor)
+        y = z.copy()
+        if lo is not None:
+            lo_i = self.fx.encode(lo)
+            y = y + (z < lo_i).astype(np.int64) * (lo_i - z)
+        if hi is not None:
+            hi_i = self.fx.encode(hi)
+            y = y + (z >= hi_i).astype(np.int64) * (hi_i - z)
+        return y
+
+    def hard(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
+        node, x = p.node, xi[0]
+        if node.op == "clip":
+            return self.clip(x, node.attrs.get("min"), node.attrs.get("max"), node.inputs[0])
+        alpha, beta = HARDSWISH if node.op == "hardswish" else (node.attrs.get("alpha", 0.2), node.attrs.get("beta", 0.5))
+        h = self.clip(self.fx.mul_public(x, alpha) + self.fx.encode(beta), 0.0, 1.0, node.outputs[0])
+        return self.fx.mul(x, h) if node.op == "hardswish" else h
+
+    def abs(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
+        self.fx.check_range(xi[0], p.node.inputs[0])
+        return xi[0] - 2 * (xi[0] < 0).astype(np.int64) * xi[0]
+
+    def where(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
+        """Local select by a public mask: b + mask·(a − b), exact in the ring."""
+        mask = self.broadcast(p, xf[0] != 0)
+        return np.where(mask, self.broadcast(p, xi[1]), self.broadcast(p, xi[2]))
 
     def layernorm(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The template's steps (:class:`~compiler.lowering.plans.LayerNormScale`): mean, centring, pre-scale by
@@ -187,6 +275,8 @@ class _Executor:
         sf = qf @ np.swapaxes(kf, -1, -2)
         if scale != 1.0:
             si, sf = fx.mul_public(si, scale), sf * scale
+        if len(xi) > 3:  # bias [b, H, N, N] -> per head [H, b, N, N], b broadcasting over the batch: a local add
+            si, sf = si + np.swapaxes(xi[3], 0, 1), sf + np.swapaxes(xf[3], 0, 1)
         pi = np.empty_like(si)
         pf = np.empty_like(sf)
         for kind, members in attention_groups(node).items():
@@ -217,7 +307,26 @@ class _Executor:
                 np.moveaxis(of, 0, 2).reshape(batch, tokens, len(heads) * d))
 
 
-PRODUCT_OPS = ("linear", "scale", "gelu", "layernorm", "attention")  # outputs truncated from sfix products
+GENERIC: dict[str, Callable[..., np.ndarray]] = {
+    "neg": lambda ex, p, xi, xf: -xi[0],
+    "abs": _Executor.abs,
+    "mul": _Executor.mul,
+    "div": _Executor.div,
+    "matmul": _Executor.matmul,
+    "reduce_sum": _Executor.reduce,
+    "reduce_mean": _Executor.reduce,
+    "reduce_max": _Executor.reduce,
+    "softmax": _Executor.softmax,
+    **{op: _Executor.unary for op in ("exp", "sigmoid", "tanh", "erf", "reciprocal", "rsqrt", "sqrt")},
+    **{op: _Executor.hard for op in ("clip", "hardsigmoid", "hardswish")},
+    "where": _Executor.where,
+}
+
+
+# outputs truncated from sfix products (exp and 1/x: MP-SPDZ's built-ins end in products, and beyond the range
+# their results are garbage, e.g. e^x for x > ln 2^(k-f-1) ≈ 9.7)
+PRODUCT_OPS = ("linear", "scale", "gelu", "layernorm", "attention", "mul", "div", "matmul", "reduce_mean", "softmax",
+               "hardswish", "sqrt", "exp", "reciprocal")
 
 
 def check_product_range(rec: NodeRecord, fx: FixedPoint) -> None:

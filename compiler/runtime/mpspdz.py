@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def check_protocol_ready(mpspdz: MPSPDZ, spec: ProtocolSpec) -> None:
 
 
 def mpspdz_commit(mpspdz: MPSPDZ) -> str | None:
-    """The checked-out commit of the MP-SPDZ tree (None when it is not a git checkout)."""
+    """The checked-out commit of the MP-SPDZ tree (None when it is not a git checkout, e.g. a release archive)."""
     head = mpspdz.home / ".git" / "HEAD"
     if not head.is_file():
         return None
@@ -107,3 +108,26 @@ def mpspdz_commit(mpspdz: MPSPDZ) -> str | None:
         if line.endswith(" " + ref[5:]):
             return line.split()[0]
     return None
+
+
+def mpspdz_release(mpspdz: MPSPDZ) -> str | None:
+    """The newest release named in the tree's ``CHANGELOG.md`` (``## 0.4.2 (Dec 24, 2025)`` -> ``0.4.2``), or None.
+
+    A tree unpacked from a source archive has no ``.git``; its changelog still says which release it is (or
+    follows: MP-SPDZ commits between releases without a changelog entry, so this is a lower bound)."""
+    changelog = mpspdz.home / "CHANGELOG.md"
+    if not changelog.is_file():
+        return None
+    for line in changelog.read_text(errors="replace").splitlines():
+        match = re.match(r"##\s+v?(\d+\.\d+(?:\.\d+)?)\b", line)
+        if match:
+            return match.group(1)
+    return None
+
+
+def mpspdz_version(mpspdz: MPSPDZ) -> dict[str, str | None]:
+    """What is known of the tree's version, for results files: ``commit`` (git only, else None), ``release``
+    (CHANGELOG.md, else None) and ``version``, the most precise of the two or ``"unknown"``."""
+    commit, release = mpspdz_commit(mpspdz), mpspdz_release(mpspdz)
+    version = f"commit {commit}" if commit else f"release {release} or later" if release else "unknown"
+    return {"commit": commit, "release": release, "version": version}

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from compiler.backend.manifest import OUTPUT_MARKER, output_marker
 from compiler.errors import MPSPDZError
-
-OUTPUT_MARKER = "MPCVIT_OUT"
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|nan)"
 _TIME = re.compile(rf"^Time = ({_NUM}) seconds", re.M)
@@ -109,6 +108,17 @@ def revealed_matrix(text: str, rows: int, cols: int, marker: str = OUTPUT_MARKER
     if bad:
         raise MPSPDZError(f"{source}: output line {bad[0]} has {found[bad[0]].size} values, expected {cols}")
     return np.stack([found[i] for i in range(rows)])
+
+
+def revealed_outputs(text: str, shapes: list[tuple[int, ...]], marker: str = OUTPUT_MARKER,
+                     source: str = "party 1") -> list[np.ndarray]:
+    """Every graph output j as an array of its shape ``[B, ...]``, from the lines ``<marker><j> <b> [...]``
+    (output 0: ``<marker> <b> [...]``, each image's slice flattened); MPSPDZError as :func:`revealed_matrix`."""
+    arrays = []
+    for index, shape in enumerate(shapes):
+        rows, cols = int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
+        arrays.append(revealed_matrix(text, rows, cols, output_marker(index, marker), source).reshape(shape))
+    return arrays
 
 
 def last_lines(text: str, n: int = 12) -> str:

@@ -24,11 +24,11 @@ from compiler.backend import write_client_input
 from compiler.calibrate import check_client_images
 from compiler.errors import MPSPDZError, UserError
 from compiler.runtime import datasets
-from compiler.runtime.mpspdz import (MPSPDZ, ProtocolSpec, check_protocol_ready, find_mpspdz, mpspdz_commit,
+from compiler.runtime.mpspdz import (MPSPDZ, ProtocolSpec, check_protocol_ready, find_mpspdz, mpspdz_version,
                                      protocol_spec)
 from compiler.runtime.network import network_profile
 from compiler.runtime.overlay import install_inputs, make_overlay
-from compiler.runtime.parser import OUTPUT_MARKER, PartyStats, parse_party_output, revealed_matrix
+from compiler.runtime.parser import OUTPUT_MARKER, PartyStats, parse_party_output, revealed_outputs
 from compiler.runtime.prep import MAX_TUPLES, generate_fake_preprocessing, tuples_needed
 from compiler.runtime.processes import free_port_base, run_parties
 
@@ -53,10 +53,11 @@ class RunResult:
     images: int
     batches: int
     details: dict[str, Any] = field(default_factory=dict)
-    logits: np.ndarray | None = field(default=None, repr=False)
+    logits: np.ndarray | None = field(default=None, repr=False)  # output 0, [images, values per image]
+    outputs: list[np.ndarray] = field(default_factory=list, repr=False)  # every graph output, [images, ...]
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k not in ("details", "logits")}
+        data = {k: v for k, v in asdict(self).items() if k not in ("details", "logits", "outputs")}
         return {**data, **self.details}
 
 
@@ -115,7 +116,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
                 f"Fake-Offline.x files for that many exceed {MAX_TUPLES:,} per type, so preprocessing runs live and "
                 "the online phase is read from MP-SPDZ's -v split")
             preprocessing = "split"
-        stats, logits = [], []
+        stats, revealed = [], []
         for index, chunk in enumerate(_batches(x, batch) if x is not None else [None]):
             inputs = {0: out_dir / "Player-Data" / "Input-P0-0", 1: out_dir / "Player-Data" / "Input-P1-0"}
             if chunk is not None:
@@ -123,11 +124,12 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
                 (client_input_writer or write_client_input)(manifest, chunk, client_file)
                 inputs[1] = client_file
             install_inputs(root, inputs)
-            party0, revealed = _run_once(root, spec, manifest, extra, timeout_s, Path(tmp) / "logs" / str(index))
+            party0, outputs = _run_once(root, spec, manifest, extra, timeout_s, Path(tmp) / "logs" / str(index))
             stats.append(party0)
-            logits.append(revealed)
-    mpc_logits = np.concatenate(logits)[: len(x) if x is not None else None]
-    result = _result(manifest, spec, preprocessing, stats, mpc_logits, x, y, plain, profile, mpspdz,
+            revealed.append(outputs)
+    count = len(x) if x is not None else None
+    mpc_outputs = [np.concatenate(parts)[:count] for parts in zip(*revealed)]
+    result = _result(manifest, spec, preprocessing, stats, mpc_outputs, x, y, plain, profile, mpspdz,
                      compile_s)
     if json_path is not None:
         write_json_atomic(Path(json_path), result.to_json())
@@ -185,23 +187,30 @@ def _compile(root: Path, manifest: dict, spec: ProtocolSpec) -> tuple[float, str
     return time.monotonic() - start, done.stdout + done.stderr
 
 
+def output_shapes(manifest: dict) -> list[tuple[int, ...]]:
+    """Per graph output, the shape party 1's lines fill: output 0 as ``output_shape`` ([B, values per image], or
+    [B, 1] for --reveal argmax), the others as ``outputs[j].shape`` (older manifests: output 0 only)."""
+    first = tuple(int(v) for v in manifest["output_shape"][-2:])
+    return [first] + [tuple(int(v) for v in out["shape"]) for out in manifest.get("outputs", [])[1:]]
+
+
 def _run_once(root: Path, spec: ProtocolSpec, manifest: dict, extra: tuple[str, ...], timeout_s: float,
-              log_dir: Path) -> tuple[PartyStats, np.ndarray]:
+              log_dir: Path) -> tuple[PartyStats, list[np.ndarray]]:
     base = free_port_base(spec.parties + 1)
     commands = [spec.party_command(i, base, manifest["name"], extra) for i in range(spec.parties)]
     names = [f"{spec.binary} party {i}" for i in range(spec.parties)]
     parties = run_parties(commands, root, timeout_s, log_dir, names)
     party0 = parse_party_output(parties[0].output, names[0])
-    rows, cols = (int(v) for v in manifest["output_shape"][-2:])
-    logits = revealed_matrix(parties[1].output, rows, cols, manifest.get("output_marker", OUTPUT_MARKER), names[1])
-    return party0, logits
+    outputs = revealed_outputs(parties[1].output, output_shapes(manifest),
+                               manifest.get("output_marker", OUTPUT_MARKER), names[1])
+    return party0, outputs
 
 
 PREPROCESSING = {"live": "live (included in the figures)", "files": "files (Fake-Offline.x, -F; excluded)",
                  "split": "live; figures are the online phase of MP-SPDZ's -v split"}
 
 
-def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[PartyStats], logits: np.ndarray,
+def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[PartyStats], outputs: list[np.ndarray],
             x: np.ndarray | None, y: np.ndarray | None, plain: np.ndarray | None, profile,
             mpspdz: MPSPDZ, compile_s: float) -> RunResult:
     if preprocessing == "split":  # party 0's online phase; MP-SPDZ prints no all-party online figure
@@ -212,6 +221,10 @@ def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[
         time_s, bytes_p0, rounds = (sum(s.time_s for s in stats), sum(s.bytes_sent for s in stats),
                                     sum(s.rounds for s in stats))
         global_bytes = sum(s.global_bytes or 0 for s in stats)
+    logits = outputs[0]
+    meta = manifest.get("outputs") or [{}]
+    if "shape" in meta[0] and manifest.get("reveal") != "argmax":  # output 0 in its own shape, as the others
+        outputs = [logits.reshape(-1, *meta[0]["shape"][1:]), *outputs[1:]]
     accuracy = compare_logits(logits, plain, y)
     model_time = profile.time_s(rounds, bytes_p0)
     details = {
@@ -232,12 +245,14 @@ def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[
         "mpspdz_compile_s": compile_s,
         "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "python": platform.python_version()},
-        "mpspdz": {"home": str(mpspdz.home), "commit": mpspdz_commit(mpspdz)},
+        "mpspdz": {"home": str(mpspdz.home), **mpspdz_version(mpspdz)},
         "preprocessing": PREPROCESSING[preprocessing],
+        "outputs": [{"name": entry.get("name"), "shape": list(array.shape), "values": array.tolist()}
+                    for entry, array in zip(meta, outputs)],
     }
     return RunResult(spec.name, preprocessing != "live", time_s, bytes_p0, global_bytes, rounds,
                      accuracy.get("top1_agreement"), accuracy.get("max_logit_error"),
-                     len(logits), len(stats), details, logits)
+                     len(logits), len(stats), details, logits, outputs)
 
 
 def _phase_sum(stats: list[PartyStats], phase: str) -> dict[str, float] | None:

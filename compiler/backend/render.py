@@ -269,8 +269,9 @@ class _Renderer:
     def ctx_softmax(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
         self.ctx_reduce(node, p, ctx)
         perm = reduction_block(node, self.graph.values[node.inputs[0]].shape)[2]
-        ctx.update(exp=p.approx["exp"].fn_name, reciprocal=p.approx["reciprocal"].fn_name,
-                   scatter=None if tuple(perm) == tuple(range(len(perm))) else
+        fx = self.program.profile.fx
+        ctx.update(exp=p.approx["exp"].fn_name, reciprocal=p.approx["reciprocal"].fn_name, f=fx.f, bits=fx.k + fx.f,
+                   shift=p.params["softmax.scale"].shift, scatter=None if tuple(perm) == tuple(range(len(perm))) else
                    self.permutation(node.outputs[0], perm).expr(ctx["out"].var + ".address"))
 
     def ctx_clip(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:

@@ -325,7 +325,9 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         rows, cols, _ = reduction_block(node, x_shape)
         rowmax = p.approx["rowmax"] = _use(profile, "rowmax", cols=cols)
         exp = p.approx["exp"] = _use(profile, "exp")
-        rec = p.approx["reciprocal"] = _use(profile, "reciprocal", lo=1.0, hi=float(max(cols, 2)))
+        scale = p.params["softmax.scale"] = softmax_scale(max(cols, 2), profile)  # 2^q/sum: free bits for long rows
+        rec = p.approx["reciprocal"] = _use(profile, "reciprocal", lo=1.0, hi=float(max(cols, 2)),
+                                            **({"shift": scale.shift} if scale.shift else {}))
         p.steps += [*_approx_steps(rowmax, rows * cols, profile), *_approx_steps(exp, rows * cols, profile),
                     *_approx_steps(rec, rows, profile), Step("mul", rows * cols)]
     elif op in ("exp", "reciprocal"):

@@ -195,7 +195,7 @@ class _Executor:
         m = self.approx(p.approx["rowmax"], x, f"{name} (softmax input)")
         e = self.approx(p.approx["exp"], x - m[:, None], f"{name} (softmax exponent)")
         r = self.approx(p.approx["reciprocal"], e.sum(-1), f"{name} (softmax row sums)")
-        y = self.fx.mul(e, r[:, None])
+        y = self.fx.trunc(e * r[:, None], self.fx.f + p.params["softmax.scale"].shift)  # r is 2^q/sum
         permuted = [xi[0].shape[a] for a in perm]
         return np.transpose(y.reshape(permuted), np.argsort(perm))
 

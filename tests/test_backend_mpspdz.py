@@ -121,3 +121,15 @@ def test_padded_im2col_layout_under_mpc(mpspdz, tmp_path):
     result = run(out, mpspdz=mpspdz, log=lambda _: None)
     # inputs are quantised to f=16 bits and moved, not computed on: equal within half an LSB
     assert np.abs(result.logits.reshape(expected.shape) - expected).max() <= 2 ** -17
+
+
+def test_argmax_program_through_mpcvit_run_compares_classes(mpspdz, tmp_path):
+    """`mpcvit run --images` on a --reveal argmax program reports class agreement (it crashed after the MPC)."""
+    models = pytest.importorskip("benchmarks.models")
+    from compiler.api import compile_onnx
+    from compiler.runtime.runner import run
+
+    path = models.export_spec(models.ModelSpec("vit_1_4_8", attention="mu0.5"), tmp_path / "digits.onnx")
+    compile_onnx(path, tmp_path / "out", protocol="replicated-ring", batch=2, reveal="argmax")
+    result = run(tmp_path / "out", images=4, mpspdz=mpspdz, log=lambda _: None)
+    assert result.logits.shape == (4, 1) and result.top1_agreement == 1.0 and result.max_logit_error is None

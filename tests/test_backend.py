@@ -209,3 +209,16 @@ def test_template_set_overrides_node_templates(tmp_path, monkeypatch):
     prog = lower(tiny_vit_ir.build(batch=1), get_profile("semi2k"), name="alt")
     text = emit(prog, tmp_path / "o", template_set="alt").directory.joinpath("alt.mpc").read_text()
     assert "= ml_gelu(t" in text and "# attn: attention" in text
+
+
+@pytest.mark.parametrize("f", range(1, 31))
+def test_input_decimals_are_exact_at_every_precision(f: int) -> None:
+    """MP-SPDZ reads the input files as decimals and rounds them to f bits: each must be exactly x/2^f (at f = 17
+    and 18 the digit arithmetic overflowed int64 and wrote garbage, and every input of the program was wrong)."""
+    from compiler.backend.inputs import exact_decimals
+
+    rng = np.random.default_rng(f)
+    x_int = np.concatenate([rng.integers(-2 ** 30, 2 ** 30, 500), [0, 1, -1, 2 ** 30 - 1, -(2 ** 30)]])
+    parsed = np.array([float(v) for v in exact_decimals(x_int, f).split()])
+    assert np.array_equal(np.rint(parsed * 2.0 ** f).astype(np.int64), x_int)
+    assert np.array_equal(parsed, x_int / 2.0 ** f)  # exact, not merely rounding back to the same integer

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.mpspdz
 FAITHFUL = {"exp": "limit", "reciprocal": "newton", "rsqrt": "newton", "gelu": "poly"}
 
 
-def _compile_and_reference(tmp_path, protocol, reveal="logits", batch=2):
-    prog = lower(tiny_vit_ir.build(batch=batch), get_profile(protocol, approx=FAITHFUL), name="tiny", reveal=reveal)
+def _compile_and_reference(tmp_path, protocol, reveal="logits", batch=2, frac_bits=None):
+    prog = lower(tiny_vit_ir.build(batch=batch), get_profile(protocol, frac_bits=frac_bits, approx=FAITHFUL),
+                 name="tiny", reveal=reveal)
     images = np.random.default_rng(7).uniform(-1, 1, (batch, 1, 8, 8))
     emit(prog, tmp_path / protocol, client_images=images)
     return execute(prog, {"image": images}).outputs["logits"], tmp_path / protocol
@@ -34,6 +35,17 @@ def test_protocol_runs_match_the_reference_executor(mpspdz, tmp_path, protocol):
     result = run(out, mpspdz=mpspdz, log=lambda _: None)
     assert result.logits.shape == expected.shape
     assert np.abs(result.logits - expected).max() <= 1e-2
+
+
+@pytest.mark.parametrize("frac_bits", [15, 18, 22])
+def test_other_precisions_run_like_the_reference(mpspdz, tmp_path, frac_bits):
+    """Inputs, public constants and revealed outputs all at f (at f=17/18 the input files were garbage, and any f
+    but 16 printed the outputs scaled by 2^(f-16): cfix kept MP-SPDZ's default precision)."""
+    from compiler.runtime.runner import run
+
+    expected, out = _compile_and_reference(tmp_path, "replicated-ring", frac_bits=frac_bits)
+    result = run(out, mpspdz=mpspdz, log=lambda _: None)
+    assert np.abs(result.logits - expected).max() <= 1e-2  # as at f=16: a few LSB per probabilistic truncation
 
 
 def test_argmax_reveal_under_mpc(mpspdz, tmp_path):
@@ -109,3 +121,15 @@ def test_padded_im2col_layout_under_mpc(mpspdz, tmp_path):
     result = run(out, mpspdz=mpspdz, log=lambda _: None)
     # inputs are quantised to f=16 bits and moved, not computed on: equal within half an LSB
     assert np.abs(result.logits.reshape(expected.shape) - expected).max() <= 2 ** -17
+
+
+def test_argmax_program_through_mpcvit_run_compares_classes(mpspdz, tmp_path):
+    """`mpcvit run --images` on a --reveal argmax program reports class agreement (it crashed after the MPC)."""
+    models = pytest.importorskip("benchmarks.models")
+    from compiler.api import compile_onnx
+    from compiler.runtime.runner import run
+
+    path = models.export_spec(models.ModelSpec("vit_1_4_8", attention="mu0.5"), tmp_path / "digits.onnx")
+    compile_onnx(path, tmp_path / "out", protocol="replicated-ring", batch=2, reveal="argmax")
+    result = run(tmp_path / "out", images=4, mpspdz=mpspdz, log=lambda _: None)
+    assert result.logits.shape == (4, 1) and result.top1_agreement == 1.0 and result.max_logit_error is None

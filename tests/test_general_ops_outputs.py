@@ -42,3 +42,13 @@ def test_parser_returns_each_output_in_its_shape():
     assert second.tolist() == [[[5, 6]], [[11, 12]]]
     with pytest.raises(MPSPDZError, match="no 'MPCVIT_OUT2 0 ...' output line"):
         revealed_outputs(text, [(2, 4), (2, 2), (2, 1)])
+
+
+def test_argmax_reveal_of_a_model_with_several_outputs_is_refused():
+    """Only output 0 would be reduced to its class: the others would be revealed whole, against --reveal's word."""
+    from compiler.errors import CompileError
+
+    g = one_op("softmax", [(S, (2, 4))], {"axis": -1}, extra_outputs=1)
+    with pytest.raises(CompileError, match=r"--reveal argmax reveals one \[batch, classes\] output, but the model "
+                                           r"has 2 \(y, extra0\): use --reveal logits"):
+        lower(g, get_profile("dealer"), reveal="argmax")

@@ -22,7 +22,7 @@ def test_profiles_name_mpspdz_protocol_binary_and_flags(protocol, e_name, binary
     flags = prof.compile_flags
     assert flags[flags.index("-E") + 1] == e_name and flags[flags.index("-b") + 1] == "100000" and "-M" in flags
     assert prof.compile_command("m") == "./compile.py " + " ".join(flags) + " m"
-    assert get_profile(protocol, frac_bits=12).fx.f == 12
+    assert get_profile(protocol, frac_bits=20).fx.f == 20
 
 
 def test_bad_profile_requests_are_user_errors_listing_the_choices():
@@ -34,6 +34,8 @@ def test_bad_profile_requests_are_user_errors_listing_the_choices():
         get_profile("semi2k", approx={"gelu": "cubic"})
     with pytest.raises(UserError, match="--frac-bits 40"):
         get_profile("semi2k", frac_bits=40)
+    with pytest.raises(UserError, match=r"--frac-bits 14 is out of range; use 15\.\.22"):
+        get_profile("semi2k", frac_bits=14)
     with pytest.raises(UserError, match="malformed"):
         parse_approx_flags(["gelu"])
     assert parse_approx_flags(["gelu=poly", "exp = limit", "gelu=poly"]) == {"gelu": "poly", "exp": "limit"}

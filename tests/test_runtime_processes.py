@@ -332,3 +332,14 @@ def test_mpspdz_version_whatever_way_the_tree_was_obtained(tmp_path: Path, layou
         (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/master\n")
         (tmp_path / ".git" / "refs" / "heads" / "master").write_text(expected["commit"] + "\n")
     assert mpspdz_version(MPSPDZ(tmp_path)) == expected
+
+
+def test_argmax_reveal_compares_classes_not_logits() -> None:
+    """--reveal argmax programs reveal each image's class index [B, 1]: compared as classes (it crashed
+    reshaping [B, C] logits into [B, 1], and the index's own argmax made every prediction class 0)."""
+    from compiler.runtime.runner import compare_logits
+
+    plain = np.array([[0.0, 1.0, 5.0], [3.0, 0.0, 0.0], [0.0, 2.0, 1.0]])
+    report = compare_logits(np.array([[2.0], [0.0], [2.0]]), plain, np.array([2, 1, 1]), argmax=True)
+    assert report["top1_agreement"] == pytest.approx(2 / 3) and report["mpc_accuracy"] == pytest.approx(1 / 3)
+    assert "max_logit_error" not in report and report["plaintext_accuracy"] == pytest.approx(2 / 3)

@@ -520,6 +520,10 @@ def lower(graph: Graph, profile: Profile, name: str = "mpcvit", reveal: str = "l
         raise CompileError(f"--reveal {reveal!r} is unknown; choose logits or argmax")
     if len(graph.inputs) != 1:
         raise CompileError(f"the model has {len(graph.inputs)} inputs {graph.inputs}; expected one image input")
+    if reveal == "argmax" and len(graph.outputs) > 1:  # the other outputs would be revealed whole
+        raise CompileError(f"--reveal argmax reveals one [batch, classes] output, but the model has "
+                           f"{len(graph.outputs)} ({', '.join(graph.outputs)}): use --reveal logits, or export the "
+                           f"model with only its class output")
     _name_nodes(graph)
     _check_constants(graph, profile)
     plans = [plan(node, profile, graph, reveal) for node in graph.nodes]

@@ -44,6 +44,9 @@ ALIASES = {"dealer-ring": "dealer", "rep3-ring": "replicated-ring", "ring": "rep
 RING_BITS = 64
 DEFAULT_F = 16
 DEFAULT_K = 31
+# --frac-bits that MP-SPDZ compiles and runs (3a0a7b1d, -R 64, k=31; measured): its sfix division (FPDiv) asks
+# for a ring of over 64 bits below f=15, and from f=23 on constants of 128 leave sfix's range [-2^(k-f-1), ...)
+MIN_F, MAX_F = 15, DEFAULT_K - 9
 LOOP_BUDGET = 100000  # `-b`: vectorised calls are not cut into 1000-element chunks, so rounds don't grow with n
 # `-M` (preserve memory order): the templates gather/scatter through regint address vectors, whose order
 # MP-SPDZ's scheduler otherwise does not track ("Order of memory instructions not preserved, errors possible").
@@ -150,8 +153,10 @@ def get_profile(protocol: str, frac_bits: int | None = None, approx: dict[str, s
     """The profile of ``protocol`` with ``frac_bits`` (default 16) and approximation overrides ``{op: choice}``."""
     spec = protocol_spec(protocol)
     f = DEFAULT_F if frac_bits is None else int(frac_bits)
-    if not 0 < f < DEFAULT_K - 1:
-        raise UserError(f"--frac-bits {frac_bits} is out of range; use 1..{DEFAULT_K - 2} (k={DEFAULT_K})")
+    if not MIN_F <= f <= MAX_F:
+        raise UserError(f"--frac-bits {frac_bits} is out of range; use {MIN_F}..{MAX_F} (k={DEFAULT_K}): below, "
+                        f"MP-SPDZ's division needs a ring over 64 bits; above, the programs' constants (up to 64) "
+                        f"leave sfix's range")
     base = Profile(spec=spec, f=f)
     chosen, why = choose_approximations(base, accuracy)
     registry = _registry()

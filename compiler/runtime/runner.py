@@ -225,7 +225,7 @@ def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[
     meta = manifest.get("outputs") or [{}]
     if "shape" in meta[0] and manifest.get("reveal") != "argmax":  # output 0 in its own shape, as the others
         outputs = [logits.reshape(-1, *meta[0]["shape"][1:]), *outputs[1:]]
-    accuracy = compare_logits(logits, plain, y)
+    accuracy = compare_logits(logits, plain, y, argmax=manifest.get("reveal") == "argmax")
     model_time = profile.time_s(rounds, bytes_p0)
     details = {
         "model": manifest.get("model", manifest["name"]),
@@ -275,19 +275,25 @@ def _plain_logits(manifest: dict, x: np.ndarray | None, reference: Reference | N
     return onnxruntime_logits(onnx_path, x)
 
 
-def compare_logits(mpc: np.ndarray, plain: np.ndarray | None, labels: np.ndarray | None) -> dict[str, Any]:
-    """Top-1 agreement with the plaintext model, the logit error distribution and accuracies vs labels."""
+def compare_logits(mpc: np.ndarray, plain: np.ndarray | None, labels: np.ndarray | None,
+                   argmax: bool = False) -> dict[str, Any]:
+    """Top-1 agreement with the plaintext model, the logit error distribution and accuracies vs labels.
+
+    ``argmax``: the program revealed each image's class index ([B, 1], ``--reveal argmax``), not its logits, so
+    only the classes are compared (no logit error exists)."""
     report: dict[str, Any] = {"images": int(len(mpc))}
+    predicted = np.rint(mpc.reshape(len(mpc), -1)[:, 0]).astype(np.int64) if argmax else mpc.argmax(-1)
     if plain is not None:
-        plain = np.asarray(plain, dtype=np.float64).reshape(mpc.shape)
-        error = np.abs(mpc - plain)
-        report.update(top1_agreement=float(np.mean(mpc.argmax(-1) == plain.argmax(-1))),
-                      max_logit_error=float(error.max()), mean_logit_error=float(error.mean()),
-                      logit_error_percentiles={str(q): float(np.percentile(error, q)) for q in (50, 90, 99)})
+        plain = np.asarray(plain, dtype=np.float64).reshape(len(mpc), -1)
+        report["top1_agreement"] = float(np.mean(predicted == plain.argmax(-1)))
+        if not argmax:
+            error = np.abs(mpc - plain.reshape(mpc.shape))
+            report.update(max_logit_error=float(error.max()), mean_logit_error=float(error.mean()),
+                          logit_error_percentiles={str(q): float(np.percentile(error, q)) for q in (50, 90, 99)})
         if labels is not None:
             report["plaintext_accuracy"] = float(np.mean(plain.argmax(-1) == labels))
     if labels is not None:
-        report["mpc_accuracy"] = float(np.mean(mpc.argmax(-1) == labels))
+        report["mpc_accuracy"] = float(np.mean(predicted == labels))
     return report
 
 

@@ -343,3 +343,13 @@ def test_argmax_reveal_compares_classes_not_logits() -> None:
     report = compare_logits(np.array([[2.0], [0.0], [2.0]]), plain, np.array([2, 1, 1]), argmax=True)
     assert report["top1_agreement"] == pytest.approx(2 / 3) and report["mpc_accuracy"] == pytest.approx(1 / 3)
     assert "max_logit_error" not in report and report["plaintext_accuracy"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("missing", ["prog.mpc", "Player-Data/Input-P0-0"])
+def test_incomplete_program_folder_is_one_line(fake_mpspdz: MPSPDZ, program_dir: Path, missing: str) -> None:
+    """A folder with a manifest but without its program or weights fails before any party starts (it was a
+    FileNotFoundError traceback from the overlay)."""
+    name = json.loads((program_dir / "manifest.json").read_text())["name"]
+    (program_dir / missing.replace("prog", name)).unlink()
+    with pytest.raises(UserError, match=f"lacks {missing.replace('prog', name)}: it is not a complete compiled"):
+        run(program_dir, "replicated-ring", mpspdz=fake_mpspdz, log=lambda m: None)

@@ -97,6 +97,13 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
 
     batch = int(manifest["batch"])
     x, y = _select_images(manifest, images, data)
+    needed = [out_dir / f"{manifest['name']}.mpc", out_dir / "Player-Data" / "Input-P0-0"]
+    if x is None:  # no other images: the client input compiled in
+        needed.append(out_dir / "Player-Data" / "Input-P1-0")
+    missing = [str(path.relative_to(out_dir)) for path in needed if not path.is_file()]
+    if missing:
+        raise UserError(f"{out_dir} lacks {', '.join(missing)}: it is not a complete compiled program; recompile "
+                        f"the model into it with mpcvit-compile")
     _warn_if_too_big(manifest, spec, online_only, -(-len(x) // batch) if x is not None else 1, log)
     plain = _plain_logits(manifest, x, reference, out_dir)  # before the MPC run: a missing model fails fast
     with tempfile.TemporaryDirectory(prefix="mpcvit-run-") as tmp:

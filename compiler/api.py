@@ -82,8 +82,8 @@ def sample_images(metadata: dict[str, str], image_shape: tuple[int, ...], count:
 
 
 def load_check_data(path: str | Path, input_name: str, image_shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
-    """The user's inputs for ``--check --data FILE.npz``: the array named like the model input ``input_name``, else
-    the file's first array; shaped [N, *image_shape[1:]] (a single input may omit N); any real numeric dtype."""
+    """The user's inputs for ``--check --data FILE.npz`` (the array :func:`compiler.runtime.datasets.image_array`
+    picks); shaped [N, *image_shape[1:]] (a single input may omit N); any real numeric dtype."""
     path = Path(path)
     per_input = ", ".join(map(str, image_shape[1:]))
     hint = f"give an .npz file (numpy.savez) holding the inputs as one float array of shape [N, {per_input}]"
@@ -98,7 +98,9 @@ def load_check_data(path: str | Path, input_name: str, image_shape: tuple[int, .
     with archive:
         if not archive.files:
             raise UserError(f"--data {str(path)!r} holds no array; {hint}")
-        key = input_name if input_name in archive.files else archive.files[0]
+        from compiler.runtime.datasets import image_array
+
+        key = image_array(archive.files, input_name) or archive.files[0]
         try:
             data = archive[key]
         except Exception as exc:  # object arrays need pickle (refused), a damaged member fails to inflate

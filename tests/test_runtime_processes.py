@@ -368,3 +368,8 @@ def test_data_images_may_be_named_like_the_model_input(fake_mpspdz: MPSPDZ, prog
     np.testing.assert_allclose(result.logits, 2 * images, rtol=0, atol=1.1e-6)
     assert image_array(["y", "image", "x"], "image") == "image" and image_array(["y", "b", "x"]) == "x"
     assert image_array(["y", "b"]) == "b" and image_array(["y"]) is None
+
+
+def test_non_positive_timeout_is_rejected(fake_mpspdz: MPSPDZ, program_dir: Path) -> None:
+    with pytest.raises(UserError, match=r"--timeout 0: give a positive number of seconds"):
+        run(program_dir, "replicated-ring", timeout_s=0, mpspdz=fake_mpspdz, log=lambda m: None)

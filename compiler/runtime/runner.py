@@ -87,6 +87,8 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     spec = protocol_spec(protocol or manifest["protocol"])
     if protocol_spec(manifest["protocol"]).name != spec.name:
         raise UserError(f"{out_dir} was compiled for {manifest['protocol']}: recompile it with --protocol {spec.name}")
+    if not timeout_s > 0:
+        raise UserError(f"--timeout {timeout_s:g}: give a positive number of seconds")
     if online_only and spec.name != "semi2k":
         raise UserError(f"--online-only applies to semi2k (preprocessing from files), not {spec.name}")
     mpspdz = mpspdz or find_mpspdz()

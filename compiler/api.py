@@ -133,8 +133,8 @@ def sample_images(metadata: dict[str, str], image_shape: tuple[int, ...], count:
 
 
 def load_check_data(path: str | Path, input_name: str, image_shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
-    """The user's inputs for ``--check --data FILE.npz``: the array named like the model input ``input_name``, else
-    the file's first array; shaped [N, *image_shape[1:]] (a single input may omit N); any real numeric dtype."""
+    """The user's inputs for ``--check --data FILE.npz`` (the array :func:`compiler.runtime.datasets.image_array`
+    picks); shaped [N, *image_shape[1:]] (a single input may omit N); any real numeric dtype."""
     path = Path(path)
     per_input = ", ".join(map(str, image_shape[1:]))
     hint = f"give an .npz file (numpy.savez) holding the inputs as one float array of shape [N, {per_input}]"
@@ -149,7 +149,9 @@ def load_check_data(path: str | Path, input_name: str, image_shape: tuple[int, .
     with archive:
         if not archive.files:
             raise UserError(f"--data {str(path)!r} holds no array; {hint}")
-        key = input_name if input_name in archive.files else archive.files[0]
+        from compiler.runtime.datasets import image_array
+
+        key = image_array(archive.files, input_name) or archive.files[0]
         try:
             data = archive[key]
         except Exception as exc:  # object arrays need pickle (refused), a damaged member fails to inflate
@@ -259,7 +261,7 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
         check_samples = min(check_samples, len(images))
         images = np.concatenate([images] * -(-batch // len(images)))  # the emitted client input needs a batch
     if calibration is not None:
-        calib = calibrate(graph, load_calibration_images(calibration), f"--calibrate {calibration}")
+        calib = calibrate(graph, load_calibration_images(calibration, graph.inputs[0]), f"--calibrate {calibration}")
     else:
         calib = calibrate(graph, images[:calibration_samples], source)
     if frac_bits is None and (calibration is not None or source != RANDOM_SOURCE):

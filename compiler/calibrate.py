@@ -172,22 +172,24 @@ def choose_frac_bits(calibration: Calibration, graph: Graph, k: int, default: in
     return max(f, default), f"{name}, |v| {top:.3g}"
 
 
-def load_calibration_images(path: str | Path) -> np.ndarray:
-    """The images of ``--calibrate FILE.npz``: its array ``x`` (or ``images``, or its only array)."""
+def load_calibration_images(path: str | Path, input_name: str | None = None) -> np.ndarray:
+    """The images of ``--calibrate FILE.npz``: the array :func:`compiler.runtime.datasets.image_array` picks (named
+    like the model input, else ``x``, else the first that is not ``y``), as ``mpcvit run --data`` does."""
+    from compiler.runtime.datasets import image_array
+
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys())
-            key = next((k for k in ("x", "images") if k in keys), keys[0] if len(keys) == 1 else None)
+            key = image_array(list(data.keys()), input_name)
             if key is None:
-                raise UserError(f"--calibrate {path}: holds arrays {keys}; name the images 'x' "
+                raise UserError(f"--calibrate {path}: holds no image array; save the images as x "
                                 "(np.savez(path, x=images))")
             return np.asarray(data[key], dtype=np.float64)
     except FileNotFoundError:
         raise UserError(f"--calibrate {path}: no such file; give an .npz of normalised images "
                         "(np.savez(path, x=images))") from None
-    except (ValueError, OSError) as exc:
-        raise UserError(f"--calibrate {path}: not a readable .npz ({exc}); write it with "
+    except (ValueError, OSError, AttributeError, TypeError, EOFError) as exc:  # a .npy, a damaged archive
+        raise UserError(f"--calibrate {path}: not a readable .npz ({type(exc).__name__}); write it with "
                         "np.savez(path, x=images)") from None
 
 

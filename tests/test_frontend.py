@@ -206,6 +206,10 @@ def test_external_weights_load_and_a_missing_data_file_is_named(tmp_path: Path) 
                             [helper.make_node("MatMul", ["x", "w"], ["y"])],
                             [onnx.numpy_helper.from_array(weight, "w")], external=True)
     assert np.array_equal(load_onnx(path).values["w"].data, weight)
+    data = (tmp_path / "ext.data").read_bytes()
+    (tmp_path / "ext.data").write_bytes(data[:20])  # truncated: 20 of the 64 bytes
+    with pytest.raises(UserError, match=r"'.*ext\.onnx': its external weights cannot be read .*truncated"):
+        load_onnx(path)
     (tmp_path / "ext.data").unlink()
     with pytest.raises(UserError, match=r"'.*ext\.onnx' keeps its weights in 'ext\.data', which is not next to it"):
         load_onnx(path)

@@ -237,7 +237,7 @@ def _write_bad_data(path: Path, kind: str) -> None:
     else:
         arrays = {"empty": {"x": np.zeros((0, 3))}, "no_batch_axis": {"x": np.float32(1)},
                   "text": {"x": np.array(["a", "b"])}, "labels": {"x": np.zeros((2, 3)), "y": np.zeros(5)},
-                  "shape": {"x": np.zeros((2, 4))}}[kind]
+                  "shape": {"x": np.zeros((2, 4))}, "labels_only": {"y": np.zeros(2)}}[kind]
         np.savez(path, **arrays)
 
 
@@ -247,6 +247,7 @@ def _write_bad_data(path: Path, kind: str) -> None:
     ("no_batch_axis", r"x has shape \[\]"), ("text", "arrays x/y are unreadable or not numeric"),
     ("labels", r"labels y have shape \[5\], expected \[2\]"),
     ("shape", r"images of shape \[4\], but the program was compiled for \[3\]; give x as \[N, 3\]"),
+    ("labels_only", r"no image array \(found y\)"),
 ])
 def test_bad_data_files_stop_before_any_party_runs(fake_mpspdz: MPSPDZ, program_dir: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch, kind: str, message: str) -> None:
@@ -343,3 +344,32 @@ def test_argmax_reveal_compares_classes_not_logits() -> None:
     report = compare_logits(np.array([[2.0], [0.0], [2.0]]), plain, np.array([2, 1, 1]), argmax=True)
     assert report["top1_agreement"] == pytest.approx(2 / 3) and report["mpc_accuracy"] == pytest.approx(1 / 3)
     assert "max_logit_error" not in report and report["plaintext_accuracy"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("missing", ["prog.mpc", "Player-Data/Input-P0-0"])
+def test_incomplete_program_folder_is_one_line(fake_mpspdz: MPSPDZ, program_dir: Path, missing: str) -> None:
+    """A folder with a manifest but without its program or weights fails before any party starts (it was a
+    FileNotFoundError traceback from the overlay)."""
+    name = json.loads((program_dir / "manifest.json").read_text())["name"]
+    (program_dir / missing.replace("prog", name)).unlink()
+    with pytest.raises(UserError, match=f"lacks {missing.replace('prog', name)}: it is not a complete compiled"):
+        run(program_dir, "replicated-ring", mpspdz=fake_mpspdz, log=lambda m: None)
+
+
+def test_data_images_may_be_named_like_the_model_input(fake_mpspdz: MPSPDZ, program_dir: Path, tmp_path: Path) -> None:
+    """The file written for mpcvit-compile --check --data (the array named like the input) serves mpcvit run too."""
+    from compiler.runtime.datasets import image_array
+
+    images = np.random.default_rng(2).uniform(-1, 1, (3, 3))
+    np.savez(tmp_path / "named.npz", image=images)
+    result = run(program_dir, "replicated-ring", data=tmp_path / "named.npz", mpspdz=fake_mpspdz,
+                 client_input_writer=write_floats, reference=lambda x: 2 * x, log=lambda m: None)
+    # write_floats writes 6 decimals (0.5e-6 rounding) and the fake party doubles them; its print adds ~1e-8
+    np.testing.assert_allclose(result.logits, 2 * images, rtol=0, atol=1.1e-6)
+    assert image_array(["y", "image", "x"], "image") == "image" and image_array(["y", "b", "x"]) == "x"
+    assert image_array(["y", "b"]) == "b" and image_array(["y"]) is None
+
+
+def test_non_positive_timeout_is_rejected(fake_mpspdz: MPSPDZ, program_dir: Path) -> None:
+    with pytest.raises(UserError, match=r"--timeout 0: give a positive number of seconds"):
+        run(program_dir, "replicated-ring", timeout_s=0, mpspdz=fake_mpspdz, log=lambda m: None)

@@ -87,7 +87,11 @@ def _read(path: Path) -> onnx.ModelProto:
         raise UserError(f"ONNX file {str(path)!r} keeps its weights in {missing[0]!r}, which is not next to it; "
                         f"copy that file beside the model or re-export it as one file")
     if locations:
-        load_external_data_for_model(model, str(path.parent))
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except (ValueError, OSError) as exc:  # e.g. "External data length (2304) exceeds available data"
+            raise UserError(f"ONNX file {str(path)!r}: its external weights cannot be read ({exc}); the data file "
+                            f"is truncated or not the one exported with it: re-export the model") from None
     return model
 
 

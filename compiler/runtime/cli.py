@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", help=f"{', '.join(PROTOCOLS)} (default: the one it was compiled for)")
     p.add_argument("--images", type=int, help="run N test images of the model's dataset, in batches of the program's "
                                               "batch size, and report top-1 agreement with the plaintext model")
-    p.add_argument("--data", help="images from an .npz (arrays x: model-ready images, y: labels) instead")
+    p.add_argument("--data", help="images from an .npz instead: model-ready images (the array named like the model "
+                                  "input, else x, else the first) and optional labels y")
     p.add_argument("--json", help="write the results JSON here (only when the run succeeds)")
     p.add_argument("--network", choices=("lan", "wan"), default="lan",
                    help="network profile of the modelled latency (default: lan)")

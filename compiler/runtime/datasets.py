@@ -14,8 +14,17 @@ DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 
 
+def image_array(names: list[str], input_name: str | None = None) -> str | None:
+    """Which array of an .npz holds the images: the one named like the model input, else ``x``, else the first
+    that is not the labels ``y`` (the same rule for ``mpcvit run --data`` and ``mpcvit-compile --check --data``)."""
+    for key in (input_name, "x"):
+        if key is not None and key in names:
+            return key
+    return next((name for name in names if name != "y"), None)
+
+
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Arrays `x` (images, float) and optionally `y` (labels) from `path`."""
+    """The images (float; see :func:`image_array`) and optionally the labels `y` from `path`."""
     if not path.is_file():
         raise UserError(f"--data {path}: no such file; give an .npz with arrays x (images) and y (labels)")
     try:
@@ -27,11 +36,12 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise UserError(f"--data {path}: a single .npy array, not an .npz archive; "
                         "write one with numpy.savez(path, x=images, y=labels)")
     with archive:
-        if "x" not in archive:
-            raise UserError(f"--data {path}: no array 'x' (found {', '.join(archive.files) or 'none'}); "
+        key = image_array(archive.files)
+        if key is None:
+            raise UserError(f"--data {path}: no image array (found {', '.join(archive.files) or 'none'}); "
                             "save images as x and labels as y")
         try:
-            x = archive["x"].astype(np.float32)
+            x = archive[key].astype(np.float32)
             y = archive["y"].astype(np.int64) if "y" in archive else None
         except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise UserError(f"--data {path}: arrays x/y are unreadable or not numeric ({exc}); "

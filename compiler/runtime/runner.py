@@ -88,6 +88,8 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     spec = protocol_spec(protocol or manifest["protocol"])
     if protocol_spec(manifest["protocol"]).name != spec.name:
         raise UserError(f"{out_dir} was compiled for {manifest['protocol']}: recompile it with --protocol {spec.name}")
+    if not timeout_s > 0:
+        raise UserError(f"--timeout {timeout_s:g}: give a positive number of seconds")
     if online_only and spec.name != "semi2k":
         raise UserError(f"--online-only applies to semi2k (preprocessing from files), not {spec.name}")
     mpspdz = mpspdz or find_mpspdz()
@@ -100,6 +102,13 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     x, y = _select_images(manifest, images, data)
     if x is not None:  # party 1's guard on all its images, before any party starts (compiler.calibrate)
         check_client_images(manifest, x)
+    needed = [out_dir / f"{manifest['name']}.mpc", out_dir / "Player-Data" / "Input-P0-0"]
+    if x is None:  # no other images: the client input compiled in
+        needed.append(out_dir / "Player-Data" / "Input-P1-0")
+    missing = [str(path.relative_to(out_dir)) for path in needed if not path.is_file()]
+    if missing:
+        raise UserError(f"{out_dir} lacks {', '.join(missing)}: it is not a complete compiled program; recompile "
+                        f"the model into it with mpcvit-compile")
     _warn_if_too_big(manifest, spec, online_only, -(-len(x) // batch) if x is not None else 1, log)
     plain = _plain_logits(manifest, x, reference, out_dir)  # before the MPC run: a missing model fails fast
     with tempfile.TemporaryDirectory(prefix="mpcvit-run-") as tmp:

@@ -14,6 +14,7 @@ with each.
 from __future__ import annotations
 
 import sys
+import tempfile
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
@@ -359,7 +360,7 @@ def write_table(statuses: dict[tuple[str, str], Status], path: Path) -> None:
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])
-    cache = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("/tmp/zoo-exports")
+    cache = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(tempfile.gettempdir()) / "zoo-exports"
     cache.mkdir(parents=True, exist_ok=True)
     names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(ZOO)
     table: dict[tuple[str, str], Status] = {}

@@ -482,7 +482,7 @@ def test_gelu_tanh_loads_at_every_opset(export_dir: Path, dynamo: bool, opset: i
     assert max(check(path)) <= RTOL
 
 
-# timm families whose graphs need the general converters (small configurations; ZOO's test compiles the whole zoo)
+# timm families whose graphs need the general converters (small configurations; tests/test_zoo.py compiles the whole zoo)
 TIMM_FAMILIES = {
     "swin": ("swin_tiny_patch4_window7_224", dict(patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
                                                   window_size=4)),  # windows, shifted-window masks, patch merging

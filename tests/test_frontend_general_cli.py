@@ -10,7 +10,7 @@ import pytest
 from onnx import helper
 
 from compiler.api import compile_onnx, load_check_data
-from compiler.cli import main
+from test_compile_cli import run  # one CLI runner for the compile CLI tests
 from compiler.errors import UserError
 from onnx_fixtures import onnx_graph
 
@@ -22,15 +22,6 @@ def small_model(tmp_path: Path) -> Path:
     weight = np.linspace(-1, 1, 24, dtype=np.float32).reshape(6, 4)
     nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])]
     return onnx_graph(tmp_path / "small.onnx", nodes, ["N", *SHAPE[1:]], "y", ["N", 4], [("w", weight)])
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = int(exc.code)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_check_uses_the_array_named_like_the_input(small_model: Path, tmp_path: Path, capsys) -> None:

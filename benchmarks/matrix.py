@@ -77,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per real run")
     p.add_argument("--results", type=Path, default=RESULTS_DIR / "matrix.jsonl", help="JSON-lines results file")
     p.add_argument("--report", type=Path, help="write the markdown table and PNG plots into this folder")
+    p.add_argument("--peer", nargs="+", default=[], choices=["spu"],
+                   help="also run each model under SecretFlow SPU (ABY3, SEMI2K) in its own environment "
+                        "(benchmarks/peer/requirements-spu.txt) and print one table beside MP-SPDZ")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -164,6 +167,8 @@ def measure_group(members: list[Cell], tmp: Path, args: argparse.Namespace) -> I
             "compile_s": compiled.compile_s,
             "plaintext_accuracy": _plaintext_accuracy(onnx_path, weights)}
     real = _real_runs(out_dir, cell, args) if args.real else None
+    if "spu" in args.peer:
+        base["peer"] = _spu_runs(onnx_path, out_dir, args)
     for member in members:
         record = {"key": member.key, **base, "network": member.network,
                   "cost_latency_s": compiled.cost.latency(member.network) if base["cost"] else None}
@@ -188,6 +193,31 @@ def _real_runs(out_dir: Path, cell: Cell, args: argparse.Namespace) -> dict[str,
             "top1_agreement": first["top1_agreement"], "max_logit_error": first["max_logit_error"],
             "accuracy": first["accuracy"], "mpspdz_compile_s": first["mpspdz_compile_s"],
             "mpspdz": first["mpspdz"], "machine": first["machine"]}
+
+
+_SPU_CACHE: dict[tuple, dict[str, Any]] = {}
+
+
+def _spu_runs(onnx_path: Path, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """SPU's figures for this ONNX file (once per file: every protocol cell of a model shares them), on the
+    images the MP-SPDZ runs use: ``--images N`` test images, else the compile-time sample image."""
+    key = (onnx_path, args.images)
+    if key not in _SPU_CACHE:
+        import numpy as np
+
+        from benchmarks.peer.spu_peer import run_spu
+        from compiler.api import sample_images
+        from compiler.runtime.datasets import eval_images
+        from compiler.runtime.runner import load_manifest
+
+        manifest = load_manifest(out_dir)
+        metadata = manifest.get("onnx", {}).get("metadata", {})
+        if args.images:
+            x, _ = eval_images(metadata, args.images)
+        else:
+            x, _ = sample_images(metadata, tuple(manifest["input_shape"]), 1)
+        _SPU_CACHE[key] = run_spu(onnx_path, np.asarray(x), timeout_s=args.timeout)
+    return _SPU_CACHE[key]
 
 
 def _weights(spec, weights: str, cache: Path):
@@ -233,6 +263,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         protocol_spec(protocol)
     for network in args.networks:
         get_network(network)
+    if "spu" in args.peer:
+        from benchmarks.peer.spu_peer import spu_python
+
+        spu_python()
     if args.weights.startswith("train:"):
         training_epochs(args.weights)
     elif args.weights != "random" and not Path(args.weights).is_file():
@@ -262,6 +296,10 @@ def main_from_args(args: argparse.Namespace) -> int:
     print(f"{len(todo)} cell(s) to measure, results in {args.results}", file=sys.stderr)
     for record in run_matrix(todo, args, progress=not args.no_progress):
         append_record(args.results, record)
+    if args.peer:
+        from benchmarks.report import load, markdown_table, peer_rows
+
+        print(markdown_table(peer_rows([r for r in load(args.results) if r.get("peer")])))
     if args.report:
         from benchmarks.report import write_report
 

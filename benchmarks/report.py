@@ -134,6 +134,30 @@ def shape_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def peer_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """mpcvit (measured under MP-SPDZ where run, else the cost model's figures, so labelled) next to each peer's
+    measured figures, per model: time, bytes per party, rounds (MP-SPDZ) or send actions (SPU), logit error."""
+    rows, seen = [], set()
+    for record in records:
+        model = f"{record['model']}/{record['attention']}/{record['mlp']}"
+        real, cost = record.get("real"), record.get("cost") or {}
+        if (model, record["protocol"], record.get("online_only")) not in seen:
+            seen.add((model, record["protocol"], record.get("online_only")))
+            rows.append({"model": model, "system": f"mpcvit {record['protocol']}" + ("" if real else " (cost model)"),
+                         "time_s": real["time_s"] if real else cost.get("compute_s"),
+                         "MB_p0": _mb(real["bytes_party0"] if real else cost.get("bytes_p0")),
+                         "MB_all": _mb(real["global_bytes"] if real else cost.get("bytes_all")),
+                         "rounds_or_sends": real["rounds"] if real else cost.get("rounds"),
+                         "max_logit_error": real.get("max_logit_error") if real else None})
+        for name, peer in record["peer"].items():
+            if (model, name) not in seen:
+                seen.add((model, name))
+                rows.append({"model": model, "system": peer["system"], "time_s": peer["time_s"],
+                             "MB_p0": _mb(peer["bytes_party0"]), "MB_all": _mb(peer["bytes_all"]),
+                             "rounds_or_sends": peer["sends"], "max_logit_error": peer["max_logit_error"]})
+    return sorted(rows, key=lambda row: row["model"])
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no rows)"
@@ -273,6 +297,10 @@ def write_report(results: Path, out: Path) -> str:
     shapes = shape_rounds(records)
     if shapes:
         sections += ["", "## Rounds per execution vs model shape (measured)", "", markdown_table(shapes)]
+    peers = peer_rows([r for r in records if r.get("peer")])
+    if peers:
+        sections += ["", "## mpcvit vs SecretFlow SPU on the same ONNX (SPU: send actions in place of rounds)", "",
+                     markdown_table(peers)]
     plots = plot_pareto(records, out) + plot_breakdown(records, out)
     sections += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     text = "\n".join(sections) + "\n"

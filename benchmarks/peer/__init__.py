@@ -1,0 +1,1 @@
+"""Peer systems measured next to mpcvit on the same ONNX file (``mpcvit bench --peer spu``)."""

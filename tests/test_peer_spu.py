@@ -1,7 +1,6 @@
 """`mpcvit bench --peer spu`: SecretFlow SPU on the same ONNX file, in its own environment (skipped without it)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

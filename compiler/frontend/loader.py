@@ -1,9 +1,9 @@
 """ONNX file -> generic IR: read and check the model, fix the batch, fold constant nodes (onnx's reference evaluator,
 see :mod:`compiler.frontend.context`) and run the converters on the others, in graph order.
 
-Memory: the weights are read once, tensor by tensor, straight from the file into numpy. The ONNX checker runs on the
-file and strict shape inference on the graph with its weights left out: either, given the model in memory,
-serialises every weight (ViT-B/16: 2 x 344 MB copies and 8 s; ViT-L/16 would exceed protobuf's 2 GB).
+Memory: external weights are read once, tensor by tensor, straight from their file into numpy. The ONNX checker
+runs on the file and strict shape inference on the graph with its weights left out: either, given the model in
+memory, serialises every weight (ViT-B/16: two 344 MB copies and 8 s; protobuf refuses beyond 2 GB).
 """
 from __future__ import annotations
 

@@ -57,6 +57,8 @@ def export_timm(name: str, cache: Path) -> Path:
     import timm
     import torch
 
+    if name not in timm.list_models():
+        raise UserError(f"--models {name}: not a timm model (e.g. vit_base_patch16_224, vit_large_patch16_224)")
     cache.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()

@@ -137,7 +137,8 @@ KERNELS: dict[str, Callable[[Node, list[Array]], Array]] = {
 
 def evaluate(graph: Graph, inputs: dict[str, Array], keep_all: bool = False) -> dict[str, Array]:
     """Run ``graph`` in float64 on ``inputs`` (graph input name -> array); return its outputs (or every value)."""
-    env: dict[str, Array] = {name: v.data.astype(np.float64) if v.data.dtype.kind == "f" else v.data
+    # float64 weights are used in place (astype would copy every weight on every call)
+    env: dict[str, Array] = {name: np.asarray(v.data, dtype=np.float64) if v.data.dtype.kind == "f" else v.data
                              for name, v in graph.values.items() if v.data is not None}
     for node in graph.nodes:
         if node.op == "input":

@@ -11,10 +11,25 @@ import pytest
 import tiny_vit_ir
 from compiler.backend import Manifest, emit, write_client_input
 from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs, strided_runs
+from compiler.backend.inputs import FLOAT32, FLOAT64, input_file, precision, write_inputs
 from compiler.errors import CompileError, UserError
+from compiler.fixedpoint import FixedPoint
 from compiler.ir import Value
 from compiler.lowering import get_profile, lower
 from compiler.lowering.plans import client_input
+
+
+def mpspdz_reads(path, codes_and_sizes, f):
+    """The integers MP-SPDZ's ``fixinput`` (Processor/Processor.hpp) makes of a binary input file: each native
+    float32 (code 1) or float64 (code 2) value v becomes round(v·2^f); also checks nothing is left over."""
+    raw, out, offset = path.read_bytes(), [], 0
+    for code, size in codes_and_sizes:
+        dtype = np.dtype("<f4" if code == 1 else "<f8")
+        values = np.frombuffer(raw, dtype=dtype, count=size, offset=offset).astype(np.float64)
+        out.append(np.round(values * 2.0 ** f).astype(np.int64))  # C's round: only integral products here
+        offset += size * dtype.itemsize
+    assert offset == len(raw)
+    return out
 
 
 def regint_inc(size, base=0, step=1, repeat=1, wrap=None):
@@ -102,15 +117,18 @@ def compiled(tmp_path):
 def test_emit_writes_program_inputs_manifest_and_run_script(compiled):
     prog, manifest, images, out = compiled
     assert sorted(p.name for p in out.iterdir()) == ["Player-Data", "manifest.json", "run.sh", "tiny_vit.mpc"]
-    weights = (out / "Player-Data" / "Input-P0-0").read_bytes()
+    weights = (out / input_file(0)).read_bytes()
     assert hashlib.sha256(weights).hexdigest() == manifest.weight_sha256
-    values = np.array(weights.split(), dtype=np.float64)
-    params = [w for w in prog.graph.params()]
-    assert values.size == sum(w.size for w in params)
-    first = prog.graph.values[manifest.weights[0]["name"]].data.reshape(-1)
-    assert np.array_equal(values[:first.size], np.rint(first * 2 ** 16) / 2 ** 16)  # exact quantised decimals
-    client = np.array((out / "Player-Data" / "Input-P1-0").read_text().split(), dtype=np.float64)
-    assert np.array_equal(client, np.rint(client_input(prog.graph, images).reshape(-1) * 2 ** 16) / 2 ** 16)
+    params = [prog.graph.values[w["name"]].data for w in manifest.weights]
+    codes = [FLOAT32 if w["dtype"] == "float32" else FLOAT64 for w in manifest.weights]
+    assert {w["dtype"] for w in manifest.weights} == {"float32"}  # |w| <= 256: 4 bytes a weight
+    assert len(weights) == 4 * sum(p.size for p in params)
+    fx = prog.profile.fx
+    decoded = mpspdz_reads(out / input_file(0), [(c, p.size) for c, p in zip(codes, params)], fx.f)
+    for got, param in zip(decoded, params):  # the reference executor's integers, bit for bit
+        assert np.array_equal(got, fx.encode(param).reshape(-1))
+    client = mpspdz_reads(out / input_file(1), [(FLOAT64, images.size)], fx.f)[0]
+    assert np.array_equal(client, fx.encode(client_input(prog.graph, images)).reshape(-1))
     data = json.loads((out / "manifest.json").read_text())
     assert data["protocol"] == "dealer" and data["mpspdz_protocol"] == "dealer-ring" and data["n_parties"] == 3
     assert data["compile_flags"][:2] == ["-E", "dealer-ring"] and data["batch"] == 2
@@ -128,8 +146,8 @@ def test_program_is_vectorised_and_reveals_only_to_the_client(compiled):
     prog, manifest, _, out = compiled
     text = (out / "tiny_vit.mpc").read_text()
     compile(text, "tiny_vit.mpc", "exec")  # valid Python, as MP-SPDZ's compiler needs
-    assert re.findall(r"\.input_from\((\d)\)", text).count("1") == 1
-    assert len(re.findall(r"\.input_from\(0\)", text)) == len(manifest.weights)
+    assert re.findall(r"\.input_from\((\d), binary=(\d)\)", text).count(("1", "2")) == 1
+    assert len(re.findall(r"\.input_from\(0, binary=1\)", text)) == len(manifest.weights)
     assert "reveal()" not in text and "print_ln(" not in text  # nothing revealed to everyone
     assert "print_ln_to(1, 'MPCVIT_OUT %s %s'" in text
     for use in prog.approx_uses():  # each approximation defined once
@@ -145,9 +163,9 @@ def test_write_client_input_lays_images_out_like_the_reference(compiled, tmp_pat
     images = np.random.default_rng(5).uniform(-2, 2, (2, 1, 8, 8))
     from_dict = write_client_input(json.loads((out / "manifest.json").read_text()), images, tmp_path / "a")
     from_dir = write_client_input(out, images)
-    assert from_dict.read_text() == from_dir.read_text()
-    values = np.array(from_dir.read_text().split(), dtype=np.float64)
-    assert np.array_equal(values, np.rint(client_input(prog.graph, images).reshape(-1) * 2 ** 16) / 2 ** 16)
+    assert from_dir == out / input_file(1) and from_dict.read_bytes() == from_dir.read_bytes()
+    values = mpspdz_reads(from_dir, [(FLOAT64, images.size)], prog.profile.f)[0]
+    assert np.array_equal(values, prog.profile.fx.encode(client_input(prog.graph, images)).reshape(-1))
     with pytest.raises(UserError, match=r"compiled for \(2, 1, 8, 8\)"):
         write_client_input(out, images[:1, :, :4])
 
@@ -212,13 +230,18 @@ def test_template_set_overrides_node_templates(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("f", range(1, 31))
-def test_input_decimals_are_exact_at_every_precision(f: int) -> None:
-    """MP-SPDZ reads the input files as decimals and rounds them to f bits: each must be exactly x/2^f (at f = 17
-    and 18 the digit arithmetic overflowed int64 and wrote garbage, and every input of the program was wrong)."""
-    from compiler.backend.inputs import exact_decimals
-
+def test_binary_inputs_decode_to_the_reference_integers_at_every_precision(f: int, tmp_path) -> None:
+    """MP-SPDZ converts each binary input value v to round(v·2^f): what it reads must be exactly the reference's
+    round-to-nearest integers q, whichever width the writer chose (float32 only while every |q| <= 2^24)."""
+    fx = FixedPoint(f, 31 if f < 30 else 40)
     rng = np.random.default_rng(f)
-    x_int = np.concatenate([rng.integers(-2 ** 30, 2 ** 30, 500), [0, 1, -1, 2 ** 30 - 1, -(2 ** 30)]])
-    parsed = np.array([float(v) for v in exact_decimals(x_int, f).split()])
-    assert np.array_equal(np.rint(parsed * 2.0 ** f).astype(np.int64), x_int)
-    assert np.array_equal(parsed, x_int / 2.0 ** f)  # exact, not merely rounding back to the same integer
+    small = np.concatenate([rng.uniform(-1, 1, 500) * 2.0 ** (24 - f), [0.0, 2.0 ** (24 - f), -(2.0 ** -f) / 2]])
+    wide = np.concatenate([rng.uniform(-1, 1, 500) * 2.0 ** (30 - f), [2.0 ** (30 - f), 3 * 2.0 ** (-f - 1)]])
+    # halfway values: q of -2^-f/2 is 0 and of 1.5·2^-f is 2 (half to even), as FixedPoint.encode rounds
+    codes = [precision(small, fx), precision(wide, fx)]
+    assert codes == [FLOAT32, FLOAT64]
+    path = tmp_path / "in"
+    write_inputs(path, [(small, codes[0]), (wide, codes[1])], fx)
+    assert path.stat().st_size == 4 * small.size + 8 * wide.size
+    got = mpspdz_reads(path, [(codes[0], small.size), (codes[1], wide.size)], f)
+    assert np.array_equal(got[0], fx.encode(small)) and np.array_equal(got[1], fx.encode(wide))

@@ -133,3 +133,37 @@ def test_argmax_program_through_mpcvit_run_compares_classes(mpspdz, tmp_path):
     compile_onnx(path, tmp_path / "out", protocol="replicated-ring", batch=2, reveal="argmax")
     result = run(tmp_path / "out", images=4, mpspdz=mpspdz, log=lambda _: None)
     assert result.logits.shape == (4, 1) and result.top1_agreement == 1.0 and result.max_logit_error is None
+
+
+@pytest.mark.parametrize("protocol", ["semi2k", "dealer", "replicated-ring"])
+def test_binary_inputs_reach_mpspdz_bit_for_bit(mpspdz, tmp_path, protocol):
+    """Both binary input files as MP-SPDZ reads them: image + a float32 weight + a float64 one (|w| > 256 needs
+    more than float32's 24 bits at f = 16) has no truncation, so every revealed value is the reference's integer.
+    120,000 values a tensor: more than the loop budget (-b 100000), so MP-SPDZ reads each in several chunks."""
+    from compiler.backend.inputs import input_file
+    from compiler.ir import Graph, Node, Value
+    from compiler.runtime.runner import run
+
+    rng = np.random.default_rng(2)
+    shape = (1, 3, 200, 200)
+    g = Graph()
+    g.add_value(Value("image", shape))
+    g.add_value(Value("small", shape, "param", rng.uniform(-2, 2, shape)))
+    g.add_value(Value("large", shape, "param", rng.uniform(-3000, 3000, shape)))
+    for name in ("a", "b"):
+        g.add_value(Value(name, shape))
+    g.add_node(Node("input", [], ["image"], {"owner": 1}, name="image"))
+    g.add_node(Node("add", ["image", "small"], ["a"], name="add_small"))
+    g.add_node(Node("add", ["a", "large"], ["b"], name="add_large"))
+    g.add_node(Node("output", ["b"], [], name="out"))
+    g.inputs, g.outputs = ["image"], ["b"]
+    prog = lower(g, get_profile(protocol), name="inputs")
+    image = rng.uniform(-2, 2, shape)
+    manifest = emit(prog, tmp_path / "out", client_images=image)
+    assert [w["dtype"] for w in manifest.weights] == ["float32", "float64"]
+    assert (tmp_path / "out" / input_file(0)).stat().st_size == (4 + 8) * image.size
+    expected = execute(prog, {"image": image}).outputs["b"].reshape(-1)
+    result = run(tmp_path / "out", mpspdz=mpspdz, log=lambda _: None)
+    fx = prog.profile.fx
+    # printed with 12 significant digits: |v| < 5000 at f = 16 leaves the LSB (1.5e-5) well resolved
+    assert np.array_equal(fx.encode(result.logits.reshape(-1)), fx.encode(expected))

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from compiler.backend.inputs import client_values, per_image_layout, quantised_text, write_client_input, write_text
+from compiler.backend.inputs import (CLIENT_CODE, DTYPES, client_values, input_file, per_image_layout, precision,
+                                     write_client_input, write_inputs)
 from compiler.backend.manifest import Manifest, parse_metadata
 from compiler.backend.render import OUTPUT_MARKER, render_program
 from compiler.errors import UserError
@@ -78,14 +79,14 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
         raise _unwritable(out, exc) from None
     try:
         (tmp / f"{program.name}.mpc").write_text(text)
-        weight_hash = write_text(tmp / "Player-Data" / "Input-P0-0",
-                                 quantised_text([w.data for w in weights], profile.fx))
+        codes = [precision(w.data, profile.fx) for w in weights]  # as render_program chose them
+        weight_hash = write_inputs(tmp / input_file(0), ((w.data, code) for w, code in zip(weights, codes)),
+                                   profile.fx)
         input_value = graph.values[graph.inputs[0]]
         image_shape, index = client_layout(graph)
         layout = per_image_layout(index, program.batch, int(np.prod(image_shape[1:])))
         images = np.zeros(image_shape) if client_images is None else client_images
-        write_text(tmp / "Player-Data" / "Input-P1-0",
-                   quantised_text([client_values(images, image_shape, layout)], profile.fx))
+        write_inputs(tmp / input_file(1), [(client_values(images, image_shape, layout), CLIENT_CODE)], profile.fx)
         output_value = graph.values[graph.outputs[0]]
         per_image = int(np.prod(output_value.shape[1:], dtype=np.int64))
         manifest = Manifest(
@@ -98,7 +99,9 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
             client_layout=layout,
             output_shape=[program.batch, 1 if program.reveal == "argmax" else per_image],
             outputs=[{"name": name, "shape": list(graph.values[name].shape)} for name in graph.outputs],
-            weights=[{"name": w.name, "shape": list(w.data.shape)} for w in weights],
+            weights=[{"name": w.name, "shape": list(w.data.shape), "dtype": DTYPES[code].name}
+                     for w, code in zip(weights, codes)],
+            input_files={str(party): input_file(party) for party in (0, 1)},
             weight_sha256=weight_hash, model=str(graph.metadata.get("mpcvit.model", program.name)),
             # absolute: `mpcvit run` compares with this model from whatever directory it is started in
             onnx={"path": str(Path(onnx_path).resolve()) if onnx_path else None, "sha256": _sha256(onnx_path),

@@ -1,13 +1,22 @@
-"""MP-SPDZ input files: the weights of party 0 and the image(s) of party 1 (text, whitespace-separated decimals).
+"""MP-SPDZ input files: the weights of party 0 and the image(s) of party 1, in MP-SPDZ's binary input format.
 
-Values are written already quantised to f fractional bits (k/2^f has an exact, round-tripping decimal), so that
-MP-SPDZ's conversion to fixed point reproduces exactly the integers of the reference executor.
+MP-SPDZ reads the ``sfix`` inputs of ``input_from(player, binary=1|2)`` from ``<-IF prefix>-Binary-P<player>-0``
+as native float32 (1) or float64 (2) values, converting each to round(v·2^f) (``fixinput`` in
+``Processor/Processor.hpp`` at 3a0a7b1d; the same code for every protocol). The values written here are already
+quantised, q/2^f with q = ``FixedPoint.encode(v)`` (round to nearest, the reference executor's integers), so the
+conversion gives q back exactly: float64 holds every q/2^f with |q| < 2^53, float32 every one with |q| <= 2^24.
+A weight tensor is written as float32 (4 bytes a value) when all its |q| <= 2^24 (|w| <= 256 at f = 16), else as
+float64 (8 bytes); the client's image is float64 (the program reads it before any image is known). Byte order is
+little-endian, that of every machine MP-SPDZ builds on (x86-64, ARM64).
+
+Writing streams: one chunk of ``CHUNK_VALUES`` values of one tensor at a time, hashed as it goes, so that the
+weights of a large model are never copied whole.
 """
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterable
 
 import numpy as np
 
@@ -15,53 +24,53 @@ from compiler.errors import UserError
 from compiler.fixedpoint import FixedPoint
 from compiler.lowering.plans import batch_images
 
-
-def quantised_text(values: list[np.ndarray], fx: FixedPoint) -> str:
-    """Whitespace-separated decimals of round(v·2^f)/2^f, row-major, one tensor after another."""
-    if not values:
-        return ""
-    flat = np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in values])
-    return exact_decimals(fx.encode(flat), fx.f)
+FLOAT32, FLOAT64 = 1, 2  # MP-SPDZ's `binary=` codes of sfix.input_from (single, double precision)
+CLIENT_CODE = FLOAT64  # the image is read before it is known: no bound on it at compile time
+DTYPES = {FLOAT32: np.dtype("<f4"), FLOAT64: np.dtype("<f8")}
+FLOAT32_EXACT = 2 ** 24  # the largest |q| float32 holds exactly with all smaller integers (24-bit significand)
+CHUNK_VALUES = 1 << 20  # values converted at a time: 8 MB of float64 temporaries
 
 
-_FOUR_DIGITS = np.array([list(f"{i:04d}".encode()) for i in range(10000)], dtype=np.uint8)
+def input_file(party: int) -> str:
+    """Party ``party``'s input file, relative to the compiled program's directory (MP-SPDZ's name for thread 0)."""
+    return f"Player-Data/Input-Binary-P{party}-0"
 
 
-def _digits(values: np.ndarray, count: int) -> np.ndarray:
-    """Zero-padded decimal digits of non-negative int64 ``values`` (count a multiple of 4), as uint8 rows."""
-    chunks = []
-    for _ in range(count // 4):
-        values, low = np.divmod(values, 10000)
-        chunks.append(_FOUR_DIGITS[low])
-    return np.concatenate(chunks[::-1], axis=1)
+def input_files(manifest: dict[str, Any]) -> dict[int, str]:
+    """Each party's input file, relative to the program's directory: the manifest's ``input_files``, else (a
+    hand-written program without it) MP-SPDZ's text input files ``Player-Data/Input-P<i>-0``."""
+    files = manifest.get("input_files") or {party: f"Player-Data/Input-P{party}-0" for party in (0, 1)}
+    return {int(party): path for party, path in files.items()}
 
 
-def exact_decimals(x_int: np.ndarray, f: int) -> str:
-    """The exact decimal of every x/2^f, by vectorised digit arithmetic (50 MB of weights in well under a second,
-    where Python's float repr takes seconds): x/2^f = q + r/2^f and r/2^f = r·5^f/10^f has exactly f digits."""
-    x_int = np.asarray(x_int, dtype=np.int64).reshape(-1)
-    frac_digits = -(-f // 4) * 4
-    if frac_digits > 18 or not x_int.size:  # r·5^f·10^(frac_digits-f) < 10^frac_digits must fit int64 (f <= 16)
-        # float64 holds x/2^f exactly (|x| < 2^53) and repr round-trips it: exact too, only slower
-        return " ".join(map(repr, (x_int / 2.0 ** f).tolist())) + "\n"
-    a = np.abs(x_int)
-    q, r = a >> f, (a & ((1 << f) - 1)) * 5 ** f
-    int_digits = -(-len(str(int(q.max()))) // 4) * 4
-    r = r * 10 ** (frac_digits - f)
-    sign = np.where(x_int < 0, ord("-"), ord(" ")).astype(np.uint8)[:, None]
-    point = np.full((a.size, 1), ord("."), dtype=np.uint8)
-    space = np.full((a.size, 1), ord(" "), dtype=np.uint8)
-    text = np.concatenate([sign, _digits(q, int_digits), point, _digits(r, frac_digits), space], axis=1)
-    text[-1, -1] = ord("\n")
-    return text.tobytes().decode("ascii")
+def precision(data: np.ndarray, fx: FixedPoint) -> int:
+    """FLOAT32 when every quantised |q| of ``data`` fits float32 exactly, else FLOAT64 (from max |v| only: rounding
+    is monotone, so no quantised copy is made)."""
+    data = np.asarray(data)
+    if not data.size:
+        return FLOAT32
+    peak = max(float(data.max()), -float(data.min()))
+    return FLOAT32 if fx.encode(peak) <= FLOAT32_EXACT else FLOAT64
 
 
-def write_text(path: Path, text: str) -> str:
-    """Write and return the sha256 of the bytes written."""
-    data = text.encode()
+def write_values(sink: BinaryIO, data: np.ndarray, fx: FixedPoint, code: int, digest: Any = None) -> None:
+    """Append ``data`` (row-major) as q/2^f in the format ``code`` (FLOAT32/FLOAT64), chunk by chunk."""
+    flat = np.asarray(data).reshape(-1)
+    for start in range(0, flat.size, CHUNK_VALUES):
+        chunk = (fx.encode(flat[start:start + CHUNK_VALUES]) / fx.scale).astype(DTYPES[code]).tobytes()
+        sink.write(chunk)
+        if digest is not None:
+            digest.update(chunk)
+
+
+def write_inputs(path: Path, tensors: Iterable[tuple[np.ndarray, int]], fx: FixedPoint) -> str:
+    """Write (tensor, code) pairs one after another to ``path``; returns the sha256 of the bytes written."""
+    digest = hashlib.sha256()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+    with open(path, "wb") as sink:
+        for data, code in tensors:
+            write_values(sink, data, fx, code, digest)
+    return digest.hexdigest()
 
 
 def per_image_layout(index: np.ndarray | None, batch: int, image_size: int) -> list[int] | None:
@@ -86,7 +95,8 @@ def write_client_input(manifest: Any, images: np.ndarray, path: str | Path | Non
     """Write ``images`` (the model's input tensor, normalised, [B, C, H, W]) as party 1's input file.
 
     ``manifest``: a :class:`~compiler.backend.manifest.Manifest`, its dict (manifest.json loaded), or the
-    directory / manifest.json of a compiled program. ``path`` defaults to ``<dir>/Player-Data/Input-P1-0``.
+    directory / manifest.json of a compiled program. ``path`` defaults to ``<dir>/`` + :func:`input_file` (1).
+    Raises UserError when the images do not have the compiled shape or no path is known.
     """
     from compiler.backend.manifest import Manifest
 
@@ -98,6 +108,6 @@ def write_client_input(manifest: Any, images: np.ndarray, path: str | Path | Non
     if path is None and directory is None:
         raise UserError("write_client_input: give the output path (the manifest does not say where it lives)")
     values = client_values(images, tuple(manifest["input_shape"]), manifest.get("client_layout"))
-    target = Path(path) if path is not None else Path(directory) / "Player-Data" / "Input-P1-0"
-    write_text(target, quantised_text([values], FixedPoint(int(manifest["f"]), int(manifest["k"]))))
+    target = Path(path) if path is not None else Path(directory) / input_file(1)
+    write_inputs(target, [(values, CLIENT_CODE)], FixedPoint(int(manifest["f"]), int(manifest["k"])))
     return target

@@ -39,7 +39,7 @@ class Manifest:
     client_shape: list[int]  # the tensor party 1 secret-shares (patch-wise)
     client_layout: list[int] | None  # per image: positions in the flattened image, in party 1's input order
     output_shape: list[int]  # output 0 as [B, values per image] ([B, 1] for --reveal argmax)
-    weights: list[dict[str, Any]]  # name, shape, in Input-P0-0 order
+    weights: list[dict[str, Any]]  # name, shape, dtype in party 0's input file (float32/float64), in its order
     weight_sha256: str
     model: str
     onnx: dict[str, Any]  # path, sha256, metadata (the raw metadata_props strings)
@@ -53,6 +53,7 @@ class Manifest:
     warnings: list[str] = field(default_factory=list)
     # compiler.calibrate: samples, margin, input_range/input_bound (party 1's guard), tensor ranges, choices per site
     calibration: dict[str, Any] | None = None
+    input_files: dict[str, str] = field(default_factory=dict)  # party -> its binary input file, relative to OUT
     directory: Path = field(default=Path("."), repr=False, compare=False)
 
     def to_json(self) -> str:

@@ -1,11 +1,17 @@
 """ONNX file -> generic IR: read and check the model, fix the batch, fold constant nodes (onnx's reference evaluator,
-see :mod:`compiler.frontend.context`) and run the converters on the others, in graph order."""
+see :mod:`compiler.frontend.context`) and run the converters on the others, in graph order.
+
+Memory: external weights are read once, tensor by tensor, straight from their file into numpy. The ONNX checker
+runs on the file and strict shape inference on the graph with its weights left out: either, given the model in
+memory, serialises every weight (ViT-B/16: two 344 MB copies and 8 s; protobuf refuses beyond 2 GB).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
 from compiler.errors import CompileError, UserError
 from compiler.frontend import ops  # noqa: F401  (registers the converters)
@@ -26,8 +32,8 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
     opset = _opset(model, path)
     input_shapes = _resolve_inputs(model, batch)
     try:
-        onnx.checker.check_model(model)
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(str(path))
+        onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
             UnicodeDecodeError) as exc:  # a corrupted name or string attribute fails to decode in the checker
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -37,7 +43,7 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
     ctx = ConvertContext(graph, opset)
     for init in model.graph.initializer:
         try:
-            array = onnx.numpy_helper.to_array(init)
+            array = _initializer(init, path)
         except (KeyError, ValueError) as exc:  # an unknown data type or a size that disagrees with the dims
             raise CompileError(f"ONNX file {str(path)!r}: initializer {init.name!r} cannot be read "
                                f"({type(exc).__name__}: {exc}); re-export the model") from None
@@ -86,13 +92,57 @@ def _read(path: Path) -> onnx.ModelProto:
     if missing:
         raise UserError(f"ONNX file {str(path)!r} keeps its weights in {missing[0]!r}, which is not next to it; "
                         f"copy that file beside the model or re-export it as one file")
-    if locations:
-        try:
-            load_external_data_for_model(model, str(path.parent))
-        except (ValueError, OSError) as exc:  # e.g. "External data length (2304) exceeds available data"
-            raise UserError(f"ONNX file {str(path)!r}: its external weights cannot be read ({exc}); the data file "
-                            f"is truncated or not the one exported with it: re-export the model") from None
     return model
+
+
+# weight types whose external bytes are the little-endian numpy array itself (others, e.g. packed 4-bit or
+# bfloat16, go through onnx's converter)
+PLAIN_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+               onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
+               onnx.TensorProto.BOOL}
+SMALL_INITIALIZER = 64  # values: shape inference keeps the data of smaller initializers (shapes, axes, scalars)
+
+
+def _initializer(tensor: onnx.TensorProto, path: Path) -> np.ndarray:
+    """The initializer as numpy: external data read straight from its file (one copy, nothing kept in the proto).
+    Raises UserError when the data file is short (truncated or from another export)."""
+    if not uses_external_data(tensor):
+        return onnx.numpy_helper.to_array(tensor)
+    try:
+        if tensor.data_type not in PLAIN_TYPES:
+            load_external_data_for_tensor(tensor, str(path.parent))
+            array = onnx.numpy_helper.to_array(tensor)
+            tensor.ClearField("raw_data")
+            return array
+        info = ExternalDataInfo(tensor)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+        count = int(np.prod(tensor.dims, dtype=np.int64))
+        with open(path.parent / info.location, "rb") as source:
+            source.seek(info.offset or 0)
+            array = np.fromfile(source, dtype=dtype, count=count)
+        if array.size != count:
+            raise ValueError(f"external data of {tensor.name!r}: {array.size * dtype.itemsize} bytes, "
+                             f"{count * dtype.itemsize} expected")
+        return array.reshape(tuple(tensor.dims))
+    except (OSError, ValueError) as exc:  # e.g. "External data length (2304) exceeds available data"
+        raise UserError(f"ONNX file {str(path)!r}: its external weights cannot be read ({exc}); the data file "
+                        f"is truncated or not the one exported with it: re-export the model") from None
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` for shape inference: each initializer of more than SMALL_INITIALIZER values becomes a graph input
+    of its type and shape (all shape inference needs of a weight), so no weight bytes are copied or serialised."""
+    graph = model.graph
+    declared = {i.name for i in graph.input}
+    big = [t for t in graph.initializer if int(np.prod(t.dims, dtype=np.int64)) > SMALL_INITIALIZER]
+    names = {t.name for t in big}
+    inputs = list(graph.input) + [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                  for t in big if t.name not in declared]
+    skeleton = onnx.helper.make_graph(graph.node, graph.name, inputs, graph.output,
+                                      [t for t in graph.initializer if t.name not in names],
+                                      value_info=graph.value_info, sparse_initializer=graph.sparse_initializer)
+    return onnx.helper.make_model(skeleton, opset_imports=model.opset_import, ir_version=model.ir_version,
+                                  functions=model.functions)
 
 
 def _opset(model: onnx.ModelProto, path: Path) -> int:

@@ -31,7 +31,8 @@ def make_overlay(mpspdz: MPSPDZ, root: Path, spec: ProtocolSpec, program: Path) 
     return root
 
 
-def install_inputs(root: Path, inputs: dict[int, Path]) -> None:
-    """Copy party i's private input file to `Player-Data/Input-P<i>-0` (replacing the previous batch's)."""
-    for party, source in inputs.items():
-        shutil.copy(source, root / "Player-Data" / f"Input-P{party}-0")
+def install_inputs(root: Path, inputs: dict[str, Path]) -> None:
+    """Copy each private input file to `Player-Data/<name>` (MP-SPDZ's name, e.g. `Input-Binary-P1-0`), replacing
+    the previous batch's."""
+    for name, source in inputs.items():
+        shutil.copy(source, root / "Player-Data" / name)

@@ -21,6 +21,7 @@ import numpy as np
 
 from compiler.api import onnxruntime_logits
 from compiler.backend import write_client_input
+from compiler.backend.inputs import input_files
 from compiler.calibrate import check_client_images
 from compiler.errors import MPSPDZError, UserError
 from compiler.runtime import datasets
@@ -102,9 +103,10 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     x, y = _select_images(manifest, images, data)
     if x is not None:  # party 1's guard on all its images, before any party starts (compiler.calibrate)
         check_client_images(manifest, x)
-    needed = [out_dir / f"{manifest['name']}.mpc", out_dir / "Player-Data" / "Input-P0-0"]
+    files = input_files(manifest)
+    needed = [out_dir / f"{manifest['name']}.mpc", out_dir / files[0]]
     if x is None:  # no other images: the client input compiled in
-        needed.append(out_dir / "Player-Data" / "Input-P1-0")
+        needed.append(out_dir / files[1])
     missing = [str(path.relative_to(out_dir)) for path in needed if not path.is_file()]
     if missing:
         raise UserError(f"{out_dir} lacks {', '.join(missing)}: it is not a complete compiled program; recompile "
@@ -127,11 +129,11 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
             preprocessing = "split"
         stats, revealed = [], []
         for index, chunk in enumerate(_batches(x, batch) if x is not None else [None]):
-            inputs = {0: out_dir / "Player-Data" / "Input-P0-0", 1: out_dir / "Player-Data" / "Input-P1-0"}
+            inputs = {Path(path).name: out_dir / path for path in files.values()}
             if chunk is not None:
                 client_file = Path(tmp) / "client-input"
                 (client_input_writer or write_client_input)(manifest, chunk, client_file)
-                inputs[1] = client_file
+                inputs[Path(files[1]).name] = client_file
             install_inputs(root, inputs)
             party0, outputs = _run_once(root, spec, manifest, extra, timeout_s, Path(tmp) / "logs" / str(index))
             stats.append(party0)

@@ -53,6 +53,7 @@ class Manifest:
     warnings: list[str] = field(default_factory=list)
     # compiler.calibrate: samples, margin, input_range/input_bound (party 1's guard), tensor ranges, choices per site
     calibration: dict[str, Any] | None = None
+    security: dict[str, Any] | None = None  # the protocol's security model (profiles.SecurityModel.as_dict)
     directory: Path = field(default=Path("."), repr=False, compare=False)
 
     def to_json(self) -> str:

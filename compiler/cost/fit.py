@@ -1,6 +1,8 @@
 """Fit the per-primitive cost formulas of :mod:`compiler.cost.primitives` to MP-SPDZ measurements.
 
-``python -m compiler.cost.fit [CSV]`` rewrites ``compiler/cost/fitted.py`` (CSV defaults to :func:`default_costs_csv`).
+``python -m compiler.cost.fit [CSV ...]`` rewrites ``compiler/cost/fitted.py`` (CSVs default to the shared
+:func:`default_costs_csv` for semi2k/dealer/replicated-ring plus :data:`PROTOCOL_COSTS`, this repository's
+measurements of rep4-ring, ps-rep-ring, trio and astra by ``benchmarks/calibrate_protocols.py``).
 The formulas (see :class:`compiler.cost.primitives.Formula`) are linear in a few features of n (elements of the
 vectorised call; matmul: M·P outputs and M·K·P scalar products), the compile-time budget B and the run-time
 preprocessing batch b; the chunk widths w (how much budget one element consumes) and v (how much of a batch)
@@ -39,7 +41,10 @@ def default_costs_csv() -> Path:
     return root / "mpspdz-costs" / "mpspdz_costs.csv"
 
 
-PROTOCOLS = {"semi2k": "semi2k", "dealer-ring": "dealer", "rep3-ring": "replicated-ring"}
+PROTOCOL_COSTS = Path(__file__).with_name("data") / "protocol_costs.csv"
+PROTOCOLS = {"semi2k": "semi2k", "dealer-ring": "dealer", "rep3-ring": "replicated-ring", "rep4-ring": "rep4-ring",
+             "ps-rep-ring": "ps-rep-ring", "sy-rep-ring": "sy-rep-ring", "trio": "trio", "astra": "astra",
+             "spdz2k": "spdz2k"}
 GRID = (1 / 8, 1 / 4, 1 / 2, 1, 3 / 2, 2, 3, 4, 8)
 CAPS = (2000.0, 4000.0, 8000.0, 16000.0, 32000.0, 1e9)
 MARGINAL_MIN, MARGINAL_WEIGHTS, ROW_TOLERANCE = 1000, (8.0, 4.0, 2.0, 1.5, 1.0), 0.22
@@ -189,6 +194,6 @@ def write(fits: dict, source: str) -> None:
 
 
 if __name__ == "__main__":
-    csv_path = sys.argv[1] if len(sys.argv) > 1 else str(default_costs_csv())
-    write(fit(load_rows(csv_path)), Path(csv_path).name)
+    paths = sys.argv[1:] or [str(default_costs_csv()), str(PROTOCOL_COSTS)]
+    write(fit([row for path in paths for row in load_rows(path)]), " ".join(Path(path).name for path in paths))
     print(f"wrote {OUT}")

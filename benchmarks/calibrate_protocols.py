@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--protocols", nargs="+", default=["rep4-ring", "ps-rep-ring", "trio", "astra"])
     p.add_argument("--primitives", nargs="+", default=[*PRIMITIVES, "matmul"])
+    p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="n of the element-wise calls")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--timeout", type=float, default=900.0)
     args = p.parse_args(argv)
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 tmp = Path(tmp)
                 for prim in args.primitives:
                     cases = [(m * pp, (m, kk, pp)) for m, kk, pp in MATMULS] if prim == "matmul" else \
-                        [(n, None) for n in SIZES]
+                        [(n, None) for n in args.sizes]
                     for n, shape in cases:
                         noop = "matnoop" if shape else "noop"
                         if compile_only:

@@ -5,14 +5,15 @@
 Method (the shared `mpspdz-costs` calibration's, written as rows the fit reads the same way): each primitive is ONE
 vectorised call over n elements in `start_timer(1)/stop_timer(1)`, its inputs secret from party 0 outside the
 timer; compiled as the compiler's profiles compile (`-E <protocol> -R 64 -b 100000 -M`, the profile's truncation)
-and run once with `-v` by the runtime's own launcher (so trio/astra run with their preprocessing parties). Columns:
+and run once with `-v` by the runtime's own launcher (so trio/astra run with their preprocessing parties). Columns (the shared calibration's names; ``timer_s_median`` holds the fastest of ``--repeats`` runs):
 ``p0_timer_*`` = party 0's ``Time1`` line (trio/astra: plus its preprocessing process's); ``allparties_timer_MB``
 = the sum of every process's ``Time1`` MB; ``op_*_MB`` = the whole program's `-v` online/offline bytes minus those
 of the same program with an empty timer (``noop``/``matnoop``), so the op's own online and preprocessing shares
 (trio/astra: a preprocessing process's whole traffic is offline). Rounds: offline = that difference (at most the
 timer's rounds; trio/astra: the preprocessing process's ``Time1`` rounds), online = the timer's rest (the whole
 program's online difference also counts rounds the op adds to the surrounding input/reveal, e.g. +4 in rep4-ring). Bytes and
-rounds are deterministic; seconds are one run on a loaded 2-core machine (indicative only).
+rounds are deterministic; seconds are the fastest of ``--repeats`` runs on a shared 2-core machine (other jobs
+slow a run down, never speed it up; still indicative only: single runs varied up to 10×).
 
 A protocol the build cannot run (spdz2k in a USE_KOS build) gets rows of MP-SPDZ's *compiler estimate* instead
 (run_flags ``compile-only``): ``Expected communication is X MB online and Y MB offline`` (all parties, split
@@ -102,7 +103,7 @@ def measure(mpspdz, protocol: str, prim: str, n: int, shape, tmp: Path, timeout_
     values = inputs(prim, n, shape, rng)
     name = f"cal_{prim}_{n}"
     work = tmp / name
-    work.mkdir()
+    work.mkdir(parents=True)
     (work / f"{name}.mpc").write_text(program(prim, n, shape, profile.trunc == "trunc_pr"))
     (work / "input").write_text(" ".join(f"{v:.6f}" for v in values) + "\n")
     root = make_overlay(mpspdz, work / "mp", spec, work / f"{name}.mpc")
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="n of the element-wise calls")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--repeats", type=int, default=1, help="runs per measured program; seconds: the fastest")
     args = p.parse_args(argv)
     mpspdz = find_mpspdz()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,9 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                         else:
                             if (n, shape) not in baselines:
                                 baselines[n, shape] = measure(mpspdz, protocol, noop, n, shape, tmp, args.timeout)
-                            written = row(protocol, prim, n, shape,
-                                          measure(mpspdz, protocol, prim, n, shape, tmp, args.timeout),
-                                          baselines[n, shape])
+                            runs = [measure(mpspdz, protocol, prim, n, shape, tmp / str(i), args.timeout)
+                                    for i in range(args.repeats)]
+                            written = row(protocol, prim, n, shape, runs[0], baselines[n, shape])
+                            written["timer_s_median"] = min(r["stats"][0].timers[1].seconds for r in runs)
                         writer.writerow(written)
                         sink.flush()
                         print(f"{protocol} {prim} n={n}: {written['allparties_timer_MB']:.6g} MB all, "

@@ -110,3 +110,19 @@ def test_mpcvit_run_of_spdz2k_in_a_kos_build_is_one_line_and_exit_code_2(tmp_pat
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
     assert "USE_KOS = 1 in CONFIG.mine" in err and "the cost model expects" in err and os.sep not in err[:6]
+
+
+def test_protocol_table_puts_measured_and_cost_model_figures_side_by_side():
+    from benchmarks.report import protocol_table
+
+    cost = {"bytes_p0": 2e6, "bytes_all": 5e6, "rounds": 700, "online_bytes_all": 3e6, "offline_bytes_all": 2e6}
+    real = {"time_s": 1.5, "bytes_party0": 2.1e6, "global_bytes": 5.2e6, "rounds": 690, "top1_agreement": 1.0,
+            "online": {"bytes": 1e6, "rounds": 500, "seconds": 1.0}, "offline": {"bytes": 1.1e6, "rounds": 190}}
+    base = {"model": "m", "attention": "softmax", "templates": "mpcvit", "cost": cost, "cost_latency_s": 0.2,
+            "security": PROTOCOLS["trio"].security.as_dict()}
+    rows = protocol_table([{**base, "protocol": "trio", "network": "lan", "real": real},
+                           {**base, "protocol": "trio", "network": "wan", "real": real},  # LAN rows only
+                           {**base, "protocol": "semi2k", "network": "lan", "real": None}])  # cost model only
+    assert [r["protocol"] for r in rows] == ["semi2k", "trio"]
+    assert rows[1]["MB_all"] == 5.2 and rows[1]["cost_MB_all"] == 5.0 and rows[1]["offline_MB_p0"] == 1.1
+    assert rows[1]["security"] == "semi-honest, honest majority" and rows[0]["MB_all"] is None

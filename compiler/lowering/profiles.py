@@ -101,6 +101,8 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                            SecurityModel("malicious", "dishonest", 1, "party 0 and party 1 compute (MAC-checked "
                                          "shares, OT-based preprocessing)"), needs_softspoken=True),
 }
+# the original three semi-honest protocols: the default set of benchmarks and numeric checks
+SEMI_HONEST_CORE = ("semi2k", "dealer", "replicated-ring")
 ALIASES = {"dealer-ring": "dealer", "rep3-ring": "replicated-ring", "ring": "replicated-ring", "rep4": "rep4-ring"}
 RING_BITS = 64
 DEFAULT_F = 16

@@ -36,7 +36,7 @@ from compiler.calibrate import calibrate
 from compiler.errors import UserError, run_cli
 from compiler.ir import Graph, Node, Value
 from compiler.lowering import get_profile, lower
-from compiler.lowering.profiles import DEFAULT_F, PROTOCOLS
+from compiler.lowering.profiles import DEFAULT_F, PROTOCOLS, SEMI_HONEST_CORE
 from compiler.reference import execute
 
 SECTIONS = ("layernorm", "rows", "digits", "random")
@@ -232,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.fidelity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
-    p.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
+    p.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(SEMI_HONEST_CORE))
     p.add_argument("--cache", default="out/fidelity-cache", help="trained digits checkpoints (default %(default)s)")
     p.add_argument("--epochs", type=int, default=DIGITS_EPOCHS, help="digits training epochs (default %(default)s)")
     p.add_argument("--digits-images", type=int, default=200, help="digits test images (default %(default)s)")

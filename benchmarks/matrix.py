@@ -157,9 +157,12 @@ def measure_group(members: list[Cell], tmp: Path, args: argparse.Namespace) -> I
             "attention": cell.attention, "mlp": cell.mlp, "protocol": cell.protocol, "templates": cell.templates,
             "batch": cell.batch, "online_only": cell.online_only,
             "head_kinds": compiled.program.graph.metadata.get("mpcvit.head_kinds"),
+            "security": compiled.program.profile.spec.security.as_dict(),
             # the cost model prices mpcvit's plans; the ml baseline is only measured
             "cost": None if cell.templates != "mpcvit" else {"bytes_p0": total.bytes_p0, "bytes_all": total.bytes_all, "rounds": total.rounds,
                      "online_rounds": total.online_rounds, "online_bytes_all": total.online_bytes_all,
+                     "offline_rounds": total.rounds - total.online_rounds,
+                     "offline_bytes_all": total.bytes_all - total.online_bytes_all,
                      "compute_s": total.seconds},
             "cost_by_op": None if cell.templates != "mpcvit" else {
                 op: {"bytes_all": c.bytes_all, "rounds": c.rounds, "latency_lan_s": c.latency("lan"),

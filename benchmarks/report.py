@@ -56,6 +56,32 @@ def flat(record: dict[str, Any]) -> dict[str, Any]:
             "images": real.get("images"), "plaintext_accuracy": record.get("plaintext_accuracy")}
 
 
+def protocol_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model, attention and protocol (LAN records of real runs): measured time, party-0 and all-party MB,
+    rounds and the online/preprocessing split beside the cost model's figures. Measured online/offline: party 0's
+    `-v` split (trio/astra: its preprocessing process's traffic is the offline part); the cost model's: all
+    parties' bytes and party 0's rounds of each phase."""
+    rows = []
+    for r in records:
+        real, cost = r.get("real"), r.get("cost") or {}
+        if r["network"] != "lan" or r.get("templates") != "mpcvit":
+            continue
+        online, offline = (real or {}).get("online") or {}, (real or {}).get("offline") or {}
+        security = r.get("security") or {}
+        rows.append({
+            "model": r["model"], "attention": r["attention"], "protocol": r["protocol"],
+            "security": f"{security.get('adversary', '?')}, {security.get('majority', '?')} majority",
+            "time_s": real and real["time_s"], "MB_p0": real and _mb(real["bytes_party0"]),
+            "MB_all": real and _mb(real["global_bytes"]), "rounds": real and real["rounds"],
+            "online_MB_p0": _mb(online.get("bytes")), "offline_MB_p0": _mb(offline.get("bytes")),
+            "online_rounds": online.get("rounds"), "offline_rounds": offline.get("rounds"),
+            "cost_MB_p0": _mb(cost.get("bytes_p0")), "cost_MB_all": _mb(cost.get("bytes_all")),
+            "cost_rounds": cost.get("rounds"), "cost_online_MB_all": _mb(cost.get("online_bytes_all")),
+            "cost_offline_MB_all": _mb(cost.get("offline_bytes_all")), "cost_lan_s": r.get("cost_latency_s"),
+            "top1_agreement": real and real.get("top1_agreement")})
+    return sorted(rows, key=lambda row: (row["model"], row["attention"], row["protocol"]))
+
+
 def _mb(value: float | None) -> float | None:
     return None if value is None else value / 1e6
 
@@ -283,6 +309,10 @@ def write_report(results: Path, out: Path) -> str:
                 "cost_latency_s: the cost model's conservative estimate (rounds × round-trip time + all parties' "
                 "bytes / bandwidth + modelled compute), so the two differ by construction", "",
                 markdown_table(rows)]
+    protocols = protocol_table(records)
+    if len({row["protocol"] for row in protocols}) > 1:
+        sections += ["", "## Protocols side by side (LAN; measured, then the cost model's figures)", "",
+                     markdown_table(protocols)]
     errors = cost_model_errors(records)
     if errors:
         sections += ["", f"## Cost model vs MP-SPDZ (relative error; tolerance ±{COST_TOLERANCE:.0%})", "",

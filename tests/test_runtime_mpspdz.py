@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compiler.errors import MPSPDZError
 from compiler.runtime import run
 from compiler.runtime.mpspdz import MPSPDZ, mpspdz_version
 from compiler.runtime.prep import FAKE_OFFLINE
@@ -83,3 +84,25 @@ def test_compiled_vit_through_the_cli_agrees_with_onnxruntime(mpspdz: MPSPDZ, tm
     total = compiled.cost.total
     assert abs(saved["bytes_party0"] / 2 / total.bytes_p0 - 1) < 0.25
     assert abs(saved["rounds"] / 2 / total.rounds - 1) < 0.25
+
+
+@pytest.mark.parametrize("protocol", ["rep4-ring", "sy-rep-ring", "ps-rep-ring", "trio", "astra"])
+def test_linear_model_under_the_other_protocols(mpspdz: MPSPDZ, tmp_path: Path, protocol: str) -> None:
+    """Each protocol's processes (rep4-ring: 4 parties; trio/astra: 2 online + 3 preprocessing parties) compute
+    the same logits; trio/astra report their preprocessing process's traffic as party 0's offline phase."""
+    from compiler.runtime.mpspdz import check_protocol_ready, protocol_spec
+
+    try:
+        check_protocol_ready(mpspdz, protocol_spec(protocol))
+    except MPSPDZError as exc:
+        pytest.skip(str(exc))
+    images = RNG.uniform(-1, 1, (2, K)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=images, y=(images @ WEIGHTS).argmax(1))
+    result = run(linear_program(tmp_path, protocol), data=tmp_path / "data.npz", json_path=tmp_path / "r.json",
+                 mpspdz=mpspdz, client_input_writer=write_floats, reference=lambda x: x @ WEIGHTS, timeout_s=300)
+    np.testing.assert_allclose(result.logits, images @ WEIGHTS, atol=1e-3)  # inputs rounded to 2^-16: ~1e-4
+    assert result.top1_agreement == 1.0 and result.global_bytes >= result.bytes_party0 > 0
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert len(saved["processes"]) == protocol_spec(protocol).processes
+    if protocol in ("trio", "astra"):
+        assert saved["offline"]["bytes"] > 0 and saved["online"]["bytes"] > 0

@@ -94,7 +94,7 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
             binary=profile.binary, script=profile.script, n_parties=profile.n_parties,
             compile_flags=profile.compile_flags, compile_command=profile.compile_command(program.name),
             run_command=profile.run_command(program.name), f=profile.f, k=profile.k, ring_bits=profile.ring_bits,
-            truncation=profile.trunc, batch=program.batch, reveal=program.reveal, output_marker=OUTPUT_MARKER,
+            truncation=profile.trunc, security=profile.spec.security.as_dict(), batch=program.batch, reveal=program.reveal, output_marker=OUTPUT_MARKER,
             input_name=input_value.name, input_shape=list(image_shape), client_shape=list(input_value.shape),
             client_layout=layout,
             output_shape=[program.batch, 1 if program.reveal == "argmax" else per_image],

@@ -54,6 +54,7 @@ class Manifest:
     # compiler.calibrate: samples, margin, input_range/input_bound (party 1's guard), tensor ranges, choices per site
     calibration: dict[str, Any] | None = None
     input_files: dict[str, str] = field(default_factory=dict)  # party -> its binary input file, relative to OUT
+    security: dict[str, Any] | None = None  # the protocol's security model (profiles.SecurityModel.as_dict)
     directory: Path = field(default=Path("."), repr=False, compare=False)
 
     def to_json(self) -> str:

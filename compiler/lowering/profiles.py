@@ -23,24 +23,87 @@ RANK_NETWORK = "lan"  # candidates are ranked by their estimated latency on this
 
 
 @dataclass(frozen=True)
+class SecurityModel:
+    """Who is trusted with what under a protocol (MP-SPDZ's documentation of each protocol, 3a0a7b1d).
+
+    In every profile party 0 (the model owner) inputs the weights and party 1 (the client) the image(s); only
+    the outputs are revealed, to party 1. A corrupted party within ``corrupt`` learns nothing else (semi-honest:
+    if it follows the protocol; malicious: whatever it sends, and a cheating party makes the run abort)."""
+
+    adversary: str  # "semi-honest" | "malicious"
+    majority: str  # "honest" | "dishonest"
+    corrupt: int  # how many parties the adversary may control
+    roles: str  # every process that takes part, and what it holds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"adversary": self.adversary, "majority": self.majority, "corrupt": self.corrupt,
+                "roles": self.roles, "inputs": INPUTS, "learns": LEARNS}
+
+    def summary(self) -> str:
+        return f"{self.adversary}, {self.majority} majority, up to {self.corrupt} corrupt"
+
+
+INPUTS = "party 0 (model owner): the weights; party 1 (client): the image(s)"
+LEARNS = ("party 1 learns the revealed outputs (logits); no party learns anything else of the other's input, "
+          "only sizes (the model's shape is public)")
+
+
+@dataclass(frozen=True)
 class ProtocolSpec:
     name: str  # our flag value
     mpspdz: str  # `compile.py -E <mpspdz>`
     binary: str
     script: str
-    n_parties: int
+    n_parties: int  # processes of `binary` (trio/astra: the two online parties)
     dealer: int | None  # party index of the dealer, which holds no input
     trunc: str  # truncation of sfix products: both probabilistic (error < 1 LSB); "trunc_pr" = the protocol's own
-    # one-round instruction (compile.py enables it for replicated-ring), "generic" = MP-SPDZ's mask-and-open TruncPr
+    # one-round instruction (compile.py enables it for replicated-ring, rep4-ring, trio, astra), "generic" =
+    # MP-SPDZ's mask-and-open TruncPr (the malicious 3PCs have no trunc_pr instruction: TRUNC_PR fails at run time)
+    security: SecurityModel
+    prep_binary: str | None = None  # trio/astra: the 3 processes that make the program's preprocessing
+    prep_parties: int = 0
+    needs_softspoken: bool = False  # its OT-based preprocessing fails in a USE_KOS build ("Case not implemented")
 
 
+SEMI_HONEST_2 = SecurityModel("semi-honest", "dishonest", 1, "party 0 and party 1 compute")
 PROTOCOLS: dict[str, ProtocolSpec] = {
-    "semi2k": ProtocolSpec("semi2k", "semi2k", "semi2k-party.x", "Scripts/semi2k.sh", 2, None, "generic"),
-    "dealer": ProtocolSpec("dealer", "dealer-ring", "dealer-ring-party.x", "Scripts/dealer-ring.sh", 3, 2, "generic"),
+    "semi2k": ProtocolSpec("semi2k", "semi2k", "semi2k-party.x", "Scripts/semi2k.sh", 2, None, "generic",
+                           SEMI_HONEST_2),
+    "dealer": ProtocolSpec("dealer", "dealer-ring", "dealer-ring-party.x", "Scripts/dealer-ring.sh", 3, 2, "generic",
+                           SecurityModel("semi-honest", "honest", 1, "party 0 and party 1 compute; party 2, a "
+                                         "trusted dealer without input, sends them correlated randomness")),
     "replicated-ring": ProtocolSpec("replicated-ring", "replicated-ring", "replicated-ring-party.x",
-                                    "Scripts/ring.sh", 3, None, "trunc_pr"),
+                                    "Scripts/ring.sh", 3, None, "trunc_pr",
+                                    SecurityModel("semi-honest", "honest", 1, "parties 0, 1 and 2 compute; party 2 "
+                                                  "holds no input")),
+    "rep4-ring": ProtocolSpec("rep4-ring", "rep4-ring", "rep4-ring-party.x", "Scripts/rep4-ring.sh", 4, None,
+                              "trunc_pr", SecurityModel("malicious", "honest", 1, "parties 0-3 compute; parties 2 "
+                                                        "and 3 hold no input")),
+    "ps-rep-ring": ProtocolSpec("ps-rep-ring", "ps-rep-ring", "ps-rep-ring-party.x", "Scripts/ps-rep-ring.sh", 3,
+                                None, "generic",
+                                SecurityModel("malicious", "honest", 1, "parties 0, 1 and 2 compute (replicated "
+                                              "secret sharing, post-sacrifice checks); party 2 holds no input")),
+    "sy-rep-ring": ProtocolSpec("sy-rep-ring", "sy-rep-ring", "sy-rep-ring-party.x", "Scripts/sy-rep-ring.sh", 3,
+                                None, "generic",
+                                SecurityModel("malicious", "honest", 1, "parties 0, 1 and 2 compute (replicated "
+                                              "secret sharing with SPDZ-wise MACs); party 2 holds no input")),
+    "trio": ProtocolSpec("trio", "trio", "trio-party.x", "Scripts/trio.sh", 2, None, "trunc_pr",
+                         SecurityModel("semi-honest", "honest", 1, "preprocessing parties 0-2 make the "
+                                       "program's correlated randomness (prep party 2 holds no input and "
+                                       "takes no part online); online parties 0 and 1 compute"),
+                         prep_binary="trio-prep-party.x", prep_parties=3),
+    "astra": ProtocolSpec("astra", "astra", "astra-party.x", "Scripts/astra.sh", 2, None, "trunc_pr",
+                          SecurityModel("semi-honest", "honest", 1, "preprocessing parties 0-2 make the "
+                                        "program's correlated randomness (prep party 2 holds no input and "
+                                        "takes no part online); online parties 0 and 1 compute"),
+                          prep_binary="astra-prep-party.x", prep_parties=3),
+    "spdz2k": ProtocolSpec("spdz2k", "spdz2k", "spdz2k-party.x", "Scripts/spdz2k.sh", 2, None, "generic",
+                           SecurityModel("malicious", "dishonest", 1, "party 0 and party 1 compute (MAC-checked "
+                                         "shares, OT-based preprocessing)"), needs_softspoken=True),
 }
-ALIASES = {"dealer-ring": "dealer", "rep3-ring": "replicated-ring", "ring": "replicated-ring"}
+# the original three semi-honest protocols: the default set of benchmarks and numeric checks
+SEMI_HONEST_CORE = ("semi2k", "dealer", "replicated-ring")
+ALIASES = {"dealer-ring": "dealer", "rep3-ring": "replicated-ring", "ring": "replicated-ring", "rep4": "rep4-ring"}
 RING_BITS = 64
 DEFAULT_F = 16
 DEFAULT_K = 31
@@ -108,7 +171,10 @@ class Profile:
         return {"protocol": self.protocol, "mpspdz_protocol": self.mpspdz_protocol, "binary": self.binary,
                 "script": self.script, "n_parties": self.n_parties, "dealer": self.spec.dealer,
                 "ring_bits": self.ring_bits, "f": self.f, "k": self.k, "truncation": self.trunc,
-                "compile_flags": self.compile_flags, "approx": dict(self.approx)}
+                "compile_flags": self.compile_flags, "approx": dict(self.approx),
+                "security": self.spec.security.as_dict(),
+                **({"prep_binary": self.spec.prep_binary, "prep_parties": self.spec.prep_parties}
+                   if self.spec.prep_binary else {})}
 
 
 def protocol_spec(protocol: str) -> ProtocolSpec:

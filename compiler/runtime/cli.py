@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                  online_only=args.online_only, timeout_s=args.timeout, json_path=args.json)
     summary = {k: v for k, v in result.to_json().items()
                if k in ("protocol", "online_only", "time_s", "bytes_party0", "global_bytes", "rounds", "images",
-                        "top1_agreement", "max_logit_error", "network_model")}
+                        "top1_agreement", "max_logit_error", "network_model", "online", "offline", "security")}
     summary["outputs"] = [{"name": out["name"], "shape": out["shape"]} for out in result.details["outputs"]]
     json.dump(summary, sys.stdout, indent=2)
     print()

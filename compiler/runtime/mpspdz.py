@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 
 from compiler.errors import MPSPDZError
@@ -53,9 +54,20 @@ class ProtocolSpec:
     name: str          # mpcvit's name
     compile_name: str  # `./compile.py -E <compile_name>`
     binary: str
-    parties: int
+    parties: int       # processes of `binary`; party 0 holds the weights, party 1 the images and prints outputs
     pass_n: bool       # the binary takes `-N <parties>`
-    needs_ssl: bool    # 3-party protocols talk over TLS with Player-Data/P<i>.pem
+    needs_ssl: bool    # protocols of 3 or more parties talk over TLS with Player-Data/P<i>.pem
+    prep_binary: str | None = None  # trio/astra: `prep_parties` processes feed the online parties through FIFOs
+    prep_parties: int = 0
+    needs_softspoken: bool = False  # see check_protocol_ready
+
+    @property
+    def processes(self) -> int:
+        return self.parties + self.prep_parties
+
+    @property
+    def binaries(self) -> tuple[str, ...]:
+        return (self.binary,) + ((self.prep_binary,) if self.prep_binary else ())
 
     def party_command(self, index: int, port_base: int, program: str, extra: tuple[str, ...] = ()) -> list[str]:
         count = ["-N", str(self.parties)] if self.pass_n else []
@@ -63,14 +75,45 @@ class ProtocolSpec:
         return [f"./{self.binary}", *count, "-h", "localhost", "-pn", str(port_base), "-OF", ".", *extra,
                 str(index), program]
 
+    def launch_commands(self, port_base: int, program: str, extra: tuple[str, ...] = ()) -> list[list[str]]:
+        """Every process of one execution, online parties first (index i = party i), then the preprocessing
+        parties on ports ``port_base + parties + 1 ...`` (as `Scripts/astra-common.sh`: its own port range)."""
+        online = [self.party_command(i, port_base, program, extra) for i in range(self.parties)]
+        prep_base = port_base + self.parties + 1
+        return online + [[f"./{self.prep_binary}", "-h", "localhost", "-pn", str(prep_base), str(i), program]
+                         for i in range(self.prep_parties)]
+
+    def process_names(self) -> list[str]:
+        return ([f"{self.binary} party {i}" for i in range(self.parties)]
+                + [f"{self.prep_binary} party {i}" for i in range(self.prep_parties)])
+
 
 # Names, `-E` names, binaries and party counts come from the lowering's protocol profiles (one source of truth);
-# the runtime adds how the binary is started: replicated-ring-party.x has no `-N`, 3-party protocols use TLS.
+# the runtime adds how a binary is started: only semi2k and dealer-ring take `-N` (their `--help` lists it).
 PROTOCOLS: dict[str, ProtocolSpec] = {
-    name: ProtocolSpec(name, spec.mpspdz, spec.binary, spec.n_parties, pass_n=name != "replicated-ring",
-                       needs_ssl=spec.n_parties > 2)
+    name: ProtocolSpec(name, spec.mpspdz, spec.binary, spec.n_parties, pass_n=name in ("semi2k", "dealer"),
+                       needs_ssl=spec.n_parties + spec.prep_parties > 2, prep_binary=spec.prep_binary,
+                       prep_parties=spec.prep_parties, needs_softspoken=spec.needs_softspoken)
     for name, spec in LOWERING_PROTOCOLS.items()
 }
+# a trio/astra preprocessing party i hands party i's correlated randomness to online party i through FIFOs in
+# Player-Data/3-<protocol>-<domain>/ (`Scripts/astra-common.sh` makes them: threads 0..100, these domains)
+FIFO_DOMAINS = ("R-64", "B-64", "2-40", "2-128")
+FIFO_THREADS = 101
+
+
+def make_fifos(root: Path, spec: ProtocolSpec) -> None:
+    """Create the FIFOs through which `spec`'s preprocessing parties feed its online parties (none for others)."""
+    if spec.prep_binary is None:
+        return
+    for domain in FIFO_DOMAINS:
+        folder = root / "Player-Data" / f"3-{spec.compile_name}-{domain}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for kind, eda, party, thread in product(("Protocol", "Outputs"), ("edaBits-", ""), range(spec.prep_parties),
+                                                range(FIFO_THREADS)):
+            path = folder / f"{kind}-{eda}P{party}-T{thread}"
+            if not path.exists():
+                os.mkfifo(path)
 
 
 def protocol_spec(name: str) -> ProtocolSpec:
@@ -80,16 +123,36 @@ def protocol_spec(name: str) -> ProtocolSpec:
     return spec
 
 
-def check_protocol_ready(mpspdz: MPSPDZ, spec: ProtocolSpec) -> None:
-    """Stop with what exactly is missing: the party binary or the parties' SSL certificates."""
-    if not mpspdz.binary(spec.binary).is_file():
-        raise MPSPDZError(f"MP-SPDZ at {mpspdz.home} lacks {spec.binary} (needed for {spec.name}): "
-                          f"run `make {spec.binary}` there")
+def kos_build(mpspdz: MPSPDZ) -> bool:
+    """Whether the tree was built with the older OT extension (`USE_KOS = 1` in CONFIG.mine, for offline builds)."""
+    config = mpspdz.home / "CONFIG.mine"
+    text = config.read_text(errors="replace") if config.is_file() else ""
+    return re.search(r"^\s*USE_KOS\s*[:+]?=\s*1\b", text, re.M) is not None
+
+
+def check_protocol_ready(mpspdz: MPSPDZ, spec: ProtocolSpec, expected: dict | None = None) -> None:
+    """Stop with what exactly is missing: a build that cannot run the protocol, a binary or SSL certificates.
+
+    Checked before anything starts (not after a hang): a USE_KOS build cannot run `needs_softspoken` protocols;
+    the message then ends with the cost model's ``expected`` figures of the program (manifest ``expected``)."""
+    if spec.needs_softspoken and kos_build(mpspdz):
+        estimate = "" if not expected else (
+            f"; the cost model expects {expected['bytes_all'] / 1e9:,.1f} GB sent by all parties "
+            f"({expected['offline_bytes_all'] / 1e9:,.1f} GB preprocessing), {expected['rounds']:,.0f} rounds, "
+            f"~{expected['latency_lan_s']:,.0f} s on a LAN")
+        raise MPSPDZError(f"{spec.name} cannot run with the MP-SPDZ at {mpspdz.home}: it was built with USE_KOS = 1 "
+                          f"in CONFIG.mine, whose OT extension stops {spec.name}'s preprocessing with 'Fatal error in "
+                          f"OT thread: Case not implemented'; rebuild it without USE_KOS (needs libOTe){estimate}")
+    for binary in spec.binaries:
+        if not mpspdz.binary(binary).is_file():
+            raise MPSPDZError(f"MP-SPDZ at {mpspdz.home} lacks {binary} (needed for {spec.name}): "
+                              f"run `make {binary}` there")
     if spec.needs_ssl:
-        missing = [f"P{i}.pem" for i in range(spec.parties) if not (mpspdz.home / "Player-Data" / f"P{i}.pem").is_file()]
+        count = max(spec.parties, spec.prep_parties)
+        missing = [f"P{i}.pem" for i in range(count) if not (mpspdz.home / "Player-Data" / f"P{i}.pem").is_file()]
         if missing:
             raise MPSPDZError(f"{spec.name} needs SSL certificates {', '.join(missing)} in {mpspdz.home}/Player-Data: "
-                              f"run `Scripts/setup-ssl.sh {spec.parties}` in {mpspdz.home}")
+                              f"run `Scripts/setup-ssl.sh {count}` in {mpspdz.home}")
 
 
 def mpspdz_commit(mpspdz: MPSPDZ) -> str | None:

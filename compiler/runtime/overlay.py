@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from compiler.runtime.mpspdz import MPSPDZ, ProtocolSpec
+from compiler.runtime.mpspdz import MPSPDZ, ProtocolSpec, make_fifos
 
 PROGRAM_DIRS = ("Source", "Bytecode", "Schedules", "Public-Input", "Functions")
 
@@ -18,7 +18,7 @@ PROGRAM_DIRS = ("Source", "Bytecode", "Schedules", "Public-Input", "Functions")
 def make_overlay(mpspdz: MPSPDZ, root: Path, spec: ProtocolSpec, program: Path) -> Path:
     """Populate `root` as an overlay for running `program` (an `.mpc` file) under `spec`; returns `root`."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("compile.py", "Compiler", spec.binary):
+    for name in ("compile.py", "Compiler", *spec.binaries):
         (root / name).symlink_to(mpspdz.home / name)
     for sub in PROGRAM_DIRS:
         (root / "Programs" / sub).mkdir(parents=True, exist_ok=True)
@@ -28,6 +28,7 @@ def make_overlay(mpspdz: MPSPDZ, root: Path, spec: ProtocolSpec, program: Path) 
     for cert in (mpspdz.home / "Player-Data").iterdir():
         if cert.suffix in (".pem", ".key", ".0"):  # certificates, keys and their c_rehash links
             (player_data / cert.name).symlink_to(cert.resolve())
+    make_fifos(root, spec)
     return root
 
 

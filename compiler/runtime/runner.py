@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +29,7 @@ from compiler.runtime.mpspdz import (MPSPDZ, ProtocolSpec, check_protocol_ready,
                                      protocol_spec)
 from compiler.runtime.network import network_profile
 from compiler.runtime.overlay import install_inputs, make_overlay
-from compiler.runtime.parser import OUTPUT_MARKER, PartyStats, parse_party_output, revealed_outputs
+from compiler.runtime.parser import OUTPUT_MARKER, PartyStats, Phase, parse_party_output, revealed_outputs
 from compiler.runtime.prep import MAX_TUPLES, generate_fake_preprocessing, tuples_needed
 from compiler.runtime.processes import free_port_base, run_parties
 
@@ -94,7 +94,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     if online_only and spec.name != "semi2k":
         raise UserError(f"--online-only applies to semi2k (preprocessing from files), not {spec.name}")
     mpspdz = mpspdz or find_mpspdz()
-    check_protocol_ready(mpspdz, spec)
+    check_protocol_ready(mpspdz, spec, manifest.get("expected"))
     profile = network_profile(network)
     if json_path is not None:
         check_writable_file(Path(json_path), "--json")
@@ -207,14 +207,26 @@ def output_shapes(manifest: dict) -> list[tuple[int, ...]]:
 
 def _run_once(root: Path, spec: ProtocolSpec, manifest: dict, extra: tuple[str, ...], timeout_s: float,
               log_dir: Path) -> tuple[PartyStats, list[np.ndarray]]:
-    base = free_port_base(spec.parties + 1)
-    commands = [spec.party_command(i, base, manifest["name"], extra) for i in range(spec.parties)]
-    names = [f"{spec.binary} party {i}" for i in range(spec.parties)]
+    base = free_port_base(spec.processes + 1)
+    commands = spec.launch_commands(base, manifest["name"], extra)
+    names = spec.process_names()
     parties = run_parties(commands, root, timeout_s, log_dir, names)
     party0 = parse_party_output(parties[0].output, names[0])
     outputs = revealed_outputs(parties[1].output, output_shapes(manifest),
                                manifest.get("output_marker", OUTPUT_MARKER), names[1])
+    if spec.prep_parties:
+        party0 = with_preprocessing(party0, parse_party_output(parties[spec.parties].output, names[spec.parties]))
     return party0, outputs
+
+
+def with_preprocessing(online: PartyStats, prep: PartyStats) -> PartyStats:
+    """trio/astra: party 0's figures with its preprocessing process's (the same organisation runs both, joined by
+    FIFOs): the online party's `-v` split shows only the online phase, the preprocessing party all of its traffic.
+    Global bytes add both groups' `Global data sent`, rounds both parties' rounds; seconds are the online
+    party's (the preprocessing runs alongside, ahead of the online phase, and the online party waits for it)."""
+    return replace(online, bytes_sent=online.bytes_sent + prep.bytes_sent, rounds=online.rounds + prep.rounds,
+                   global_bytes=(online.global_bytes or 0) + (prep.global_bytes or 0),
+                   online=online.online, offline=Phase(prep.time_s, prep.bytes_sent, prep.rounds))
 
 
 PREPROCESSING = {"live": "live (included in the figures)", "files": "files (Fake-Offline.x, -F; excluded)",
@@ -242,6 +254,8 @@ def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[
         "model": manifest.get("model", manifest["name"]),
         "onnx_sha256": manifest.get("onnx", {}).get("sha256"),
         "compile_flags": manifest["compile_flags"],
+        "security": manifest.get("security"),
+        "processes": spec.process_names(),
         "f": manifest.get("f"), "k": manifest.get("k"),
         "approximations": manifest.get("approximations"),
         "batch": manifest["batch"],

@@ -10,6 +10,7 @@ import pytest
 
 import tiny_vit_ir
 from compiler.backend import Manifest, emit, write_client_input
+from compiler.backend.inputs import read_client_input
 from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs, strided_runs
 from compiler.errors import CompileError, UserError
 from compiler.ir import Value
@@ -109,7 +110,8 @@ def test_emit_writes_program_inputs_manifest_and_run_script(compiled):
     assert values.size == sum(w.size for w in params)
     first = prog.graph.values[manifest.weights[0]["name"]].data.reshape(-1)
     assert np.array_equal(values[:first.size], np.rint(first * 2 ** 16) / 2 ** 16)  # exact quantised decimals
-    client = np.array((out / "Player-Data" / "Input-P1-0").read_text().split(), dtype=np.float64)
+    count, *client = np.array((out / "Player-Data" / "Input-P1-0").read_text().split(), dtype=np.float64)
+    assert count == 1  # the number of batches the looped program reads first
     assert np.array_equal(client, np.rint(client_input(prog.graph, images).reshape(-1) * 2 ** 16) / 2 ** 16)
     data = json.loads((out / "manifest.json").read_text())
     assert data["protocol"] == "dealer" and data["mpspdz_protocol"] == "dealer-ring" and data["n_parties"] == 3
@@ -130,7 +132,9 @@ def test_program_is_vectorised_and_reveals_only_to_the_client(compiled):
     compile(text, "tiny_vit.mpc", "exec")  # valid Python, as MP-SPDZ's compiler needs
     assert re.findall(r"\.input_from\((\d)\)", text).count("1") == 1
     assert len(re.findall(r"\.input_from\(0\)", text)) == len(manifest.weights)
-    assert "reveal()" not in text and "print_ln(" not in text  # nothing revealed to everyone
+    # nothing revealed to everyone but the number of batches party 1 sends (public: every party loops that often)
+    assert text.count("reveal()") == 1 and "regint(sint.get_input_from(1).reveal())" in text
+    assert "print_ln(" not in text
     assert "print_ln_to(1, 'MPCVIT_OUT %s %s'" in text
     for use in prog.approx_uses():  # each approximation defined once
         assert text.count(f"def {use.fn_name}(") == 1
@@ -146,10 +150,17 @@ def test_write_client_input_lays_images_out_like_the_reference(compiled, tmp_pat
     from_dict = write_client_input(json.loads((out / "manifest.json").read_text()), images, tmp_path / "a")
     from_dir = write_client_input(out, images)
     assert from_dict.read_text() == from_dir.read_text()
-    values = np.array(from_dir.read_text().split(), dtype=np.float64)
-    assert np.array_equal(values, np.rint(client_input(prog.graph, images).reshape(-1) * 2 ** 16) / 2 ** 16)
+    count, *values = np.array(from_dir.read_text().split(), dtype=np.float64)
+    assert count == 1 and np.array_equal(values, np.rint(client_input(prog.graph, images).reshape(-1) * 2 ** 16) / 2 ** 16)
     with pytest.raises(UserError, match=r"compiled for \(2, 1, 8, 8\)"):
         write_client_input(out, images[:1, :, :4])
+    # three batches in one file, read back as the images party 1 input (fixed point: within half an ulp, 2^-17)
+    more = np.random.default_rng(6).uniform(-2, 2, (6, 1, 8, 8))
+    path = write_client_input(out, more, tmp_path / "b")
+    assert path.read_text().split()[0] == "3"
+    np.testing.assert_allclose(read_client_input(manifest.as_dict(), path), more, rtol=0, atol=2 ** -17)
+    with pytest.raises(UserError, match=r"compiled for \(2, 1, 8, 8\)"):  # not whole batches
+        write_client_input(out, more[:5])
 
 
 def test_argmax_reveal(tmp_path):

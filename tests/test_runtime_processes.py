@@ -23,16 +23,29 @@ from compiler.runtime.mpspdz import MPSPDZ, mpspdz_version, protocol_spec
 from compiler.runtime.processes import free_port_base, run_parties
 
 FAKE_PARTY = r'''#!PYTHON
-"""Fake MP-SPDZ party: FAKE_MODE = ok | crash | hang (FAKE_BAD_PARTY picks the party that misbehaves)."""
+"""Fake MP-SPDZ party: FAKE_MODE = ok | crash | lost | hang (FAKE_BAD_PARTY picks the party that misbehaves;
+FAKE_WHEN=v: only when party 1's input holds v; FAKE_ONCE=path: only while path does not exist, then creates it).
+FAKE_LOOP: party 1's input starts with the number of batches (a looped program)."""
 import os, socket, subprocess, sys, time
 args = sys.argv[1:]
 index, program, base = int(args[-2]), args[-1], int(args[args.index("-pn") + 1])
 listener = socket.socket()
 listener.bind(("127.0.0.1", base + index))  # fails if another run uses the same port
 print("Trying to run 64-bit computation", flush=True)
+x = [float(v) for v in open("Player-Data/Input-P1-0").read().split()][1 if os.environ.get("FAKE_LOOP") else 0:]
 mode = os.environ.get("FAKE_MODE", "ok") if str(index) == os.environ.get("FAKE_BAD_PARTY", "1") else "ok"
+if os.environ.get("FAKE_WHEN") and float(os.environ["FAKE_WHEN"]) not in x:
+    mode = "ok"
+if os.environ.get("FAKE_ONCE") and mode != "ok":
+    if os.path.exists(os.environ["FAKE_ONCE"]):
+        mode = "ok"
+    else:
+        open(os.environ["FAKE_ONCE"], "w").close()
 if mode == "crash":
     print("Fatal error at prog-0:0 (INPUTMIXED): not enough inputs", flush=True)
+    sys.exit(1)
+if mode == "lost":
+    print("Timed out waiting for peer. See https://mp-spdz.readthedocs.io/", flush=True)
     sys.exit(1)
 if mode == "hang":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -40,7 +53,6 @@ if mode == "hang":
     time.sleep(600)
 time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 if index == 1:  # the client: logits = 2 * its input, 3 per image
-    x = [float(v) for v in open("Player-Data/Input-P1-0").read().split()]
     for b in range(len(x) // 3):
         print(f"MPCVIT_OUT {b} [{', '.join(str(2 * v) for v in x[3 * b:3 * b + 3])}]")
 print("Spent 0.1 seconds (1 MB, 30 rounds) on the online phase and 0.15 seconds (0.5 MB, 10 rounds) on the "
@@ -373,3 +385,88 @@ def test_data_images_may_be_named_like_the_model_input(fake_mpspdz: MPSPDZ, prog
 def test_non_positive_timeout_is_rejected(fake_mpspdz: MPSPDZ, program_dir: Path) -> None:
     with pytest.raises(UserError, match=r"--timeout 0: give a positive number of seconds"):
         run(program_dir, "replicated-ring", timeout_s=0, mpspdz=fake_mpspdz, log=lambda m: None)
+
+
+@pytest.fixture
+def looped_dir(program_dir: Path) -> Path:
+    """The fake program as mpcvit-compile writes it now: it loops over the batches party 1 sends (count first)."""
+    manifest = json.loads((program_dir / "manifest.json").read_text())
+    (program_dir / "manifest.json").write_text(json.dumps({**manifest, "batch_loop": True, "input_shape": [2, 3],
+                                                           "expected": {"time_s": 0.5}}))
+    (program_dir / "Player-Data" / "Input-P1-0").write_text("2\n1 2 3 4 5 6 7 8 9 10 11 12\n")
+    return program_dir
+
+
+def test_every_run_reports_its_error_on_the_compiled_in_images(fake_mpspdz: MPSPDZ, looped_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --images/--data the float model runs on the images party 1's compiled-in file holds (it said null)."""
+    monkeypatch.setenv("FAKE_LOOP", "1")
+    seen: list[np.ndarray] = []
+
+    def plain(x: np.ndarray) -> np.ndarray:
+        seen.append(x)
+        return 2 * x + np.array([0.0, 0.0, 0.25])  # 0.25 off in the last logit: the error reported
+
+    result = run(looped_dir, mpspdz=fake_mpspdz, reference=plain, log=lambda m: None)
+    np.testing.assert_array_equal(seen[0], np.arange(1, 13).reshape(4, 3))  # exact decimals, read back exactly
+    assert result.images == 4 and result.max_logit_error == pytest.approx(0.25) and result.top1_agreement == 1.0
+    assert result.details["compiled_in_input"] and result.details["throughput"]["executions"] == 1
+
+
+def test_images_per_execution_from_the_cost_model() -> None:
+    """Start-up (1 s) at most 5 % of an execution: 0.5 s per batch -> 40 batches, spread evenly over executions."""
+    from compiler.runtime.runner import images_per_execution
+
+    manifest = {"batch": 2, "expected": {"time_s": 0.5}}
+    assert images_per_execution(manifest, 200) == 68  # 100 batches: 3 executions of 34, 34, 32
+    assert images_per_execution(manifest, 7) == 8  # one execution, whole batches
+    assert images_per_execution({"batch": 1, "expected": {"time_s": 60.0}}, 10) == 1  # long batches: one each
+
+
+def test_results_stream_and_a_transient_failure_is_retried(fake_mpspdz: MPSPDZ, looped_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """5 images, 2 per execution: the execution holding image value 7 loses a peer once and is repeated."""
+    monkeypatch.setenv("FAKE_LOOP", "1")
+    monkeypatch.setenv("FAKE_MODE", "lost")
+    monkeypatch.setenv("FAKE_BAD_PARTY", "2")
+    monkeypatch.setenv("FAKE_WHEN", "7")
+    monkeypatch.setenv("FAKE_ONCE", str(tmp_path / "failed-once"))
+    images = np.arange(15, dtype=np.float64).reshape(5, 3)
+    np.savez(tmp_path / "data.npz", x=images)
+    notes: list[str] = []
+    json_path = tmp_path / "result.json"
+    result = run(looped_dir, data=tmp_path / "data.npz", per_execution=2, json_path=json_path, mpspdz=fake_mpspdz,
+                 reference=lambda x: 2 * x, log=notes.append)
+    np.testing.assert_array_equal(result.logits, 2 * images)
+    saved = json.loads(json_path.read_text())
+    assert saved["complete"] is True and [e["attempts"] for e in saved["executions"]] == [1, 2, 1]
+    assert saved["throughput"]["retried_executions"] == 1 and "Timed out waiting for peer" in notes[-1]
+    monkeypatch.setenv("FAKE_ONCE", str(tmp_path / "again"))
+    with pytest.raises(MPSPDZError, match="party 2 failed"):  # a second loss of the same execution is final
+        run(looped_dir, data=tmp_path / "data.npz", per_execution=2, retries=0, mpspdz=fake_mpspdz,
+            reference=lambda x: 2 * x, log=notes.append)
+
+
+def test_an_interrupted_run_keeps_its_executions_and_resumes(fake_mpspdz: MPSPDZ, looped_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_LOOP", "1")
+    images = np.arange(30, dtype=np.float64).reshape(10, 3)
+    np.savez(tmp_path / "data.npz", x=images)
+    json_path = tmp_path / "result.json"
+    options = dict(data=tmp_path / "data.npz", per_execution=2, json_path=json_path, mpspdz=fake_mpspdz,
+                   reference=lambda x: 2 * x, log=lambda m: None)
+    monkeypatch.setenv("FAKE_MODE", "crash")  # not transient: the execution holding value 19 stops the run
+    monkeypatch.setenv("FAKE_WHEN", "19")
+    with pytest.raises(MPSPDZError, match="party 1 failed"):
+        run(looped_dir, **options)
+    saved = json.loads(json_path.read_text())
+    assert saved["complete"] is False and [e["first"] for e in saved["executions"]] == [0, 2, 4]
+    with pytest.raises(UserError, match=r"records another run \(its images_per_execution differ"):
+        run(looped_dir, **{**options, "per_execution": 4}, resume=True)
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    result = run(looped_dir, **options, resume=True)
+    np.testing.assert_array_equal(result.logits, 2 * images)
+    saved = json.loads(json_path.read_text())
+    assert saved["complete"] is True and saved["batches"] == 5 and len(saved["executions"]) == 5
+    with pytest.raises(UserError, match="already complete"):
+        run(looped_dir, **options, resume=True)

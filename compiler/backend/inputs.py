@@ -82,8 +82,60 @@ def client_values(images: np.ndarray, image_shape: tuple[int, ...], layout: list
     return flat.reshape(-1) if layout is None else flat[:, np.asarray(layout, dtype=np.int64)].reshape(-1)
 
 
+def client_text(manifest: dict[str, Any], images: np.ndarray) -> str:
+    """Party 1's input file for ``images`` ([n·B, C, H, W], normalised; n >= 1 batches of the compiled batch B).
+
+    A looped program (``manifest["batch_loop"]``) reads the number of batches n first, then n batches; an older
+    one reads exactly one batch (n must be 1). Raises UserError when the images are not whole batches."""
+    image_shape = tuple(manifest["input_shape"])
+    batch = int(image_shape[0])
+    images = np.asarray(images, dtype=np.float64)
+    if images.shape == image_shape[1:]:
+        images = images[None]
+    batches = len(images) // batch if images.ndim == len(image_shape) and len(images) % batch == 0 else 0
+    if not batches or (batches > 1 and not manifest.get("batch_loop")):
+        return quantised_text([client_values(images, image_shape, manifest.get("client_layout"))],
+                              _fixed_point(manifest))  # raises the one-batch shape error
+    values = [client_values(images[i * batch:(i + 1) * batch], image_shape, manifest.get("client_layout"))
+              for i in range(batches)]
+    text = quantised_text(values, _fixed_point(manifest))
+    return f"{batches}\n{text}" if manifest.get("batch_loop") else text
+
+
+def read_client_input(manifest: dict[str, Any], path: str | Path) -> np.ndarray:
+    """The images ([n·B, C, H, W]) that party 1's input file ``path`` holds: the inverse of :func:`client_text`.
+
+    Image positions the layout never reads (none in a patch embedding that covers the image) come back as 0;
+    they cannot change the model's outputs. Raises UserError when the file does not hold whole batches."""
+    image_shape = tuple(manifest["input_shape"])
+    try:
+        values = np.array(Path(path).read_text().split(), dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not party 1's input file ({exc}); recompile the model or rewrite it with "
+                        f"write_client_input") from None
+    if manifest.get("batch_loop"):
+        values = values[1:]
+    batch, image_size = int(image_shape[0]), int(np.prod(image_shape[1:], dtype=np.int64))
+    layout = manifest.get("client_layout")
+    per_image = len(layout) if layout is not None else image_size
+    if values.size == 0 or values.size % (per_image * batch):
+        raise UserError(f"{path} holds {values.size} values, not whole batches of {batch} images of {per_image}: "
+                        f"rewrite it with write_client_input")
+    rows = values.reshape(-1, per_image)
+    if layout is None:
+        return rows.reshape(-1, *image_shape[1:])
+    images = np.zeros((len(rows), image_size))
+    images[:, np.asarray(layout, dtype=np.int64)] = rows
+    return images.reshape(-1, *image_shape[1:])
+
+
+def _fixed_point(manifest: dict[str, Any]) -> FixedPoint:
+    return FixedPoint(int(manifest["f"]), int(manifest["k"]))
+
+
 def write_client_input(manifest: Any, images: np.ndarray, path: str | Path | None = None) -> Path:
-    """Write ``images`` (the model's input tensor, normalised, [B, C, H, W]) as party 1's input file.
+    """Write ``images`` (the model's input tensor, normalised, [n·B, C, H, W]) as party 1's input file
+    (:func:`client_text`: n batches of the compiled batch B in one execution of a looped program).
 
     ``manifest``: a :class:`~compiler.backend.manifest.Manifest`, its dict (manifest.json loaded), or the
     directory / manifest.json of a compiled program. ``path`` defaults to ``<dir>/Player-Data/Input-P1-0``.
@@ -97,7 +149,6 @@ def write_client_input(manifest: Any, images: np.ndarray, path: str | Path | Non
         directory, manifest = manifest.directory, manifest.as_dict()
     if path is None and directory is None:
         raise UserError("write_client_input: give the output path (the manifest does not say where it lives)")
-    values = client_values(images, tuple(manifest["input_shape"]), manifest.get("client_layout"))
     target = Path(path) if path is not None else Path(directory) / "Player-Data" / "Input-P1-0"
-    write_text(target, quantised_text([values], FixedPoint(int(manifest["f"]), int(manifest["k"]))))
+    write_text(target, client_text(manifest, images))
     return target

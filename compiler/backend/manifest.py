@@ -53,6 +53,8 @@ class Manifest:
     warnings: list[str] = field(default_factory=list)
     # compiler.calibrate: samples, margin, input_range/input_bound (party 1's guard), tensor ranges, choices per site
     calibration: dict[str, Any] | None = None
+    # the program loops over batches: party 1's input starts with their number (compiler.backend.inputs.client_text)
+    batch_loop: bool = False
     directory: Path = field(default=Path("."), repr=False, compare=False)
 
     def to_json(self) -> str:

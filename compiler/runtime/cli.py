@@ -15,9 +15,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", help=f"{', '.join(PROTOCOLS)} (default: the one it was compiled for)")
     p.add_argument("--images", type=int, help="run N test images of the model's dataset, in batches of the program's "
                                               "batch size, and report top-1 agreement with the plaintext model")
+    p.add_argument("--per-execution", type=int, metavar="N",
+                   help="images per MP-SPDZ execution (whole batches; default: from the cost model, so that process "
+                        "start-up and TLS set-up are a small share)")
     p.add_argument("--data", help="images from an .npz instead: model-ready images (the array named like the model "
                                   "input, else x, else the first) and optional labels y")
-    p.add_argument("--json", help="write the results JSON here (only when the run succeeds)")
+    p.add_argument("--json", help="write the results JSON here: updated after every execution, \"complete\": true "
+                                  "only when the whole run succeeded")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run recorded in --json (same program, images and --per-execution)")
+    p.add_argument("--retries", type=int, default=1,
+                   help="repeat an execution that failed transiently (lost peer, killed party) this often (default 1)")
     p.add_argument("--network", choices=("lan", "wan"), default="lan",
                    help="network profile of the modelled latency (default: lan)")
     p.add_argument("--online-only", action="store_true",
@@ -36,10 +44,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from compiler.runtime.runner import run
 
     result = run(args.out, args.protocol, images=args.images, data=args.data, network=args.network,
-                 online_only=args.online_only, timeout_s=args.timeout, json_path=args.json)
+                 online_only=args.online_only, timeout_s=args.timeout, json_path=args.json,
+                 per_execution=args.per_execution, retries=args.retries, resume=args.resume)
     summary = {k: v for k, v in result.to_json().items()
                if k in ("protocol", "online_only", "time_s", "bytes_party0", "global_bytes", "rounds", "images",
-                        "top1_agreement", "max_logit_error", "network_model")}
+                        "top1_agreement", "max_logit_error", "network_model", "throughput")}
     summary["outputs"] = [{"name": out["name"], "shape": out["shape"]} for out in result.details["outputs"]]
     json.dump(summary, sys.stdout, indent=2)
     print()

@@ -470,3 +470,50 @@ def test_an_interrupted_run_keeps_its_executions_and_resumes(fake_mpspdz: MPSPDZ
     assert saved["complete"] is True and saved["batches"] == 5 and len(saved["executions"]) == 5
     with pytest.raises(UserError, match="already complete"):
         run(looped_dir, **options, resume=True)
+
+
+def test_host_files_and_party_failures_are_one_line(tmp_path: Path) -> None:
+    from compiler.runtime.hosts import explain_failure, read_hosts
+    from compiler.runtime.processes import PartyFailure
+
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("# parties 0..2\n10.0.0.1\n\n10.0.0.2:7001\n10.0.0.3:7002\n")
+    assert read_hosts(hosts, 3) == [("10.0.0.1", 5000), ("10.0.0.2", 7001), ("10.0.0.3", 7002)]  # 5000 + party
+    with pytest.raises(UserError, match=r"--hosts .*: 3 host line\(s\), the protocol needs 4"):
+        read_hosts(hosts, 4)
+    hosts.write_text("10.0.0.1:http\n")
+    with pytest.raises(UserError, match=r"line 1 '10.0.0.1:http' is not host or host:port"):
+        read_hosts(hosts, 1)
+    parsed = [("10.0.0.1", 5000), ("10.0.0.2", 7001), ("10.0.0.3", 7002)]
+
+    def failure(last: str) -> str:
+        return str(explain_failure(PartyFailure(f"party failed (exit code 1); its last lines:\n{last}", False), 0,
+                                   parsed, "ab" * 32, tmp_path))
+
+    assert failure("cannot connect from P0 to 10.0.0.2:7001 after 40 attempts in 60 seconds because Connection "
+                   "refused.") == ("party 0: no answer from party 1 at 10.0.0.2:7001; start `mpcvit run --party 1` "
+                                   "on that host with the same --hosts file, and open that port")
+    assert failure("set_up_socket:bind: Address already in use").startswith("party 0: port 5000 on this host is in use")
+    assert "the certificates differ; make them once with `mpcvit certs`" in failure(
+        "Server-side handshake with P2 failed. Make sure both sides have the necessary certificate")
+    assert "different programs (bytecode sha256 here abababab" in failure("program differs between parties")
+
+
+def test_certificates_follow_setup_ssl(tmp_path: Path) -> None:
+    """Party i's folder: its own key, every party's certificate (CN P<j>) and the c_rehash links MP-SPDZ needs."""
+    import shutil
+    import subprocess
+
+    from compiler.runtime.hosts import make_certificates
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folders = make_certificates(tmp_path / "certs", 3)
+    assert [f.name for f in folders] == ["party0", "party1", "party2"] and not (tmp_path / "certs" / "keys").exists()
+    for i, folder in enumerate(folders):
+        names = sorted(p.name for p in folder.iterdir() if not p.is_symlink())
+        assert names == sorted([f"P{i}.key", "P0.pem", "P1.pem", "P2.pem"])
+        assert len([p for p in folder.iterdir() if p.is_symlink() and p.name.endswith(".0")]) == 3
+    subject = subprocess.run(["openssl", "x509", "-noout", "-subject", "-in", str(folders[0] / "P2.pem")],
+                             capture_output=True, text=True).stdout
+    assert "CN = P2" in subject or "CN=P2" in subject

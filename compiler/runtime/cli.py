@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from compiler.errors import UserError
 from compiler.runtime.mpspdz import PROTOCOLS
 
 
@@ -31,7 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--online-only", action="store_true",
                    help="semi2k: preprocessing from files (Fake-Offline.x, -F); times exclude it")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before all parties are stopped (default 600)")
+    p.add_argument("--party", type=int, help="run only this party, on this host (needs --hosts): 0 model owner, "
+                                             "1 client (--images/--data; receives the outputs), 2 no input")
+    p.add_argument("--hosts", help="MP-SPDZ host file: one host[:port] line per party, in party order")
+    p.add_argument("--certs", help="with --party: this party's folder from `mpcvit certs` (default: the MP-SPDZ "
+                                   "tree's Player-Data)")
     p.set_defaults(run=cmd_run)
+
+    c = subparsers.add_parser("certs", help="make every party's TLS key and certificate (MP-SPDZ's setup-ssl.sh "
+                                            "conventions) and say which files go to which host")
+    c.add_argument("out", help="folder to write party0/, party1/, ... into")
+    c.add_argument("--parties", type=int, default=3, help="number of parties (default 3)")
+    c.add_argument("--days", type=int, default=365, help="validity of the certificates (default 365)")
+    c.set_defaults(run=cmd_certs)
 
     from benchmarks.matrix import add_arguments
 
@@ -43,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from compiler.runtime.runner import run
 
+    if (args.party is None) != (args.hosts is None):
+        raise UserError("--party and --hosts go together: run one party on this host, its peers in the host file")
+    if args.party is not None:
+        return cmd_run_party(args)
+    if args.certs is not None:
+        raise UserError("--certs applies to one party on its own host (--party, --hosts)")
     result = run(args.out, args.protocol, images=args.images, data=args.data, network=args.network,
                  online_only=args.online_only, timeout_s=args.timeout, json_path=args.json,
                  per_execution=args.per_execution, retries=args.retries, resume=args.resume)
@@ -52,6 +71,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary["outputs"] = [{"name": out["name"], "shape": out["shape"]} for out in result.details["outputs"]]
     json.dump(summary, sys.stdout, indent=2)
     print()
+    return 0
+
+
+def cmd_run_party(args: argparse.Namespace) -> int:
+    from compiler.runtime.hosts import run_party
+
+    if args.online_only or args.resume or args.per_execution is not None:
+        raise UserError("--online-only, --resume and --per-execution apply to runs of all parties on this host")
+    result = run_party(args.out, args.party, args.hosts, args.protocol, images=args.images, data=args.data,
+                       certs=args.certs, timeout_s=args.timeout, json_path=args.json)
+    json.dump({k: v for k, v in result.items() if k != "outputs"}, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from compiler.runtime.hosts import make_certificates
+
+    for index, folder in enumerate(make_certificates(Path(args.out), args.parties, args.days)):
+        files = sorted(path.name for path in folder.iterdir() if not path.name.endswith(".0"))
+        print(f"party {index}'s host: copy {folder}/ ({', '.join(files)} and their c_rehash links) and run "
+              f"mpcvit run OUT --party {index} --hosts HOSTS --certs FOLDER")
+    print("each key P<i>.key stays on party i's host only")
     return 0
 
 

@@ -174,8 +174,14 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
                 inputs[1], rows = Path(tmp) / "client-input", len(chunk)
                 (client_input_writer or write_client_input)(manifest, chunk, inputs[1])
             install_inputs(root, inputs)
-            entry = _execute(root, spec, manifest, program, extra, timeout_s, Path(tmp) / "logs" / str(index),
-                             rows, retries, log)
+            try:
+                entry = _execute(root, spec, manifest, program, extra, timeout_s, Path(tmp) / "logs" / str(index),
+                                 rows, retries, log)
+            except MPSPDZError as exc:
+                if json_path is None or not journal:
+                    raise
+                raise MPSPDZError(f"{exc}\n{len(journal)} of {len(plan)} executions are kept in {json_path}: finish "
+                                  f"the run with the same command and --resume") from None
             journal.append({"index": index, "first": first, "images": size, **entry,
                             "outputs": [part[:size].tolist() for part in entry["outputs"]]})
             if json_path is not None:

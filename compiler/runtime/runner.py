@@ -191,6 +191,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     mpc_outputs = [np.concatenate([np.asarray(entry["outputs"][j]) for entry in journal])
                    for j in range(len(journal[0]["outputs"]))]
     result = _result(manifest, spec, preprocessing, stats, mpc_outputs, x, y, plain, profile, mpspdz, compile_s)
+    result.batches = sum(-(-entry["images"] // batch) for entry in journal)  # batches of B, several per execution
     wall = sum(entry["wall_s"] for entry in journal)
     result.details["throughput"] = {
         "images_per_execution": per_batch, "executions": len(journal), "wall_s": wall,

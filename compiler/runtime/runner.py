@@ -136,6 +136,8 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     looped = bool(manifest.get("batch_loop"))
     if not looped:
         per_batch = batch  # an older program: one batch per execution
+    elif compiled_in:
+        per_batch = -(-count // batch) * batch  # the compiled-in file is one execution's input
     elif per_execution is None:
         per_batch = images_per_execution(manifest, count)
     else:
@@ -207,8 +209,9 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
 
 
 # Per-execution cost that a loop over batches pays once: process start, TLS set-up between 3 parties and reading
-# the program, about 1 s per execution measured here (mpcvit run, digits vit_2_4_8, wall minus MP-SPDZ's `Time =`;
-# benchmarks/throughput.py prints it), and the share of an execution's time it may take when images are many.
+# the program. benchmarks/throughput.py prints it (wall minus MP-SPDZ's `Time =`): 0.2-0.3 s on this 2-core machine
+# when lightly loaded, about 1 s under load (the figure used: a longer execution costs little); and the share of an
+# execution's time it may take when images are many.
 STARTUP_S = 1.0
 STARTUP_SHARE = 0.05
 MAX_EXECUTION_S = 120.0  # a lost (retried or resumed) execution costs at most about this much

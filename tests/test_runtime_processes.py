@@ -493,7 +493,7 @@ def test_host_files_and_party_failures_are_one_line(tmp_path: Path) -> None:
     assert failure("cannot connect from P0 to 10.0.0.2:7001 after 40 attempts in 60 seconds because Connection "
                    "refused.") == ("party 0: no answer from party 1 at 10.0.0.2:7001; start `mpcvit run --party 1` "
                                    "on that host with the same --hosts file, and open that port")
-    assert failure("set_up_socket:bind: Address already in use").startswith("party 0: port 5000 on this host is in use")
+    assert failure("Binding to socket on P0:5000 failed (Address already in use), trying again").startswith("party 0: port 5000 on this host is in use")
     assert "the certificates differ; make them once with `mpcvit certs`" in failure(
         "Server-side handshake with P2 failed. Make sure both sides have the necessary certificate")
     assert "different programs (bytecode sha256 here abababab" in failure("program differs between parties")
@@ -517,3 +517,27 @@ def test_certificates_follow_setup_ssl(tmp_path: Path) -> None:
     subject = subprocess.run(["openssl", "x509", "-noout", "-subject", "-in", str(folders[0] / "P2.pem")],
                              capture_output=True, text=True).stdout
     assert "CN = P2" in subject or "CN=P2" in subject
+
+
+def test_party_port_in_use_is_one_line_before_mpspdz_starts(fake_mpspdz: MPSPDZ, looped_dir: Path,
+                                                            tmp_path: Path) -> None:
+    from compiler.runtime.hosts import run_party
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for name in ("P1.key", "P0.pem", "P1.pem", "P2.pem"):
+        (certs / name).write_text("x")
+    base = free_port_base(3)
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("".join(f"127.0.0.1:{base + i}\n" for i in range(3)))
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", base + 1))
+    holder.listen()
+    try:  # MP-SPDZ itself would retry binding for 10 minutes
+        with pytest.raises(UserError, match=rf"party 1: port {base + 1} on this host is in use"):
+            run_party(looped_dir, 1, hosts, certs=certs, mpspdz=fake_mpspdz, log=lambda m: None)
+    finally:
+        holder.close()
+    (certs / "P1.key").unlink()
+    with pytest.raises(UserError, match=r"lacks P1\.key; make the parties' certificates with `mpcvit certs"):
+        run_party(looped_dir, 1, hosts, certs=certs, mpspdz=fake_mpspdz, log=lambda m: None)

@@ -98,11 +98,18 @@ def run_emulated(out_dir: Path, network: str | None, images: int | None = None, 
     ``compiler.cost.network``, or None for the bare veth links); returns each party's result
     (:func:`compiler.runtime.hosts.run_party`), with ``wall_s`` the parties' execution time under that network.
     Raises MPSPDZError when a party fails (its error)."""
-    from compiler.runtime.mpspdz import protocol_spec
+    from compiler.runtime.hosts import compile_cached
+    from compiler.runtime.mpspdz import find_mpspdz, protocol_spec
+    from compiler.runtime.overlay import make_overlay
     from compiler.runtime.runner import load_manifest
 
     manifest = load_manifest(Path(out_dir))
-    parties = protocol_spec(manifest["protocol"]).parties
+    spec = protocol_spec(manifest["protocol"])
+    parties = spec.parties
+    mpspdz = find_mpspdz()
+    with tempfile.TemporaryDirectory(prefix="mpcvit-compile-") as warm:  # the parties then start together
+        compile_cached(make_overlay(mpspdz, Path(warm) / "o", spec, Path(out_dir) / f"{manifest['name']}.mpc"),
+                       manifest, spec, mpspdz)
     profile = get_network(network) if network else None
     with tempfile.TemporaryDirectory(prefix="mpcvit-emulated-", dir=work) as tmp, \
             party_namespaces(parties, profile.bandwidth_bps if profile else None) as net:

@@ -16,8 +16,11 @@ TLS follows MP-SPDZ's ``Scripts/setup-ssl.sh``: party i holds ``P<i>.key`` and e
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +33,7 @@ from compiler.backend import write_client_input
 from compiler.backend.inputs import read_client_input
 from compiler.calibrate import check_client_images
 from compiler.errors import MPSPDZError, UserError
-from compiler.runtime.mpspdz import MPSPDZ, check_protocol_ready, find_mpspdz, protocol_spec
+from compiler.runtime.mpspdz import MPSPDZ, check_protocol_ready, find_mpspdz, mpspdz_version, protocol_spec
 from compiler.runtime.overlay import install_inputs, make_overlay
 from compiler.runtime.parser import OUTPUT_MARKER, parse_party_output, revealed_outputs
 from compiler.runtime.processes import PartyFailure, run_parties
@@ -82,7 +85,7 @@ def explain_failure(exc: PartyFailure, party: int, hosts: list[tuple[str, int]],
         peer = next((i for i, h in enumerate(hosts) if h == (host, int(port))), "?")
         return MPSPDZError(f"party {party}: no answer from party {peer} at {host}:{port}; start `mpcvit run --party "
                            f"{peer}` on that host with the same --hosts file, and open that port")
-    if "set_up_socket:bind" in text or "Address already in use" in text:
+    if "set_up_socket:bind" in text or "Binding to socket on" in text:
         host, port = hosts[party]
         return MPSPDZError(f"party {party}: port {port} on this host is in use; stop what holds it or give party "
                            f"{party} another port in the --hosts file (line {host}:PORT) on every host")
@@ -94,6 +97,48 @@ def explain_failure(exc: PartyFailure, party: int, hosts: list[tuple[str, int]],
         return MPSPDZError(f"party {party}: the parties run different programs (bytecode sha256 here "
                            f"{program_hash[:16]}…); give every host the same compiled folder")
     return exc
+
+
+def check_port_free(port: int, party: int, hosts_path: str | Path) -> None:
+    """UserError now, when this party's port is taken (MP-SPDZ would retry binding it for 10 minutes)."""
+    probe = socket.socket()
+    try:
+        probe.bind(("", port))
+    except OSError as exc:
+        raise UserError(f"party {party}: port {port} on this host is in use ({exc.strerror}); stop what holds it or "
+                        f"give party {party} another port in {hosts_path} on every host") from None
+    finally:
+        probe.close()
+
+
+def compile_cached(root: Path, manifest: dict[str, Any], spec: Any, mpspdz: MPSPDZ) -> float:
+    """Compile the program in the overlay ``root``, or copy its bytecode from the cache of an earlier compile of
+    the same source, flags and MP-SPDZ (``$XDG_CACHE_HOME/mpcvit/bytecode``, else ``~/.cache/...``): parties start
+    MP-SPDZ within its 60 s connection timeout of each other even when compiling a large program takes longer.
+    Returns the seconds spent compiling (0 from the cache)."""
+    source = (root / "Programs" / "Source" / f"{manifest['name']}.mpc").read_bytes()
+    key = hashlib.sha256(b"\0".join([source, json.dumps(manifest["compile_flags"]).encode(), spec.name.encode(),
+                                      str(mpspdz.home.resolve()).encode(),
+                                      str(mpspdz_version(mpspdz)["version"]).encode()])).hexdigest()[:32]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mpcvit" / "bytecode" / key
+    if not cache.is_dir():
+        compile_s, _ = _compile(root, manifest, spec)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=_made(cache.parent)))
+        for sub in ("Bytecode", "Schedules"):
+            shutil.copytree(root / "Programs" / sub, staging / sub)
+        try:
+            os.rename(staging, cache)
+        except OSError:  # another party cached it first
+            shutil.rmtree(staging, ignore_errors=True)
+        return compile_s
+    for sub in ("Bytecode", "Schedules"):
+        shutil.copytree(cache / sub, root / "Programs" / sub, dirs_exist_ok=True)
+    return 0.0
+
+
+def _made(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def certificate_files(certs: Path, party: int, parties: int) -> list[Path]:
@@ -189,6 +234,7 @@ def run_party(out_dir: str | Path, party: int, hosts_path: str | Path, protocol:
         x = read_client_input(manifest, client_file)
     if x is not None:
         check_client_images(manifest, x)
+    check_port_free(hosts[party][1], party, hosts_path)
     with tempfile.TemporaryDirectory(prefix="mpcvit-party-") as tmp:
         root = make_overlay(mpspdz, Path(tmp) / "mpspdz", spec, out_dir / f"{manifest['name']}.mpc")
         for link in (root / "Player-Data").iterdir():  # only this party's key and the parties' certificates
@@ -198,7 +244,7 @@ def run_party(out_dir: str | Path, party: int, hosts_path: str | Path, protocol:
         if cert_files:
             rehash(root / "Player-Data")
         shutil.copy(hosts_path, root / "HOSTS")
-        compile_s, _ = _compile(root, manifest, spec)
+        compile_s = compile_cached(root, manifest, spec, mpspdz)
         program_hash = bytecode_sha256(root, manifest["name"])
         log(f"party {party}: {manifest['name']} bytecode sha256 {program_hash}")
         inputs = {0: out_dir / "Player-Data" / "Input-P0-0"} if party == 0 else {}

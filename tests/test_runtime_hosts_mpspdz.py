@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from compiler.runtime import run
+from compiler.runtime.emulation import namespaces_available, party_namespaces
 from compiler.runtime.hosts import make_certificates
 from compiler.runtime.mpspdz import MPSPDZ
 
@@ -23,41 +24,14 @@ PARTIES = 3
 IMAGES = 4
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
 @pytest.fixture
 def namespaces() -> Iterator[list[tuple[str, str]]]:
-    """(namespace, address) per party: 10.231.<n>.<party+1>/24 on a private bridge; removed afterwards."""
-    tag = f"mpcvit{os.getpid() % 100000}"
-    subnet = os.getpid() % 200 + 20
-    bridge = f"{tag}br"
-    made: list[str] = []
-    try:
-        ip("link", "add", bridge, "type", "bridge")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"network namespaces unavailable here: {getattr(exc, 'stderr', exc)}")
-    try:
-        ip("link", "set", bridge, "up")
-        parties = []
-        for i in range(PARTIES):
-            ns, host_end, ns_end, address = f"{tag}p{i}", f"{tag}h{i}", f"{tag}n{i}", f"10.231.{subnet}.{i + 1}"
-            ip("netns", "add", ns)
-            made.append(ns)
-            ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
-            ip("link", "set", ns_end, "netns", ns)
-            ip("link", "set", host_end, "master", bridge)
-            ip("link", "set", host_end, "up")
-            ip("netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", ns_end)
-            ip("netns", "exec", ns, "ip", "link", "set", ns_end, "up")
-            ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            parties.append((ns, address))
-        yield parties
-    finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # also removes its veth pair
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    """(namespace, address) per party, on a private bridge (compiler.runtime.emulation); removed afterwards."""
+    reason = namespaces_available()
+    if reason:
+        pytest.skip(f"network namespaces unavailable here: {reason}")
+    with party_namespaces(PARTIES) as net:
+        yield list(zip(net.namespaces, net.addresses))
 
 
 def test_digits_model_with_every_party_in_its_own_namespace(mpspdz: MPSPDZ, tmp_path: Path,

@@ -149,7 +149,7 @@ def run_emulated(out_dir: Path, network: str | None, images: int | None = None, 
                 relay.terminate()
                 relay.wait()
         failed = [i for i, proc in enumerate(procs) if proc.returncode != 0]
-        if failed:
-            raise MPSPDZError(f"party {failed[0]} failed under the emulated {network or 'bare'} network: "
-                              f"{errors[failed[0]].strip().splitlines()[-1:]}")
+        if failed:  # every failing party's last line: the first to fail is not always the one that says why
+            raise MPSPDZError(f"under the emulated {network or 'bare'} network: " + "; ".join(
+                f"party {i}: {(errors[i].strip().splitlines() or ['no output'])[-1]}" for i in failed))
         return [json.loads((Path(tmp) / f"party{i}.json").read_text()) for i in range(parties)]

@@ -144,7 +144,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
         per_batch = -(-per_execution // batch) * batch
     plan = [(start, min(per_batch, count - start)) for start in range(0, count, per_batch)]
     _warn_if_too_big(manifest, spec, online_only, -(-count // batch) if looped else len(plan), log)
-    plain = _plain_logits(manifest, x, reference, out_dir)  # before the MPC run: a missing model fails fast
+    plain = _plain_logits(manifest, x, reference, out_dir, compiled_in, log)  # before the MPC run: fails fast
     key = _run_key(out_dir, manifest, spec, x, per_batch, online_only, compiled_in)
     journal = _load_journal(json_path, key) if resume else []
     if resume:
@@ -410,12 +410,18 @@ def _phase_sum(stats: list[PartyStats], phase: str) -> dict[str, float] | None:
             "rounds": sum(p.rounds for p in phases)}
 
 
-def _plain_logits(manifest: dict, x: np.ndarray | None, reference: Reference | None, out_dir: Path) -> np.ndarray | None:
+def _plain_logits(manifest: dict, x: np.ndarray | None, reference: Reference | None, out_dir: Path,
+                  compiled_in: bool, log: Callable[[str], None]) -> np.ndarray | None:
+    """The float model's outputs on ``x``; UserError when the ONNX model is missing for images the user chose
+    (a run on the compiled-in input then only says so: a program compiled from an IR graph has no model)."""
     if x is None:  # a program without input_shape in its manifest: its images are unknown
         return None
     if reference is not None:
         return reference(x)
     onnx_path = Path(manifest.get("onnx", {}).get("path") or "")
+    if not onnx_path.is_file() and compiled_in:
+        log(f"note: {out_dir} records no ONNX model to compare with (onnx.path {str(onnx_path)!r}); errors are null")
+        return None
     if not onnx_path.is_file():
         raise UserError(f"{out_dir}/manifest.json: ONNX model {onnx_path} not found for the plaintext comparison")
     return onnxruntime_logits(onnx_path, x)

@@ -22,6 +22,7 @@ from typing import Iterator
 
 from compiler.cost.network import get_network
 from compiler.errors import MPSPDZError, UserError
+from compiler.runtime.processes import terminate_as_interrupt
 
 PORT_BASE = 6000  # party i listens on PORT_BASE + i in its namespace
 RELAY_PORT_BASE = 7000  # the relay's port for party i's link to party j: RELAY_PORT_BASE + 10·i + j
@@ -98,6 +99,12 @@ def run_emulated(out_dir: Path, network: str | None, images: int | None = None, 
     ``compiler.cost.network``, or None for the bare veth links); returns each party's result
     (:func:`compiler.runtime.hosts.run_party`), with ``wall_s`` the parties' execution time under that network.
     Raises MPSPDZError when a party fails (its error)."""
+    with terminate_as_interrupt():  # SIGTERM unwinds too: no party, relay or namespace outlives the run
+        return _run_emulated(out_dir, network, images, timeout_s, work)
+
+
+def _run_emulated(out_dir: Path, network: str | None, images: int | None, timeout_s: float,
+                  work: Path | None) -> list[dict]:
     from compiler.runtime.hosts import compile_cached
     from compiler.runtime.mpspdz import find_mpspdz, protocol_spec
     from compiler.runtime.overlay import make_overlay

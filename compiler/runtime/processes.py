@@ -80,7 +80,7 @@ def run_parties(commands: list[list[str]], cwd: Path, timeout_s: float, log_dir:
     logs = [log_dir / f"party{i}.log" for i in range(len(commands))]
     procs: list[subprocess.Popen] = []
     start = time.monotonic()
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         try:
             for command, log in zip(commands, logs):
                 with open(log, "wb") as sink:
@@ -110,7 +110,7 @@ def run_parties(commands: list[list[str]], cwd: Path, timeout_s: float, log_dir:
 
 
 @contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (`kill`, a job scheduler) unwinds like Ctrl-C, so that the parties are stopped too."""
     if threading.current_thread() is not threading.main_thread():
         yield

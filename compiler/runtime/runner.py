@@ -151,9 +151,12 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
         log(f"resuming: {len(journal)} of {len(plan)} executions done in {json_path}")
     with tempfile.TemporaryDirectory(prefix="mpcvit-run-") as tmp:
         root = make_overlay(mpspdz, Path(tmp) / "mpspdz", spec, out_dir / f"{manifest['name']}.mpc")
-        # --online-only: a compile-time batch count, so that MP-SPDZ counts the preprocessing of an execution
-        fixed = per_batch // batch if online_only and looped else None
-        compile_s, compile_output = _compile(root, manifest, spec, fixed)
+        # each execution's batch count fixed at compile time (at most two sizes: the full executions and the last):
+        # MP-SPDZ then knows the preprocessing an execution needs, and sizes the dealer's and semi2k's batches of
+        # it (a run-time count made them generate whole default batches, 2-3x the bytes) and --online-only's files
+        sizes = sorted({-(-size // batch) for _, size in plan}, reverse=True) if looped else [None]
+        compiled = {n: _compile(root, manifest, spec, n) for n in sizes}
+        compile_s, compile_output = sum(c[0] for c in compiled.values()), compiled[sizes[0]][1]
         extra: tuple[str, ...] = ("-v",)
         preprocessing = "live"
         if online_only and tuples_needed(compile_output) <= MAX_TUPLES:
@@ -165,14 +168,14 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
                 f"Fake-Offline.x files for that many exceed {MAX_TUPLES:,} per type, so preprocessing runs live and "
                 "the online phase is read from MP-SPDZ's -v split")
             preprocessing = "split"
-        program = manifest["name"] + (f"-batches={fixed}" if fixed else "")
         for index, (first, size) in enumerate(plan):
             if index < len(journal):
                 continue
+            program = manifest["name"] + (f"-batches={-(-size // batch)}" if looped else "")
             inputs = {0: out_dir / "Player-Data" / "Input-P0-0", 1: client_file}
             rows = count
             if not compiled_in:  # party 1's images of this execution, whole batches
-                chunk = _padded(x[first:first + size], per_batch if fixed else -(-size // batch) * batch)
+                chunk = _padded(x[first:first + size], -(-size // batch) * batch)
                 inputs[1], rows = Path(tmp) / "client-input", len(chunk)
                 (client_input_writer or write_client_input)(manifest, chunk, inputs[1])
             install_inputs(root, inputs)

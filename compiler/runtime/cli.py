@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--party", type=int, help="run only this party, on this host (needs --hosts): 0 model owner, "
                                              "1 client (--images/--data; receives the outputs), 2 no input")
     p.add_argument("--hosts", help="MP-SPDZ host file: one host[:port] line per party, in party order")
+    p.add_argument("--batches", type=int, help="with --party: the number of batches party 1 sends, the same on every "
+                                               "host (compiled in, so that the dealer and semi2k generate only the "
+                                               "preprocessing needed; default: read at run time)")
     p.add_argument("--certs", help="with --party: this party's folder from `mpcvit certs` (default: the MP-SPDZ "
                                    "tree's Player-Data)")
     p.set_defaults(run=cmd_run)
@@ -60,8 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError("--party and --hosts go together: run one party on this host, its peers in the host file")
     if args.party is not None:
         return cmd_run_party(args)
-    if args.certs is not None:
-        raise UserError("--certs applies to one party on its own host (--party, --hosts)")
+    if args.certs is not None or args.batches is not None:
+        raise UserError("--certs and --batches apply to one party on its own host (--party, --hosts)")
     result = run(args.out, args.protocol, images=args.images, data=args.data, network=args.network,
                  online_only=args.online_only, timeout_s=args.timeout, json_path=args.json,
                  per_execution=args.per_execution, retries=args.retries, resume=args.resume)
@@ -80,7 +83,7 @@ def cmd_run_party(args: argparse.Namespace) -> int:
     if args.online_only or args.resume or args.per_execution is not None:
         raise UserError("--online-only, --resume and --per-execution apply to runs of all parties on this host")
     result = run_party(args.out, args.party, args.hosts, args.protocol, images=args.images, data=args.data,
-                       certs=args.certs, timeout_s=args.timeout, json_path=args.json)
+                       certs=args.certs, batches=args.batches, timeout_s=args.timeout, json_path=args.json)
     json.dump({k: v for k, v in result.items() if k != "outputs"}, sys.stdout, indent=2)
     print()
     return 0

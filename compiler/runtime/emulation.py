@@ -113,10 +113,15 @@ def _run_emulated(out_dir: Path, network: str | None, images: int | None, timeou
     manifest = load_manifest(Path(out_dir))
     spec = protocol_spec(manifest["protocol"])
     parties = spec.parties
+    batch = int(manifest["batch"])
+    if images:
+        batches = -(-images // batch)
+    else:  # the compiled-in input: the count its file starts with
+        batches = int((Path(out_dir) / "Player-Data" / "Input-P1-0").read_text().split(maxsplit=1)[0])
     mpspdz = find_mpspdz()
     with tempfile.TemporaryDirectory(prefix="mpcvit-compile-") as warm:  # the parties then start together
         compile_cached(make_overlay(mpspdz, Path(warm) / "o", spec, Path(out_dir) / f"{manifest['name']}.mpc"),
-                       manifest, spec, mpspdz)
+                       manifest, spec, mpspdz, batches)
     profile = get_network(network) if network else None
     with tempfile.TemporaryDirectory(prefix="mpcvit-emulated-", dir=work) as tmp, \
             party_namespaces(parties, profile.bandwidth_bps if profile else None) as net:
@@ -142,7 +147,7 @@ def _run_emulated(out_dir: Path, network: str | None, images: int | None, timeou
                 (Path(tmp) / f"hosts{i}").write_text(hosts[i])
                 command = ["ip", "netns", "exec", net.namespaces[i], sys.executable, "-m", "mpcvit.cli", "run",
                            str(out_dir), "--party", str(i), "--hosts", str(Path(tmp) / f"hosts{i}"), "--json",
-                           str(Path(tmp) / f"party{i}.json"), "--timeout", str(timeout_s),
+                           str(Path(tmp) / f"party{i}.json"), "--timeout", str(timeout_s), "--batches", str(batches),
                            *(["--images", str(images)] if i == 1 and images else [])]
                 procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                               cwd=Path(__file__).resolve().parents[2]))

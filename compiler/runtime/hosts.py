@@ -111,18 +111,19 @@ def check_port_free(port: int, party: int, hosts_path: str | Path) -> None:
         probe.close()
 
 
-def compile_cached(root: Path, manifest: dict[str, Any], spec: Any, mpspdz: MPSPDZ) -> float:
+def compile_cached(root: Path, manifest: dict[str, Any], spec: Any, mpspdz: MPSPDZ, batches: int | None = None) -> float:
     """Compile the program in the overlay ``root``, or copy its bytecode from the cache of an earlier compile of
     the same source, flags and MP-SPDZ (``$XDG_CACHE_HOME/mpcvit/bytecode``, else ``~/.cache/...``): parties start
     MP-SPDZ within its 60 s connection timeout of each other even when compiling a large program takes longer.
-    Returns the seconds spent compiling (0 from the cache)."""
+    ``batches``: the loop count compiled in (``compile.py ... batches=N``). Returns the seconds spent compiling
+    (0 from the cache)."""
     source = (root / "Programs" / "Source" / f"{manifest['name']}.mpc").read_bytes()
     key = hashlib.sha256(b"\0".join([source, json.dumps(manifest["compile_flags"]).encode(), spec.name.encode(),
-                                      str(mpspdz.home.resolve()).encode(),
+                                      str(mpspdz.home.resolve()).encode(), str(batches).encode(),
                                       str(mpspdz_version(mpspdz)["version"]).encode()])).hexdigest()[:32]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mpcvit" / "bytecode" / key
     if not cache.is_dir():
-        compile_s, _ = _compile(root, manifest, spec)
+        compile_s, _ = _compile(root, manifest, spec, batches)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=_made(cache.parent)))
         for sub in ("Bytecode", "Schedules"):
             shutil.copytree(root / "Programs" / sub, staging / sub)
@@ -188,10 +189,13 @@ def rehash(folder: Path) -> None:
 
 def run_party(out_dir: str | Path, party: int, hosts_path: str | Path, protocol: str | None = None, *,
               images: int | None = None, data: str | Path | None = None, certs: str | Path | None = None,
+              batches: int | None = None,
               timeout_s: float = 600.0, json_path: str | Path | None = None, mpspdz: MPSPDZ | None = None,
               log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run party ``party`` of the program in ``out_dir`` on this host, its peers at ``hosts_path``; one execution
-    for all the client's images. Returns (and writes to ``json_path``) this party's figures; party 1's also hold
+    for all the client's images. ``batches``: the number of batches party 1 sends, compiled in on every host
+    (then the dealer and semi2k generate only the preprocessing it needs; else the count is read at run time and
+    they generate whole default batches). Returns (and writes to ``json_path``) this party's figures; party 1's also hold
     the outputs and their comparison with onnxruntime when the ONNX model is on its host (else ``None``).
     Raises UserError for bad input, MPSPDZError with one line for a missing peer, a port in use, a certificate
     or program mismatch."""
@@ -234,6 +238,11 @@ def run_party(out_dir: str | Path, party: int, hosts_path: str | Path, protocol:
         x = read_client_input(manifest, client_file)
     if x is not None:
         check_client_images(manifest, x)
+        if batches is not None and batches != -(-len(x) // int(manifest["batch"])):
+            raise UserError(f"--batches {batches}: party 1's {len(x)} images are {-(-len(x) // int(manifest['batch']))} "
+                            f"batches of {manifest['batch']}; give that number on every host")
+    if batches is not None and batches < 1:
+        raise UserError(f"--batches {batches}: give a positive number")
     check_port_free(hosts[party][1], party, hosts_path)
     with tempfile.TemporaryDirectory(prefix="mpcvit-party-") as tmp:
         root = make_overlay(mpspdz, Path(tmp) / "mpspdz", spec, out_dir / f"{manifest['name']}.mpc")
@@ -244,8 +253,9 @@ def run_party(out_dir: str | Path, party: int, hosts_path: str | Path, protocol:
         if cert_files:
             rehash(root / "Player-Data")
         shutil.copy(hosts_path, root / "HOSTS")
-        compile_s = compile_cached(root, manifest, spec, mpspdz)
-        program_hash = bytecode_sha256(root, manifest["name"])
+        compile_s = compile_cached(root, manifest, spec, mpspdz, batches)
+        program = manifest["name"] + (f"-batches={batches}" if batches else "")
+        program_hash = bytecode_sha256(root, program)
         log(f"party {party}: {manifest['name']} bytecode sha256 {program_hash}")
         inputs = {0: out_dir / "Player-Data" / "Input-P0-0"} if party == 0 else {}
         rows = 0
@@ -258,7 +268,7 @@ def run_party(out_dir: str | Path, party: int, hosts_path: str | Path, protocol:
                 inputs[1], rows = write_client_input(manifest, chunk, Path(tmp) / "client-input"), len(chunk)
         install_inputs(root, inputs)
         count = ["-N", str(spec.parties)] if spec.pass_n else []
-        command = [f"./{spec.binary}", *count, "-ip", "HOSTS", "-OF", ".", "-v", str(party), manifest["name"]]
+        command = [f"./{spec.binary}", *count, "-ip", "HOSTS", "-OF", ".", "-v", str(party), program]
         name = f"{spec.binary} party {party}"
         start = time.monotonic()
         try:

@@ -536,6 +536,8 @@ def test_party_port_in_use_is_one_line_before_mpspdz_starts(fake_mpspdz: MPSPDZ,
     try:  # MP-SPDZ itself would retry binding for 10 minutes
         with pytest.raises(UserError, match=rf"party 1: port {base + 1} on this host is in use"):
             run_party(looped_dir, 1, hosts, certs=certs, mpspdz=fake_mpspdz, log=lambda m: None)
+        with pytest.raises(UserError, match=r"--batches 3: party 1's 4 images are 2 batches of 2; give that number"):
+            run_party(looped_dir, 1, hosts, certs=certs, batches=3, mpspdz=fake_mpspdz, log=lambda m: None)
     finally:
         holder.close()
     (certs / "P1.key").unlink()

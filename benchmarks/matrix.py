@@ -192,7 +192,7 @@ def _real_runs(out_dir: Path, cell: Cell, args: argparse.Namespace) -> dict[str,
     return {"time_s": statistics.median(r.time_s for r in runs), "times_s": [r.time_s for r in runs],
             "bytes_party0": first["bytes_party0"], "global_bytes": first["global_bytes"], "rounds": first["rounds"],
             "online": first["online"], "offline": first["offline"], "images": first["images"],
-            "runs": first["batches"],  # MP-SPDZ executions (batches of images); bytes/rounds are their sums
+            "runs": first["batches"],  # batches of the program (the cost model prices one); bytes/rounds: their sums
             "top1_agreement": first["top1_agreement"], "max_logit_error": first["max_logit_error"],
             "accuracy": first["accuracy"], "mpspdz_compile_s": first["mpspdz_compile_s"],
             "mpspdz": first["mpspdz"], "machine": first["machine"]}

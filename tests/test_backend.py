@@ -11,7 +11,7 @@ import pytest
 import tiny_vit_ir
 from compiler.backend import Manifest, emit, write_client_input
 from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs, strided_runs
-from compiler.backend.inputs import FLOAT32, FLOAT64, input_file, precision, write_inputs
+from compiler.backend.inputs import FLOAT32, FLOAT64, input_file, precision, read_client_input, write_inputs
 from compiler.errors import CompileError, UserError
 from compiler.fixedpoint import FixedPoint
 from compiler.ir import Value
@@ -19,10 +19,14 @@ from compiler.lowering import get_profile, lower
 from compiler.lowering.plans import client_input
 
 
-def mpspdz_reads(path, codes_and_sizes, f):
+def mpspdz_reads(path, codes_and_sizes, f, count=None):
     """The integers MP-SPDZ's ``fixinput`` (Processor/Processor.hpp) makes of a binary input file: each native
-    float32 (code 1) or float64 (code 2) value v becomes round(v·2^f); also checks nothing is left over."""
+    float32 (code 1) or float64 (code 2) value v becomes round(v·2^f); also checks nothing is left over. With
+    ``count``, the file starts with that int64 (a looped program's batch count, read as a binary sint)."""
     raw, out, offset = path.read_bytes(), [], 0
+    if count is not None:
+        assert np.frombuffer(raw, dtype="<i8", count=1)[0] == count
+        offset = 8
     for code, size in codes_and_sizes:
         dtype = np.dtype("<f4" if code == 1 else "<f8")
         values = np.frombuffer(raw, dtype=dtype, count=size, offset=offset).astype(np.float64)
@@ -127,7 +131,7 @@ def test_emit_writes_program_inputs_manifest_and_run_script(compiled):
     decoded = mpspdz_reads(out / input_file(0), [(c, p.size) for c, p in zip(codes, params)], fx.f)
     for got, param in zip(decoded, params):  # the reference executor's integers, bit for bit
         assert np.array_equal(got, fx.encode(param).reshape(-1))
-    client = mpspdz_reads(out / input_file(1), [(FLOAT64, images.size)], fx.f)[0]
+    client = mpspdz_reads(out / input_file(1), [(FLOAT64, images.size)], fx.f, count=1)[0]
     assert np.array_equal(client, fx.encode(client_input(prog.graph, images)).reshape(-1))
     data = json.loads((out / "manifest.json").read_text())
     assert data["protocol"] == "dealer" and data["mpspdz_protocol"] == "dealer-ring" and data["n_parties"] == 3
@@ -148,7 +152,9 @@ def test_program_is_vectorised_and_reveals_only_to_the_client(compiled):
     compile(text, "tiny_vit.mpc", "exec")  # valid Python, as MP-SPDZ's compiler needs
     assert re.findall(r"\.input_from\((\d), binary=(\d)\)", text).count(("1", "2")) == 1
     assert len(re.findall(r"\.input_from\(0, binary=1\)", text)) == len(manifest.weights)
-    assert "reveal()" not in text and "print_ln(" not in text  # nothing revealed to everyone
+    # nothing revealed to everyone but the number of batches party 1 sends (public: every party loops that often)
+    assert text.count("reveal()") == 1 and "regint(sint.get_input_from(1, binary=True).reveal())" in text
+    assert "print_ln(" not in text
     assert "print_ln_to(1, 'MPCVIT_OUT %s %s'" in text
     for use in prog.approx_uses():  # each approximation defined once
         assert text.count(f"def {use.fn_name}(") == 1
@@ -164,10 +170,17 @@ def test_write_client_input_lays_images_out_like_the_reference(compiled, tmp_pat
     from_dict = write_client_input(json.loads((out / "manifest.json").read_text()), images, tmp_path / "a")
     from_dir = write_client_input(out, images)
     assert from_dir == out / input_file(1) and from_dict.read_bytes() == from_dir.read_bytes()
-    values = mpspdz_reads(from_dir, [(FLOAT64, images.size)], prog.profile.f)[0]
+    values = mpspdz_reads(from_dir, [(FLOAT64, images.size)], prog.profile.f, count=1)[0]
     assert np.array_equal(values, prog.profile.fx.encode(client_input(prog.graph, images)).reshape(-1))
     with pytest.raises(UserError, match=r"compiled for \(2, 1, 8, 8\)"):
         write_client_input(out, images[:1, :, :4])
+    # three batches in one file, read back as the images party 1 input (fixed point: within half an ulp, 2^-17)
+    more = np.random.default_rng(6).uniform(-2, 2, (6, 1, 8, 8))
+    path = write_client_input(out, more, tmp_path / "Input-Binary-P1-0")
+    assert np.frombuffer(path.read_bytes(), dtype="<i8", count=1)[0] == 3
+    np.testing.assert_allclose(read_client_input(manifest.as_dict(), path), more, rtol=0, atol=2 ** -17)
+    with pytest.raises(UserError, match=r"compiled for \(2, 1, 8, 8\)"):  # not whole batches
+        write_client_input(out, more[:5])
 
 
 def test_argmax_reveal(tmp_path):

@@ -17,22 +17,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compiler.backend import write_client_input
 from compiler.errors import MPSPDZError, UserError
 from compiler.runtime import run
 from compiler.runtime.mpspdz import MPSPDZ, mpspdz_version, protocol_spec
 from compiler.runtime.processes import free_port_base, run_parties
 
 FAKE_PARTY = r'''#!PYTHON
-"""Fake MP-SPDZ party: FAKE_MODE = ok | crash | hang (FAKE_BAD_PARTY picks the party that misbehaves)."""
-import os, socket, subprocess, sys, time
+"""Fake MP-SPDZ party: FAKE_MODE = ok | crash | lost | hang (FAKE_BAD_PARTY picks the party that misbehaves;
+FAKE_WHEN=v: only when party 1's input holds v; FAKE_ONCE=path: only while path does not exist, then creates it).
+FAKE_LOOP: party 1's input is binary, as mpcvit-compile writes it: the int64 number of batches, then float64s."""
+import os, socket, struct, subprocess, sys, time
 args = sys.argv[1:]
 index, program, base = int(args[-2]), args[-1], int(args[args.index("-pn") + 1])
 listener = socket.socket()
 listener.bind(("127.0.0.1", base + index))  # fails if another run uses the same port
 print("Trying to run 64-bit computation", flush=True)
+if os.environ.get("FAKE_LOOP"):
+    raw = open("Player-Data/Input-Binary-P1-0", "rb").read()[8:]
+    x = list(struct.unpack(f"<{len(raw) // 8}d", raw))
+else:
+    x = [float(v) for v in open("Player-Data/Input-P1-0").read().split()]
 mode = os.environ.get("FAKE_MODE", "ok") if str(index) == os.environ.get("FAKE_BAD_PARTY", "1") else "ok"
+if os.environ.get("FAKE_WHEN") and float(os.environ["FAKE_WHEN"]) not in x:
+    mode = "ok"
+if os.environ.get("FAKE_ONCE") and mode != "ok":
+    if os.path.exists(os.environ["FAKE_ONCE"]):
+        mode = "ok"
+    else:
+        open(os.environ["FAKE_ONCE"], "w").close()
 if mode == "crash":
     print("Fatal error at prog-0:0 (INPUTMIXED): not enough inputs", flush=True)
+    sys.exit(1)
+if mode == "lost":
+    print("Timed out waiting for peer. See https://mp-spdz.readthedocs.io/", flush=True)
     sys.exit(1)
 if mode == "hang":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -40,7 +58,6 @@ if mode == "hang":
     time.sleep(600)
 time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
 if index == 1:  # the client: logits = 2 * its input, 3 per image
-    x = [float(v) for v in open("Player-Data/Input-P1-0").read().split()]
     for b in range(len(x) // 3):
         print(f"MPCVIT_OUT {b} [{', '.join(str(2 * v) for v in x[3 * b:3 * b + 3])}]")
 print("Spent 0.1 seconds (1 MB, 30 rounds) on the online phase and 0.15 seconds (0.5 MB, 10 rounds) on the "
@@ -373,3 +390,163 @@ def test_data_images_may_be_named_like_the_model_input(fake_mpspdz: MPSPDZ, prog
 def test_non_positive_timeout_is_rejected(fake_mpspdz: MPSPDZ, program_dir: Path) -> None:
     with pytest.raises(UserError, match=r"--timeout 0: give a positive number of seconds"):
         run(program_dir, "replicated-ring", timeout_s=0, mpspdz=fake_mpspdz, log=lambda m: None)
+
+
+@pytest.fixture
+def looped_dir(program_dir: Path) -> Path:
+    """The fake program as mpcvit-compile writes it now: it loops over the batches party 1 sends (count first)."""
+    manifest = json.loads((program_dir / "manifest.json").read_text())
+    looped = {**manifest, "batch_loop": True, "input_shape": [2, 3], "expected": {"time_s": 0.5},
+              "input_files": {"0": "Player-Data/Input-P0-0", "1": "Player-Data/Input-Binary-P1-0"}}
+    (program_dir / "manifest.json").write_text(json.dumps(looped))
+    write_client_input(looped, np.arange(1, 13, dtype=np.float64).reshape(4, 3),
+                       program_dir / "Player-Data" / "Input-Binary-P1-0")
+    return program_dir
+
+
+def test_every_run_reports_its_error_on_the_compiled_in_images(fake_mpspdz: MPSPDZ, looped_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --images/--data the float model runs on the images party 1's compiled-in file holds (it said null)."""
+    monkeypatch.setenv("FAKE_LOOP", "1")
+    seen: list[np.ndarray] = []
+
+    def plain(x: np.ndarray) -> np.ndarray:
+        seen.append(x)
+        return 2 * x + np.array([0.0, 0.0, 0.25])  # 0.25 off in the last logit: the error reported
+
+    result = run(looped_dir, mpspdz=fake_mpspdz, reference=plain, log=lambda m: None)
+    np.testing.assert_array_equal(seen[0], np.arange(1, 13).reshape(4, 3))  # exact decimals, read back exactly
+    assert result.images == 4 and result.max_logit_error == pytest.approx(0.25) and result.top1_agreement == 1.0
+    assert result.details["compiled_in_input"] and result.details["throughput"]["executions"] == 1
+
+
+def test_images_per_execution_from_the_cost_model() -> None:
+    """Start-up (1 s) at most 5 % of an execution: 0.5 s per batch -> 40 batches, spread evenly over executions."""
+    from compiler.runtime.runner import images_per_execution
+
+    manifest = {"batch": 2, "expected": {"time_s": 0.5}}
+    assert images_per_execution(manifest, 200) == 68  # 100 batches: 3 executions of 34, 34, 32
+    assert images_per_execution(manifest, 7) == 8  # one execution, whole batches
+    assert images_per_execution({"batch": 1, "expected": {"time_s": 60.0}}, 10) == 1  # long batches: one each
+
+
+def test_results_stream_and_a_transient_failure_is_retried(fake_mpspdz: MPSPDZ, looped_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """5 images, 2 per execution: the execution holding image value 7 loses a peer once and is repeated."""
+    monkeypatch.setenv("FAKE_LOOP", "1")
+    monkeypatch.setenv("FAKE_MODE", "lost")
+    monkeypatch.setenv("FAKE_BAD_PARTY", "2")
+    monkeypatch.setenv("FAKE_WHEN", "7")
+    monkeypatch.setenv("FAKE_ONCE", str(tmp_path / "failed-once"))
+    images = np.arange(15, dtype=np.float64).reshape(5, 3)
+    np.savez(tmp_path / "data.npz", x=images)
+    notes: list[str] = []
+    json_path = tmp_path / "result.json"
+    result = run(looped_dir, data=tmp_path / "data.npz", per_execution=2, json_path=json_path, mpspdz=fake_mpspdz,
+                 reference=lambda x: 2 * x, log=notes.append)
+    np.testing.assert_array_equal(result.logits, 2 * images)
+    saved = json.loads(json_path.read_text())
+    assert saved["complete"] is True and [e["attempts"] for e in saved["executions"]] == [1, 2, 1]
+    assert saved["throughput"]["retried_executions"] == 1 and "Timed out waiting for peer" in notes[-1]
+    monkeypatch.setenv("FAKE_ONCE", str(tmp_path / "again"))
+    with pytest.raises(MPSPDZError, match="party 2 failed"):  # a second loss of the same execution is final
+        run(looped_dir, data=tmp_path / "data.npz", per_execution=2, retries=0, mpspdz=fake_mpspdz,
+            reference=lambda x: 2 * x, log=notes.append)
+
+
+def test_an_interrupted_run_keeps_its_executions_and_resumes(fake_mpspdz: MPSPDZ, looped_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_LOOP", "1")
+    images = np.arange(30, dtype=np.float64).reshape(10, 3)
+    np.savez(tmp_path / "data.npz", x=images)
+    json_path = tmp_path / "result.json"
+    options = dict(data=tmp_path / "data.npz", per_execution=2, json_path=json_path, mpspdz=fake_mpspdz,
+                   reference=lambda x: 2 * x, log=lambda m: None)
+    monkeypatch.setenv("FAKE_MODE", "crash")  # not transient: the execution holding value 19 stops the run
+    monkeypatch.setenv("FAKE_WHEN", "19")
+    with pytest.raises(MPSPDZError, match="party 1 failed"):
+        run(looped_dir, **options)
+    saved = json.loads(json_path.read_text())
+    assert saved["complete"] is False and [e["first"] for e in saved["executions"]] == [0, 2, 4]
+    with pytest.raises(UserError, match=r"records another run \(its images_per_execution differ"):
+        run(looped_dir, **{**options, "per_execution": 4}, resume=True)
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    result = run(looped_dir, **options, resume=True)
+    np.testing.assert_array_equal(result.logits, 2 * images)
+    saved = json.loads(json_path.read_text())
+    assert saved["complete"] is True and saved["batches"] == 5 and len(saved["executions"]) == 5
+    with pytest.raises(UserError, match="already complete"):
+        run(looped_dir, **options, resume=True)
+
+
+def test_host_files_and_party_failures_are_one_line(tmp_path: Path) -> None:
+    from compiler.runtime.hosts import explain_failure, read_hosts
+    from compiler.runtime.processes import PartyFailure
+
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("# parties 0..2\n10.0.0.1\n\n10.0.0.2:7001\n10.0.0.3:7002\n")
+    assert read_hosts(hosts, 3) == [("10.0.0.1", 5000), ("10.0.0.2", 7001), ("10.0.0.3", 7002)]  # 5000 + party
+    with pytest.raises(UserError, match=r"--hosts .*: 3 host line\(s\), the protocol needs 4"):
+        read_hosts(hosts, 4)
+    hosts.write_text("10.0.0.1:http\n")
+    with pytest.raises(UserError, match=r"line 1 '10.0.0.1:http' is not host or host:port"):
+        read_hosts(hosts, 1)
+    parsed = [("10.0.0.1", 5000), ("10.0.0.2", 7001), ("10.0.0.3", 7002)]
+
+    def failure(last: str) -> str:
+        return str(explain_failure(PartyFailure(f"party failed (exit code 1); its last lines:\n{last}", False), 0,
+                                   parsed, "ab" * 32, tmp_path))
+
+    assert failure("cannot connect from P0 to 10.0.0.2:7001 after 40 attempts in 60 seconds because Connection "
+                   "refused.") == ("party 0: no answer from party 1 at 10.0.0.2:7001; start `mpcvit run --party 1` "
+                                   "on that host with the same --hosts file, and open that port")
+    assert failure("Binding to socket on P0:5000 failed (Address already in use), trying again").startswith("party 0: port 5000 on this host is in use")
+    assert "the certificates differ; make them once with `mpcvit certs`" in failure(
+        "Server-side handshake with P2 failed. Make sure both sides have the necessary certificate")
+    assert "different programs (bytecode sha256 here abababab" in failure("program differs between parties")
+
+
+def test_certificates_follow_setup_ssl(tmp_path: Path) -> None:
+    """Party i's folder: its own key, every party's certificate (CN P<j>) and the c_rehash links MP-SPDZ needs."""
+    import shutil
+    import subprocess
+
+    from compiler.runtime.hosts import make_certificates
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folders = make_certificates(tmp_path / "certs", 3)
+    assert [f.name for f in folders] == ["party0", "party1", "party2"] and not (tmp_path / "certs" / "keys").exists()
+    for i, folder in enumerate(folders):
+        names = sorted(p.name for p in folder.iterdir() if not p.is_symlink())
+        assert names == sorted([f"P{i}.key", "P0.pem", "P1.pem", "P2.pem"])
+        assert len([p for p in folder.iterdir() if p.is_symlink() and p.name.endswith(".0")]) == 3
+    subject = subprocess.run(["openssl", "x509", "-noout", "-subject", "-in", str(folders[0] / "P2.pem")],
+                             capture_output=True, text=True).stdout
+    assert "CN = P2" in subject or "CN=P2" in subject
+
+
+def test_party_port_in_use_is_one_line_before_mpspdz_starts(fake_mpspdz: MPSPDZ, looped_dir: Path,
+                                                            tmp_path: Path) -> None:
+    from compiler.runtime.hosts import run_party
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for name in ("P1.key", "P0.pem", "P1.pem", "P2.pem"):
+        (certs / name).write_text("x")
+    base = free_port_base(3)
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("".join(f"127.0.0.1:{base + i}\n" for i in range(3)))
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", base + 1))
+    holder.listen()
+    try:  # MP-SPDZ itself would retry binding for 10 minutes
+        with pytest.raises(UserError, match=rf"party 1: port {base + 1} on this host is in use"):
+            run_party(looped_dir, 1, hosts, certs=certs, mpspdz=fake_mpspdz, log=lambda m: None)
+        with pytest.raises(UserError, match=r"--batches 3: party 1's 4 images are 2 batches of 2; give that number"):
+            run_party(looped_dir, 1, hosts, certs=certs, batches=3, mpspdz=fake_mpspdz, log=lambda m: None)
+    finally:
+        holder.close()
+    (certs / "P1.key").unlink()
+    with pytest.raises(UserError, match=r"lacks P1\.key; make the parties' certificates with `mpcvit certs"):
+        run_party(looped_dir, 1, hosts, certs=certs, mpspdz=fake_mpspdz, log=lambda m: None)

@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.backend.inputs import (CLIENT_CODE, DTYPES, client_values, input_file, per_image_layout, precision,
-                                     write_client_input, write_inputs)
+from compiler.backend.inputs import DTYPES, input_file, per_image_layout, precision, write_client_input, write_inputs
 from compiler.backend.manifest import Manifest, parse_metadata
 from compiler.backend.render import OUTPUT_MARKER, render_program
 from compiler.errors import UserError
@@ -85,8 +84,6 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
         input_value = graph.values[graph.inputs[0]]
         image_shape, index = client_layout(graph)
         layout = per_image_layout(index, program.batch, int(np.prod(image_shape[1:])))
-        images = np.zeros(image_shape) if client_images is None else client_images
-        write_inputs(tmp / input_file(1), [(client_values(images, image_shape, layout), CLIENT_CODE)], profile.fx)
         output_value = graph.values[graph.outputs[0]]
         per_image = int(np.prod(output_value.shape[1:], dtype=np.int64))
         manifest = Manifest(
@@ -111,7 +108,9 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
                             for p in program.node_plans if p.approx},
             approx_justification=profile.justification, expected=_expected(program),
             op_counts=graph.op_counts(), model_config=parse_metadata(graph.metadata), template_set=template_set,
-            warnings=list(program.warnings), calibration=calibration, directory=out)
+            warnings=list(program.warnings), calibration=calibration, batch_loop=True, directory=out)
+        images = np.zeros(image_shape) if client_images is None else client_images
+        write_client_input(manifest.as_dict(), images, tmp / input_file(1))
         (tmp / "manifest.json").write_text(manifest.to_json())
         script = tmp / "run.sh"
         script.write_text(run_script(manifest))

@@ -6,8 +6,9 @@ as native float32 (1) or float64 (2) values, converting each to round(v·2^f) (`
 quantised, q/2^f with q = ``FixedPoint.encode(v)`` (round to nearest, the reference executor's integers), so the
 conversion gives q back exactly: float64 holds every q/2^f with |q| < 2^53, float32 every one with |q| <= 2^24.
 A weight tensor is written as float32 (4 bytes a value) when all its |q| <= 2^24 (|w| <= 256 at f = 16), else as
-float64 (8 bytes); the client's image is float64 (the program reads it before any image is known). Byte order is
-little-endian, that of every machine MP-SPDZ builds on (x86-64, ARM64).
+float64 (8 bytes); the client's image is float64 (the program reads it before any image is known), after the
+int64 number of batches it sends when the program loops over batches. Byte order is little-endian, that of every
+machine MP-SPDZ builds on (x86-64, ARM64).
 
 Writing streams: one chunk of ``CHUNK_VALUES`` values of one tensor at a time, hashed as it goes, so that the
 weights of a large model are never copied whole.
@@ -29,6 +30,7 @@ CLIENT_CODE = FLOAT64  # the image is read before it is known: no bound on it at
 DTYPES = {FLOAT32: np.dtype("<f4"), FLOAT64: np.dtype("<f8")}
 FLOAT32_EXACT = 2 ** 24  # the largest |q| float32 holds exactly with all smaller integers (24-bit significand)
 CHUNK_VALUES = 1 << 20  # values converted at a time: 8 MB of float64 temporaries
+COUNT_DTYPE = np.dtype("<i8")  # a looped program's batch count: `fixinput` reads int64 for binary sint inputs
 
 
 def input_file(party: int) -> str:
@@ -91,12 +93,62 @@ def client_values(images: np.ndarray, image_shape: tuple[int, ...], layout: list
     return flat.reshape(-1) if layout is None else flat[:, np.asarray(layout, dtype=np.int64)].reshape(-1)
 
 
+def client_batches(manifest: dict[str, Any], images: np.ndarray) -> list[np.ndarray]:
+    """``images`` ([n·B, C, H, W], normalised; n >= 1 batches of the compiled batch B) as party 1 inputs them:
+    one array of values per batch. A looped program (``manifest["batch_loop"]``) takes any n, an older one exactly
+    one batch. Raises UserError when the images are not whole batches of the compiled shape."""
+    image_shape = tuple(manifest["input_shape"])
+    batch, layout = int(image_shape[0]), manifest.get("client_layout")
+    images = np.asarray(images, dtype=np.float64)
+    if images.shape == image_shape[1:]:
+        images = images[None]
+    batches = len(images) // batch if images.ndim == len(image_shape) and len(images) % batch == 0 else 0
+    if not batches or (batches > 1 and not manifest.get("batch_loop")):
+        return [client_values(images, image_shape, layout)]  # raises the one-batch shape error
+    return [client_values(images[i * batch:(i + 1) * batch], image_shape, layout) for i in range(batches)]
+
+
+def read_client_input(manifest: dict[str, Any], path: str | Path) -> np.ndarray:
+    """The images ([n·B, C, H, W]) that party 1's input file ``path`` holds: the inverse of
+    :func:`write_client_input` (MP-SPDZ's binary format; a text file ``Input-P1-0`` of a hand-written program is
+    read as whitespace-separated numbers). A looped program's file starts with the batch count.
+
+    Image positions the layout never reads (none in a patch embedding that covers the image) come back as 0;
+    they cannot change the model's outputs. Raises UserError when the file does not hold whole batches."""
+    path = Path(path)
+    image_shape = tuple(manifest["input_shape"])
+    looped = bool(manifest.get("batch_loop"))
+    try:
+        if "-Binary-" in path.name:  # MP-SPDZ names its binary input files so
+            raw = path.read_bytes()
+            values = np.frombuffer(raw, dtype=DTYPES[CLIENT_CODE], offset=COUNT_DTYPE.itemsize if looped else 0)
+        else:
+            values = np.array(path.read_text().split(), dtype=np.float64)[1 if looped else 0:]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not party 1's input file ({exc}); recompile the model or rewrite it with "
+                        f"write_client_input") from None
+    batch, image_size = int(image_shape[0]), int(np.prod(image_shape[1:], dtype=np.int64))
+    layout = manifest.get("client_layout")
+    per_image = len(layout) if layout is not None else image_size
+    if values.size == 0 or values.size % (per_image * batch):
+        raise UserError(f"{path} holds {values.size} values, not whole batches of {batch} images of {per_image}: "
+                        f"rewrite it with write_client_input")
+    rows = values.reshape(-1, per_image)
+    if layout is None:
+        return rows.reshape(-1, *image_shape[1:]).copy()
+    images = np.zeros((len(rows), image_size))
+    images[:, np.asarray(layout, dtype=np.int64)] = rows
+    return images.reshape(-1, *image_shape[1:])
+
+
 def write_client_input(manifest: Any, images: np.ndarray, path: str | Path | None = None) -> Path:
-    """Write ``images`` (the model's input tensor, normalised, [B, C, H, W]) as party 1's input file.
+    """Write ``images`` (the model's input tensor, normalised, [n·B, C, H, W]) as party 1's input file: n batches
+    of the compiled batch B (:func:`client_batches`), after their count n as int64 in a looped program (read by
+    ``sint.get_input_from(1, binary=True)``: every party runs that many iterations of one execution).
 
     ``manifest``: a :class:`~compiler.backend.manifest.Manifest`, its dict (manifest.json loaded), or the
     directory / manifest.json of a compiled program. ``path`` defaults to ``<dir>/`` + :func:`input_file` (1).
-    Raises UserError when the images do not have the compiled shape or no path is known.
+    Raises UserError when the images are not whole batches of the compiled shape or no path is known.
     """
     from compiler.backend.manifest import Manifest
 
@@ -107,7 +159,13 @@ def write_client_input(manifest: Any, images: np.ndarray, path: str | Path | Non
         directory, manifest = manifest.directory, manifest.as_dict()
     if path is None and directory is None:
         raise UserError("write_client_input: give the output path (the manifest does not say where it lives)")
-    values = client_values(images, tuple(manifest["input_shape"]), manifest.get("client_layout"))
+    batches = client_batches(manifest, images)
     target = Path(path) if path is not None else Path(directory) / input_file(1)
-    write_inputs(target, [(values, CLIENT_CODE)], FixedPoint(int(manifest["f"]), int(manifest["k"])))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fx = FixedPoint(int(manifest["f"]), int(manifest["k"]))
+    with open(target, "wb") as sink:
+        if manifest.get("batch_loop"):
+            sink.write(np.array(len(batches), dtype=COUNT_DTYPE).tobytes())
+        for values in batches:
+            write_values(sink, values, fx, CLIENT_CODE)
     return target

@@ -55,6 +55,8 @@ class Manifest:
     calibration: dict[str, Any] | None = None
     input_files: dict[str, str] = field(default_factory=dict)  # party -> its binary input file, relative to OUT
     security: dict[str, Any] | None = None  # the protocol's security model (profiles.SecurityModel.as_dict)
+    # the program loops over batches: party 1's input starts with their number (compiler.backend.inputs.client_text)
+    batch_loop: bool = False
     directory: Path = field(default=Path("."), repr=False, compare=False)
 
     def to_json(self) -> str:

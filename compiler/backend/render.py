@@ -307,7 +307,8 @@ class _Renderer:
         return self.env.get_template("program.mpc.j2").render(
             name=self.program.name, source=source, profile=self.program.profile, reveal=self.program.reveal,
             marker=OUTPUT_MARKER, approx_sources=approx_sources, blocks=blocks,
-            weights=weights, client=self.tensor(self.graph.inputs[0]), client_code=CLIENT_CODE)
+            weights=weights, client=self.tensor(self.graph.inputs[0]), client_code=CLIENT_CODE,
+            batch=self.program.batch)
 
 
 def render_program(program: Program, source: str = "", template_set: str | None = None) -> tuple[str, list[Value]]:

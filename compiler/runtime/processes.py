@@ -7,6 +7,7 @@ failing party's last lines.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,19 @@ from compiler.runtime.parser import last_lines
 
 POLL_S = 0.02
 KILL_GRACE_S = 1.0
+# What MP-SPDZ (3a0a7b1d) prints when a peer vanished or was too slow: Networking/ServerSocket.cpp ("Timed out
+# waiting for peer"), sockets.cpp ("cannot connect from"), Tools/Exceptions.h closed_connection ("Connection
+# closed down"), and the OS's ECONNRESET / EPIPE texts. A run failing so may succeed when repeated.
+TRANSIENT = re.compile(r"Timed out waiting for peer|cannot connect from|Connection closed down|"
+                       r"[Cc]onnection reset|Broken pipe")
+
+
+class PartyFailure(MPSPDZError):
+    """A party failed; ``transient`` when it was killed by a signal or lost a peer (see ``TRANSIENT``)."""
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def free_port_base(count: int, attempts: int = 50) -> int:
@@ -59,13 +73,14 @@ class PartyResult:
 
 def run_parties(commands: list[list[str]], cwd: Path, timeout_s: float, log_dir: Path,
                 names: list[str] | None = None) -> list[PartyResult]:
-    """Run `commands[i]` as party i concurrently; return when all exit 0, else stop all and raise MPSPDZError."""
+    """Run `commands[i]` as party i concurrently; return when all exit 0, else stop all and raise PartyFailure
+    (the first party to fail) or MPSPDZError (the timeout)."""
     names = names or [f"party {i}" for i in range(len(commands))]
     log_dir.mkdir(parents=True, exist_ok=True)
     logs = [log_dir / f"party{i}.log" for i in range(len(commands))]
     procs: list[subprocess.Popen] = []
     start = time.monotonic()
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         try:
             for command, log in zip(commands, logs):
                 with open(log, "wb") as sink:
@@ -79,8 +94,9 @@ def run_parties(commands: list[list[str]], cwd: Path, timeout_s: float, log_dir:
                     finished[i] = time.monotonic() - start
                     if proc.returncode != 0:
                         stop_all(procs)
-                        raise MPSPDZError(f"{names[i]} failed (exit code {proc.returncode}); its last lines:\n"
-                                          f"{last_lines(logs[i].read_text(errors='replace'))}")
+                        text = logs[i].read_text(errors="replace")
+                        raise PartyFailure(f"{names[i]} failed (exit code {proc.returncode}); its last lines:\n"
+                                           f"{last_lines(text)}", proc.returncode < 0 or bool(TRANSIENT.search(text)))
                 if time.monotonic() - start > timeout_s:
                     stuck = [i for i in range(len(procs)) if i not in finished]
                     stop_all(procs)
@@ -94,7 +110,7 @@ def run_parties(commands: list[list[str]], cwd: Path, timeout_s: float, log_dir:
 
 
 @contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (`kill`, a job scheduler) unwinds like Ctrl-C, so that the parties are stopped too."""
     if threading.current_thread() is not threading.main_thread():
         yield

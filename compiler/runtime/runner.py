@@ -1,12 +1,16 @@
 """`run(OUT, protocol)`: compile a backend output with MP-SPDZ's compiler, run the parties, measure, check logits.
 
-The program runs in a private overlay directory (see `overlay.py`); images are fed in batches of the program's
-batch size B (one MP-SPDZ execution per batch, compiled once), and the revealed logits are compared with the plain
-float model (onnxruntime) on the same images.
+The program runs in a private overlay directory (see `overlay.py`), compiled once. It loops over batches of B
+images (the compiled batch) read from party 1's input, so one MP-SPDZ execution (one process start, TLS set-up
+and weight input) serves many images; the run is split into executions of `images_per_execution` images, each
+recorded in the results file as it completes. The revealed logits are compared with the plain float model
+(onnxruntime) on the images party 1 actually input, the compiled-in ones included.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -21,7 +25,7 @@ import numpy as np
 
 from compiler.api import onnxruntime_logits
 from compiler.backend import write_client_input
-from compiler.backend.inputs import input_files
+from compiler.backend.inputs import input_files, read_client_input
 from compiler.calibrate import check_client_images
 from compiler.errors import MPSPDZError, UserError
 from compiler.runtime import datasets
@@ -31,7 +35,7 @@ from compiler.runtime.network import network_profile
 from compiler.runtime.overlay import install_inputs, make_overlay
 from compiler.runtime.parser import OUTPUT_MARKER, PartyStats, Phase, parse_party_output, revealed_outputs
 from compiler.runtime.prep import MAX_TUPLES, generate_fake_preprocessing, tuples_needed
-from compiler.runtime.processes import free_port_base, run_parties
+from compiler.runtime.processes import PartyFailure, free_port_base, run_parties
 
 # Real semi2k pays one OT-based triple per scalar product (~3.1 KB all parties, ~8 µs here): warn above this.
 SEMI2K_WARN_BYTES = 2e9
@@ -81,8 +85,15 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
 def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None = None, data: str | Path | None = None,
         network: str = "lan", online_only: bool = False, timeout_s: float = 600.0, json_path: str | Path | None = None,
         mpspdz: MPSPDZ | None = None, client_input_writer: ClientInputWriter | None = None,
-        reference: Reference | None = None, log: Callable[[str], None] | None = None) -> RunResult:
-    """Run the program in `out_dir` under MP-SPDZ; see module doc. Writes `json_path` only when the run succeeds."""
+        reference: Reference | None = None, log: Callable[[str], None] | None = None,
+        per_execution: int | None = None, retries: int = 1, resume: bool = False) -> RunResult:
+    """Run the program in `out_dir` under MP-SPDZ; see module doc.
+
+    ``per_execution``: images per MP-SPDZ execution (rounded up to whole batches; default
+    :func:`images_per_execution`). ``json_path`` is rewritten after every execution with ``"complete": false`` and
+    the executions done so far, and with the whole result and ``"complete": true`` at the end; ``resume`` continues
+    the run recorded there. An execution that fails transiently (a lost peer, a killed party) is repeated up to
+    ``retries`` times. Raises UserError (bad input), MPSPDZError (a party failed; what is done stays in json_path)."""
     out_dir = Path(out_dir)
     log = log or (lambda message: print(message, file=sys.stderr))
     manifest = load_manifest(out_dir)
@@ -93,30 +104,61 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
         raise UserError(f"--timeout {timeout_s:g}: give a positive number of seconds")
     if online_only and spec.name != "semi2k":
         raise UserError(f"--online-only applies to semi2k (preprocessing from files), not {spec.name}")
+    if per_execution is not None and per_execution < 1:
+        raise UserError(f"--per-execution {per_execution}: give a positive number of images")
+    if retries < 0:
+        raise UserError(f"--retries {retries}: give 0 or more")
+    if resume and json_path is None:
+        raise UserError("--resume continues the run recorded in its --json file: give --json RESULTS.json")
     mpspdz = mpspdz or find_mpspdz()
     check_protocol_ready(mpspdz, spec, manifest.get("expected"))
     profile = network_profile(network)
     if json_path is not None:
-        check_writable_file(Path(json_path), "--json")
+        json_path = Path(json_path)
+        check_writable_file(json_path, "--json")
 
     batch = int(manifest["batch"])
     x, y = _select_images(manifest, images, data)
     if x is not None:  # party 1's guard on all its images, before any party starts (compiler.calibrate)
         check_client_images(manifest, x)
     files = input_files(manifest)
+    client_file = out_dir / files[1]
     needed = [out_dir / f"{manifest['name']}.mpc", out_dir / files[0]]
     if x is None:  # no other images: the client input compiled in
-        needed.append(out_dir / files[1])
+        needed.append(client_file)
     missing = [str(path.relative_to(out_dir)) for path in needed if not path.is_file()]
     if missing:
         raise UserError(f"{out_dir} lacks {', '.join(missing)}: it is not a complete compiled program; recompile "
                         f"the model into it with mpcvit-compile")
-    _warn_if_too_big(manifest, spec, online_only, -(-len(x) // batch) if x is not None else 1, log)
-    plain = _plain_logits(manifest, x, reference, out_dir)  # before the MPC run: a missing model fails fast
+    compiled_in = x is None
+    if compiled_in and "input_shape" in manifest:  # compare with the float model on the images the file holds
+        x = read_client_input(manifest, client_file)
+    count = len(x) if x is not None else batch
+    looped = bool(manifest.get("batch_loop"))
+    if not looped:
+        per_batch = batch  # an older program: one batch per execution
+    elif compiled_in:
+        per_batch = -(-count // batch) * batch  # the compiled-in file is one execution's input
+    elif per_execution is None:
+        per_batch = images_per_execution(manifest, count)
+    else:
+        per_batch = -(-per_execution // batch) * batch
+    plan = [(start, min(per_batch, count - start)) for start in range(0, count, per_batch)]
+    _warn_if_too_big(manifest, spec, online_only, -(-count // batch) if looped else len(plan), log)
+    plain = _plain_logits(manifest, x, reference, out_dir, compiled_in, log)  # before the MPC run: fails fast
+    key = _run_key(out_dir, manifest, spec, x, per_batch, online_only, compiled_in)
+    journal = _load_journal(json_path, key) if resume else []
+    if resume:
+        log(f"resuming: {len(journal)} of {len(plan)} executions done in {json_path}")
     with tempfile.TemporaryDirectory(prefix="mpcvit-run-") as tmp:
         root = make_overlay(mpspdz, Path(tmp) / "mpspdz", spec, out_dir / f"{manifest['name']}.mpc")
-        compile_s, compile_output = _compile(root, manifest, spec)
-        extra = ("-v",)
+        # each execution's batch count fixed at compile time (at most two sizes: the full executions and the last):
+        # MP-SPDZ then knows the preprocessing an execution needs, and sizes the dealer's and semi2k's batches of
+        # it (a run-time count made them generate whole default batches, 2-3x the bytes) and --online-only's files
+        sizes = sorted({-(-size // batch) for _, size in plan}, reverse=True) if looped else [None]
+        compiled = {n: _compile(root, manifest, spec, n) for n in sizes}
+        compile_s, compile_output = sum(c[0] for c in compiled.values()), compiled[sizes[0]][1]
+        extra: tuple[str, ...] = ("-v",)
         preprocessing = "live"
         if online_only and tuples_needed(compile_output) <= MAX_TUPLES:
             generate_fake_preprocessing(mpspdz, root, spec, compile_output)
@@ -127,24 +169,130 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
                 f"Fake-Offline.x files for that many exceed {MAX_TUPLES:,} per type, so preprocessing runs live and "
                 "the online phase is read from MP-SPDZ's -v split")
             preprocessing = "split"
-        stats, revealed = [], []
-        for index, chunk in enumerate(_batches(x, batch) if x is not None else [None]):
-            inputs = {Path(path).name: out_dir / path for path in files.values()}
-            if chunk is not None:
-                client_file = Path(tmp) / "client-input"
-                (client_input_writer or write_client_input)(manifest, chunk, client_file)
-                inputs[Path(files[1]).name] = client_file
+        for index, (first, size) in enumerate(plan):
+            if index < len(journal):
+                continue
+            program = manifest["name"] + (f"-batches={-(-size // batch)}" if looped else "")
+            inputs = {Path(files[0]).name: out_dir / files[0], Path(files[1]).name: client_file}
+            rows = count
+            if not compiled_in:  # party 1's images of this execution, whole batches
+                chunk = _padded(x[first:first + size], -(-size // batch) * batch)
+                staged, rows = Path(tmp) / "client-input", len(chunk)
+                (client_input_writer or write_client_input)(manifest, chunk, staged)
+                inputs[Path(files[1]).name] = staged
             install_inputs(root, inputs)
-            party0, outputs = _run_once(root, spec, manifest, extra, timeout_s, Path(tmp) / "logs" / str(index))
-            stats.append(party0)
-            revealed.append(outputs)
-    count = len(x) if x is not None else None
-    mpc_outputs = [np.concatenate(parts)[:count] for parts in zip(*revealed)]
-    result = _result(manifest, spec, preprocessing, stats, mpc_outputs, x, y, plain, profile, mpspdz,
-                     compile_s)
+            try:
+                entry = _execute(root, spec, manifest, program, extra, timeout_s, Path(tmp) / "logs" / str(index),
+                                 rows, retries, log)
+            except MPSPDZError as exc:
+                if json_path is None or not journal:
+                    raise
+                raise MPSPDZError(f"{exc}\n{len(journal)} of {len(plan)} executions are kept in {json_path}: finish "
+                                  f"the run with the same command and --resume") from None
+            journal.append({"index": index, "first": first, "images": size, **entry,
+                            "outputs": [part[:size].tolist() for part in entry["outputs"]]})
+            if json_path is not None:
+                write_json_atomic(json_path, {"complete": False, "run": key, "executions_planned": len(plan),
+                                              "executions": journal})
+    stats = [_stats_from_dict(entry["party0"]) for entry in journal]
+    mpc_outputs = [np.concatenate([np.asarray(entry["outputs"][j]) for entry in journal])
+                   for j in range(len(journal[0]["outputs"]))]
+    result = _result(manifest, spec, preprocessing, stats, mpc_outputs, x, y, plain, profile, mpspdz, compile_s)
+    result.batches = sum(-(-entry["images"] // batch) for entry in journal)  # batches of B, several per execution
+    wall = sum(entry["wall_s"] for entry in journal)
+    result.details["throughput"] = {
+        "images_per_execution": per_batch, "executions": len(journal), "wall_s": wall,
+        "images_per_s": result.images / wall if wall > 0 else None,
+        "bytes_party0_per_image": result.bytes_party0 / result.images, "rounds_per_image": result.rounds / result.images,
+        "retried_executions": sum(entry["attempts"] > 1 for entry in journal)}
+    result.details["compiled_in_input"] = compiled_in
     if json_path is not None:
-        write_json_atomic(Path(json_path), result.to_json())
+        write_json_atomic(json_path, {**result.to_json(), "complete": True, "run": key,
+                                      "executions": [{k: v for k, v in entry.items() if k != "outputs"}
+                                                     for entry in journal]})
     return result
+
+
+# Per-execution cost that a loop over batches pays once: process start, TLS set-up between 3 parties and reading
+# the program. benchmarks/throughput.py prints it (wall minus MP-SPDZ's `Time =`): 0.2-0.3 s on this 2-core machine
+# when lightly loaded, about 1 s under load (the figure used: a longer execution costs little); and the share of an
+# execution's time it may take when images are many.
+STARTUP_S = 1.0
+STARTUP_SHARE = 0.05
+MAX_EXECUTION_S = 120.0  # a lost (retried or resumed) execution costs at most about this much
+
+
+def images_per_execution(manifest: dict, images: int) -> int:
+    """Images per MP-SPDZ execution (a multiple of the batch B): enough batches that the start-up (``STARTUP_S``)
+    is at most ``STARTUP_SHARE`` of an execution, by the cost model's time per batch (``expected.time_s``, LAN),
+    without passing ``MAX_EXECUTION_S``; then spread evenly over the executions ``images`` needs."""
+    batch = int(manifest["batch"])
+    per_batch_s = float((manifest.get("expected") or {}).get("time_s") or 0) or STARTUP_S
+    wanted = max(1, min(math.ceil(STARTUP_S / STARTUP_SHARE / per_batch_s), int(MAX_EXECUTION_S // per_batch_s)))
+    batches = -(-images // batch)
+    executions = -(-batches // wanted)
+    return -(-batches // executions) * batch
+
+
+def _padded(images: np.ndarray, size: int) -> np.ndarray:
+    """``images`` padded to ``size`` by repeating the first (the extra rows are dropped from the outputs)."""
+    if len(images) >= size:
+        return images
+    return np.concatenate([images, np.repeat(images[:1], size - len(images), axis=0)])
+
+
+def _run_key(out_dir: Path, manifest: dict, spec: ProtocolSpec, x: np.ndarray | None, per_batch: int,
+             online_only: bool, compiled_in: bool) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one: the program, weights, images and their split."""
+    files = [out_dir / f"{manifest['name']}.mpc"] + ([out_dir / input_files(manifest)[1]] if compiled_in else [])
+    return {"protocol": spec.name, "online_only": online_only, "images_per_execution": per_batch,
+            "program_sha256": hashlib.sha256(b"".join(path.read_bytes() for path in files)).hexdigest(),
+            "weight_sha256": manifest.get("weight_sha256"),
+            "images_sha256": None if x is None else hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
+            "images": None if x is None else len(x)}
+
+
+def _load_journal(json_path: Path, key: dict[str, Any]) -> list[dict[str, Any]]:
+    """The executions an interrupted run recorded in ``json_path``; UserError when it is not this run's."""
+    if not json_path.is_file():
+        raise UserError(f"--resume: {json_path} does not exist; run without --resume to start the run")
+    try:
+        saved = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"--resume: {json_path} is not valid JSON ({exc}); run without --resume to start over") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("run"), dict):
+        raise UserError(f"--resume: {json_path} is not an mpcvit run's results file; run without --resume")
+    if saved.get("complete"):
+        raise UserError(f"--resume: the run in {json_path} is already complete; run without --resume to repeat it")
+    differs = [name for name in key if saved["run"].get(name) != key[name]]
+    if differs:
+        raise UserError(f"--resume: {json_path} records another run (its {', '.join(differs)} differ); give the "
+                        f"same program, images and --per-execution, or run without --resume to start over")
+    return list(saved.get("executions", []))
+
+
+def _execute(root: Path, spec: ProtocolSpec, manifest: dict, program: str, extra: tuple[str, ...], timeout_s: float,
+             log_dir: Path, rows: int, retries: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """One execution, repeated on a transient failure (``PartyFailure.transient``) up to ``retries`` times."""
+    for attempt in range(1, retries + 2):
+        start = time.monotonic()
+        try:
+            party0, outputs = _run_once(root, spec, manifest, program, extra, timeout_s, log_dir / str(attempt), rows)
+        except PartyFailure as exc:
+            if not exc.transient or attempt > retries:
+                raise
+            lines = str(exc).splitlines()
+            log(f"note: {lines[0].removesuffix('; its last lines:')}: {lines[-1]}; repeating the execution")
+            continue
+        return {"party0": asdict(party0), "outputs": outputs, "wall_s": time.monotonic() - start,
+                "attempts": attempt}
+    raise AssertionError("unreachable")
+
+
+def _stats_from_dict(data: dict[str, Any]) -> PartyStats:
+    phase = (lambda value: None if value is None else Phase(**value))
+    return PartyStats(**{**data, "timers": {int(t): Phase(**v) for t, v in data["timers"].items()},
+                         "online": phase(data["online"]), "offline": phase(data["offline"])})
 
 
 def _select_images(manifest: dict, images: int | None, data: str | Path | None):
@@ -160,15 +308,6 @@ def _select_images(manifest: dict, images: int | None, data: str | Path | None):
     return x, y
 
 
-def _batches(x: np.ndarray, batch: int):
-    """Chunks of exactly `batch` images; the last is padded by repeating its first image (extra rows are dropped)."""
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        if len(chunk) < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), axis=0)])
-        yield chunk
-
-
 def _warn_if_too_big(manifest: dict, spec: ProtocolSpec, online_only: bool, executions: int,
                      log: Callable[[str], None]) -> None:
     """Real semi2k preprocessing of the whole run (every batch is one execution of the program) can take hours."""
@@ -181,15 +320,17 @@ def _warn_if_too_big(manifest: dict, spec: ProtocolSpec, online_only: bool, exec
             f" for {executions} execution(s) of this program; consider --online-only or replicated-ring/dealer")
 
 
-def _compile(root: Path, manifest: dict, spec: ProtocolSpec) -> tuple[float, str]:
-    """Run MP-SPDZ's compile.py in the overlay; returns its duration and output."""
+def _compile(root: Path, manifest: dict, spec: ProtocolSpec, batches: int | None = None) -> tuple[float, str]:
+    """Run MP-SPDZ's compile.py in the overlay (``batches``: a compile-time loop count, see program.mpc.j2);
+    returns its duration and output."""
     flags = [str(f) for f in manifest["compile_flags"]]
     if "-E" not in flags:
         flags = ["-E", spec.compile_name, *flags]
+    args = [f"batches={batches}"] if batches else []
     start = time.monotonic()
     try:
-        done = subprocess.run([sys.executable, "compile.py", *flags, manifest["name"]], cwd=root, capture_output=True,
-                              text=True, timeout=COMPILE_TIMEOUT_S)
+        done = subprocess.run([sys.executable, "compile.py", *flags, manifest["name"], *args], cwd=root,
+                              capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise MPSPDZError(f"MP-SPDZ compile.py {manifest['name']} took over {COMPILE_TIMEOUT_S} s") from exc
     if done.returncode != 0:
@@ -205,15 +346,16 @@ def output_shapes(manifest: dict) -> list[tuple[int, ...]]:
     return [first] + [tuple(int(v) for v in out["shape"]) for out in manifest.get("outputs", [])[1:]]
 
 
-def _run_once(root: Path, spec: ProtocolSpec, manifest: dict, extra: tuple[str, ...], timeout_s: float,
-              log_dir: Path) -> tuple[PartyStats, list[np.ndarray]]:
+def _run_once(root: Path, spec: ProtocolSpec, manifest: dict, program: str, extra: tuple[str, ...], timeout_s: float,
+              log_dir: Path, rows: int) -> tuple[PartyStats, list[np.ndarray]]:
+    """Party 0's figures and party 1's outputs, each ``[rows, ...]`` (the images party 1 sent)."""
     base = free_port_base(spec.processes + 1)
-    commands = spec.launch_commands(base, manifest["name"], extra)
+    commands = spec.launch_commands(base, program, extra)
     names = spec.process_names()
     parties = run_parties(commands, root, timeout_s, log_dir, names)
     party0 = parse_party_output(parties[0].output, names[0])
-    outputs = revealed_outputs(parties[1].output, output_shapes(manifest),
-                               manifest.get("output_marker", OUTPUT_MARKER), names[1])
+    shapes = [(rows, *shape[1:]) for shape in output_shapes(manifest)]
+    outputs = revealed_outputs(parties[1].output, shapes, manifest.get("output_marker", OUTPUT_MARKER), names[1])
     if spec.prep_parties:
         party0 = with_preprocessing(party0, parse_party_output(parties[spec.parties].output, names[spec.parties]))
     return party0, outputs
@@ -288,13 +430,18 @@ def _phase_sum(stats: list[PartyStats], phase: str) -> dict[str, float] | None:
             "rounds": sum(p.rounds for p in phases)}
 
 
-def _plain_logits(manifest: dict, x: np.ndarray | None, reference: Reference | None, out_dir: Path) -> np.ndarray | None:
-    if x is None:
-        expected = manifest.get("reference_output")  # the float model's logits on the compiled-in input, if recorded
-        return None if expected is None else np.asarray(expected, dtype=np.float64).reshape(int(manifest["batch"]), -1)
+def _plain_logits(manifest: dict, x: np.ndarray | None, reference: Reference | None, out_dir: Path,
+                  compiled_in: bool, log: Callable[[str], None]) -> np.ndarray | None:
+    """The float model's outputs on ``x``; UserError when the ONNX model is missing for images the user chose
+    (a run on the compiled-in input then only says so: a program compiled from an IR graph has no model)."""
+    if x is None:  # a program without input_shape in its manifest: its images are unknown
+        return None
     if reference is not None:
         return reference(x)
     onnx_path = Path(manifest.get("onnx", {}).get("path") or "")
+    if not onnx_path.is_file() and compiled_in:
+        log(f"note: {out_dir} records no ONNX model to compare with (onnx.path {str(onnx_path)!r}); errors are null")
+        return None
     if not onnx_path.is_file():
         raise UserError(f"{out_dir}/manifest.json: ONNX model {onnx_path} not found for the plaintext comparison")
     return onnxruntime_logits(onnx_path, x)

@@ -114,7 +114,8 @@ class _Renderer:
         if node.op == "input":
             return None
         ctx: dict[str, Any] = {"node": node, "op": node.op, "marker": OUTPUT_MARKER, "reveal": self.program.reveal,
-                               "batch": self.program.batch}
+                               "batch": self.program.batch,
+                               "cmp_bits": p.params.get("bits", self.program.profile.k)}  # plans.comparison_bits
         if node.outputs:
             ctx["out"] = self.tensor(node.outputs[0])
         getattr(self, f"ctx_{node.op}")(node, p, ctx)
@@ -203,6 +204,7 @@ class _Renderer:
             elif kind == "relu_softmax":
                 scale = p.params["relu_softmax.scale"]
                 group.update(reciprocal=p.approx["relu_softmax.reciprocal"].fn_name, trunc=scale.trunc,
+                             cmp_bits=p.params.get("relu_softmax.bits", fx.k),
                              shift=scale.trunc + scale.shift, eps=repr(scale.eps_int / fx.scale))
             groups.append(group)
         bias = None

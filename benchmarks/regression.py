@@ -1,7 +1,10 @@
 """CI regression benchmark: fixed small models, compared with the committed `benchmarks/baseline.json`.
 
-Per model and protocol it records the cost model's bytes (party 0, all parties) and rounds, the fixed-point reference
-executor's largest logit error against onnxruntime, and our compile time; with MP-SPDZ present also a real run's
+Every model is compiled through the calibrated path (``mpcvit-compile``'s default: the fixed-point parameters and
+comparison bit lengths chosen from the ranges on its default calibration samples, calibrated once per model). Per
+model and protocol it records the cost model's bytes (party 0, all parties) and rounds, the fixed-point reference
+executor's largest logit error against onnxruntime, and our compile time (lowering and emission, not the
+calibration); with MP-SPDZ present also a real run's
 bytes, rounds and time. The paper's models (``vit_7_4_32``, ``vit_9_12_64``; softmax and μ=0.1) add their
 cost-model counts. Rules (a change in the good direction never fails; it is shown as "improved"):
 
@@ -65,16 +68,17 @@ def paper_models():
 def measure(real: bool, log=print) -> dict[str, dict[str, float]]:
     """Current figures, keyed "<model>/<protocol>"."""
     from benchmarks.models import export_spec
-    from benchmarks.pipeline import compile_model, reference_error
+    from benchmarks.pipeline import calibrate_model, compile_model, reference_error
 
     records: dict[str, dict[str, float]] = {}
     mpspdz = _mpspdz_or_none() if real else None
     with tempfile.TemporaryDirectory(prefix="mpcvit-regression-") as tmp:
         for name, spec in regression_models().items():
             onnx_path = export_spec(spec, Path(tmp) / f"{name}.onnx")
+            calibration = calibrate_model(onnx_path, BATCH)
             for protocol in PROTOCOLS:
                 out_dir = Path(tmp) / f"{name}-{protocol}"
-                compiled = compile_model(onnx_path, protocol, BATCH, out_dir)
+                compiled = compile_model(onnx_path, protocol, BATCH, out_dir, calibration=calibration)
                 total = compiled.cost.total
                 record = {"cost_bytes_p0": round(total.bytes_p0), "cost_bytes_all": round(total.bytes_all),
                           "cost_rounds": round(total.rounds), "compile_s": round(compiled.compile_s, 4),
@@ -89,8 +93,9 @@ def measure(real: bool, log=print) -> dict[str, dict[str, float]]:
                 log(f"measured {name}/{protocol}")
         for name, spec in paper_models().items():
             onnx_path = export_spec(spec, Path(tmp) / f"{name}.onnx")
+            calibration = calibrate_model(onnx_path, BATCH)
             for protocol in PROTOCOLS:
-                total = compile_model(onnx_path, protocol, BATCH).cost.total
+                total = compile_model(onnx_path, protocol, BATCH, calibration=calibration).cost.total
                 records[f"{name}/{protocol}"] = {"cost_bytes_p0": round(total.bytes_p0),
                                                  "cost_bytes_all": round(total.bytes_all),
                                                  "cost_rounds": round(total.rounds)}

@@ -264,7 +264,9 @@ class _Renderer:
         shape = self.graph.values[node.inputs[0]].shape
         rows, cols, perm = reduction_block(node, shape)
         ctx.update(x=self.tensor(node.inputs[0]), x_vec=self.permuted(node.inputs[0], perm), rows=rows, cols=cols,
-                   inv_cols=repr(1.0 / cols), rowmax=p.approx["rowmax"].fn_name if "rowmax" in p.approx else None)
+                   inv_cols=repr(1.0 / cols), rowmax=p.approx["rowmax"].fn_name if "rowmax" in p.approx else None,
+                   mean=p.params.get("mean.scale"), shift=int(node.attrs.get("shift", 0)),
+                   k=self.program.profile.k, f=self.program.profile.f)
 
     ctx_reduce_sum = ctx_reduce_mean = ctx_reduce_max = ctx_reduce
 

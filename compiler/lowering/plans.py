@@ -127,7 +127,8 @@ def _compare_use(profile: Profile, op: str, calibrated: float | None, exact: flo
     if approx.compared is None or (calibrated is None and exact is None):
         return use
     values = approx.with_params(use.kwargs)
-    if "inner" in approx.params and calibrated is not None and calibrated * MAGNITUDE_MARGIN < approx.compared(**values):
+    if "inner" in approx.params and calibrated is not None and \
+            calibrated * MAGNITUDE_MARGIN < approx.compared(**values):
         values["inner"] = True
     if exact is None:
         bits = comparison_bits(profile.fx, calibrated, approx.compared(**values))
@@ -368,6 +369,9 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     elif op == "matmul":
         _matmul(node, graph, p)
     elif op == "reduce_mean":
+        scale = p.params["mean.scale"] = mean_scale(node, profile, reduction_block(node, x_shape)[1])
+        p.steps += [Step("trunc", out.size)] * (2 if scale.shift else 1)
+    elif op == "reduce_sum" and node.attrs.get("shift"):  # a pooled sum pre-scaled by 2^-shift (passes.mean_as_sum)
         p.steps.append(Step("trunc", out.size))
     elif op == "reduce_max":
         rows, cols, _ = reduction_block(node, x_shape)
@@ -405,6 +409,34 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         bounds = [abs(float(node.attrs[b])) for b in ("min", "max") if node.attrs.get(b) is not None]
         bits = p.params["bits"] = comparison_bits(fx, calibrated_abs(node), max(bounds, default=0.0))
         p.steps += _clip_steps(out.size, len(bounds), bits)
+
+
+@dataclass(frozen=True)
+class MeanScale:
+    """A mean over C values in fixed point (see :func:`mean_scale`): the row sum, truncated by ``shift`` p bits
+    first where that is needed, times the integer ``mul`` = round(2^(f+g+p)/C), truncated by f + ``bits`` g."""
+
+    shift: int = 0
+    bits: int = 0
+    mul: int = 0
+
+
+def mean_scale(node: Node, profile: Profile, cols: int) -> MeanScale:
+    """The constants of one mean over ``cols`` values from its input's calibrated largest magnitude m
+    (``in_abs``; |mean| <= m). The product sum·mul is mean·2^(2f+g) whatever p, so g is the largest keeping
+    m·4·2^g below half the product range 2^(k-f-1) (as LayerNorm's extra bits). The constant's rounding then
+    offsets the mean by up to m·C/2^(f+g+p+1): where that exceeds 1 LSB (large m and C) the sum is first
+    truncated by p bits (1 LSB of sum/2^p is C/2^p LSB of the mean, so p <= ⌈log2 C⌉), one truncation per row
+    more. Without calibration: 1/C at f bits, as a public multiply."""
+    fx = profile.fx
+    top = calibrated_abs(node)
+    if top is None:
+        return MeanScale(mul=int(round(fx.scale / cols)))
+    limit = 2.0 ** (fx.k - fx.f - 1)
+    g = int(min(fx.f, max(0, math.floor(math.log2(limit / max(top * MAGNITUDE_MARGIN, fx.lsb))) - 1)))
+    offset = top * MAGNITUDE_MARGIN * cols / 2.0 ** (g + 1)  # in LSB, for p = 0
+    shift = int(min(max(0, math.ceil(math.log2(offset))), math.ceil(math.log2(cols)))) if offset > 1 else 0
+    return MeanScale(shift, g, int(round(2.0 ** (fx.f + g + shift) / cols)))
 
 
 @dataclass(frozen=True)
@@ -500,7 +532,8 @@ def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         rsqrt = p.approx["rsqrt"] = _use(profile, "rsqrt")
     else:
         # the reference refuses variances above the domain top: an exact bound for the comparisons
-        rsqrt = p.approx["rsqrt"] = _compare_use(profile, "rsqrt", None, domain["hi"], eps=domain["lo"], hi=domain["hi"])
+        rsqrt = p.approx["rsqrt"] = _compare_use(profile, "rsqrt", None, domain["hi"], eps=domain["lo"],
+                                                 hi=domain["hi"])
         p.params["rsqrt_domain"] = domain
         # ε raised to 1 LSB only matters when that LSB is not negligible against the smallest calibrated variance
         used = scale.eps_int * profile.fx.lsb / scale.sigma ** 2

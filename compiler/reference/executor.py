@@ -185,8 +185,11 @@ class _Executor:
             y = self.approx(p.approx["rowmax"], x, p.node.inputs[0])
         else:
             y = x.sum(-1)
-            if p.node.op == "reduce_mean":  # a public multiply by 1/cols
-                y = self.fx.mul_public(y, 1.0 / cols)
+            if p.node.op == "reduce_mean":  # plans.mean_scale: sum (/ 2^p) · round(2^(f+g+p)/C) / 2^(f+g)
+                scale = p.params["mean.scale"]
+                y = self.fx.trunc(self.fx.trunc(y, scale.shift) * scale.mul, self.fx.f + scale.bits)
+            elif p.node.attrs.get("shift"):  # a pooled sum pre-scaled by 2^-shift (passes.mean_as_sum)
+                y = self.fx.trunc(y, int(p.node.attrs["shift"]))
         return y.reshape(self.out_shape(p))
 
     def softmax(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:

@@ -49,12 +49,13 @@ def expected_bits(magnitude: float, constant: float = 0.0) -> int:
 
 def test_comparison_bits_follow_the_calibrated_range():
     """16 times larger calibrated inputs need 4 more bits at every site; without calibration every comparison
-    keeps k = 31; the manifest's choices name each site's bit length and segments."""
+    keeps k = 31; the manifest's choices name each site's bit length and segments. (replicated-ring: no
+    preprocessing, so every site keeps its own length; see the next test for the dealer.)"""
     g = ops_graph()
     chosen = {}
     for scale in (0.5, 8.0):
         calib = calibrate(g, samples(g, scale, 6, seed=0))
-        program = lower(calib.annotate(g), get_profile("dealer"))
+        program = lower(calib.annotate(g), get_profile("replicated-ring"))
         plans = {p.node.name: p for p in program.node_plans}
         top = calib.sites["the_relu_0"]["in_abs"]
         assert plans["the_relu_0"].params["bits"] == expected_bits(top) < K
@@ -64,7 +65,7 @@ def test_comparison_bits_follow_the_calibrated_range():
             expected_bits(calib.sites["the_reduce_max_3"]["in_abs"])
         softmax = plans["the_softmax_4"].approx
         assert softmax["exp"].kwargs["bits"] == expected_bits(2 * calib.sites["the_softmax_4"]["in_abs"], 2 ** 5)
-        assert softmax["reciprocal"].kwargs["bits"] == expected_bits(0, 2 * 7)  # row sums <= 7: exact, no margin
+        assert softmax["reciprocal"].label == "reciprocal:mpspdz" and "bits" not in softmax["reciprocal"].kwargs
         # segments: |x|·4 below the cut drops the cut comparisons (GeLU and tanh cut at 4, erf at 3, sigmoid at 8)
         inner = {op: plans[name].approx[op].kwargs.get("inner", False)
                  for name, op in (("the_gelu_5", "gelu"), ("the_tanh_6", "tanh"), ("the_erf_7", "erf"),
@@ -76,7 +77,7 @@ def test_comparison_bits_follow_the_calibrated_range():
         chosen[scale] = program
     small, large = ({p.node.name: p.params.get("bits") for p in chosen[s].node_plans} for s in (0.5, 8.0))
     assert all(large[name] == small[name] + 4 for name in ("the_relu_0", "the_abs_1"))
-    plain = lower(ops_graph(), get_profile("dealer"))  # no calibration: MP-SPDZ's default k everywhere
+    plain = lower(ops_graph(), get_profile("semi2k"))  # no calibration: MP-SPDZ's default k everywhere
     assert all(p.params.get("bits", K) == K and "bits" not in use.kwargs and not use.kwargs.get("inner")
                for p in plain.node_plans for use in p.approx.values() if use.op != "reciprocal")
     # shorter comparisons and fewer segments cost less, on every protocol
@@ -85,6 +86,32 @@ def test_comparison_bits_follow_the_calibrated_range():
         uncalibrated = lower(ops_graph(), get_profile(protocol))
         assert estimate(calibrated).total.bytes_all < estimate(uncalibrated).total.bytes_all
         assert estimate(calibrated).total.rounds <= estimate(uncalibrated).total.rounds
+
+
+def test_a_program_merges_comparison_lengths_whose_preprocessing_costs_more_than_they_save():
+    """Each distinct bit length needs its own preprocessing (the dealer's edaBits of that length, one setup of
+    rounds and bytes each). A small program under the dealer merges its sites' lengths upwards (measured on the
+    regression's vit_1_4_8: four lengths cost 6 rounds and 15 KB more than one); every site keeps at least the
+    length its range needs, and the merged lengths' modelled latency is no worse than each site's own."""
+    from compiler.cost.primitives import steps_cost
+    from compiler.lowering.plans import choose_comparison_lengths
+    from compiler.lowering.profiles import RANK_NETWORK
+
+    g = ops_graph()
+    annotated = calibrate(g, samples(g, 0.5, 6, seed=0)).annotate(g)
+    own = lower(annotated, get_profile("replicated-ring"))
+    merged = lower(annotated, get_profile("dealer"))
+    demand = {p.node.name: s.bits for p in own.node_plans for s in p.steps if s.bits}
+    used = {p.node.name: s.bits for p in merged.node_plans for s in p.steps if s.bits}
+    assert len(set(used.values())) < len(set(demand.values())) and used.keys() == demand.keys()
+    assert all(used[name] >= demand[name] for name in demand)
+    assert list(merged.profile.cmp_bits) == choose_comparison_lengths(merged.node_plans, merged.profile)
+
+    def comparisons(program):  # under the dealer, whatever the program was lowered for
+        steps = [s for p in program.node_plans for s in p.steps if s.bits]
+        return steps_cost(steps, get_profile("dealer")).latency(RANK_NETWORK)
+
+    assert comparisons(merged) <= comparisons(own)
 
 
 def test_values_beyond_a_short_comparison_range_fail_in_the_reference():
@@ -117,9 +144,12 @@ def attention_graph(tokens: int = 16) -> Graph:
 def test_attention_comparisons_follow_the_calibrated_scores():
     g = attention_graph()
     calib = calibrate(g, samples(g, 0.8, 4, seed=0))
-    plan = lower(calib.annotate(g), get_profile("semi2k")).node_plans[1]
+    # replicated-ring (each site keeps its own length) with the Newton reciprocal, whose thresholds compare
+    plan = lower(calib.annotate(g), get_profile("replicated-ring", approx={"reciprocal": "newton"})).node_plans[1]
     scores = calib.sites["att"]["cmp_abs"]
     assert plan.approx["softmax.rowmax"].kwargs["bits"] == expected_bits(scores)
+    # the row sums lie in [1, N], an exact bound (no margin); the thresholds below 2N
+    assert plan.approx["softmax.reciprocal"].kwargs["bits"] == expected_bits(0, 2 * 16)
     assert plan.params["relu_softmax.bits"] == expected_bits(scores)
     assert any(s.prim == "relu" and s.bits == expected_bits(scores) for s in plan.steps)
 

@@ -10,7 +10,8 @@ Formulas (coefficients in :mod:`compiler.cost.fitted`, produced by :mod:`compile
 * offline rounds = c·O·v / min(batch, cap) (+ d·W/1000) plus a *setup* a: the first preprocessing batch
   (run-time ``-b``, default 1000; beyond ``cap`` a larger batch stops helping); consecutive calls share
   batches, so the batch count is continuous. The setup (constant rounds and bytes) is paid once per program
-  and primitive, so costs combine it with max per primitive, not +;
+  and primitive (a comparison: per bit length, whose edaBits are their own kind), so costs combine it with max
+  per primitive, not +;
 * bytes (all parties / party 0) = a + b·O + c·W + d·(M·K + K·P), linear: semi2k pays ~3.1 KB per scalar
   product of a matmul (one OT triple each, no matrix triples); ``online_share`` splits bytes; the slopes lean
   on the large measured calls (the marginal cost each further call of a program pays);
@@ -205,7 +206,7 @@ def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, ope
     return Cost(variable_bytes_p0=(_linear(p0_coef, outputs, work, operands) - p0_coef[0]) * scale,
                 variable_bytes_all=variable_all, online_bytes_all=variable_all * fit["online_share"],
                 online_rounds=on_fixed + on_var, offline_rounds=off_var,
-                setup=((prim, off_fixed, p0_coef[0], all_coef[0]),),
+                setup=((prim if scale == 1.0 else f"{prim}/{k}", off_fixed, p0_coef[0], all_coef[0]),),
                 seconds=max(_linear(fit["seconds"], outputs, work, operands), 0.0))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -96,17 +96,20 @@ def _use(profile: Profile, op: str, **params: Any) -> ApproxUse:
     return ApproxUse(op, profile.approx[op], tuple(sorted(params.items())))
 
 
-def comparison_bits(fx: Any, calibrated: float | None, exact: float = 0.0) -> int:
+def comparison_bits(profile: Profile, calibrated: float | None, exact: float = 0.0) -> int:
     """The bit length k' of one comparison call site: MP-SPDZ's ``sint.less_than(other, bit_length=k')``, an LTZ
     on k' + 1 bits, exact while |a - b| < 2^k' LSB and wrapping beyond. k' is the smallest with every compared
     operand below 2^(k'-1) LSB (so their difference stays below 2^k'): ``calibrated`` (a calibrated largest
     magnitude, times MAGNITUDE_MARGIN) and ``exact`` (a bound that holds whatever the input: a constant compared
-    with, an approximation's domain top). The profile's k without calibration (None) or where that is shorter.
-    Comparisons cost in proportion to k' (compiler.cost.primitives), rounds in ⌈log2 k'⌉."""
+    with, an approximation's domain top), rounded up to the next of the program's lengths ``profile.cmp_bits``
+    (chosen by :func:`choose_comparison_lengths`). The profile's k without calibration (None) or where that is
+    shorter. Comparisons cost in proportion to k' (compiler.cost.primitives), rounds in ⌈log2 k'⌉."""
+    fx = profile.fx
     if calibrated is None:
         return fx.k
     top = max(float(calibrated) * MAGNITUDE_MARGIN, abs(float(exact))) * fx.scale
-    return int(min(fx.k, max(2, math.floor(math.log2(max(top, 1.0))) + 2)))
+    bits = int(min(fx.k, max(2, math.floor(math.log2(max(top, 1.0))) + 2)))
+    return min([b for b in profile.cmp_bits if b >= bits], default=bits)
 
 
 def calibrated_abs(node: Node, key: str = "in_abs") -> float | None:
@@ -131,9 +134,9 @@ def _compare_use(profile: Profile, op: str, calibrated: float | None, exact: flo
             calibrated * MAGNITUDE_MARGIN < approx.compared(**values):
         values["inner"] = True
     if exact is None:
-        bits = comparison_bits(profile.fx, calibrated, approx.compared(**values))
+        bits = comparison_bits(profile, calibrated, approx.compared(**values))
     else:
-        bits = comparison_bits(profile.fx, 0.0, max(exact, approx.compared(**values)))
+        bits = comparison_bits(profile, 0.0, max(exact, approx.compared(**values)))
     chosen = {k: v for k, v in values.items() if v != approx.params.get(k)} | dict(use.kwargs)
     if bits < profile.fx.k:
         chosen["bits"] = bits
@@ -255,7 +258,7 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
                                f"using 1 LSB = {lsb:g}")
             scale, domain = relu_softmax_scale(node, profile)
             p.params["relu_softmax.scale"] = scale
-            bits = p.params["relu_softmax.bits"] = comparison_bits(profile.fx, scores)
+            bits = p.params["relu_softmax.bits"] = comparison_bits(profile, scores)
             shift = {"shift": scale.shift} if scale.shift else {}
             if domain is None:  # range [ε, N·S_max], capped by the comparison range the row sum must respect
                 domain = (eps_int * lsb, min(float(tokens) * score_max, score_max))
@@ -356,7 +359,7 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
                                f"compile-time (public) condition is supported: compute a secret select as "
                                f"b + c * (a - b) with mul/add instead")
     elif op == "abs":  # |x| = x - 2 [x < 0] x
-        bits = p.params["bits"] = comparison_bits(fx, calibrated_abs(node))
+        bits = p.params["bits"] = comparison_bits(profile, calibrated_abs(node))
         p.steps += [Step("ltz", out.size, bits=bits), Step("mul_int", out.size)]
     elif op == "mul":
         p.steps.append(Step("trunc" if constant_operands(node, graph) else "mul", out.size))
@@ -402,12 +405,12 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     elif op in ("hardsigmoid", "hardswish"):  # a clip of alpha x + beta to [0, 1]
         alpha, beta = HARDSWISH if op == "hardswish" else (node.attrs.get("alpha", 0.2), node.attrs.get("beta", 0.5))
         top = calibrated_abs(node)
-        bits = p.params["bits"] = comparison_bits(fx, None if top is None else top * abs(alpha) + abs(beta), 1.0)
+        bits = p.params["bits"] = comparison_bits(profile, None if top is None else top * abs(alpha) + abs(beta), 1.0)
         p.steps += [Step("trunc", out.size), *_clip_steps(out.size, 2, bits)] + \
             ([Step("mul", out.size)] if op == "hardswish" else [])
     elif op == "clip":
         bounds = [abs(float(node.attrs[b])) for b in ("min", "max") if node.attrs.get(b) is not None]
-        bits = p.params["bits"] = comparison_bits(fx, calibrated_abs(node), max(bounds, default=0.0))
+        bits = p.params["bits"] = comparison_bits(profile, calibrated_abs(node), max(bounds, default=0.0))
         p.steps += _clip_steps(out.size, len(bounds), bits)
 
 
@@ -563,7 +566,7 @@ def _output(node: Node, graph: Graph, profile: Profile, reveal: str, p: NodePlan
             raise CompileError(f"--reveal argmax: output {node.inputs[0]!r} has shape {shape}, not [batch, classes]; "
                                f"use --reveal logits")
         batch, classes = int(np.prod(shape[:-1])), shape[-1]
-        bits = p.params["bits"] = comparison_bits(profile.fx, calibrated_abs(node))
+        bits = p.params["bits"] = comparison_bits(profile, calibrated_abs(node))
         width = classes
         while width > 1:  # tree argmax: per level one comparison and two selections
             half = width // 2
@@ -592,7 +595,7 @@ def plan(node: Node, profile: Profile, graph: Graph, reveal: str = "logits") -> 
     elif node.op == "scale":
         p.steps.append(Step("trunc", out.size))
     elif node.op == "relu":
-        bits = p.params["bits"] = comparison_bits(profile.fx, calibrated_abs(node))
+        bits = p.params["bits"] = comparison_bits(profile, calibrated_abs(node))
         p.steps.append(Step("relu", out.size, bits=bits))
     elif node.op == "gelu":
         use = p.approx["gelu"] = _compare_use(profile, "gelu", calibrated_abs(node))
@@ -621,9 +624,37 @@ def lower(graph: Graph, profile: Profile, name: str = "mpcvit", reveal: str = "l
     _name_nodes(graph)
     _check_constants(graph, profile)
     plans = [plan(node, profile, graph, reveal) for node in graph.nodes]
+    lengths = choose_comparison_lengths(plans, profile)
+    if lengths != sorted({s.bits for p in plans for s in p.steps if s.bits}):
+        profile = replace(profile, cmp_bits=tuple(lengths))
+        plans = [plan(node, profile, graph, reveal) for node in graph.nodes]
     warnings = [f"{p.node.name or p.node.op}: {note}" for p in plans for note in p.notes]
     safe = "".join(c if c.isalnum() else "_" for c in name) or "mpcvit"
     return Program(graph, profile, plans, safe, reveal, warnings)
+
+
+def choose_comparison_lengths(plans: list[NodePlan], profile: Profile) -> list[int]:
+    """The comparison bit lengths a program uses: each distinct length needs its own preprocessing (the dealer's
+    and semi2k's edaBits of that length: a setup of rounds and bytes, compiler.cost.primitives), so the call
+    sites' lengths are merged upwards into the subset that minimises the comparisons' estimated latency on
+    ``RANK_NETWORK`` (their bytes and rounds by length, plus one setup per length). Exhaustive over the subsets
+    of the distinct lengths that keep the longest (a program has a handful)."""
+    from itertools import combinations
+
+    from compiler.cost.primitives import steps_cost
+    from compiler.lowering.profiles import RANK_NETWORK
+
+    steps = [s for p in plans for s in p.steps if s.bits]
+    demanded = sorted({s.bits for s in steps})
+    if len(demanded) < 2:
+        return demanded
+
+    def latency(menu: tuple[int, ...]) -> float:
+        moved = [replace(s, bits=min(b for b in menu if b >= s.bits)) for s in steps]
+        return steps_cost(moved, profile).latency(RANK_NETWORK)
+
+    menus = [(*subset, demanded[-1]) for size in range(len(demanded)) for subset in combinations(demanded[:-1], size)]
+    return list(min(menus, key=lambda menu: (latency(menu), len(menu))))
 
 
 def _check_constants(graph: Graph, profile: Profile) -> None:

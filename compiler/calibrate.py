@@ -68,6 +68,8 @@ class Calibration:
             out["frac_bits"] = {"f": program.profile.f, "bounded_by": self.frac_bits_bound or "--frac-bits"}
             out["choices"] = {p.node.name: _choices(p) for p in program.node_plans
                               if p.params or any(u.params for u in p.approx.values())}
+            # the program's comparison bit lengths (plans.choose_comparison_lengths), each its own preprocessing
+            out["comparison_lengths"] = sorted({s.bits for p in program.node_plans for s in p.steps if s.bits})
         return out
 
 

@@ -8,6 +8,7 @@ faked) without a built MP-SPDZ.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,7 +106,14 @@ def test_a_program_merges_comparison_lengths_whose_preprocessing_costs_more_than
     used = {p.node.name: s.bits for p in merged.node_plans for s in p.steps if s.bits}
     assert len(set(used.values())) < len(set(demand.values())) and used.keys() == demand.keys()
     assert all(used[name] >= demand[name] for name in demand)
-    assert list(merged.profile.cmp_bits) == choose_comparison_lengths(merged.node_plans, merged.profile)
+    assert list(merged.profile.cmp_bits) == choose_comparison_lengths(merged.node_plans, merged.profile) == \
+        calibrate(g, samples(g, 0.5, 6, seed=0)).as_dict(merged)["comparison_lengths"]
+    # neither more bytes nor more rounds than one length for all the sites (as without calibration)
+    single = [replace(s, bits=max(used.values())) for p in merged.node_plans for s in p.steps if s.bits]
+    merged_steps = [s for p in merged.node_plans for s in p.steps if s.bits]
+    dealer = get_profile("dealer")
+    assert steps_cost(merged_steps, dealer).rounds <= steps_cost(single, dealer).rounds
+    assert steps_cost(merged_steps, dealer).bytes_all <= steps_cost(single, dealer).bytes_all
 
     def comparisons(program):  # under the dealer, whatever the program was lowered for
         steps = [s for p in program.node_plans for s in p.steps if s.bits]

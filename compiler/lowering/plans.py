@@ -637,8 +637,9 @@ def choose_comparison_lengths(plans: list[NodePlan], profile: Profile) -> list[i
     """The comparison bit lengths a program uses: each distinct length needs its own preprocessing (the dealer's
     and semi2k's edaBits of that length: a setup of rounds and bytes, compiler.cost.primitives), so the call
     sites' lengths are merged upwards into the subset that minimises the comparisons' estimated latency on
-    ``RANK_NETWORK`` (their bytes and rounds by length, plus one setup per length). Exhaustive over the subsets
-    of the distinct lengths that keep the longest (a program has a handful)."""
+    ``RANK_NETWORK`` (their bytes and rounds by length, plus one setup per length) among those with no more
+    rounds than the longest length alone (so neither bytes nor rounds exceed one length for all, as without
+    calibration). Exhaustive over the subsets of the distinct lengths that keep the longest (a handful)."""
     from itertools import combinations
 
     from compiler.cost.primitives import steps_cost
@@ -649,12 +650,13 @@ def choose_comparison_lengths(plans: list[NodePlan], profile: Profile) -> list[i
     if len(demanded) < 2:
         return demanded
 
-    def latency(menu: tuple[int, ...]) -> float:
-        moved = [replace(s, bits=min(b for b in menu if b >= s.bits)) for s in steps]
-        return steps_cost(moved, profile).latency(RANK_NETWORK)
+    def cost(menu: tuple[int, ...]) -> Any:
+        return steps_cost([replace(s, bits=min(b for b in menu if b >= s.bits)) for s in steps], profile)
 
     menus = [(*subset, demanded[-1]) for size in range(len(demanded)) for subset in combinations(demanded[:-1], size)]
-    return list(min(menus, key=lambda menu: (latency(menu), len(menu))))
+    rounds = cost((demanded[-1],)).rounds
+    allowed = [menu for menu in menus if cost(menu).rounds <= rounds + 1e-9]
+    return list(min(allowed, key=lambda menu: (cost(menu).latency(RANK_NETWORK), len(menu))))
 
 
 def _check_constants(graph: Graph, profile: Profile) -> None:

@@ -14,7 +14,9 @@ from compiler.ir_eval import apply_input_layout
 from compiler.lowering import Program, get_profile, lower
 from compiler.passes import run_passes
 from compiler.reference import execute
-from compiler.api import onnxruntime_logits
+from compiler.api import CALIBRATION_SAMPLES, calibrate_graph, onnxruntime_logits, sample_images
+from compiler.calibrate import Calibration
+from compiler.lowering.plans import client_layout
 
 
 @dataclass
@@ -30,11 +32,27 @@ class Compiled:
         return self.program.batch
 
 
+def calibrate_model(onnx_path: Path, batch: int) -> tuple[Calibration, int | None]:
+    """The calibration ``mpcvit-compile`` makes by default (its sample images) and the f it chooses, once per model
+    for :func:`compile_model` (the ranges do not depend on the protocol)."""
+    graph = run_passes(load_onnx(onnx_path, batch=batch))
+    images, source = sample_images(graph.metadata, client_layout(graph)[0], CALIBRATION_SAMPLES)
+    return calibrate_graph(graph, images, source)
+
+
 def compile_model(onnx_path: Path, protocol: str, batch: int, out_dir: Path | None = None,
-                  template_set: str | None = None, name: str = "mpcvit") -> Compiled:
+                  template_set: str | None = None, name: str = "mpcvit",
+                  calibration: tuple[Calibration, int | None] | None = None) -> Compiled:
+    """``calibration`` (:func:`calibrate_model`): the fixed-point parameters (pre-scales, domains, segments,
+    comparison bit lengths, f) chosen from its ranges, as ``mpcvit-compile`` does; None: the uncalibrated
+    lowering."""
     start = time.perf_counter()
     graph = run_passes(load_onnx(onnx_path, batch=batch))
-    program = lower(graph, get_profile(protocol), name=name)
+    frac_bits = None
+    if calibration is not None:
+        calib, frac_bits = calibration
+        calib.annotate(graph)
+    program = lower(graph, get_profile(protocol, frac_bits), name=name)
     if out_dir is not None:
         emit(program, out_dir, onnx_path=onnx_path, template_set=template_set)
     compile_s = time.perf_counter() - start

@@ -227,6 +227,24 @@ def check_program(program: Program, onnx_path: str | Path, images: np.ndarray, s
                        float(np.mean(fixed_outs[0].argmax(1) == ort_outs[0].argmax(1))), errors)
 
 
+def calibrate_graph(graph: Any, images: np.ndarray, source: str, frac_bits: int | None = None,
+                    calibration: str | Path | None = None) -> tuple[Calibration, int | None]:
+    """Calibrate ``graph`` on ``images`` (or on the .npz ``calibration``, ``--calibrate``) and annotate it; returns
+    the calibration and f: ``frac_bits`` when given, else as many fractional bits as the calibrated ranges allow
+    when they come from real images (the activations of a trained model on random noise need not bound those on
+    its data), else None (the default)."""
+    if calibration is not None:
+        calib = calibrate(graph, load_calibration_images(calibration, graph.inputs[0]), f"--calibrate {calibration}")
+    else:
+        calib = calibrate(graph, images, source)
+    if frac_bits is None and (calibration is not None or source != RANDOM_SOURCE):
+        frac_bits, calib.frac_bits_bound = choose_frac_bits(calib, graph, DEFAULT_K, DEFAULT_F)
+    elif frac_bits is None:
+        calib.frac_bits_bound = f"the default {DEFAULT_F}: calibrated on random images only (give --calibrate)"
+    calib.annotate(graph)
+    return calib, frac_bits
+
+
 def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "replicated-ring", batch: int = 1,
                  frac_bits: int | None = None, approx: dict[str, str] | None = None, check: bool = False,
                  check_samples: int = 200, reveal: str = "logits", template_set: str | None = None,
@@ -260,18 +278,9 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
         images = images[:max(check_samples, calibration_samples)]
         check_samples = min(check_samples, len(images))
         images = np.concatenate([images] * -(-batch // len(images)))  # the emitted client input needs a batch
-    if calibration is not None:
-        calib = calibrate(graph, load_calibration_images(calibration, graph.inputs[0]), f"--calibrate {calibration}")
-    else:
-        calib = calibrate(graph, images[:calibration_samples], source)
-    if frac_bits is None and (calibration is not None or source != RANDOM_SOURCE):
-        # as many fractional bits as the calibrated ranges allow, when they come from real images (the activations
-        # of a trained model on random noise need not bound those on its data)
-        frac_bits, calib.frac_bits_bound = choose_frac_bits(calib, graph, DEFAULT_K, DEFAULT_F)
-    elif frac_bits is None:
-        calib.frac_bits_bound = f"the default {DEFAULT_F}: calibrated on random images only (give --calibrate)"
+    calib, frac_bits = calibrate_graph(graph, images[:calibration_samples], source, frac_bits, calibration)
     profile = get_profile(protocol, frac_bits, approx)
-    program = lower(calib.annotate(graph), profile, name=Path(onnx_path).stem, reveal=reveal)
+    program = lower(graph, profile, name=Path(onnx_path).stem, reveal=reveal)
     execute(program, {graph.inputs[0]: images[:batch]})  # range errors surface here, before anything is written
     timings["lowering_s"] = time.perf_counter() - start - timings["frontend_s"]
     report = check_program(program, onnx_path, images[:check_samples], source) if check else None

@@ -5,9 +5,13 @@ the calibration images (``mpcvit-compile --calibrate FILE.npz``; by default the 
 :func:`compiler.api.sample_images`) and records, per tensor, its min and max over all samples, and per call site
 the statistics its fixed-point parameters depend on (LayerNorm: the per-row variance range, the largest |row mean|
 and |x - mean|, and |γ|; attention: the largest |score|, and with ReLU-softmax heads the range of its row sums
-Σ relu(S) + ε). :meth:`Calibration.annotate` writes those statistics into ``node.attrs["calibration"]``, where
+Σ relu(S) + ε, and ``cmp_abs`` the largest |score + bias|, what its comparisons see; every other node that
+compares: ``in_abs``, its first input's largest magnitude). :meth:`Calibration.annotate` writes those statistics into ``node.attrs["calibration"]``, where
 :mod:`compiler.lowering.plans` reads them (``layernorm_scale``, ``relu_softmax_scale``); :func:`choose_frac_bits`
-picks f from the ranges.
+picks f from the ranges. Lowering chooses from them the pre-scales (LayerNorm, ReLU-softmax row sums), the
+approximation domains (reciprocal, rsqrt), the GeLU/tanh/erf/sigmoid segments (the cut comparisons are dropped
+where the input stays inside the polynomial's interval) and the bit length of every comparison
+(``compiler.lowering.plans.comparison_bits``); the manifest's ``calibration.choices`` lists them per call site.
 
 Safety margin: inputs other than the calibration samples are assumed to reach up to ``MAGNITUDE_MARGIN`` (4)
 times the calibrated magnitudes (16 times for variances, its square). The same margin bounds the client's input:
@@ -26,6 +30,11 @@ import numpy as np
 from compiler.errors import CompileError, UserError
 from compiler.ir import Graph
 from compiler.lowering.plans import MAGNITUDE_MARGIN, Program
+
+# Node kinds whose comparisons, polynomial segments or (reduce_mean) constants follow their first input's calibrated
+# magnitude ``in_abs``
+INPUT_MAGNITUDE = ("relu", "gelu", "abs", "clip", "hardsigmoid", "hardswish", "reduce_max", "softmax", "sigmoid",
+                   "tanh", "erf", "output", "reduce_mean")
 
 
 @dataclass
@@ -59,11 +68,19 @@ class Calibration:
             out["frac_bits"] = {"f": program.profile.f, "bounded_by": self.frac_bits_bound or "--frac-bits"}
             out["choices"] = {p.node.name: _choices(p) for p in program.node_plans
                               if p.params or any(u.params for u in p.approx.values())}
+            # the program's comparison bit lengths (plans.choose_comparison_lengths), each its own preprocessing
+            out["comparison_lengths"] = sorted({s.bits for p in program.node_plans for s in p.steps if s.bits})
         return out
 
 
 def _choices(plan: Any) -> dict[str, Any]:
     choices: dict[str, Any] = {role: {"approx": use.label, **use.kwargs} for role, use in plan.approx.items()}
+    for role, value in plan.params.items():
+        if role == "bits" or role.endswith(".bits"):
+            choices[role.replace("bits", "comparison_bits")] = value
+    mean = plan.params.get("mean.scale")
+    if mean is not None:
+        choices["mean_prescale"] = {"shift": mean.shift, "extra_bits": mean.bits, "mul": mean.mul}
     scale = plan.params.get("scale")
     if scale is not None:
         choices["prescale"] = {"sigma": scale.sigma, "exact_centring": scale.exact, "shift": scale.shift,
@@ -100,16 +117,18 @@ def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration image
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), axis=0)])
         with threadpool_limits(1, user_api="blas"):  # small GEMMs: OpenBLAS's threads cost more than they save
             env = evaluate(graph, {name: chunk}, keep_all=True)
+            for node in graph.nodes:  # the attention statistics multiply scores too (vit_9_12_64: 31 s -> 5 s)
+                if node.op == "layernorm":
+                    _merge(sites, node.name, _layernorm_stats(env[node.inputs[0]], graph.values[node.inputs[1]].data))
+                elif node.op == "attention":
+                    _merge(sites, node.name, _attention_stats(node, [env[n] for n in node.inputs]))
+                if node.op in INPUT_MAGNITUDE and np.asarray(env[node.inputs[0]]).size:
+                    _merge(sites, node.name, {"in_abs": float(np.max(np.abs(env[node.inputs[0]])))})
         for value, data in env.items():
             if graph.values[value].role == "secret" and np.asarray(data).dtype.kind == "f" and data.size:
                 lo, hi = float(data.min()), float(data.max())
                 old = ranges.get(value, (lo, hi))
                 ranges[value] = (min(lo, old[0]), max(hi, old[1]))
-        for node in graph.nodes:
-            if node.op == "layernorm":
-                _merge(sites, node.name, _layernorm_stats(env[node.inputs[0]], graph.values[node.inputs[1]].data))
-            elif node.op == "attention":
-                _merge(sites, node.name, _attention_stats(node, [env[n] for n in node.inputs[:3]]))
     return Calibration(len(images), source, (float(images.min()), float(images.max())), ranges, sites)
 
 
@@ -122,12 +141,16 @@ def _layernorm_stats(x: np.ndarray, gamma: np.ndarray | None) -> dict[str, Any]:
 
 
 def _attention_stats(node: Any, sources: list[np.ndarray]) -> dict[str, Any]:
-    """The largest |score| of any head, and [min, max] over the ReLU-softmax rows of Σ relu(S) + ε."""
+    """The largest |score| of any head, the largest |score + bias| (what the row max and the ReLU compare), and
+    [min, max] over the ReLU-softmax rows of Σ relu(S) + ε."""
     from compiler.ir_eval import attention_heads
 
-    q, k, _ = attention_heads(node, *sources)  # [..., H, N, d]
+    q, k, _ = attention_heads(node, *sources[:3])  # [..., H, N, d]
     scores = (q * float(node.attrs.get("scale", 1.0))) @ np.swapaxes(k, -1, -2)
     stats: dict[str, Any] = {"scores_abs": float(np.abs(scores).max())}
+    if len(sources) > 3:  # bias [b, H, N, N], b broadcasting over the batch
+        scores = scores + np.asarray(sources[3])
+    stats["cmp_abs"] = float(np.abs(scores).max())
     relu = np.array([h["kind"] == "relu_softmax" for h in node.attrs["heads"]])
     if relu.any():
         sums = np.maximum(scores[..., relu, :, :], 0).sum(-1) + float(node.attrs.get("eps", 0.0) or 0.0)

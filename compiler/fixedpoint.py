@@ -77,11 +77,20 @@ class FixedPoint:
         """
         return self.trunc(np.matmul(np.asarray(a_int, np.int64), np.asarray(b_int, np.int64)))
 
-    def check_range(self, x_int: np.ndarray, name: str) -> None:
-        """Raise FixedPointRangeError when a value consumed by a comparison has |v| >= 2^(k-f-1)."""
+    def check_range(self, x_int: np.ndarray, name: str, bits: int | None = None) -> None:
+        """Raise FixedPointRangeError when a value consumed by a comparison has |v| >= 2^(k-f-1), or, for a
+        comparison of bit length ``bits`` (chosen from the calibrated range, compiler.lowering.comparison_bits),
+        |v| >= 2^(bits-f-1): beyond it MP-SPDZ's comparison would silently compare wrapped values."""
         x = np.asarray(x_int, dtype=np.int64)
         if x.size == 0:
             return
+        if bits is not None and bits < self.k:
+            worst = int(np.max(np.abs(x)))
+            if worst >= 1 << (bits - 1):
+                raise FixedPointRangeError(
+                    f"tensor {name!r} reaches |v| = {worst / self.scale:.6g}, outside the range |v| < "
+                    f"{2.0 ** (bits - 1 - self.f):g} its {bits}-bit comparison was calibrated for: calibrate on "
+                    f"inputs like these (mpcvit-compile --calibrate)")
         limit = np.int64(1) << np.int64(self.k - 1)
         worst = int(np.max(np.abs(x)))
         if worst >= limit:

@@ -124,7 +124,8 @@ KERNELS: dict[str, Callable[[Node, list[Array]], Array]] = {
     "clip": _clip,
     "where": lambda node, xs: np.where(xs[0].astype(bool), xs[1], xs[2]),
     "softmax": lambda node, xs: _softmax(xs[0], node.attrs["axis"]),
-    "reduce_sum": _reduce(np.sum),
+    # a pooled sum may be pre-scaled by 2^-shift (passes.mean_as_sum)
+    "reduce_sum": lambda node, xs: _reduce(np.sum)(node, xs) * 2.0 ** -int(node.attrs.get("shift", 0)),
     "reduce_mean": _reduce(np.mean),
     "reduce_max": _reduce(np.max),
     "rsqrt": lambda node, xs: 1 / np.sqrt(xs[0]),

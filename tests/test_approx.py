@@ -33,6 +33,25 @@ def test_error_bound_over_whole_domain(op, choice):
     assert err.max() <= approx.max_abs_error
 
 
+@pytest.mark.parametrize("op", ["gelu", "tanh", "erf", "sigmoid"])
+def test_inner_segment_meets_its_bound_on_the_interval_it_is_used_on(op):
+    """``inner=True`` (the cut comparisons dropped, chosen where the calibrated input stays inside the cut) over
+    its domain (-cut, cut): the same bound, and bit for bit the full form's result there; beyond the cut it is
+    the polynomial extrapolated (what MP-SPDZ then computes), which is why lowering keeps a margin."""
+    approx = get(op, "poly")
+    (lo, hi), bound = approx.bounds(inner=True)
+    assert bound == approx.max_abs_error and hi < approx.domain[1]
+    x = dense(lo, hi)
+    x = x[(x > fx.encode(lo)) & (x < fx.encode(hi))]
+    inner = approx.run(x, fx, inner=True)
+    assert np.array_equal(inner, approx.run(x, fx))
+    assert np.abs(fx.decode(inner) - approx.exact(fx.decode(x))).max() <= bound
+    assert len(approx.call_steps(100, CostProfile(), inner=True, bits=20)) == len(approx.steps(100, None)) - \
+        (op == "gelu")  # gelu: no final cut x value product; the odd polynomials' products shrink to n
+    ltz = [s for s in approx.call_steps(100, CostProfile(), inner=True, bits=20) if s.prim == "ltz"]
+    assert ltz == [Step("ltz", 100, bits=20)]  # one sign comparison per element, at the call site's bit length
+
+
 def test_gelu_exact_is_erf_gelu_and_poly_meets_issue_bound():
     x = np.linspace(-8, 8, 101)
     assert np.allclose(get("gelu", "poly").exact(x), 0.5 * x * (1 + erf(x / np.sqrt(2))))

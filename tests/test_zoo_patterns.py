@@ -161,15 +161,16 @@ def test_qk_norm_feeds_the_attention_pattern(zoo_dir: Path) -> None:
                                run_onnxruntime(path, image), atol=1e-4)  # float32 onnxruntime vs float64
 
 
-def test_token_mean_is_a_local_sum_with_its_scale_folded_into_the_head(zoo_dir: Path) -> None:
+def test_token_mean_is_a_prescaled_sum_with_its_scale_folded_into_the_head(zoo_dir: Path) -> None:
     path = export_zoo("sdpa_block", "dynamo", zoo_dir)
     image = random_inputs(1)
     graph, before, after = pipeline_checking(load_onnx(path), mean_as_sum, image)
     assert before["reduce_mean"] == 1 and "reduce_mean" not in after
     counts = graph.op_counts()
-    assert counts["reduce_sum"] == 1 and "scale" not in counts  # 1/16 is in the head's weights
+    assert counts["reduce_sum"] == 1 and "scale" not in counts  # 2^4/16 = 1 in the head's weights
     (head,) = [n for n in graph.nodes if n.outputs == graph.outputs]
     assert head.op == "linear" and graph.producer(head.inputs[0]).op == "reduce_sum"
+    assert graph.producer(head.inputs[0]).attrs["shift"] == 4  # the sum pre-scaled to the mean's magnitude
     np.testing.assert_allclose(evaluate(graph, feeds_for(graph, image))[graph.outputs[0]],
                                run_onnxruntime(path, image), atol=1e-4)  # float32 onnxruntime vs float64
 

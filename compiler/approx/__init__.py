@@ -9,6 +9,12 @@
   params are rendered in as compile-time constants. :meth:`Approximation.render` renders it.
 * ``steps(n, profile, **params) -> list[Step]`` — what one vectorised call on n elements costs, in primitive steps
   (or one fitted step ``"<op>:<choice>"`` for MP-SPDZ built-ins). :meth:`Approximation.cost` prices them.
+* ``compared(**params) -> float`` — for approximations whose comparisons take a bit length: the largest
+  |constant| they compare with (a cut, a clipping bound, the top threshold). Such an approximation also takes the
+  param ``bits`` (the comparisons' bit length k', default the profile's k; chosen per call site by
+  :func:`compiler.lowering.plans.comparison_bits`): its template compares with ``bit_length=bits``, its comparison
+  steps are priced at ``bits``, and the executor checks the input against that range (the reference itself is the
+  same: inside the range MP-SPDZ's comparison is exact).
 * ``domain`` / ``max_abs_error`` — the input interval (default params) over which the absolute error against the
   exact function stays below ``max_abs_error`` (tests sample the whole domain densely, in fixed point);
   ``bounds(**params)`` gives both for other params (e.g. the reciprocal's denominator range).
@@ -19,7 +25,7 @@ each tree level is one comparison on two contiguous halves, and returns the ``ro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -48,6 +54,7 @@ class Approximation:
     bounds: Bounds  # (**params) -> ((lo, hi), max_abs_error)
     params: dict[str, Any] = field(default_factory=dict)  # defaults, also the template's constants
     constants: Callable[[FixedPoint, dict[str, Any]], dict[str, Any]] | None = None  # derived template constants
+    compared: Callable[..., float] | None = None  # (**params) -> largest |constant| compared; None: no bit length
     doc: str = ""
 
     @property
@@ -59,23 +66,36 @@ class Approximation:
         return self.bounds(**self.params)[1]
 
     def with_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(params) - set(self.params)
+        known = set(self.params) | ({"bits"} if self.compared else set())
+        unknown = set(params) - known
         if unknown:
             raise CompileError(f"approximation {self.op}:{self.choice} has no parameter(s) {sorted(unknown)}; "
-                               f"known: {sorted(self.params)}")
+                               f"known: {sorted(known)}")
         return {**self.params, **params}
 
+    def split_bits(self, params: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+        """(the params of reference/steps/bounds/constants, the comparisons' bit length or None for k)."""
+        values = self.with_params(params)
+        return values, values.pop("bits", None)
+
     def run(self, x_int: np.ndarray, fx: FixedPoint, **params: Any) -> np.ndarray:
-        return self.reference(np.asarray(x_int, dtype=np.int64), fx, **self.with_params(params))
+        values, _ = self.split_bits(params)
+        return self.reference(np.asarray(x_int, dtype=np.int64), fx, **values)
+
+    def call_steps(self, n: int, profile: Any, **params: Any) -> list[Step]:
+        """The steps of one call on n elements, its comparisons at the call site's bit length."""
+        values, bits = self.split_bits(params)
+        steps = self.steps(n, profile, **values)
+        return [replace(s, bits=bits) if bits and s.prim in ("ltz", "relu") else s for s in steps]
 
     def cost(self, n: int, profile: Any, **params: Any) -> Cost:
-        return sum((step_cost(s, profile) for s in self.steps(n, profile, **self.with_params(params))), Cost())
+        return sum((step_cost(s, profile) for s in self.call_steps(n, profile, **params)), Cost())
 
     def render(self, fn_name: str, fx: FixedPoint, **params: Any) -> str:
         """The MP-SPDZ source of ``def fn_name(x)`` with this approximation's constants filled in."""
-        values = self.with_params(params)
+        values, bits = self.split_bits(params)
         derived = self.constants(fx, values) if self.constants else {}
-        return _templates().get_template(self.template).render(fn_name=fn_name, f=fx.f, k=fx.k,
+        return _templates().get_template(self.template).render(fn_name=fn_name, f=fx.f, k=fx.k, bits=bits or fx.k,
                                                                **{**values, **derived})
 
 

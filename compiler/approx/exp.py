@@ -86,12 +86,12 @@ def exp_mpspdz_reference(x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
 
 register(Approximation(
     op="exp", choice="limit", reference=exp_limit_reference, template="approx/exp_limit.mpc.j2",
-    steps=exp_limit_steps, exact=np.exp, bounds=exp_limit_bounds, params={"n": 8},
+    steps=exp_limit_steps, exact=np.exp, bounds=exp_limit_bounds, params={"n": 8}, compared=lambda n: 2.0 ** n,
     doc="(1 + x/2^n)^(2^n) after clipping x to [-2^n, 0]"))
 
 register(Approximation(
     op="exp", choice="limit2", reference=exp_limit2_reference, template="approx/exp_limit2.mpc.j2",
-    steps=exp_limit2_steps, exact=np.exp, bounds=exp_limit2_bounds, params={"n": 5},
+    steps=exp_limit2_steps, exact=np.exp, bounds=exp_limit2_bounds, params={"n": 5}, compared=lambda n: 2.0 ** n,
     doc="(1 + y + y^2/2)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]"))
 
 register(Approximation(

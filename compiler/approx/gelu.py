@@ -6,6 +6,8 @@
   the cut c = [x < 4] − [x < −4] (local); one bit×value product b·x gives ReLU = x − b·x and |x| = x − 2·b·x;
   t = |x|/4 (one truncation by 2 bits); Horner (one public-coefficient and four secret products); c·p (bit×value).
   Bound: |error| ≤ 3e-3 on [−8, 8] (fit 2.6e-3 + ≤ 6 LSB of rounding; beyond |x| ≥ 4 only g's tail 1.3e-4).
+  ``inner=True`` (chosen per call site when the calibrated |x| times the margin stays below 4): the cut
+  comparisons are dropped (an LTZ on n elements, not 3n; c = 1), the same bound on (−4, 4), its domain.
 * ``mpspdz`` — MP-SPDZ's ``ml.Gelu`` (PUMA 3-piece polynomial: f0 on [−4, −1.95), f1 on [−1.95, 3], x above 3,
   0 below −4). The reference emulates it operation by operation in fixed point; its error against erf-GeLU on
   [−8, 8] is below 0.016 (0.015 measured by MP-SPDZ runs).
@@ -40,10 +42,10 @@ def gelu_exact(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + _ERF(x / math.sqrt(2.0)).astype(np.float64))
 
 
-def poly_reference(x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
+def poly_reference(x_int: np.ndarray, fx: FixedPoint, inner: bool = False) -> np.ndarray:
     cut = np.int64(CUT * fx.scale)
     neg = (x_int < 0).astype(np.int64)
-    inside = (x_int < cut).astype(np.int64) - (x_int < -cut).astype(np.int64)
+    inside = 1 if inner else (x_int < cut).astype(np.int64) - (x_int < -cut).astype(np.int64)
     neg_x = neg * x_int  # bit × value: no truncation
     relu, magnitude = x_int - neg_x, x_int - 2 * neg_x
     t = fx.mul_public(magnitude, 1.0 / CUT)
@@ -53,9 +55,9 @@ def poly_reference(x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
     return relu - inside * p
 
 
-def poly_steps(size: int, profile: object) -> list[Step]:
-    return [Step("ltz", 3 * size), Step("mul_int", size), Step("trunc", size), Step("trunc", size)] + \
-        [Step("mul", size)] * (len(POLY) - 2) + [Step("mul_int", size)]
+def poly_steps(size: int, profile: object, inner: bool = False) -> list[Step]:
+    return [Step("ltz", (1 if inner else 3) * size), Step("mul_int", size), Step("trunc", size),
+            Step("trunc", size)] + [Step("mul", size)] * (len(POLY) - 2) + ([] if inner else [Step("mul_int", size)])
 
 
 def puma_reference(x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
@@ -73,8 +75,9 @@ def puma_reference(x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
 
 register(Approximation(
     op="gelu", choice="poly", reference=poly_reference, template="approx/gelu_poly.mpc.j2", steps=poly_steps,
-    exact=gelu_exact, bounds=lambda: ((-8.0, 8.0), 3e-3), params={},
-    constants=lambda fx, params: {"poly": list(POLY), "cut": CUT},
+    exact=gelu_exact, bounds=lambda inner=False: ((-CUT, CUT) if inner else (-8.0, 8.0), 3e-3),
+    params={"inner": False}, constants=lambda fx, params: {"poly": list(POLY), "cut": CUT},
+    compared=lambda inner: CUT,
     doc="ReLU(x) - g(|x|), g a degree-5 polynomial on [0, 4]"))
 
 register(Approximation(

@@ -12,6 +12,10 @@ ONE bit×value call on 2n elements gives b·x and b·c; |x| = x − 2·b·x; t =
 (one public-coefficient product, d − 1 secret products, one truncation each); finally with s = c − 2·b·c
 (= sign(x) inside the cut, 0 outside) f(x) = c0 + L·(1 − 2b) + s·(P(t) − L): one bit×value product.
 
+``inner=True`` (chosen per call site when the calibrated |x| times the margin stays below cut): the cut
+comparisons are dropped (c = 1: an LTZ on n elements, one bit×value call on n), with the fit's bound on
+(−cut, cut), its domain.
+
 Error bound: max(fit error of P on [0, cut], tail |L − G(cut)|) + rounding. Rounding: the Horner value is off by
 ≤ (d + 1)·LSB (each step's truncation and coefficient encoding ≤ 1 LSB, multiplied by t ≤ 1 afterwards), t by
 ≤ 1 LSB (truncation, and the encoded 1/cut times |x| < cut), which moves P by ≤ max|P'(t)|·LSB on [0, 1].
@@ -60,10 +64,10 @@ class OddPoly:
             power = polynomial.polymul(power, [-1.0, 2.0])
         return tuple(float(c) for c in in_t)
 
-    def reference(self, x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
+    def reference(self, x_int: np.ndarray, fx: FixedPoint, inner: bool = False) -> np.ndarray:
         cut = np.int64(fx.encode(self.cut))
         neg = (x_int < 0).astype(np.int64)
-        inside = (x_int < cut).astype(np.int64) - (x_int < -cut).astype(np.int64)
+        inside = 1 if inner else (x_int < cut).astype(np.int64) - (x_int < -cut).astype(np.int64)
         neg_x, neg_inside = neg * x_int, neg * inside  # one bit × value call on 2n elements
         t = fx.mul_public(x_int - 2 * neg_x, 1.0 / self.cut)
         p = self._horner(t, fx)
@@ -78,8 +82,9 @@ class OddPoly:
             p = fx.mul(p, t) + fx.encode(coefficient)
         return p
 
-    def steps(self, size: int, profile: object) -> list[Step]:
-        return [Step("ltz", 3 * size), Step("mul_int", 2 * size), Step("trunc", size), Step("trunc", size)] + \
+    def steps(self, size: int, profile: object, inner: bool = False) -> list[Step]:
+        return [Step("ltz", (1 if inner else 3) * size), Step("mul_int", (1 if inner else 2) * size),
+                Step("trunc", size), Step("trunc", size)] + \
             [Step("mul", size)] * (self.degree - 1) + [Step("mul_int", size)]
 
     @cached_property
@@ -89,16 +94,18 @@ class OddPoly:
         tail = abs(self.limit - float(self.odd_part(np.array(self.cut))))
         return max(float(np.max(np.abs(p - self.odd_part(a)))), tail)
 
-    def bounds(self) -> tuple[tuple[float, float], float]:
-        """Domain: the comparison range at k = 31, f = 16 (beyond ±cut the result is the limit anyway)."""
+    def bounds(self, inner: bool = False) -> tuple[tuple[float, float], float]:
+        """Domain: the comparison range at k = 31, f = 16 (beyond ±cut the result is the limit anyway); with
+        ``inner``, (−cut, cut)."""
         slope = polynomial.polyval(np.linspace(0.0, 1.0, 10_001), polynomial.polyder(self.coefficients))
         rounding = (self.degree + 1 + float(np.max(np.abs(slope)))) * 2.0 ** -BOUND_F
-        return (-16000.0, 16000.0), self.fit_error + rounding
+        return ((-self.cut, self.cut) if inner else (-16000.0, 16000.0)), self.fit_error + rounding
 
     def register(self, doc: str) -> Approximation:
         return register(Approximation(
-            op=self.op, choice="poly", reference=lambda x, fx: self.reference(x, fx), template="approx/odd_poly.mpc.j2",
-            steps=lambda size, profile: self.steps(size, profile), exact=self.exact, bounds=self.bounds, params={},
+            op=self.op, choice="poly", reference=self.reference, template="approx/odd_poly.mpc.j2",
+            steps=self.steps, exact=self.exact, bounds=self.bounds, params={"inner": False},
             constants=lambda fx, params: {"poly": list(self.coefficients), "cut": self.cut, "c0": self.c0,
                                           "limit": self.limit},
+            compared=lambda inner: self.cut,
             doc=doc))

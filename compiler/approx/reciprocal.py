@@ -119,6 +119,7 @@ register(Approximation(
     op="reciprocal", choice="newton", reference=newton_reference, template="approx/reciprocal_newton.mpc.j2",
     steps=newton_steps, exact=lambda x: 1.0 / x, bounds=newton_bounds,
     params={"lo": 1.0, "hi": 64.0, "iterations": None, "shift": 0}, constants=newton_template_constants,
+    compared=lambda lo, hi, iterations, shift: 2 * hi,  # the top threshold lo·2^J < 2·hi
     doc="Newton with a proven piecewise initial guess"))
 
 register(Approximation(

@@ -40,4 +40,4 @@ def rowmax_tree_steps(size: int, profile: object, cols: int | None = None) -> li
 register(Approximation(
     op="rowmax", choice="tree", reference=rowmax_tree_reference, template="approx/rowmax_tree.mpc.j2",
     steps=rowmax_tree_steps, exact=lambda x: np.max(x, axis=-1), bounds=lambda cols=None: ((-8000.0, 8000.0), 0.0),
-    params={"cols": None}, doc="pairwise tree max, one comparison per level"))
+    params={"cols": None}, compared=lambda cols=None: 0.0, doc="pairwise tree max, one comparison per level"))

@@ -122,6 +122,7 @@ register(Approximation(
     op="rsqrt", choice="newton", reference=newton_reference, template="approx/rsqrt_newton.mpc.j2",
     steps=newton_steps, exact=lambda x: 1.0 / np.sqrt(x), bounds=newton_bounds,
     params={"eps": 1e-5, "hi": 64.0, "iterations": None}, constants=newton_constants,
+    compared=lambda eps, hi, iterations: 2 * hi,  # the top threshold lo·2^J < 2·hi
     doc="segment guess from one comparison, Newton y(3 - xy^2)/2"))
 
 register(Approximation(

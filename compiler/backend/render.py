@@ -115,7 +115,8 @@ class _Renderer:
         if node.op == "input":
             return None
         ctx: dict[str, Any] = {"node": node, "op": node.op, "marker": OUTPUT_MARKER, "reveal": self.program.reveal,
-                               "batch": self.program.batch}
+                               "batch": self.program.batch,
+                               "cmp_bits": p.params.get("bits", self.program.profile.k)}  # plans.comparison_bits
         if node.outputs:
             ctx["out"] = self.tensor(node.outputs[0])
         getattr(self, f"ctx_{node.op}")(node, p, ctx)
@@ -204,6 +205,7 @@ class _Renderer:
             elif kind == "relu_softmax":
                 scale = p.params["relu_softmax.scale"]
                 group.update(reciprocal=p.approx["relu_softmax.reciprocal"].fn_name, trunc=scale.trunc,
+                             cmp_bits=p.params.get("relu_softmax.bits", fx.k),
                              shift=scale.trunc + scale.shift, eps=repr(scale.eps_int / fx.scale))
             groups.append(group)
         bias = None
@@ -263,7 +265,9 @@ class _Renderer:
         shape = self.graph.values[node.inputs[0]].shape
         rows, cols, perm = reduction_block(node, shape)
         ctx.update(x=self.tensor(node.inputs[0]), x_vec=self.permuted(node.inputs[0], perm), rows=rows, cols=cols,
-                   inv_cols=repr(1.0 / cols), rowmax=p.approx["rowmax"].fn_name if "rowmax" in p.approx else None)
+                   inv_cols=repr(1.0 / cols), rowmax=p.approx["rowmax"].fn_name if "rowmax" in p.approx else None,
+                   mean=p.params.get("mean.scale"), shift=int(node.attrs.get("shift", 0)),
+                   k=self.program.profile.k, f=self.program.profile.f)
 
     ctx_reduce_sum = ctx_reduce_mean = ctx_reduce_max = ctx_reduce
 

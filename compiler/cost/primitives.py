@@ -10,15 +10,22 @@ Formulas (coefficients in :mod:`compiler.cost.fitted`, produced by :mod:`compile
 * offline rounds = c·O·v / min(batch, cap) (+ d·W/1000) plus a *setup* a: the first preprocessing batch
   (run-time ``-b``, default 1000; beyond ``cap`` a larger batch stops helping); consecutive calls share
   batches, so the batch count is continuous. The setup (constant rounds and bytes) is paid once per program
-  and primitive, so costs combine it with max per primitive, not +;
+  and primitive (a comparison: per bit length, whose edaBits are their own kind), so costs combine it with max
+  per primitive, not +;
 * bytes (all parties / party 0) = a + b·O + c·W + d·(M·K + K·P), linear: semi2k pays ~3.1 KB per scalar
   product of a matmul (one OT triple each, no matrix triples); ``online_share`` splits bytes; the slopes lean
   on the large measured calls (the marginal cost each further call of a program pays);
 * input: semi2k and dealer derive shares from PRG seeds (nothing sent), replicated-ring sends one share;
 * seconds (local compute, loopback) = a + b·O + c·W + d·(M·K + K·P).
 
-Comparison-based primitives (ltz, relu and the built-ins) decompose k bits: their bytes are scaled by k/31
-beyond the measured k (an extrapolation; measurements exist for k=31 only).
+Comparison-based primitives (ltz, relu and the built-ins) decompose k bits (a step's ``bits``, else the profile's
+k; MP-SPDZ's LTZ on k + 1 bits). The fits are at k=31; another bit length k' scales their bytes (and semi2k's
+offline rounds, which follow its bit-triple volume) by (c + k')/(c + 31) and removes ``ROUNDS_PER_LEVEL`` online
+rounds per carry-tree level saved, ⌈log2 31⌉ − ⌈log2 k'⌉ (MP-SPDZ's CarryOutAux is a log-depth tree over the bits).
+c (``FIXED_BITS``) is the part of a comparison that does not grow with the bits (splitting shares, the bit-to-
+arithmetic conversion): fitted to LTZ at k' = 8, 12, 16, 31 on n = 4096 with ``-b 100000`` (MP-SPDZ 3a0a7b1d,
+party 0's timer bytes and rounds; see benchmarks/README.md), within 5 % (rep3, dealer) and 14 % (semi2k) on bytes
+and exact on online rounds.
 """
 from __future__ import annotations
 
@@ -45,6 +52,9 @@ MEASURED_K = 31
 IO_WORDS = {"semi2k": (0, 1, 1), "dealer": (0, 1, 1), "replicated-ring": (1, 2, 1), "rep4-ring": (2, 6, 3),
             "ps-rep-ring": (1, 2, 1), "sy-rep-ring": (1, 2, 1), "trio": (1, 7, 3), "astra": (1, 7, 3),
             "spdz2k": (129, 516, 258)}
+# (c, online rounds per carry level) of a comparison's bit-length dependence (see the module doc)
+FIXED_BITS = {"semi2k": 0.0, "dealer": 31.0, "replicated-ring": 15.0}
+ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 2, "replicated-ring": 1}
 BIT_DECOMPOSING = {"ltz", "relu", "exp:mpspdz", "reciprocal:mpspdz", "rsqrt:mpspdz", "gelu:mpspdz", "apprcr",
                    "fpdiv_nearest"}
 PRIMITIVES = ("matmul", "mul", "mul_int", "trunc", "ltz", "relu", "input", "reveal")
@@ -57,6 +67,7 @@ class Step:
     shape: tuple[int, ...] = ()  # matmul: (M, K, P) per instance
     instances: int = 1  # independent copies issued together (heads, images)
     party: int | None = None  # "input": the party providing it
+    bits: int | None = None  # comparisons: the bit length k they decompose (None: the profile's k)
 
 
 Setup = tuple[tuple[str, float, float, float], ...]  # (primitive, rounds, bytes p0, bytes all), sorted
@@ -193,13 +204,23 @@ def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, ope
         return Cost()
     on_fixed, on_var = _chunked(fit["online_rounds"], outputs, work, budget, False)
     off_fixed, off_var = _chunked(fit["offline_rounds"], outputs, work, batch, True)
-    scale = k / MEASURED_K if prim in BIT_DECOMPOSING else 1.0
+    scale = 1.0
+    if prim in BIT_DECOMPOSING and k != MEASURED_K:
+        # protocols whose bit-length dependence was not measured keep the plain proportional rule (c = 0, no
+        # rounds saved): over-estimates short comparisons rather than under-estimating them
+        fixed = FIXED_BITS.get(protocol, 0.0)
+        scale = (fixed + k) / (fixed + MEASURED_K)
+        levels = math.ceil(math.log2(MEASURED_K)) - math.ceil(math.log2(max(k, 2)))
+        chunks = chunk_count(outputs, fit["online_rounds"][2], budget, fit["online_rounds"][4], False)
+        on_var = max(on_var - ROUNDS_PER_LEVEL.get(protocol, 0) * levels * chunks, 0.0)
+        if protocol == "semi2k":
+            off_var *= scale
     all_coef, p0_coef = fit["bytes_all"], fit["bytes_p0"]
     variable_all = (_linear(all_coef, outputs, work, operands) - all_coef[0]) * scale
     return Cost(variable_bytes_p0=(_linear(p0_coef, outputs, work, operands) - p0_coef[0]) * scale,
                 variable_bytes_all=variable_all, online_bytes_all=variable_all * fit["online_share"],
                 online_rounds=on_fixed + on_var, offline_rounds=off_var,
-                setup=((prim, off_fixed, p0_coef[0], all_coef[0]),),
+                setup=((prim if scale == 1.0 else f"{prim}/{k}", off_fixed, p0_coef[0], all_coef[0]),),
                 seconds=max(_linear(fit["seconds"], outputs, work, operands), 0.0))
 
 
@@ -220,6 +241,10 @@ def _transfer(protocol: str, n: int, party: int | None, reveal: bool) -> Cost:
 def step_cost(step: Step, profile: Any) -> Cost:
     """Price one step under ``profile`` (anything with protocol/k/budget/batch; a protocol name works too)."""
     protocol, k, budget, batch = profile_params(profile)
+    if step.prim == "relu" and step.bits and step.bits != k:  # measured: relu = ltz + one bit x value product
+        return steps_cost([Step("ltz", step.n, instances=step.instances, bits=step.bits),
+                           Step("mul_int", step.n, instances=step.instances)], profile)
+    k = step.bits or k
     copies = max(int(step.instances), 1)
     if step.prim == "matmul":
         if len(step.shape) != 3:

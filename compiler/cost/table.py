@@ -20,7 +20,7 @@ def _approx_steps(op: str, n: int, profile: Any, **params: Any) -> list[Step]:
 
     choice = (getattr(profile, "approx", None) or {}).get(op, DEFAULT_APPROX[op])
     approx = get(op, choice)
-    return approx.steps(n, profile, **approx.with_params(params))
+    return approx.call_steps(n, profile, **params)
 
 
 def head_steps(kind: str, tokens: int, head_dim: int, profile: Any) -> list[Step]:

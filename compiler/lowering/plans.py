@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -96,10 +96,57 @@ def _use(profile: Profile, op: str, **params: Any) -> ApproxUse:
     return ApproxUse(op, profile.approx[op], tuple(sorted(params.items())))
 
 
+def comparison_bits(profile: Profile, calibrated: float | None, exact: float = 0.0) -> int:
+    """The bit length k' of one comparison call site: MP-SPDZ's ``sint.less_than(other, bit_length=k')``, an LTZ
+    on k' + 1 bits, exact while |a - b| < 2^k' LSB and wrapping beyond. k' is the smallest with every compared
+    operand below 2^(k'-1) LSB (so their difference stays below 2^k'): ``calibrated`` (a calibrated largest
+    magnitude, times MAGNITUDE_MARGIN) and ``exact`` (a bound that holds whatever the input: a constant compared
+    with, an approximation's domain top), rounded up to the next of the program's lengths ``profile.cmp_bits``
+    (chosen by :func:`choose_comparison_lengths`). The profile's k without calibration (None) or where that is
+    shorter. Comparisons cost in proportion to k' (compiler.cost.primitives), rounds in ⌈log2 k'⌉."""
+    fx = profile.fx
+    if calibrated is None:
+        return fx.k
+    top = max(float(calibrated) * MAGNITUDE_MARGIN, abs(float(exact))) * fx.scale
+    bits = int(min(fx.k, max(2, math.floor(math.log2(max(top, 1.0))) + 2)))
+    return min([b for b in profile.cmp_bits if b >= bits], default=bits)
+
+
+def calibrated_abs(node: Node, key: str = "in_abs") -> float | None:
+    """A call site's calibrated largest magnitude (``node.attrs["calibration"][key]``, :mod:`compiler.calibrate`:
+    ``in_abs`` the first input's, ``cmp_abs`` attention's compared scores), None without calibration."""
+    value = (node.attrs.get("calibration") or {}).get(key)
+    return None if value is None else float(value)
+
+
+def _compare_use(profile: Profile, op: str, calibrated: float | None, exact: float | None = None,
+                 **params: Any) -> ApproxUse:
+    """The profile's approximation of ``op`` at a call site whose compared input reaches ``calibrated`` (None:
+    unknown): its comparisons at the bit length :func:`comparison_bits` picks (``exact``: a bound on the input
+    that needs no margin, e.g. a domain top), and, for approximations with an ``inner`` form, the outer segments
+    dropped when the input times the margin stays inside the polynomial's interval (``compared``, the cut)."""
+    use = _use(profile, op, **params)
+    approx = REGISTRY[op][use.choice]
+    if approx.compared is None or (calibrated is None and exact is None):
+        return use
+    values = approx.with_params(use.kwargs)
+    if "inner" in approx.params and calibrated is not None and \
+            calibrated * MAGNITUDE_MARGIN < approx.compared(**values):
+        values["inner"] = True
+    if exact is None:
+        bits = comparison_bits(profile, calibrated, approx.compared(**values))
+    else:
+        bits = comparison_bits(profile, 0.0, max(exact, approx.compared(**values)))
+    chosen = {k: v for k, v in values.items() if v != approx.params.get(k)} | dict(use.kwargs)
+    if bits < profile.fx.k:
+        chosen["bits"] = bits
+    return ApproxUse(op, use.choice, tuple(sorted(chosen.items())))
+
+
 def _approx_steps(use: ApproxUse, n: int, profile: Profile) -> list[Step]:
     """The approximation's own steps at this call site's params (a built-in is one fitted step)."""
     approx = REGISTRY[use.op][use.choice]
-    return list(approx.steps(int(n), profile, **approx.with_params(use.kwargs)))
+    return approx.call_steps(int(n), profile, **use.kwargs)
 
 
 def _param_inputs(node: Node, graph: Graph) -> list[Step]:
@@ -190,15 +237,18 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     if float(node.attrs.get("scale", 1.0)) != 1.0:
         p.steps.append(Step("trunc", heads * batch * tokens * tokens))
     score_max = 2.0 ** (profile.k - profile.f - 1)
+    scores = calibrated_abs(node, "cmp_abs")  # |scores (+ bias)|, what the row max and the ReLU compare
     for kind, members in attention_groups(node).items():
         rows = len(members) * batch * tokens
         n = rows * tokens
         if kind == "softmax":
-            rowmax = p.approx["softmax.rowmax"] = _use(profile, "rowmax", cols=tokens)
-            exp = p.approx["softmax.exp"] = _use(profile, "exp")
+            rowmax = p.approx["softmax.rowmax"] = _compare_use(profile, "rowmax", scores, cols=tokens)
+            exp = p.approx["softmax.exp"] = _compare_use(profile, "exp", None if scores is None else 2 * scores)
             scale = p.params["softmax.scale"] = softmax_scale(tokens, profile)
-            rec = p.approx["softmax.reciprocal"] = _use(profile, "reciprocal", lo=1.0, hi=float(tokens),
-                                                        **({"shift": scale.shift} if scale.shift else {}))
+            # the row sums lie in [1, N] whatever the scores: an exact bound for the reciprocal's comparisons
+            rec = p.approx["softmax.reciprocal"] = _compare_use(profile, "reciprocal", None, float(tokens), lo=1.0,
+                                                                hi=float(tokens),
+                                                                **({"shift": scale.shift} if scale.shift else {}))
             p.steps += [*_approx_steps(rowmax, n, profile), *_approx_steps(exp, n, profile),
                         *_approx_steps(rec, rows, profile), Step("mul", n)]
         elif kind == "relu_softmax":
@@ -208,11 +258,16 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
                                f"using 1 LSB = {lsb:g}")
             scale, domain = relu_softmax_scale(node, profile)
             p.params["relu_softmax.scale"] = scale
+            bits = p.params["relu_softmax.bits"] = comparison_bits(profile, scores)
+            shift = {"shift": scale.shift} if scale.shift else {}
             if domain is None:  # range [ε, N·S_max], capped by the comparison range the row sum must respect
                 domain = (eps_int * lsb, min(float(tokens) * score_max, score_max))
-            rec = p.approx["relu_softmax.reciprocal"] = _use(profile, "reciprocal", lo=domain[0], hi=domain[1],
-                                                             **({"shift": scale.shift} if scale.shift else {}))
-            p.steps += [Step("relu", n), *([Step("trunc", rows)] if scale.trunc else []),
+                rec = p.approx["relu_softmax.reciprocal"] = _use(profile, "reciprocal", lo=domain[0], hi=domain[1],
+                                                                 **shift)
+            else:  # the calibrated domain's top (margin included) bounds the sums the comparisons see
+                rec = p.approx["relu_softmax.reciprocal"] = _compare_use(profile, "reciprocal", None, domain[1],
+                                                                         lo=domain[0], hi=domain[1], **shift)
+            p.steps += [Step("relu", n, bits=bits), *([Step("trunc", rows)] if scale.trunc else []),
                         *_approx_steps(rec, rows, profile), Step("mul", n)]
         elif kind == "scaling":
             p.steps.append(Step("trunc", n))
@@ -286,9 +341,9 @@ def _matmul(node: Node, graph: Graph, p: NodePlan) -> None:
         p.steps.append(Step("matmul", m * n, (m, k, n), instances=len(pairs)))
 
 
-def _clip_steps(size: int, bounds: int) -> list[Step]:
+def _clip_steps(size: int, bounds: int, bits: int) -> list[Step]:
     """One comparison call and one bit x value call over the given bounds (see helpers' mpcvit_clip)."""
-    return [Step("ltz", bounds * size), Step("mul_int", bounds * size)] if bounds else []
+    return [Step("ltz", bounds * size, bits=bits), Step("mul_int", bounds * size)] if bounds else []
 
 
 def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
@@ -304,7 +359,8 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
                                f"compile-time (public) condition is supported: compute a secret select as "
                                f"b + c * (a - b) with mul/add instead")
     elif op == "abs":  # |x| = x - 2 [x < 0] x
-        p.steps += [Step("ltz", out.size), Step("mul_int", out.size)]
+        bits = p.params["bits"] = comparison_bits(profile, calibrated_abs(node))
+        p.steps += [Step("ltz", out.size, bits=bits), Step("mul_int", out.size)]
     elif op == "mul":
         p.steps.append(Step("trunc" if constant_operands(node, graph) else "mul", out.size))
     elif op == "div":
@@ -316,37 +372,74 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     elif op == "matmul":
         _matmul(node, graph, p)
     elif op == "reduce_mean":
+        scale = p.params["mean.scale"] = mean_scale(node, profile, reduction_block(node, x_shape)[1])
+        p.steps += [Step("trunc", out.size)] * (2 if scale.shift else 1)
+    elif op == "reduce_sum" and node.attrs.get("shift"):  # a pooled sum pre-scaled by 2^-shift (passes.mean_as_sum)
         p.steps.append(Step("trunc", out.size))
     elif op == "reduce_max":
         rows, cols, _ = reduction_block(node, x_shape)
-        use = p.approx["rowmax"] = _use(profile, "rowmax", cols=cols)
+        use = p.approx["rowmax"] = _compare_use(profile, "rowmax", calibrated_abs(node), cols=cols)
         p.steps += _approx_steps(use, rows * cols, profile)
     elif op == "softmax":  # as an attention softmax head: max-subtraction, exp, one reciprocal per row
         rows, cols, _ = reduction_block(node, x_shape)
-        rowmax = p.approx["rowmax"] = _use(profile, "rowmax", cols=cols)
-        exp = p.approx["exp"] = _use(profile, "exp")
+        top = calibrated_abs(node)
+        rowmax = p.approx["rowmax"] = _compare_use(profile, "rowmax", top, cols=cols)
+        exp = p.approx["exp"] = _compare_use(profile, "exp", None if top is None else 2 * top)
         scale = p.params["softmax.scale"] = softmax_scale(max(cols, 2), profile)  # 2^q/sum: free bits for long rows
-        rec = p.approx["reciprocal"] = _use(profile, "reciprocal", lo=1.0, hi=float(max(cols, 2)),
-                                            **({"shift": scale.shift} if scale.shift else {}))
+        rec = p.approx["reciprocal"] = _compare_use(profile, "reciprocal", None, float(max(cols, 2)), lo=1.0,
+                                                    hi=float(max(cols, 2)),
+                                                    **({"shift": scale.shift} if scale.shift else {}))
         p.steps += [*_approx_steps(rowmax, rows * cols, profile), *_approx_steps(exp, rows * cols, profile),
                     *_approx_steps(rec, rows, profile), Step("mul", rows * cols)]
     elif op in ("exp", "reciprocal"):
         use = p.approx[op] = ApproxUse(op, RANGE_AGNOSTIC[op])
         p.steps += _approx_steps(use, out.size, profile)
     elif op in PROFILE_UNARY:
-        use = p.approx[op] = _use(profile, op)
+        use = p.approx[op] = _compare_use(profile, op, calibrated_abs(node))
         p.steps += _approx_steps(use, out.size, profile)
     elif op in ("rsqrt", "sqrt"):  # unknown range: every positive fixed-point value of the comparison range
         params = (("eps", fx.lsb), ("hi", fx.max_abs))
         use = p.approx[op] = ApproxUse(op, RANGE_AGNOSTIC[op], params) if op in RANGE_AGNOSTIC else \
             _use(profile, op, **dict(params))
         p.steps += _approx_steps(use, out.size, profile)
-    elif op == "hardsigmoid":
-        p.steps += [Step("trunc", out.size), *_clip_steps(out.size, 2)]
-    elif op == "hardswish":
-        p.steps += [Step("trunc", out.size), *_clip_steps(out.size, 2), Step("mul", out.size)]
+    elif op in ("hardsigmoid", "hardswish"):  # a clip of alpha x + beta to [0, 1]
+        alpha, beta = HARDSWISH if op == "hardswish" else (node.attrs.get("alpha", 0.2), node.attrs.get("beta", 0.5))
+        top = calibrated_abs(node)
+        bits = p.params["bits"] = comparison_bits(profile, None if top is None else top * abs(alpha) + abs(beta), 1.0)
+        p.steps += [Step("trunc", out.size), *_clip_steps(out.size, 2, bits)] + \
+            ([Step("mul", out.size)] if op == "hardswish" else [])
     elif op == "clip":
-        p.steps += _clip_steps(out.size, sum(node.attrs.get(b) is not None for b in ("min", "max")))
+        bounds = [abs(float(node.attrs[b])) for b in ("min", "max") if node.attrs.get(b) is not None]
+        bits = p.params["bits"] = comparison_bits(profile, calibrated_abs(node), max(bounds, default=0.0))
+        p.steps += _clip_steps(out.size, len(bounds), bits)
+
+
+@dataclass(frozen=True)
+class MeanScale:
+    """A mean over C values in fixed point (see :func:`mean_scale`): the row sum, truncated by ``shift`` p bits
+    first where that is needed, times the integer ``mul`` = round(2^(f+g+p)/C), truncated by f + ``bits`` g."""
+
+    shift: int = 0
+    bits: int = 0
+    mul: int = 0
+
+
+def mean_scale(node: Node, profile: Profile, cols: int) -> MeanScale:
+    """The constants of one mean over ``cols`` values from its input's calibrated largest magnitude m
+    (``in_abs``; |mean| <= m). The product sum·mul is mean·2^(2f+g) whatever p, so g is the largest keeping
+    m·4·2^g below half the product range 2^(k-f-1) (as LayerNorm's extra bits). The constant's rounding then
+    offsets the mean by up to m·C/2^(f+g+p+1): where that exceeds 1 LSB (large m and C) the sum is first
+    truncated by p bits (1 LSB of sum/2^p is C/2^p LSB of the mean, so p <= ⌈log2 C⌉), one truncation per row
+    more. Without calibration: 1/C at f bits, as a public multiply."""
+    fx = profile.fx
+    top = calibrated_abs(node)
+    if top is None:
+        return MeanScale(mul=int(round(fx.scale / cols)))
+    limit = 2.0 ** (fx.k - fx.f - 1)
+    g = int(min(fx.f, max(0, math.floor(math.log2(limit / max(top * MAGNITUDE_MARGIN, fx.lsb))) - 1)))
+    offset = top * MAGNITUDE_MARGIN * cols / 2.0 ** (g + 1)  # in LSB, for p = 0
+    shift = int(min(max(0, math.ceil(math.log2(offset))), math.ceil(math.log2(cols)))) if offset > 1 else 0
+    return MeanScale(shift, g, int(round(2.0 ** (fx.f + g + shift) / cols)))
 
 
 @dataclass(frozen=True)
@@ -441,7 +534,9 @@ def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     if domain is None:
         rsqrt = p.approx["rsqrt"] = _use(profile, "rsqrt")
     else:
-        rsqrt = p.approx["rsqrt"] = _use(profile, "rsqrt", eps=domain["lo"], hi=domain["hi"])
+        # the reference refuses variances above the domain top: an exact bound for the comparisons
+        rsqrt = p.approx["rsqrt"] = _compare_use(profile, "rsqrt", None, domain["hi"], eps=domain["lo"],
+                                                 hi=domain["hi"])
         p.params["rsqrt_domain"] = domain
         # ε raised to 1 LSB only matters when that LSB is not negligible against the smallest calibrated variance
         used = scale.eps_int * profile.fx.lsb / scale.sigma ** 2
@@ -471,10 +566,11 @@ def _output(node: Node, graph: Graph, profile: Profile, reveal: str, p: NodePlan
             raise CompileError(f"--reveal argmax: output {node.inputs[0]!r} has shape {shape}, not [batch, classes]; "
                                f"use --reveal logits")
         batch, classes = int(np.prod(shape[:-1])), shape[-1]
+        bits = p.params["bits"] = comparison_bits(profile, calibrated_abs(node))
         width = classes
         while width > 1:  # tree argmax: per level one comparison and two selections
             half = width // 2
-            p.steps += [Step("ltz", batch * half), Step("mul", 2 * batch * half)]
+            p.steps += [Step("ltz", batch * half, bits=bits), Step("mul", 2 * batch * half)]
             width -= half
         p.steps.append(Step("reveal", batch))
     else:
@@ -499,9 +595,10 @@ def plan(node: Node, profile: Profile, graph: Graph, reveal: str = "logits") -> 
     elif node.op == "scale":
         p.steps.append(Step("trunc", out.size))
     elif node.op == "relu":
-        p.steps.append(Step("relu", out.size))
+        bits = p.params["bits"] = comparison_bits(profile, calibrated_abs(node))
+        p.steps.append(Step("relu", out.size, bits=bits))
     elif node.op == "gelu":
-        use = p.approx["gelu"] = _use(profile, "gelu")
+        use = p.approx["gelu"] = _compare_use(profile, "gelu", calibrated_abs(node))
         p.steps += _approx_steps(use, out.size, profile)
     elif node.op == "layernorm":
         _layernorm(node, graph, profile, p)
@@ -527,9 +624,39 @@ def lower(graph: Graph, profile: Profile, name: str = "mpcvit", reveal: str = "l
     _name_nodes(graph)
     _check_constants(graph, profile)
     plans = [plan(node, profile, graph, reveal) for node in graph.nodes]
+    lengths = choose_comparison_lengths(plans, profile)
+    if lengths != sorted({s.bits for p in plans for s in p.steps if s.bits}):
+        profile = replace(profile, cmp_bits=tuple(lengths))
+        plans = [plan(node, profile, graph, reveal) for node in graph.nodes]
     warnings = [f"{p.node.name or p.node.op}: {note}" for p in plans for note in p.notes]
     safe = "".join(c if c.isalnum() else "_" for c in name) or "mpcvit"
     return Program(graph, profile, plans, safe, reveal, warnings)
+
+
+def choose_comparison_lengths(plans: list[NodePlan], profile: Profile) -> list[int]:
+    """The comparison bit lengths a program uses: each distinct length needs its own preprocessing (the dealer's
+    and semi2k's edaBits of that length: a setup of rounds and bytes, compiler.cost.primitives), so the call
+    sites' lengths are merged upwards into the subset that minimises the comparisons' estimated latency on
+    ``RANK_NETWORK`` (their bytes and rounds by length, plus one setup per length) among those with no more
+    rounds than the longest length alone (so neither bytes nor rounds exceed one length for all, as without
+    calibration). Exhaustive over the subsets of the distinct lengths that keep the longest (a handful)."""
+    from itertools import combinations
+
+    from compiler.cost.primitives import steps_cost
+    from compiler.lowering.profiles import RANK_NETWORK
+
+    steps = [s for p in plans for s in p.steps if s.bits]
+    demanded = sorted({s.bits for s in steps})
+    if len(demanded) < 2:
+        return demanded
+
+    def cost(menu: tuple[int, ...]) -> Any:
+        return steps_cost([replace(s, bits=min(b for b in menu if b >= s.bits)) for s in steps], profile)
+
+    menus = [(*subset, demanded[-1]) for size in range(len(demanded)) for subset in combinations(demanded[:-1], size)]
+    rounds = cost((demanded[-1],)).rounds
+    allowed = [menu for menu in menus if cost(menu).rounds <= rounds + 1e-9]
+    return list(min(allowed, key=lambda menu: (cost(menu).latency(RANK_NETWORK), len(menu))))
 
 
 def _check_constants(graph: Graph, profile: Profile) -> None:

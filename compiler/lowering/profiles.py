@@ -124,6 +124,7 @@ class Profile:
     approx: dict[str, str] = field(default_factory=dict)  # op -> choice
     justification: dict[str, dict[str, Any]] = field(default_factory=dict)  # op -> {choice: cost, chosen}
     batch: int = 1000  # run-time preprocessing batch (MP-SPDZ's default), read by the cost model
+    cmp_bits: tuple[int, ...] = ()  # the comparison bit lengths of the program (lowering.choose_comparison_lengths)
 
     @property
     def budget(self) -> int:

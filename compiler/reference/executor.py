@@ -101,7 +101,7 @@ class _Executor:
 
     # --- helpers -------------------------------------------------------------------------------------------
     def approx(self, use: ApproxUse, x_int: np.ndarray, tensor: str) -> np.ndarray:
-        self.fx.check_range(x_int, tensor)
+        self.fx.check_range(x_int, tensor, use.kwargs.get("bits"))  # the call site's comparison bit length
         return REGISTRY[use.op][use.choice].run(x_int, self.fx, **use.kwargs)
 
     # --- ops: each returns (fixed-point int64, float64) -----------------------------------------------------
@@ -129,7 +129,7 @@ class _Executor:
             return (np.concatenate([a.reshape(-1) for a in xi])[index],
                     np.concatenate([a.reshape(-1) for a in xf])[index])
         if op == "relu":
-            self.fx.check_range(xi[0], node.inputs[0])
+            self.fx.check_range(xi[0], node.inputs[0], p.params["bits"])
             return np.maximum(xi[0], 0), np.maximum(xf[0], 0.0)
         if op == "gelu":
             use = p.approx["gelu"]
@@ -185,8 +185,11 @@ class _Executor:
             y = self.approx(p.approx["rowmax"], x, p.node.inputs[0])
         else:
             y = x.sum(-1)
-            if p.node.op == "reduce_mean":  # a public multiply by 1/cols
-                y = self.fx.mul_public(y, 1.0 / cols)
+            if p.node.op == "reduce_mean":  # plans.mean_scale: sum (/ 2^p) · round(2^(f+g+p)/C) / 2^(f+g)
+                scale = p.params["mean.scale"]
+                y = self.fx.trunc(self.fx.trunc(y, scale.shift) * scale.mul, self.fx.f + scale.bits)
+            elif p.node.attrs.get("shift"):  # a pooled sum pre-scaled by 2^-shift (passes.mean_as_sum)
+                y = self.fx.trunc(y, int(p.node.attrs["shift"]))
         return y.reshape(self.out_shape(p))
 
     def softmax(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
@@ -202,9 +205,9 @@ class _Executor:
     def unary(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
         return self.approx(p.approx[p.node.op], xi[0], p.node.inputs[0])
 
-    def clip(self, z: np.ndarray, lo: float | None, hi: float | None, tensor: str) -> np.ndarray:
-        """helpers' mpcvit_clip: z + [z < lo](lo - z) + [z >= hi](hi - z), one comparison call."""
-        self.fx.check_range(z, tensor)
+    def clip(self, z: np.ndarray, lo: float | None, hi: float | None, tensor: str, bits: int) -> np.ndarray:
+        """helpers' mpcvit_clip: z + [z < lo](lo - z) + [z >= hi](hi - z), one comparison call of ``bits``."""
+        self.fx.check_range(z, tensor, bits)
         y = z.copy()
         if lo is not None:
             lo_i = self.fx.encode(lo)
@@ -217,13 +220,13 @@ class _Executor:
     def hard(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
         node, x = p.node, xi[0]
         if node.op == "clip":
-            return self.clip(x, node.attrs.get("min"), node.attrs.get("max"), node.inputs[0])
+            return self.clip(x, node.attrs.get("min"), node.attrs.get("max"), node.inputs[0], p.params["bits"])
         alpha, beta = HARDSWISH if node.op == "hardswish" else (node.attrs.get("alpha", 0.2), node.attrs.get("beta", 0.5))
-        h = self.clip(self.fx.mul_public(x, alpha) + self.fx.encode(beta), 0.0, 1.0, node.outputs[0])
+        h = self.clip(self.fx.mul_public(x, alpha) + self.fx.encode(beta), 0.0, 1.0, node.outputs[0], p.params["bits"])
         return self.fx.mul(x, h) if node.op == "hardswish" else h
 
     def abs(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
-        self.fx.check_range(xi[0], p.node.inputs[0])
+        self.fx.check_range(xi[0], p.node.inputs[0], p.params["bits"])
         return xi[0] - 2 * (xi[0] < 0).astype(np.int64) * xi[0]
 
     def where(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
@@ -290,7 +293,7 @@ class _Executor:
                 ef = np.exp(s_f - s_f.max(-1, keepdims=True))
                 pf[members] = ef / ef.sum(-1, keepdims=True)
             elif kind == "relu_softmax":
-                fx.check_range(s_i, f"{name} (relu_softmax scores)")
+                fx.check_range(s_i, f"{name} (relu_softmax scores)", p.params["relu_softmax.bits"])
                 a = np.maximum(s_i, 0)
                 scale = p.params["relu_softmax.scale"]  # plans.relu_softmax_scale
                 total = fx.trunc(a.sum(-1), scale.trunc) + scale.eps_int

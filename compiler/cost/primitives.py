@@ -206,8 +206,8 @@ def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, ope
     off_fixed, off_var = _chunked(fit["offline_rounds"], outputs, work, batch, True)
     scale = 1.0
     if prim in BIT_DECOMPOSING and k != MEASURED_K:
-        # protocols whose bit-length dependence was not measured keep the plain proportional rule (c = 0, no
-        # rounds saved): over-estimates short comparisons rather than under-estimating them
+        # protocols whose bit-length dependence was not measured keep the proportional rule the model used before
+        # (c = 0, no online rounds saved)
         fixed = FIXED_BITS.get(protocol, 0.0)
         scale = (fixed + k) / (fixed + MEASURED_K)
         levels = math.ceil(math.log2(MEASURED_K)) - math.ceil(math.log2(max(k, 2)))

@@ -255,6 +255,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_writable_file(args.results, "--results")
     if args.report is not None and args.report.exists() and not args.report.is_dir():
         raise UserError(f"--report {args.report} is a file; give a folder for the report")
+    if args.report is not None:
+        check_writable_file(args.report / "results.md", "--report")
     for flag in ("batch", "repeats", "images"):
         value = getattr(args, flag)
         if value is not None and value < 1:

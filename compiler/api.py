@@ -28,6 +28,7 @@ RANDOM_SOURCE = "random N(0, 1) images"  # sample_images' fallback when the mode
 # Default number of the sample inputs the parameters are calibrated on (without --calibrate): the float IR runs
 # once per image batch (vit_7_4_32: ~0.1 s an image), so this bounds the compile time it adds.
 CALIBRATION_SAMPLES = 32
+CHECK_ABS_TOLERANCE, CHECK_REL_TOLERANCE = 0.02, 0.01  # see CheckReport.tolerance
 
 
 @dataclass
@@ -52,6 +53,17 @@ class CheckReport:
     float_ir_error: float  # float IR evaluation vs onnxruntime (the frontend/passes' own exactness)
     top1_agreement: float  # argmax of output 0 per input
     output_errors: dict[str, float] = field(default_factory=dict)  # per graph output: fixed point vs onnxruntime
+    max_abs_output: float = 0.0  # the largest |onnxruntime output|, which sets the tolerance
+
+    @property
+    def tolerance(self) -> float:
+        """The bar a compiled program meets on a ViT's logits: max(0.02, 1 % of the largest |logit|), the zoo's
+        (tests/test_zoo.py): the fixed-point LSB and the approximations' bounds, summed over the layers."""
+        return max(CHECK_ABS_TOLERANCE, CHECK_REL_TOLERANCE * self.max_abs_output)
+
+    @property
+    def within_tolerance(self) -> bool:
+        return bool(self.max_logit_error <= self.tolerance)  # False for NaN too
 
     @property
     def worst_growth(self) -> LayerError | None:
@@ -72,14 +84,26 @@ class CheckReport:
         if len(self.output_errors) > 1:
             lines.append("per output max |err|: " + ", ".join(f"{name} {err:.3e}"
                                                                 for name, err in self.output_errors.items()))
+        if not self.within_tolerance:
+            lines.append(self.warning())
         return "\n".join(lines)
+
+    def warning(self) -> str:
+        """One line for a check beyond its tolerance: where the error grows, and what to try."""
+        worst = self.worst_growth
+        where = f"; the error grows most at {worst.name} ({worst.op})" if worst is not None else ""
+        return (f"WARNING: the check exceeds its tolerance (max |err| {self.max_logit_error:.3g} > "
+                f"{self.tolerance:.3g} = max({CHECK_ABS_TOLERANCE}, {CHECK_REL_TOLERANCE:.0%} of max |output| "
+                f"{self.max_abs_output:.3g})){where}: check that the inputs are normalised as in training, calibrate "
+                f"on representative inputs (--calibrate FILE.npz), or raise --frac-bits")
 
     def as_dict(self) -> dict[str, Any]:
         worst = self.worst_growth
         return {"samples": self.samples, "source": self.source, "max_logit_error": self.max_logit_error,
                 "float_ir_error": self.float_ir_error, "top1_agreement": self.top1_agreement,
                 "error_grows_most_at": worst.name if worst is not None else None,
-                "output_errors": self.output_errors,
+                "output_errors": self.output_errors, "tolerance": self.tolerance,
+                "within_tolerance": self.within_tolerance,
                 "layers": [{**e.__dict__, "rel_error": e.rel_error} for e in self.layers]}
 
 
@@ -224,7 +248,8 @@ def check_program(program: Program, onnx_path: str | Path, images: np.ndarray, s
     errors = {out: float(np.max(np.abs(f - o))) for out, f, o in zip(graph.outputs, fixed_outs, ort_outs)}
     return CheckReport(len(images), source, list(worst.values()), max(errors.values()),
                        max(float(np.max(np.abs(f - o))) for f, o in zip(float_outs, ort_outs)),
-                       float(np.mean(fixed_outs[0].argmax(1) == ort_outs[0].argmax(1))), errors)
+                       float(np.mean(fixed_outs[0].argmax(1) == ort_outs[0].argmax(1))), errors,
+                       max(float(np.max(np.abs(o))) for o in ort_outs))
 
 
 def calibrate_graph(graph: Any, images: np.ndarray, source: str, frac_bits: int | None = None,

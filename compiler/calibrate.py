@@ -228,7 +228,9 @@ def check_client_images(manifest: dict[str, Any], images: np.ndarray) -> None:
     images = np.asarray(images, dtype=np.float64)
     if images.size == 0:
         return
-    worst = float(np.max(np.abs(images))) if np.all(np.isfinite(images)) else float("inf")
+    if not np.all(np.isfinite(images)):
+        raise UserError("the images hold NaN or infinite values; give finite, normalised inputs")
+    worst = float(np.max(np.abs(images)))
     if worst > float(calib["input_bound"]):
         signed = float(images.max()) if abs(float(images.max())) >= abs(float(images.min())) else float(images.min())
         lo, hi = calib["input_range"]

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                               on_graph=dump, check_data=args.data,
                               calibration=args.calibrate)
         print(summary(result))
+        if result.check is not None and not result.check.within_tolerance:
+            print(result.check.warning(), file=sys.stderr)
         return 0
 
     return run_cli(body)

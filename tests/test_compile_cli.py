@@ -143,3 +143,19 @@ def test_console_script_exit_code(tmp_path):
     done = subprocess.run([sys.executable, "-m", "compiler.cli", str(tmp_path / "x.onnx")], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith("error: ONNX file")
+
+
+def test_a_check_beyond_its_tolerance_says_so() -> None:
+    from compiler.api import CheckReport, LayerError
+
+    layers = [LayerError("blocks.0.norm1", "layernorm", 0.04, 1.0, growth=9.0)]
+    ok = CheckReport(8, "test", layers, max_logit_error=0.019, float_ir_error=0.0, top1_agreement=1.0,
+                     max_abs_output=1.5)
+    assert ok.within_tolerance and "WARNING" not in ok.table()
+    # 1 % of |logit| 5 = 0.05 > 0.02: the relative part of the bar applies
+    bad = CheckReport(8, "test", layers, max_logit_error=0.06, float_ir_error=0.0, top1_agreement=1.0,
+                      max_abs_output=5.0)
+    assert bad.tolerance == pytest.approx(0.05, rel=1e-12) and not bad.within_tolerance
+    assert bad.table().splitlines()[-1] == bad.warning() and "blocks.0.norm1" in bad.warning()
+    nan = CheckReport(8, "test", layers, float("nan"), 0.0, 1.0, max_abs_output=5.0)
+    assert not nan.within_tolerance

@@ -550,3 +550,28 @@ def test_party_port_in_use_is_one_line_before_mpspdz_starts(fake_mpspdz: MPSPDZ,
     (certs / "P1.key").unlink()
     with pytest.raises(UserError, match=r"lacks P1\.key; make the parties' certificates with `mpcvit certs"):
         run_party(looped_dir, 1, hosts, certs=certs, mpspdz=fake_mpspdz, log=lambda m: None)
+
+
+def test_an_unwritable_json_path_fails_before_any_party_starts(fake_mpspdz: MPSPDZ, program_dir: Path) -> None:
+    """/proc passes a permission check as root but takes no new file: probed with a real file, not os.access."""
+    with pytest.raises(UserError, match=r"--json /proc/x\.json: cannot create it under /proc"):
+        run(program_dir, json_path="/proc/x.json", mpspdz=fake_mpspdz)
+
+
+def test_a_compiled_manifest_without_a_key_is_one_line(tmp_path: Path) -> None:
+    from compiler.runtime.runner import load_manifest
+
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "name": "p", "protocol": "dealer", "compile_flags": [], "batch": 1, "output_shape": [1, 3], "f": 16,
+        "k": 31, "input_files": {"0": "a", "1": "b"}}))
+    with pytest.raises(UserError, match="lacks input_shape; recompile"):
+        load_manifest(tmp_path)
+
+
+def test_the_client_guard_names_non_finite_images() -> None:
+    from compiler.calibrate import check_client_images
+
+    manifest = {"calibration": {"input_bound": 8.0, "input_range": [-2.0, 2.0]}}
+    with pytest.raises(UserError, match="NaN or infinite"):
+        check_client_images(manifest, np.array([0.5, np.nan]))
+    check_client_images(manifest, np.array([0.5, -7.9]))  # within the bound: accepted

@@ -76,7 +76,10 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({exc}); recompile into {out_dir} with mpcvit-compile") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{path}: not a JSON object; recompile into {out_dir} with mpcvit-compile")
-    missing = [k for k in ("name", "protocol", "compile_flags", "batch", "output_shape") if k not in manifest]
+    required = ["name", "protocol", "compile_flags", "batch", "output_shape"]
+    if "input_files" in manifest:  # written by mpcvit-compile (hand-written test programs name fewer keys)
+        required += ["input_shape", "f", "k"]
+    missing = [k for k in required if k not in manifest]
     if missing:
         raise UserError(f"{path}: lacks {', '.join(missing)}; recompile with this version of mpcvit-compile")
     return manifest
@@ -474,8 +477,11 @@ def check_writable_file(path: Path, flag: str) -> None:
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file path such as {path / 'result.json'}")
     existing = next(parent for parent in path.absolute().parents if parent.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise UserError(f"{flag} {path}: cannot create it under {existing}; give a path in a writable folder")
+    try:  # a real file: permissions alone miss read-only and pseudo file systems (/proc) and root's rights
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".mpcvit-probe-"):
+            pass
+    except OSError:
+        raise UserError(f"{flag} {path}: cannot create it under {existing}; give a path in a writable folder") from None
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

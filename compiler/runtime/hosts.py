@@ -33,12 +33,12 @@ from compiler.backend import write_client_input
 from compiler.backend.inputs import input_files, read_client_input
 from compiler.calibrate import check_client_images
 from compiler.errors import MPSPDZError, UserError
-from compiler.runtime.mpspdz import MPSPDZ, check_protocol_ready, find_mpspdz, mpspdz_version, protocol_spec
+from compiler.runtime.mpspdz import MPSPDZ, check_protocol_ready, find_mpspdz, mpspdz_version
 from compiler.runtime.overlay import install_inputs, make_overlay
 from compiler.runtime.parser import OUTPUT_MARKER, parse_party_output, revealed_outputs
 from compiler.runtime.processes import PartyFailure, run_parties
 from compiler.runtime.runner import (_compile, _padded, _select_images, check_writable_file, compare_logits,
-                                     load_manifest, output_shapes, write_json_atomic)
+                                     load_program, output_shapes, write_json_atomic)
 
 DEFAULT_PORT_BASE = 5000  # MP-SPDZ's default port base (Networking/Player.h)
 
@@ -201,10 +201,7 @@ def run_party(out_dir: str | Path, party: int, hosts_path: str | Path, protocol:
     or program mismatch."""
     out_dir = Path(out_dir)
     log = log or (lambda message: print(message, file=sys.stderr))
-    manifest = load_manifest(out_dir)
-    spec = protocol_spec(protocol or manifest["protocol"])
-    if protocol_spec(manifest["protocol"]).name != spec.name:
-        raise UserError(f"{out_dir} was compiled for {manifest['protocol']}: recompile it with --protocol {spec.name}")
+    manifest, spec = load_program(out_dir, protocol)
     if not 0 <= party < spec.parties:
         raise UserError(f"--party {party}: {spec.name} has parties 0 to {spec.parties - 1}")
     if spec.prep_parties:

@@ -85,6 +85,16 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def load_program(out_dir: Path, protocol: str | None) -> tuple[dict[str, Any], ProtocolSpec]:
+    """The manifest of the compiled program in ``out_dir`` and its protocol; UserError when ``protocol`` is not the
+    one it was compiled for."""
+    manifest = load_manifest(out_dir)
+    spec = protocol_spec(protocol or manifest["protocol"])
+    if protocol_spec(manifest["protocol"]).name != spec.name:
+        raise UserError(f"{out_dir} was compiled for {manifest['protocol']}: recompile it with --protocol {spec.name}")
+    return manifest, spec
+
+
 def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None = None, data: str | Path | None = None,
         network: str = "lan", online_only: bool = False, timeout_s: float = 600.0, json_path: str | Path | None = None,
         mpspdz: MPSPDZ | None = None, client_input_writer: ClientInputWriter | None = None,
@@ -99,10 +109,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     ``retries`` times. Raises UserError (bad input), MPSPDZError (a party failed; what is done stays in json_path)."""
     out_dir = Path(out_dir)
     log = log or (lambda message: print(message, file=sys.stderr))
-    manifest = load_manifest(out_dir)
-    spec = protocol_spec(protocol or manifest["protocol"])
-    if protocol_spec(manifest["protocol"]).name != spec.name:
-        raise UserError(f"{out_dir} was compiled for {manifest['protocol']}: recompile it with --protocol {spec.name}")
+    manifest, spec = load_program(out_dir, protocol)
     if not timeout_s > 0:
         raise UserError(f"--timeout {timeout_s:g}: give a positive number of seconds")
     if online_only and spec.name != "semi2k":

@@ -143,3 +143,24 @@ def test_console_script_exit_code(tmp_path):
     done = subprocess.run([sys.executable, "-m", "compiler.cli", str(tmp_path / "x.onnx")], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith("error: ONNX file")
+
+
+def test_attention_over_a_single_key_compiles_and_checks_under_every_protocol(tmp_path):
+    """One token (no class token, one patch): each softmax row sum is exactly 1, a degenerate reciprocal domain;
+    every protocol (whichever reciprocal its profile picks) compiles it and agrees with onnxruntime."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    from compiler.api import compile_onnx
+    from compiler.lowering.profiles import PROTOCOLS
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=4, patch_size=4, num_classes=3, embed_dim=8, depth=1, num_heads=2,
+                              class_token=False, global_pool="avg").eval()
+    path = tmp_path / "one_token.onnx"
+    torch.onnx.export(model, torch.randn(1, 3, 4, 4), path, input_names=["input"], output_names=["logits"],
+                      opset_version=17, dynamo=False)
+    for protocol in PROTOCOLS:
+        result = compile_onnx(path, tmp_path / protocol, protocol=protocol, check=True, check_samples=16)
+        # 0.05: the bound the CLI tests use for a whole ViT's logits at the calibrated f (here ~1e-3 is typical)
+        assert result.check.max_logit_error <= 0.05, protocol

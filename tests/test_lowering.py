@@ -126,3 +126,12 @@ def test_cost_estimate_of_a_lowered_program_covers_every_node():
     out = next(p for p in prog.node_plans if p.node.op == "output")
     assert [s.prim for s in out.steps].count("ltz") == int(np.ceil(np.log2(10)))  # tree argmax over 10 logits
     assert report.total.bytes_all > 0
+
+
+def test_an_approximations_own_error_names_the_node(monkeypatch):
+    """The reciprocal's domain check knows no node; lowering adds it (here a forced empty softmax domain)."""
+    import compiler.lowering.plans as plans
+
+    monkeypatch.setattr(plans, "softmax_sum_top", lambda tokens: 1.0)
+    with pytest.raises(CompileError, match=r"^node 'attn' \(attention\): reciprocal range \[1.0, 1.0\] is empty"):
+        lower(tiny_vit_ir.build(batch=1), get_profile("semi2k", approx={"reciprocal": "newton"}))

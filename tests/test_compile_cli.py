@@ -81,6 +81,7 @@ def _graph(tmp_path, nodes, inits, shape=(1, 4), out_shape=(1, 4), name="m.onnx"
     ("product", "beyond the |v| < 16384 that sfix products allow at f=16, k=31"),
     ("ring", "--frac-bits 28 is out of range; use 15..22"),  # logits of thousands at f=28 wrapped the ring
     ("dynamic", "N"),
+    ("two_inputs", "two.onnx' has 2 inputs ('x', 'x2'); only one image input (the client's) is supported"),
 ])
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys, timm_onnx, case, expect):
     model, extra = str(timm_onnx), []
@@ -108,6 +109,12 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys
                            [("w", np.full((4, 4), 1000.0))]))
     elif case == "dynamic":
         model = str(_graph(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [], shape=(1, "N"), out_shape=(1, "N")))
+    elif case == "two_inputs":  # refused by the frontend, before calibration evaluates the graph on one input
+        graph = helper.make_graph([helper.make_node("Add", ["x", "x2"], ["y"])], "g",
+                                  [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 4]) for n in ("x", "x2")],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
+        model = str(tmp_path / "two.onnx")
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
     out = tmp_path / "out"
     code, stdout, stderr = run([model, "-o", str(out), *extra], capsys)
     assert code == 2

@@ -76,6 +76,17 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
     return graph
 
 
+def require_one_input(graph: Graph, path: str | Path) -> Graph:
+    """``graph`` if it has one input, the client's image (what compiling needs; the float IR takes any number).
+    Raises CompileError naming the inputs otherwise."""
+    if len(graph.inputs) != 1:
+        names = ", ".join(map(repr, graph.inputs))
+        raise CompileError(f"ONNX file {str(path)!r} has {len(graph.inputs)} inputs ({names}); only one image input "
+                           f"(the client's) is supported: fold the others into the model as constants (initializers) "
+                           f"and re-export")
+    return graph
+
+
 def _read(path: Path) -> onnx.ModelProto:
     if path.is_dir():
         raise UserError(f"ONNX file {str(path)!r} is a directory; pass the path of an exported .onnx model")

@@ -81,6 +81,8 @@ def _graph(tmp_path, nodes, inits, shape=(1, 4), out_shape=(1, 4), name="m.onnx"
     ("product", "beyond the |v| < 16384 that sfix products allow at f=16, k=31"),
     ("ring", "--frac-bits 28 is out of range; use 15..22"),  # logits of thousands at f=28 wrapped the ring
     ("dynamic", "N"),
+    ("bad_metadata", "ONNX metadata mpcvit.input_mean='not json' is malformed: give a JSON number or a per-channel "
+                     "list of numbers"),
     ("two_inputs", "two.onnx' has 2 inputs ('x', 'x2'); only one image input (the client's) is supported"),
 ])
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys, timm_onnx, case, expect):
@@ -109,6 +111,12 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys
                            [("w", np.full((4, 4), 1000.0))]))
     elif case == "dynamic":
         model = str(_graph(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [], shape=(1, "N"), out_shape=(1, "N")))
+    elif case == "bad_metadata":  # read when the digits test set is normalised for calibration
+        model = str(_graph(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [], shape=(1, 1, 8, 8),
+                           out_shape=(1, 1, 8, 8)))
+        proto = onnx.load(model)
+        helper.set_model_props(proto, {"mpcvit.dataset": "digits", "mpcvit.input_mean": "not json"})
+        onnx.save(proto, model)
     elif case == "two_inputs":  # refused by the frontend, before calibration evaluates the graph on one input
         graph = helper.make_graph([helper.make_node("Add", ["x", "x2"], ["y"])], "g",
                                   [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 4]) for n in ("x", "x2")],

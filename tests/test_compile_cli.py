@@ -83,6 +83,8 @@ def _graph(tmp_path, nodes, inits, shape=(1, 4), out_shape=(1, 4), name="m.onnx"
     ("dynamic", "N"),
     ("bad_metadata", "ONNX metadata mpcvit.input_mean='not json' is malformed: give a JSON number or a per-channel "
                      "list of numbers"),
+    ("missing_weight", "fails the ONNX checker: Nodes in a graph must be topologically sorted, however input "
+                       "'Wmissing' of node: name: lin OpType: MatMul is not output of any previous nodes."),
     ("two_inputs", "two.onnx' has 2 inputs ('x', 'x2'); only one image input (the client's) is supported"),
 ])
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys, timm_onnx, case, expect):
@@ -117,6 +119,8 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys
         proto = onnx.load(model)
         helper.set_model_props(proto, {"mpcvit.dataset": "digits", "mpcvit.input_mean": "not json"})
         onnx.save(proto, model)
+    elif case == "missing_weight":  # the checker names the node on a second line: kept, joined into one
+        model = str(_graph(tmp_path, [helper.make_node("MatMul", ["x", "Wmissing"], ["y"], name="lin")], []))
     elif case == "two_inputs":  # refused by the frontend, before calibration evaluates the graph on one input
         graph = helper.make_graph([helper.make_node("Add", ["x", "x2"], ["y"])], "g",
                                   [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 4]) for n in ("x", "x2")],

@@ -9,7 +9,7 @@ import numpy as np
 
 from compiler.backend import emit
 from compiler.cost import CostReport, estimate
-from compiler.frontend import load_onnx
+from compiler.frontend import load_onnx, require_one_input
 from compiler.ir_eval import apply_input_layout
 from compiler.lowering import Program, get_profile, lower
 from compiler.passes import run_passes
@@ -35,7 +35,7 @@ class Compiled:
 def calibrate_model(onnx_path: Path, batch: int) -> tuple[Calibration, int | None]:
     """The calibration ``mpcvit-compile`` makes by default (its sample images) and the f it chooses, once per model
     for :func:`compile_model` (the ranges do not depend on the protocol)."""
-    graph = run_passes(load_onnx(onnx_path, batch=batch))
+    graph = run_passes(require_one_input(load_onnx(onnx_path, batch=batch), onnx_path))
     images, source = sample_images(graph.metadata, client_layout(graph)[0], CALIBRATION_SAMPLES)
     return calibrate_graph(graph, images, source)
 
@@ -47,7 +47,7 @@ def compile_model(onnx_path: Path, protocol: str, batch: int, out_dir: Path | No
     comparison bit lengths, f) chosen from its ranges, as ``mpcvit-compile`` does; None: the uncalibrated
     lowering."""
     start = time.perf_counter()
-    graph = run_passes(load_onnx(onnx_path, batch=batch))
+    graph = run_passes(require_one_input(load_onnx(onnx_path, batch=batch), onnx_path))
     frac_bits = None
     if calibration is not None:
         calib, frac_bits = calibration

@@ -16,7 +16,7 @@ from compiler.backend import Manifest, emit
 from compiler.calibrate import Calibration, calibrate, choose_frac_bits, load_calibration_images
 from compiler.cost import CostReport, estimate
 from compiler.errors import UserError
-from compiler.frontend import load_onnx
+from compiler.frontend import load_onnx, require_one_input
 from compiler.lowering import Program, get_profile, lower
 from compiler.lowering.profiles import DEFAULT_F, DEFAULT_K
 from compiler.lowering.plans import client_layout
@@ -290,7 +290,7 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
         raise UserError(f"--data {str(check_data)!r} gives the inputs of --check: add --check")
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    graph = run_passes(load_onnx(onnx_path, batch=batch))
+    graph = run_passes(require_one_input(load_onnx(onnx_path, batch=batch), onnx_path))
     timings["frontend_s"] = time.perf_counter() - start
     if on_graph is not None:
         on_graph(graph)

@@ -258,3 +258,15 @@ def test_binary_inputs_decode_to_the_reference_integers_at_every_precision(f: in
     assert path.stat().st_size == 4 * small.size + 8 * wide.size
     got = mpspdz_reads(path, [(codes[0], small.size), (codes[1], wide.size)], f)
     assert np.array_equal(got[0], fx.encode(small)) and np.array_equal(got[1], fx.encode(wide))
+
+
+def test_ml_baseline_template_set_renders_every_node(tmp_path):
+    """The shipped naive baseline (``--template-set ml_baseline``) renders a whole ViT to valid Python, its
+    LayerNorm unscaled: the plain 1/C and the model's ε (not the σ²-scaled one of the default template)."""
+    graph = tiny_vit_ir.build(batch=1)
+    prog = lower(graph, get_profile("replicated-ring"), name="mlb")
+    text = emit(prog, tmp_path / "o", template_set="ml_baseline").directory.joinpath("mlb.mpc").read_text()
+    compile(text, "mlb.mpc", "exec")  # syntax only: MP-SPDZ's compiler runs it as Python
+    dim = graph.values[graph.nodes[[n.op for n in graph.nodes].index("layernorm")].inputs[0]].shape[-1]
+    assert "NAIVE MP-SPDZ BASELINE layernorm" in text and f"* {1.0 / dim!r}" in text
+    assert "mpc_math.InvertSqrt(ln_var[:] + 1e-05)" in text

@@ -66,7 +66,9 @@ def test_comparison_bits_follow_the_calibrated_range():
             expected_bits(calib.sites["the_reduce_max_3"]["in_abs"])
         softmax = plans["the_softmax_4"].approx
         assert softmax["exp"].kwargs["bits"] == expected_bits(2 * calib.sites["the_softmax_4"]["in_abs"], 2 ** 5)
-        assert softmax["reciprocal"].label == "reciprocal:mpspdz" and "bits" not in softmax["reciprocal"].kwargs
+        # the row sum's exact bound [1, 7] (newton compares up to 2·hi), whatever the calibration
+        assert softmax["reciprocal"].label == "reciprocal:newton"
+        assert softmax["reciprocal"].kwargs["bits"] == expected_bits(0.0, 2 * 7)
         # segments: |x|·4 below the cut drops the cut comparisons (GeLU and tanh cut at 4, erf at 3, sigmoid at 8)
         inner = {op: plans[name].approx[op].kwargs.get("inner", False)
                  for name, op in (("the_gelu_5", "gelu"), ("the_tanh_6", "tanh"), ("the_erf_7", "erf"),

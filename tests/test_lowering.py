@@ -10,6 +10,7 @@ from compiler.cost import estimate, steps_cost
 from compiler.errors import CompileError, UserError
 from compiler.ir import Node
 from compiler.lowering import get_profile, lower, parse_approx_flags
+from compiler.lowering.profiles import PROTOCOLS
 
 
 @pytest.mark.parametrize("protocol, e_name, binary, parties", [
@@ -49,12 +50,28 @@ def test_default_choice_is_the_cheapest_accurate_candidate(protocol):
     for op, why in prof.justification.items():
         table = why["candidates"]
         ok = {c: row for c, row in table.items() if row["max_abs_error"] <= why["tolerance"]}
+        ok = {c: row for c, row in ok.items() if not any(_dominates(other, row) for other in ok.values())}
         assert prof.approx[op] == min(ok, key=lambda c: ok[c]["lan_s"])
         for choice, row in table.items():  # the recorded figures are the cost model's
             cost = REGISTRY[op][choice].cost(why["n"], prof)
             assert row["bytes_all"] == int(cost.bytes_all) and row["rounds"] == int(cost.rounds)
     forced = get_profile(protocol, approx={"gelu": "mpspdz"})
     assert forced.approx["gelu"] == "mpspdz" and forced.justification["gelu"]["overridden_by_user"]
+
+
+def _dominates(a, b):
+    keys = ("bytes_all", "rounds", "max_abs_error")
+    return all(a[k] <= b[k] for k in keys) and any(a[k] < b[k] for k in keys)
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_no_protocol_chooses_a_dominated_candidate(protocol):
+    """lan_s holds measured compute seconds (noisy); it must never pick a candidate that another accurate one
+    beats on bytes, rounds and error together (trio/astra once chose gelu=mpspdz over the cheaper poly)."""
+    for op, why in get_profile(protocol).justification.items():
+        table, chosen = why["candidates"], why["chosen"]
+        rivals = [row for c, row in table.items() if c != chosen and row["accurate_enough"]]
+        assert not any(_dominates(row, table[chosen]) for row in rivals), (protocol, op, chosen)
 
 
 def _attention_plan(program):
@@ -109,3 +126,12 @@ def test_cost_estimate_of_a_lowered_program_covers_every_node():
     out = next(p for p in prog.node_plans if p.node.op == "output")
     assert [s.prim for s in out.steps].count("ltz") == int(np.ceil(np.log2(10)))  # tree argmax over 10 logits
     assert report.total.bytes_all > 0
+
+
+def test_an_approximations_own_error_names_the_node(monkeypatch):
+    """The reciprocal's domain check knows no node; lowering adds it (here a forced empty softmax domain)."""
+    import compiler.lowering.plans as plans
+
+    monkeypatch.setattr(plans, "softmax_sum_top", lambda tokens: 1.0)
+    with pytest.raises(CompileError, match=r"^node 'attn' \(attention\): reciprocal range \[1.0, 1.0\] is empty"):
+        lower(tiny_vit_ir.build(batch=1), get_profile("semi2k", approx={"reciprocal": "newton"}))

@@ -175,8 +175,9 @@ class _Renderer:
         gamma, beta = (affine(broadcast_index(self.graph.values[n].shape, tiled)) for n in node.inputs[1:3])
         assert gamma is not None and beta is not None
         scale = p.params["scale"]
-        ctx.update(x=x, rows=x.rows, cols=x.cols, rsqrt=p.approx["rsqrt"].fn_name, f=fx.f, k=fx.k,
-                   scale=scale, eps=repr(scale.eps_int / fx.scale),
+        # inv_cols, model_eps: ml_baseline's naive LayerNorm, unscaled (σ = 1)
+        ctx.update(x=x, rows=x.rows, cols=x.cols, inv_cols=repr(1.0 / x.cols),
+                   model_eps=repr(float(node.attrs.get("eps", 1e-5))), rsqrt=p.approx["rsqrt"].fn_name, f=fx.f, k=fx.k, scale=scale, eps=repr(scale.eps_int / fx.scale),
                    gamma=gamma.expr(self.tensor(node.inputs[1]).var + ".address"),
                    beta=beta.expr(self.tensor(node.inputs[2]).var + ".address"))
 

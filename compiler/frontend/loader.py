@@ -36,8 +36,9 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
         onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
             UnicodeDecodeError) as exc:  # a corrupted name or string attribute fails to decode in the checker
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CompileError(f"ONNX file {str(path)!r} fails the ONNX checker: {first_line}") from None
+        # the whole message on one line: the checker names the node on its second line
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        raise CompileError(f"ONNX file {str(path)!r} fails the ONNX checker: {message}") from None
 
     graph = Graph(metadata={p.key: p.value for p in model.metadata_props})
     ctx = ConvertContext(graph, opset)
@@ -73,6 +74,17 @@ def load_onnx(path: str | Path, batch: int = 1) -> Graph:
             raise CompileError(f"graph output {output.name!r} does not depend on the input image")
         graph.add_node(Node("output", [name], [], name=output.name))
         graph.outputs.append(name)
+    return graph
+
+
+def require_one_input(graph: Graph, path: str | Path) -> Graph:
+    """``graph`` if it has one input, the client's image (what compiling needs; the float IR takes any number).
+    Raises CompileError naming the inputs otherwise."""
+    if len(graph.inputs) != 1:
+        names = ", ".join(map(repr, graph.inputs))
+        raise CompileError(f"ONNX file {str(path)!r} has {len(graph.inputs)} inputs ({names}); only one image input "
+                           f"(the client's) is supported: fold the others into the model as constants (initializers) "
+                           f"and re-export")
     return graph
 
 

@@ -197,9 +197,15 @@ def balanced_shift(lo: float, hi: float, fx: Any) -> int:
     return int(min(max(0, math.floor(math.log2(math.sqrt(2 * lo * hi)))), fx.k - fx.f - 2))
 
 
+def softmax_sum_top(tokens: int) -> float:
+    """The top of a softmax row sum's domain [1, top]: Σ exp(s - max) over N keys lies in [1, N] whatever the
+    scores; one key's sum is exactly 1, a degenerate domain the reciprocal cannot be fitted on, so N >= 2."""
+    return float(max(tokens, 2))
+
+
 def softmax_scale(tokens: int, profile: Profile) -> DenominatorScale:
     """Softmax rows: Σ exp(s - max) lies in [1, N] whatever the scores, so the shift needs no calibration."""
-    return DenominatorScale(0, balanced_shift(1.0, float(tokens), profile.fx), 0)
+    return DenominatorScale(0, balanced_shift(1.0, softmax_sum_top(tokens), profile.fx), 0)
 
 
 def relu_softmax_scale(node: Node, profile: Profile) -> tuple[DenominatorScale, tuple[float, float] | None]:
@@ -246,8 +252,9 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
             exp = p.approx["softmax.exp"] = _compare_use(profile, "exp", None if scores is None else 2 * scores)
             scale = p.params["softmax.scale"] = softmax_scale(tokens, profile)
             # the row sums lie in [1, N] whatever the scores: an exact bound for the reciprocal's comparisons
-            rec = p.approx["softmax.reciprocal"] = _compare_use(profile, "reciprocal", None, float(tokens), lo=1.0,
-                                                                hi=float(tokens),
+            sum_top = softmax_sum_top(tokens)
+            rec = p.approx["softmax.reciprocal"] = _compare_use(profile, "reciprocal", None, sum_top, lo=1.0,
+                                                                hi=sum_top,
                                                                 **({"shift": scale.shift} if scale.shift else {}))
             p.steps += [*_approx_steps(rowmax, n, profile), *_approx_steps(exp, n, profile),
                         *_approx_steps(rec, rows, profile), Step("mul", n)]
@@ -385,9 +392,9 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         top = calibrated_abs(node)
         rowmax = p.approx["rowmax"] = _compare_use(profile, "rowmax", top, cols=cols)
         exp = p.approx["exp"] = _compare_use(profile, "exp", None if top is None else 2 * top)
-        scale = p.params["softmax.scale"] = softmax_scale(max(cols, 2), profile)  # 2^q/sum: free bits for long rows
-        rec = p.approx["reciprocal"] = _compare_use(profile, "reciprocal", None, float(max(cols, 2)), lo=1.0,
-                                                    hi=float(max(cols, 2)),
+        scale = p.params["softmax.scale"] = softmax_scale(cols, profile)  # 2^q/sum: free bits for long rows
+        sum_top = softmax_sum_top(cols)
+        rec = p.approx["reciprocal"] = _compare_use(profile, "reciprocal", None, sum_top, lo=1.0, hi=sum_top,
                                                     **({"shift": scale.shift} if scale.shift else {}))
         p.steps += [*_approx_steps(rowmax, rows * cols, profile), *_approx_steps(exp, rows * cols, profile),
                     *_approx_steps(rec, rows, profile), Step("mul", rows * cols)]
@@ -578,7 +585,18 @@ def _output(node: Node, graph: Graph, profile: Profile, reveal: str, p: NodePlan
 
 
 def plan(node: Node, profile: Profile, graph: Graph, reveal: str = "logits") -> NodePlan:
-    """The approximations and ordered vectorised MP-SPDZ calls of one node."""
+    """The approximations and ordered vectorised MP-SPDZ calls of one node. Raises CompileError naming the node
+    (an approximation's own errors, e.g. an empty domain, know no node)."""
+    name = node.name or (node.outputs or node.inputs)[0]
+    try:
+        return _plan(node, profile, graph, reveal)
+    except CompileError as exc:
+        if f"{name!r}" in str(exc):
+            raise
+        raise CompileError(f"node {name!r} ({node.op}): {exc}") from exc
+
+
+def _plan(node: Node, profile: Profile, graph: Graph, reveal: str) -> NodePlan:
     if node.op not in SUPPORTED_OPS:
         raise CompileError(f"node {node.name or node.outputs[0]!r}: op {node.op!r} is not supported by the MPC "
                            f"backend (supported: {', '.join(SUPPORTED_OPS)}); express it with those ops"

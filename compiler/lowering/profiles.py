@@ -191,9 +191,21 @@ def _registry() -> dict[str, dict[str, Any]]:
     return REGISTRY
 
 
+DOMINANCE_KEYS = ("bytes_all", "rounds", "max_abs_error")
+
+
+def _undominated(names: list[str], table: dict[str, dict[str, Any]]) -> list[str]:
+    """The candidates of ``names`` that no other one of them dominates (<= bytes, rounds and error, one strictly)."""
+    def dominates(a: str, b: str) -> bool:
+        pairs = [(table[a][key], table[b][key]) for key in DOMINANCE_KEYS]
+        return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+    return [b for b in names if not any(dominates(a, b) for a in names if a != b)]
+
+
 def choose_approximations(profile: Profile, accuracy: dict[str, float] | None = None
                           ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-    """Per op, the cheapest candidate on this protocol whose error bound meets the accuracy; with every cost."""
+    """Per op, the candidate on this protocol whose error bound meets the accuracy, not dominated by another such
+    on bytes, rounds and error, with the lowest LAN latency (``lan_s``, seconds); with every cost."""
     accuracy = {**DEFAULT_ACCURACY, **(accuracy or {})}
     chosen: dict[str, str] = {}
     why: dict[str, dict[str, Any]] = {}
@@ -210,7 +222,9 @@ def choose_approximations(profile: Profile, accuracy: dict[str, float] | None = 
             continue
         eligible = [c for c in table if table[c]["accurate_enough"]] or \
             [min(table, key=lambda c: table[c]["max_abs_error"])]
-        chosen[op] = min(eligible, key=lambda c: (table[c]["lan_s"], table[c]["max_abs_error"]))
+        # lan_s includes measured (noisy) compute seconds: it ranks only candidates no other beats on every
+        # deterministic figure, so a candidate with more bytes, rounds and error is never chosen
+        chosen[op] = min(_undominated(eligible, table), key=lambda c: (table[c]["lan_s"], table[c]["max_abs_error"]))
         why[op] = {"n": PRICING_N, "tolerance": accuracy[op], "chosen": chosen[op], "candidates": table}
     return chosen, why
 

@@ -71,12 +71,27 @@ def digits_test_set() -> tuple[np.ndarray, np.ndarray]:
     return x[:, None], y.astype(np.int64)
 
 
-def normalise(x: np.ndarray, metadata: dict[str, str]) -> np.ndarray:
-    """Apply the ONNX metadata's `mpcvit.input_mean` / `input_std` (scalars or per-channel JSON lists)."""
+def _metadata_numbers(metadata: dict[str, str], key: str, default: str) -> np.ndarray:
+    """The JSON number or flat list of numbers of ONNX metadata ``key``; UserError naming the key otherwise."""
     import json
 
-    mean = np.asarray(json.loads(metadata.get("mpcvit.input_mean", "0")), dtype=np.float32)
-    std = np.asarray(json.loads(metadata.get("mpcvit.input_std", "1")), dtype=np.float32)
+    text = metadata.get(key, default)
+    try:
+        value = np.asarray(json.loads(text), dtype=np.float32)
+    except (ValueError, TypeError):  # not JSON, or JSON that is not numbers (a string, a dict, nested lists)
+        value = None
+    if value is None or value.ndim > 1:
+        raise UserError(f"ONNX metadata {key}={text!r} is malformed: give a JSON number or a per-channel list of "
+                        f"numbers, e.g. 0.5 or [0.485, 0.456, 0.406] (re-export the model, or edit its "
+                        f"metadata_props)")
+    return value
+
+
+def normalise(x: np.ndarray, metadata: dict[str, str]) -> np.ndarray:
+    """Apply the ONNX metadata's `mpcvit.input_mean` / `input_std` (scalars or per-channel JSON lists). Raises
+    UserError naming the key when one is not such JSON."""
+    mean = _metadata_numbers(metadata, "mpcvit.input_mean", "0")
+    std = _metadata_numbers(metadata, "mpcvit.input_std", "1")
     shape = (1, -1) + (1,) * (x.ndim - 2) if mean.ndim else ()
     return ((x - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
 

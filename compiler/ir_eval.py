@@ -5,6 +5,7 @@ reference next to the fixed-point executor. ``evaluate(graph, {"x": image})`` re
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -84,8 +85,8 @@ def _linear(node: Node, xs: list[Array]) -> Array:
 def _gelu(node: Node, xs: list[Array]) -> Array:
     x = xs[0]
     if node.attrs.get("approximate", "none") == "tanh":
-        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
-    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
 
 def _clip(node: Node, xs: list[Array]) -> Array:
@@ -136,14 +137,23 @@ KERNELS: dict[str, Callable[[Node, list[Array]], Array]] = {
 }
 
 
-def evaluate(graph: Graph, inputs: dict[str, Array], keep_all: bool = False) -> dict[str, Array]:
-    """Run ``graph`` in float64 on ``inputs`` (graph input name -> array); return its outputs (or every value)."""
-    # float64 weights are used in place (astype would copy every weight on every call)
-    env: dict[str, Array] = {name: np.asarray(v.data, dtype=np.float64) if v.data.dtype.kind == "f" else v.data
-                             for name, v in graph.values.items() if v.data is not None}
+def float_constants(graph: Graph, dtype: type = np.float64) -> dict[str, Array]:
+    """The graph's constants as :func:`evaluate` uses them: float ones as ``dtype`` (float64 in place: astype
+    would copy every weight), the others as they are."""
+    return {name: np.asarray(v.data, dtype=dtype) if v.data.dtype.kind == "f" else v.data
+            for name, v in graph.values.items() if v.data is not None}
+
+
+def evaluate(graph: Graph, inputs: dict[str, Array], keep_all: bool = False,
+             constants: dict[str, Array] | None = None) -> dict[str, Array]:
+    """Run ``graph`` on ``inputs`` (graph input name -> array); return its outputs (or every value).
+
+    In float64, or in the float type of ``constants`` (:func:`float_constants`, made once for many calls)."""
+    env: dict[str, Array] = dict(constants if constants is not None else float_constants(graph))
+    dtype = next((a.dtype for a in env.values() if a.dtype.kind == "f"), np.dtype(np.float64))
     for node in graph.nodes:
         if node.op == "input":
-            env[node.outputs[0]] = apply_input_layout(node, np.asarray(inputs[node.outputs[0]], dtype=np.float64))
+            env[node.outputs[0]] = apply_input_layout(node, np.asarray(inputs[node.outputs[0]], dtype=dtype))
         elif node.op != "output":
             result = KERNELS[node.op](node, [env[name] for name in node.inputs])
             expected = graph.values[node.outputs[0]].shape

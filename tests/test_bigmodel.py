@@ -36,3 +36,23 @@ def test_compile_memory_is_bounded_by_a_few_copies_of_the_weights(tmp_path: Path
     # the weights file: 4 bytes a weight (every |w| <= 256 fits float32 exactly at f = 16)
     assert (result.manifest.directory / input_file(0)).stat().st_size == 4 * sum(
         int(np.prod(w["shape"])) for w in result.manifest.weights)
+
+
+def test_big_models_calibrate_in_float32_with_the_ranges_of_float64(monkeypatch) -> None:
+    """Above FLOAT32_FROM weights, calibration evaluates in float32 (ViT-B/16 compiles in about half the time);
+    forced here on a small ViT, every range and statistic stays within 1e-4 relative of float64's (float32 keeps
+    ~7 digits; the deepest values sum a few hundred products), far inside the 4x margin the ranges get."""
+    import tiny_vit_ir
+    from compiler import calibrate as calibration
+
+    graph = tiny_vit_ir.build(batch=1)
+    images = np.random.default_rng(0).standard_normal((4, 1, 8, 8))  # the digits-sized image build() takes
+    wide = calibration.calibrate(graph, images)
+    monkeypatch.setattr(calibration, "FLOAT32_FROM", 0)
+    narrow = calibration.calibrate(graph, images)
+    assert wide.ranges.keys() == narrow.ranges.keys() and wide.sites.keys() == narrow.sites.keys()
+    for name, (lo, hi) in wide.ranges.items():
+        np.testing.assert_allclose(narrow.ranges[name], (lo, hi), rtol=1e-4, atol=1e-6, err_msg=name)
+    for site, stats in wide.sites.items():
+        for key, value in stats.items():
+            np.testing.assert_allclose(narrow.sites[site][key], value, rtol=1e-4, atol=1e-6, err_msg=f"{site} {key}")

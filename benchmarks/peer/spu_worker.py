@@ -59,7 +59,7 @@ class LayerNormalization(handler.Handler):
 def runtime_config(protocol: str) -> libspu.RuntimeConfig:
     config = libspu.RuntimeConfig(protocol=getattr(libspu.ProtocolKind, protocol), field=libspu.FieldType.FM64)
     config.enable_pphlo_profile = True  # prints the link statistics after each run
-    if protocol == "SEMI2K":  # the trusted first party generates the Beaver triples, as in the issue's figures
+    if protocol == "SEMI2K":  # party 0 generates the Beaver triples (SPU's trusted-first-party SEMI2K)
         config.beaver_type = libspu.RuntimeConfig.BeaverType.TrustedFirstParty
     return config
 
@@ -76,9 +76,6 @@ def free_ports(n: int) -> list[int]:
 
 def party(job_path: str, rank: int, result_path: str) -> None:
     """One party in its own process (started by :func:`run_image`; SPU's C++ log goes to its stdout)."""
-    import spu.api as spu_api
-    import spu.libspu as libspu
-
     with open(job_path, "rb") as source:
         job = pickle.load(source)
     config = libspu.RuntimeConfig()
@@ -100,9 +97,8 @@ def party(job_path: str, rank: int, result_path: str) -> None:
     runtime.run(executable)
     seconds = time.perf_counter() - start
     out = runtime.get_var(executable.output_names[0])
-    with open(result_path + ".part", "wb") as sink:
+    with open(result_path, "wb") as sink:
         pickle.dump((seconds, out.meta, list(out.share_chunks)), sink)
-    os.replace(result_path + ".part", result_path)
     link.stop_link()  # the peers may still be receiving this party's last messages
 
 

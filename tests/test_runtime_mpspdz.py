@@ -67,7 +67,7 @@ def test_linear_model_under_each_protocol(mpspdz: MPSPDZ, tmp_path: Path, protoc
     assert (saved["offline"]["bytes"] == 0) == (online_only or protocol == "replicated-ring")
 
 
-def test_compiled_vit_through_the_cli_agrees_with_onnxruntime(mpspdz: MPSPDZ, tmp_path: Path) -> None:
+def test_compiled_vit_through_the_cli_agrees_with_onnxruntime(mpspdz: MPSPDZ, tmp_path: Path, capsys) -> None:
     """The whole path: seeded ViT → ONNX (dynamic batch, compiled for 2) → mpcvit's compiler → `mpcvit run OUT --images 4 --json`."""
     from benchmarks.models import ModelSpec, export_spec
     from benchmarks.pipeline import compile_model
@@ -77,7 +77,15 @@ def test_compiled_vit_through_the_cli_agrees_with_onnxruntime(mpspdz: MPSPDZ, tm
     compiled = compile_model(onnx_path, "replicated-ring", 2, tmp_path / "out")
     json_path = tmp_path / "run.json"
     assert main(["run", str(tmp_path / "out"), "--images", "4", "--json", str(json_path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
     saved = json.loads(json_path.read_text())
+    # the classes party 1 learnt, one per image: onnxruntime's on the same 4 test images (top-1 agreement is 1)
+    from compiler.api import onnxruntime_logits
+    from compiler.frontend import load_onnx
+    from compiler.runtime.datasets import eval_images
+
+    images, _ = eval_images(load_onnx(onnx_path).metadata, 4)
+    assert printed["predicted_class"] == onnxruntime_logits(onnx_path, images[:4]).argmax(axis=1).tolist()
     assert saved["images"] == 4 and saved["batches"] == 2 and saved["top1_agreement"] == 1.0
     assert saved["max_logit_error"] < 0.05
     # measured party-0 bytes and rounds per execution within 25% of the cost model

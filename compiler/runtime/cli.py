@@ -73,6 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                         "top1_agreement", "max_logit_error", "network_model", "online", "offline", "security",
                         "throughput")}
     summary["outputs"] = [{"name": out["name"], "shape": out["shape"]} for out in result.details["outputs"]]
+    if result.logits is not None:  # what party 1 learnt, per image: the class (--reveal argmax) or the top logit's
+        classes = result.logits[:, 0] if result.logits.shape[1] == 1 else result.logits.argmax(axis=1)
+        summary["predicted_class"] = [int(c) for c in classes]
     json.dump(summary, sys.stdout, indent=2)
     print()
     return 0

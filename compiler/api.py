@@ -306,6 +306,7 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
     calib, frac_bits = calibrate_graph(graph, images[:calibration_samples], source, frac_bits, calibration)
     profile = get_profile(protocol, frac_bits, approx)
     program = lower(graph, profile, name=Path(onnx_path).stem, reveal=reveal)
+    program.warnings.extend(calib.warnings)
     execute(program, {graph.inputs[0]: images[:batch]})  # range errors surface here, before anything is written
     timings["lowering_s"] = time.perf_counter() - start - timings["frontend_s"]
     report = check_program(program, onnx_path, images[:check_samples], source) if check else None

@@ -47,6 +47,7 @@ class Calibration:
     ranges: dict[str, tuple[float, float]]  # tensor -> (min, max) over all samples
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # node name -> statistics for its parameters
     frac_bits_bound: str | None = None  # the magnitude that bounded an automatic choice of f (choose_frac_bits)
+    warnings: list[str] = field(default_factory=list)  # inputs outside an op's mathematical domain (domain_warnings)
 
     @property
     def input_bound(self) -> float:
@@ -135,7 +136,28 @@ def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration image
                 lo, hi = float(data.min()), float(data.max())
                 old = ranges.get(value, (lo, hi))
                 ranges[value] = (min(lo, old[0]), max(hi, old[1]))
-    return Calibration(len(images), source, (float(images.min()), float(images.max())), ranges, sites)
+    return Calibration(len(images), source, (float(images.min()), float(images.max())), ranges, sites,
+                       warnings=domain_warnings(graph, ranges, source))
+
+
+# ops undefined on part of the real line: (where, what onnxruntime gives there), keyed by IR op
+UNDEFINED = {"reciprocal": ("crosses zero", "±inf"), "sqrt": ("goes below zero", "NaN"), "rsqrt": ("goes below zero", "NaN")}
+
+
+def domain_warnings(graph: Graph, ranges: dict[str, tuple[float, float]], source: str) -> list[str]:
+    """One line per reciprocal / sqrt / rsqrt node whose calibrated input leaves the function's domain: there the
+    float model itself is infinite or NaN, and the MPC approximation (valid on one sign only) meaningless."""
+    lines = []
+    for node in graph.nodes:
+        if node.op not in UNDEFINED or node.inputs[0] not in ranges:
+            continue
+        lo, hi = ranges[node.inputs[0]]
+        where, result = UNDEFINED[node.op]
+        if (lo <= 0.0 <= hi) if node.op == "reciprocal" else lo < 0.0:
+            lines.append(f"node {node.name} ({node.op}): its input on the {source} spans [{lo:.3g}, {hi:.3g}], "
+                         f"which {where}: the float model gives {result} there and the MPC result is meaningless; "
+                         f"calibrate on representative inputs (--calibrate FILE.npz) or keep the input away from it")
+    return lines
 
 
 def _layernorm_stats(x: np.ndarray, gamma: np.ndarray | None) -> dict[str, Any]:

@@ -148,9 +148,17 @@ def evaluate(graph: Graph, inputs: dict[str, Array], keep_all: bool = False,
              constants: dict[str, Array] | None = None) -> dict[str, Array]:
     """Run ``graph`` on ``inputs`` (graph input name -> array); return its outputs (or every value).
 
-    In float64, or in the float type of ``constants`` (:func:`float_constants`, made once for many calls)."""
+    In float64, or in the float type of ``constants`` (:func:`float_constants`, made once for many calls). Ops
+    outside their domain give NaN/inf as onnxruntime does, silently: :func:`compiler.calibrate.domain_warnings`
+    names such nodes once."""
     env: dict[str, Array] = dict(constants if constants is not None else float_constants(graph))
     dtype = next((a.dtype for a in env.values() if a.dtype.kind == "f"), np.dtype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        _run_nodes(graph, inputs, env, dtype)
+    return env if keep_all else {name: env[name] for name in graph.outputs}
+
+
+def _run_nodes(graph: Graph, inputs: dict[str, Array], env: dict[str, Array], dtype: np.dtype) -> None:
     for node in graph.nodes:
         if node.op == "input":
             env[node.outputs[0]] = apply_input_layout(node, np.asarray(inputs[node.outputs[0]], dtype=dtype))
@@ -160,4 +168,3 @@ def evaluate(graph: Graph, inputs: dict[str, Array], keep_all: bool = False,
             if result.shape != expected:
                 raise AssertionError(f"node {node.name!r} ({node.op}) produced shape {result.shape}, IR says {expected}")
             env[node.outputs[0]] = result
-    return env if keep_all else {name: env[name] for name in graph.outputs}

@@ -324,3 +324,25 @@ def test_prescaled_means_match_the_reference_under_mp_spdz(mpspdz, tmp_path, pro
         emit(program, tmp_path / f"pool{head}", client_images=x)
         result = run(tmp_path / f"pool{head}", mpspdz=mpspdz, log=lambda _: None)
         assert np.abs(result.logits.reshape(expected.shape) - expected).max() < 1e-3
+
+
+def test_ops_outside_their_domain_are_named_once(tmp_path, recwarn):
+    """1/mean and sqrt(mean) of N(0, 1) images: the mean crosses zero, where onnxruntime gives inf and NaN; the
+    compiler names each node in one warning line (manifest and CLI) instead of numpy's RuntimeWarnings."""
+    torch = pytest.importorskip("torch")
+    from compiler.api import compile_onnx
+
+    class MeanOps(torch.nn.Module):
+        def forward(self, x):
+            m = x.flatten(1).mean(1)
+            return torch.stack([1.0 / m, torch.sqrt(m), torch.sqrt(m * m + 1.0)], 1)
+
+    path = tmp_path / "mean_ops.onnx"
+    torch.onnx.export(MeanOps().eval(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False,
+                      input_names=["image"], output_names=["logits"])
+    warnings = compile_onnx(path, tmp_path / "out", check=True, check_samples=8).manifest.warnings
+    flagged = [w for w in warnings if "the MPC result is meaningless" in w]
+    assert len(flagged) == 2  # sqrt(m*m + 1) stays in its domain
+    assert any("(reciprocal)" in w and "crosses zero" in w for w in flagged)
+    assert any("(sqrt)" in w and "below zero" in w for w in flagged)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

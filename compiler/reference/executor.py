@@ -346,8 +346,9 @@ def check_product_range(rec: NodeRecord, fx: FixedPoint) -> None:
 def execute(program: Program, inputs: dict[str, np.ndarray],
             on_node: Callable[[NodeRecord], None] | None = None) -> ExecResult:
     # One BLAS thread: the products here are small, and OpenBLAS's thread hand-offs cost more than they save
-    # (10x slower on a loaded 2-core machine).
-    with threadpool_limits(1, user_api="blas"):
+    # (10x slower on a loaded 2-core machine). The float side gives NaN/inf outside an op's domain silently, as
+    # compiler.ir_eval does (calibration names such nodes).
+    with threadpool_limits(1, user_api="blas"), np.errstate(invalid="ignore", divide="ignore"):
         return _execute(program, inputs, on_node)
 
 

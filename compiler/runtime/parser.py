@@ -64,7 +64,8 @@ def _mb_to_bytes(text: str) -> int:
 
 def _phase(groups: tuple[str | None, ...]) -> Phase:
     seconds, mb, rounds = groups
-    return Phase(float(seconds), _mb_to_bytes(mb) if mb else 0, int(rounds) if rounds else 0)
+    # MP-SPDZ derives the offline seconds as total minus online, which timer jitter can leave at -1e-5
+    return Phase(max(float(seconds), 0.0), _mb_to_bytes(mb) if mb else 0, int(rounds) if rounds else 0)
 
 
 def parse_party_output(text: str, source: str = "party output") -> PartyStats:

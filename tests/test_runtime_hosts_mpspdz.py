@@ -56,7 +56,7 @@ def test_digits_model_with_every_party_in_its_own_namespace(mpspdz: MPSPDZ, tmp_
         procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     try:
-        errors = [proc.communicate(timeout=360)[1] for proc in procs]
+        printed, errors = zip(*(proc.communicate(timeout=360) for proc in procs))
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -72,6 +72,9 @@ def test_digits_model_with_every_party_in_its_own_namespace(mpspdz: MPSPDZ, tmp_
     # in the last fixed-point bits (a few 2^-16 per truncation, accumulated over the layers): 1e-3
     np.testing.assert_allclose(logits, single.logits, rtol=0, atol=1e-3)
     assert results[1]["max_logit_error"] < 0.05 and results[1]["top1_agreement"] == 1.0
+    # the client's stdout and --json name each image's class (the run on one host found the same ones)
+    classes = single.logits.argmax(axis=1).tolist()
+    assert json.loads(printed[1])["predicted_class"] == results[1]["predicted_class"] == classes
     for ns, _ in namespaces:  # nothing left running in any namespace
         left = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
         assert left == []

@@ -86,6 +86,7 @@ def test_compiled_vit_through_the_cli_agrees_with_onnxruntime(mpspdz: MPSPDZ, tm
 
     images, _ = eval_images(load_onnx(onnx_path).metadata, 4)
     assert printed["predicted_class"] == onnxruntime_logits(onnx_path, images[:4]).argmax(axis=1).tolist()
+    assert saved["predicted_class"] == printed["predicted_class"]
     assert saved["images"] == 4 and saved["batches"] == 2 and saved["top1_agreement"] == 1.0
     assert saved["max_logit_error"] < 0.05
     # measured party-0 bytes and rounds per execution within 25% of the cost model

@@ -73,9 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         "top1_agreement", "max_logit_error", "network_model", "online", "offline", "security",
                         "throughput")}
     summary["outputs"] = [{"name": out["name"], "shape": out["shape"]} for out in result.details["outputs"]]
-    if result.logits is not None:  # what party 1 learnt, per image: the class (--reveal argmax) or the top logit's
-        classes = result.logits[:, 0] if result.logits.shape[1] == 1 else result.logits.argmax(axis=1)
-        summary["predicted_class"] = [int(c) for c in classes]
+    summary["predicted_class"] = result.details["predicted_class"]  # the values themselves are in --json
     json.dump(summary, sys.stdout, indent=2)
     print()
     return 0
@@ -88,7 +86,10 @@ def cmd_run_party(args: argparse.Namespace) -> int:
         raise UserError("--online-only, --resume and --per-execution apply to runs of all parties on this host")
     result = run_party(args.out, args.party, args.hosts, args.protocol, images=args.images, data=args.data,
                        certs=args.certs, batches=args.batches, timeout_s=args.timeout, json_path=args.json)
-    json.dump({k: v for k, v in result.items() if k != "outputs"}, sys.stdout, indent=2)
+    summary = {k: v for k, v in result.items() if k != "outputs"}  # party 1's values are in --json
+    if "outputs" in result:
+        summary["outputs"] = [{"name": out["name"], "shape": out["shape"]} for out in result["outputs"]]
+    json.dump(summary, sys.stdout, indent=2)
     print()
     return 0
 

@@ -38,7 +38,7 @@ from compiler.runtime.overlay import install_inputs, make_overlay
 from compiler.runtime.parser import OUTPUT_MARKER, parse_party_output, revealed_outputs
 from compiler.runtime.processes import PartyFailure, run_parties
 from compiler.runtime.runner import (_compile, _padded, _select_images, check_writable_file, compare_logits,
-                                     load_program, output_shapes, write_json_atomic)
+                                     load_program, output_shapes, predicted_classes, write_json_atomic)
 
 DEFAULT_PORT_BASE = 5000  # MP-SPDZ's default port base (Networking/Player.h)
 
@@ -296,6 +296,7 @@ def run_party(out_dir: str | Path, party: int, hosts_path: str | Path, protocol:
             result.update(images=len(x), compiled_in_input=compiled_in, accuracy=accuracy,
                           max_logit_error=accuracy.get("max_logit_error"),
                           top1_agreement=accuracy.get("top1_agreement"),
+                          predicted_class=predicted_classes(outputs[0], manifest.get("reveal") == "argmax"),
                           outputs=[{"name": entry.get("name"), "shape": list(array.shape), "values": array.tolist()}
                                    for entry, array in zip(manifest.get("outputs") or [{}], outputs)])
     if json_path is not None:

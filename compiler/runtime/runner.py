@@ -426,6 +426,7 @@ def _result(manifest: dict, spec: ProtocolSpec, preprocessing: str, stats: list[
         "preprocessing": PREPROCESSING[preprocessing],
         "outputs": [{"name": entry.get("name"), "shape": list(array.shape), "values": array.tolist()}
                     for entry, array in zip(meta, outputs)],
+        "predicted_class": predicted_classes(logits, manifest.get("reveal") == "argmax"),
     }
     return RunResult(spec.name, preprocessing != "live", time_s, bytes_p0, global_bytes, rounds,
                      accuracy.get("top1_agreement"), accuracy.get("max_logit_error"),
@@ -455,6 +456,13 @@ def _plain_logits(manifest: dict, x: np.ndarray | None, reference: Reference | N
     if not onnx_path.is_file():
         raise UserError(f"{out_dir}/manifest.json: ONNX model {onnx_path} not found for the plaintext comparison")
     return onnxruntime_logits(onnx_path, x)
+
+
+def predicted_classes(logits: np.ndarray, argmax: bool) -> list[int]:
+    """Each image's class as party 1 learnt it: the revealed index (``--reveal argmax``, [B, 1]) or the position
+    of its largest revealed logit ([B, classes])."""
+    classes = logits[:, 0] if argmax else np.asarray(logits).reshape(len(logits), -1).argmax(axis=1)
+    return [int(c) for c in classes]
 
 
 def compare_logits(mpc: np.ndarray, plain: np.ndarray | None, labels: np.ndarray | None,

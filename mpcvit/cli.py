@@ -144,6 +144,10 @@ def _check_output(path: str, folder: bool = False) -> None:
     nearest = next(p for p in out.parents if p.exists())
     if not nearest.is_dir():
         raise UserError(f"--out {path}: {nearest} is a file, not a folder; pick another path")
+    from compiler.runtime.runner import check_writable_file
+
+    # a real file probe: read-only and pseudo file systems (/proc) pass the checks above
+    check_writable_file(out / "report.json" if folder else out, "--out")
 
 
 def _file_config(args: argparse.Namespace) -> RunConfig:
@@ -152,6 +156,9 @@ def _file_config(args: argparse.Namespace) -> RunConfig:
 
 def _train_config(args: argparse.Namespace, file_cfg: RunConfig, dataset: str) -> TrainConfig:
     flags = {field: getattr(args, flag) for flag, field in _TRAIN_FLAGS.items() if getattr(args, flag, None) is not None}
+    for flag in ("epochs", "batch_size", "lr"):
+        if flag in flags and not flags[flag] > 0:
+            raise UserError(f"--{flag.replace('_', '-')} {flags[flag]:g}: give a positive value")
     return recipe(dataset, **{**file_cfg.train, **flags})
 
 

@@ -139,6 +139,16 @@ def test_unwritable_out_is_rejected_before_any_work(capsys, tmp_path, command: l
                                 "not a folder; pick another path\n"
     code, _, err = run(capsys, *command, "--out", str(tmp_path / wrong_kind))
     assert code == 2 and err == f"error: --out {tmp_path / wrong_kind} {expected}\n"
+    # a folder no file can be created in (a pseudo file system): refused before any training or export
+    code, _, err = run(capsys, *command, "--out", "/proc/mpcvit-out")
+    assert code == 2 and err.startswith("error: --out /proc/mpcvit-out") and "cannot create it under /proc" in err
+
+
+def test_non_positive_training_flags(capsys, tmp_path) -> None:
+    for flag in ("--epochs", "--batch-size", "--lr"):
+        code, _, err = run(capsys, "train", *TINY, flag, "0", "--out", str(tmp_path / "x.pt"))
+        assert code == 2 and err == f"error: {flag} 0: give a positive value\n"
+    assert not (tmp_path / "x.pt").exists()
 
 
 @pytest.mark.parametrize("argv, flag, message", [

@@ -194,8 +194,7 @@ def test_live_program_within_25_percent(mpspdz, tmp_path, protocol):
     result = run(tmp_path / protocol, protocol, mpspdz=mpspdz, log=lambda message: None)
     deviations = _deviations(cost, {"bytes_p0": result.bytes_party0, "bytes_all": result.global_bytes,
                                     "rounds": result.rounds})
-    # trio/astra: the calibration counts each call's rounds by its timers (online party + preprocessing party),
-    # a whole run by `Data sent ... rounds`, which counts fewer; this one-layer program's rounds come out +26%
-    # (astra), vit_7_4_32's within 10%: 30% here for their rounds only
-    limits = {key: 0.30 if key == "rounds" and protocol in ("trio", "astra") else TOLERANCE for key in deviations}
-    assert all(abs(value) <= limits[key] for key, value in deviations.items()), deviations
+    # trio/astra: the calibration counts each call's rounds by its timers (online party + preprocessing party), a
+    # whole run by `Data sent ... rounds`; since their gelu/reciprocal choices changed (poly, newton) this program
+    # measures +12% rounds, bytes -7%/-8% (MP-SPDZ 3a0a7b1d): the same 25% as every protocol
+    assert all(abs(value) <= TOLERANCE for value in deviations.values()), deviations

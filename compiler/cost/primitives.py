@@ -39,19 +39,21 @@ from compiler.errors import CompileError
 PROTOCOL_ALIASES = {"semi2k": "semi2k", "dealer": "dealer", "dealer-ring": "dealer",
                     "replicated-ring": "replicated-ring", "rep3-ring": "replicated-ring", "ring": "replicated-ring",
                     "rep4-ring": "rep4-ring", "rep4": "rep4-ring", "ps-rep-ring": "ps-rep-ring",
-                    "sy-rep-ring": "sy-rep-ring", "trio": "trio", "astra": "astra", "spdz2k": "spdz2k"}
+                    "sy-rep-ring": "sy-rep-ring", "trio": "trio", "astra": "astra", "spdz2k": "spdz2k",
+                    "hemi": "hemi"}
 PARTIES = {"semi2k": 2, "dealer": 3, "replicated-ring": 3, "rep4-ring": 4, "ps-rep-ring": 3, "sy-rep-ring": 3,
-           "trio": 3, "astra": 3, "spdz2k": 2}  # dealer: 2 computing parties + the dealer; trio/astra: 2 online + a helper
-WORD_BYTES = 8  # one ring element of Z_2^64
+           "trio": 3, "astra": 3, "spdz2k": 2, "hemi": 2}  # dealer: 2 computing parties + the dealer; trio/astra: 2 online + a helper
+WORD_BYTES = 8  # one ring element of Z_2^64 (hemi's 128-bit field elements count as two)
 MEASURED_K = 31
 # Input and reveal, in ring elements per value: (input: all parties, reveal: all parties, reveal: party 0).
 # Measured: 20,000 sfix values input by party 0 or revealed to party 1, `Data sent`/`Global data sent` of MP-SPDZ
 # 3a0a7b1d (trio/astra: online and preprocessing processes together). semi2k/dealer derive the other shares from
 # PRG seeds; replicated-ring/ps/sy-rep-ring send one share, rep4-ring two. spdz2k (which this build cannot run):
 # MP-SPDZ's compile-time estimate, 8 + 1,024 B per input and 32 + 4,096 B per revealed value (MAC preprocessing).
+# hemi: semi2k's scheme in a 128-bit field (PRG-seeded input shares, one 16-byte share sent per revealed value).
 IO_WORDS = {"semi2k": (0, 1, 1), "dealer": (0, 1, 1), "replicated-ring": (1, 2, 1), "rep4-ring": (2, 6, 3),
             "ps-rep-ring": (1, 2, 1), "sy-rep-ring": (1, 2, 1), "trio": (1, 7, 3), "astra": (1, 7, 3),
-            "spdz2k": (129, 516, 258)}
+            "spdz2k": (129, 516, 258), "hemi": (0, 2, 2)}
 # (c, online rounds per carry level) of a comparison's bit-length dependence (see the module doc)
 FIXED_BITS = {"semi2k": 0.0, "dealer": 31.0, "replicated-ring": 15.0}
 ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 2, "replicated-ring": 1}

@@ -222,8 +222,20 @@ def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, ope
     return Cost(variable_bytes_p0=(_linear(p0_coef, outputs, work, operands) - p0_coef[0]) * scale,
                 variable_bytes_all=variable_all, online_bytes_all=variable_all * fit["online_share"],
                 online_rounds=on_fixed + on_var, offline_rounds=off_var,
-                setup=((prim if scale == 1.0 else f"{prim}/{k}", off_fixed, p0_coef[0], all_coef[0]),),
+                setup=((setup_kind(prim, protocol, k, scale), off_fixed, p0_coef[0], all_coef[0]),),
                 seconds=max(_linear(fit["seconds"], outputs, work, operands), 0.0))
+
+
+# protocols whose primitives all draw on one kind of first preprocessing batch: hemi's HE triples (~3 MB, measured
+# as every primitive's fixed part) are made once for the whole program, whichever primitive asks first
+SHARED_SETUP = {"hemi": "he_triples"}
+
+
+def setup_kind(prim: str, protocol: str, k: int, scale: float) -> str:
+    """The name under which a primitive's one-time setup is paid once per program (see :class:`Cost`)."""
+    if protocol in SHARED_SETUP:
+        return SHARED_SETUP[protocol]
+    return prim if scale == 1.0 else f"{prim}/{k}"
 
 
 def _transfer(protocol: str, n: int, party: int | None, reveal: bool) -> Cost:

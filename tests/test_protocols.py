@@ -107,6 +107,8 @@ def test_a_kos_build_refuses_spdz2k_up_front_with_the_cost_models_estimate(tmp_p
         check_protocol_ready(tree, protocol_spec("spdz2k"), expected)
     with pytest.raises(MPSPDZError, match="lacks rep4-ring-party.x"):  # other protocols: only what is missing
         check_protocol_ready(tree, protocol_spec("rep4-ring"))
+    with pytest.raises(MPSPDZError, match=r"lacks hemi-party.x \(needed for hemi\).*run `make hemi-party.x` there"):
+        check_protocol_ready(tree, protocol_spec("hemi"))
 
 
 def test_mpcvit_run_of_spdz2k_in_a_kos_build_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):

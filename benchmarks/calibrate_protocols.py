@@ -111,7 +111,7 @@ def measure(mpspdz, protocol: str, prim: str, n: int, shape, tmp: Path, timeout_
     done = subprocess.run([sys.executable, "compile.py", *flags, name], cwd=root, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"compile {name}: {(done.stdout + done.stderr)[-800:]}")
-    install_inputs(root, {0: work / "input", 1: work / "input"})
+    install_inputs(root, {"Input-P0-0": work / "input", "Input-P1-0": work / "input"})  # text: input_from
     commands = spec.launch_commands(free_port_base(spec.processes + 1), name, ("-v",))
     results = run_parties(commands, root, timeout_s, work / "logs", spec.process_names())
     stats = [parse_party_output(r.output, f"{protocol} {name} process {i}") for i, r in enumerate(results)]

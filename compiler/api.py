@@ -270,6 +270,19 @@ def calibrate_graph(graph: Any, images: np.ndarray, source: str, frac_bits: int 
     return calib, frac_bits
 
 
+def two_party_alternative(semi2k: Program, hemi: Program) -> str:
+    """The other semi-honest 2PC without a dealer, priced for the same model: hemi (HE triples in a prime field)
+    sends several times fewer bytes than semi2k (OT triples) but computes more; which one is faster depends on the
+    model's size and the network (measured crossover on a LAN about vit_2_4_32, README's protocol section)."""
+    a, b = estimate(semi2k).total, estimate(hemi).total
+    lan, wan = (min(("semi2k", a.latency(net)), ("hemi", b.latency(net)), key=lambda x: x[1])[0]
+                for net in ("lan", "wan"))
+    return (f"2PC without a dealer: --protocol hemi sends {a.bytes_all / max(b.bytes_all, 1):.1f}x fewer bytes "
+            f"({b.bytes_all / 1e6:,.0f} MB vs {a.bytes_all / 1e6:,.0f} MB all parties, cost model); estimated "
+            f"LAN {b.latency('lan'):,.0f} s vs {a.latency('lan'):,.0f} s, WAN {b.latency('wan'):,.0f} s vs "
+            f"{a.latency('wan'):,.0f} s: {lan} is faster on a LAN, {wan} on a WAN")
+
+
 def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "replicated-ring", batch: int = 1,
                  frac_bits: int | None = None, approx: dict[str, str] | None = None, check: bool = False,
                  check_samples: int = 200, reveal: str = "logits", template_set: str | None = None,
@@ -307,6 +320,9 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "re
     profile = get_profile(protocol, frac_bits, approx)
     program = lower(graph, profile, name=Path(onnx_path).stem, reveal=reveal)
     program.warnings.extend(calib.warnings)
+    if profile.protocol == "semi2k":
+        program.warnings.append(two_party_alternative(program, lower(graph, get_profile("hemi", frac_bits, approx),
+                                                                     name=program.name, reveal=reveal)))
     execute(program, {graph.inputs[0]: images[:batch]})  # range errors surface here, before anything is written
     timings["lowering_s"] = time.perf_counter() - start - timings["frontend_s"]
     report = check_program(program, onnx_path, images[:check_samples], source) if check else None

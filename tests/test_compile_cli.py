@@ -42,6 +42,10 @@ def test_compile_with_check_writes_the_program_and_prints_the_summary(timm_onnx,
                      stdout)
     assert "layers: 2 attention" in stdout and "gelu=mpspdz" in stdout
     assert "cost estimate (semi2k)" in stdout and "TOTAL" in stdout and "latency LAN" in stdout
+    # the other 2PC without a dealer, priced by the cost model for this model: fewer bytes, faster by network
+    advice = re.search(r"warning: 2PC without a dealer: --protocol hemi sends ([\d.]+)x fewer bytes .*: "
+                       r"(semi2k|hemi) is faster on a LAN, (semi2k|hemi) on a WAN", stdout)
+    assert advice and float(advice.group(1)) > 1
     assert "check: 24 inputs" in stdout and "top-1 agreement 100.0%" in stdout
     error = float(stdout.split("logits vs onnxruntime: max |err| ")[1].split()[0])
     assert error <= 0.05

@@ -45,7 +45,8 @@ def test_every_measured_row_within_25_percent(path, least):
     for row in rows:
         cost = predict(row)
         for key, predicted in (("bytes_all", cost.bytes_all), ("bytes_p0", cost.bytes_p0), ("rounds", cost.rounds)):
-            rel = abs(predicted - row[key]) / row[key]
+            # hemi's truncation is local (0 bytes, 0 rounds measured): the model must predict less than one
+            rel = abs(predicted - row[key]) / row[key] if row[key] else float(abs(predicted) >= 1)
             deviations.append((rel, key, row["protocol"], row["variant"], row["primitive"], row["n"],
                                row[key], predicted))
     deviations.sort(reverse=True)
@@ -177,7 +178,7 @@ def test_whole_programs_within_25_percent_of_recorded_real_runs(tmp_path):
 
 
 @pytest.mark.parametrize("protocol", ["semi2k", "dealer", "replicated-ring", "rep4-ring", "sy-rep-ring",
-                                      "ps-rep-ring", "trio", "astra"])
+                                      "ps-rep-ring", "trio", "astra", "hemi"])
 def test_live_program_within_25_percent(mpspdz, tmp_path, protocol):
     """Re-measure one small benchmark program (one layer, all three head kinds) under MP-SPDZ now."""
     from compiler.errors import MPSPDZError
@@ -194,8 +195,7 @@ def test_live_program_within_25_percent(mpspdz, tmp_path, protocol):
     result = run(tmp_path / protocol, protocol, mpspdz=mpspdz, log=lambda message: None)
     deviations = _deviations(cost, {"bytes_p0": result.bytes_party0, "bytes_all": result.global_bytes,
                                     "rounds": result.rounds})
-    # trio/astra: the calibration counts each call's rounds by its timers (online party + preprocessing party),
-    # a whole run by `Data sent ... rounds`, which counts fewer; this one-layer program's rounds come out +26%
-    # (astra), vit_7_4_32's within 10%: 30% here for their rounds only
-    limits = {key: 0.30 if key == "rounds" and protocol in ("trio", "astra") else TOLERANCE for key in deviations}
-    assert all(abs(value) <= limits[key] for key, value in deviations.items()), deviations
+    # trio/astra: the calibration counts each call's rounds by its timers (online party + preprocessing party), a
+    # whole run by `Data sent ... rounds`; since their gelu/reciprocal choices changed (poly, newton) this program
+    # measures +12% rounds, bytes -7%/-8% (MP-SPDZ 3a0a7b1d): the same 25% as every protocol
+    assert all(abs(value) <= TOLERANCE for value in deviations.values()), deviations

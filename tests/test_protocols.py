@@ -17,13 +17,13 @@ from compiler.lowering import get_profile, lower
 from compiler.lowering.profiles import PROTOCOLS
 from compiler.runtime.mpspdz import MPSPDZ, check_protocol_ready, kos_build, make_fifos, protocol_spec
 
-NEW = ("rep4-ring", "sy-rep-ring", "ps-rep-ring", "trio", "astra", "spdz2k")
+NEW = ("rep4-ring", "sy-rep-ring", "ps-rep-ring", "trio", "astra", "spdz2k", "hemi")
 SECURITY = {  # protocol: (adversary, majority, parties of the binary, preprocessing processes)
     "semi2k": ("semi-honest", "dishonest", 2, 0), "dealer": ("semi-honest", "honest", 3, 0),
     "replicated-ring": ("semi-honest", "honest", 3, 0), "rep4-ring": ("malicious", "honest", 4, 0),
     "sy-rep-ring": ("malicious", "honest", 3, 0), "ps-rep-ring": ("malicious", "honest", 3, 0),
     "trio": ("semi-honest", "honest", 2, 3), "astra": ("semi-honest", "honest", 2, 3),
-    "spdz2k": ("malicious", "dishonest", 2, 0)}
+    "spdz2k": ("malicious", "dishonest", 2, 0), "hemi": ("semi-honest", "dishonest", 2, 0)}
 
 
 def test_every_profile_states_its_security_model():
@@ -40,16 +40,19 @@ def test_every_profile_states_its_security_model():
 @pytest.mark.parametrize("protocol", NEW)
 def test_lowering_per_profile_truncation_flags_and_manifest(protocol, tmp_path):
     """The malicious 3PCs and spdz2k have no trunc_pr instruction (TRUNC_PR fails at run time): their programs
-    must not ask for it; rep4-ring, trio and astra use it (one round, probabilistic)."""
+    must not ask for it; rep4-ring, trio and astra use it (one round, probabilistic), hemi too (local in its 128-bit
+    field), which compiles for a prime field (no -R) with edaBits (-Y)."""
     profile = get_profile(protocol)
     program = lower(tiny_vit_ir.build(batch=1), profile, name="tiny")
     manifest = emit(program, tmp_path / "out")
     text = (tmp_path / "out" / "tiny.mpc").read_text()
-    trunc_pr = protocol in ("rep4-ring", "trio", "astra")
+    trunc_pr = protocol in ("rep4-ring", "trio", "astra", "hemi")
     assert ("program.use_trunc_pr = True" in text) is trunc_pr
     assert manifest.truncation == ("trunc_pr" if trunc_pr else "generic")
     flags = manifest.compile_flags
     assert flags[flags.index("-E") + 1] == PROTOCOLS[protocol].mpspdz and "-M" in flags
+    assert ("-R" in flags, "-Y" in flags) == ((False, True) if protocol == "hemi" else (True, False))
+    assert manifest.ring_bits == (128 if protocol == "hemi" else 64)
     assert f"Security ({protocol}): {PROTOCOLS[protocol].security.summary()}" in text
     saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert saved["security"] == PROTOCOLS[protocol].security.as_dict() and saved["protocol"] == protocol
@@ -65,6 +68,10 @@ def test_cost_model_ranks_the_protocols_as_measured():
     assert totals["replicated-ring"].bytes_all < totals["rep4-ring"].bytes_all < totals["sy-rep-ring"].bytes_all
     assert totals["sy-rep-ring"].bytes_all < totals["spdz2k"].bytes_all / 10
     assert totals["trio"].offline_bytes_all > 0 and totals["trio"].online_rounds < totals["trio"].rounds
+    # the two dishonest-majority semi-honest 2PCs: hemi's HE triples and local truncation cost a fraction of
+    # semi2k's OT triples (measured 4.9x fewer bytes on vit_1_4_8, 6.5x on vit_2_4_32); on this tiny program
+    # hemi's first HE batch of each kind (~3 MB) dominates: 2.3x
+    assert totals["hemi"].bytes_all < totals["semi2k"].bytes_all / 2
 
 
 def test_trio_and_astra_start_two_online_and_three_preprocessing_parties(tmp_path):
@@ -80,6 +87,8 @@ def test_trio_and_astra_start_two_online_and_three_preprocessing_parties(tmp_pat
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     rep4 = protocol_spec("rep4-ring").launch_commands(6000, "prog")
     assert len(rep4) == 4 and all("-N" not in c for c in rep4)  # rep4-ring-party.x has no -N option
+    hemi = protocol_spec("hemi").launch_commands(7000, "prog")
+    assert [c[:3] for c in hemi] == [["./hemi-party.x", "-N", "2"]] * 2 and not protocol_spec("hemi").needs_ssl
 
 
 def fake_tree(tmp_path: Path, config: str) -> MPSPDZ:
@@ -98,6 +107,8 @@ def test_a_kos_build_refuses_spdz2k_up_front_with_the_cost_models_estimate(tmp_p
         check_protocol_ready(tree, protocol_spec("spdz2k"), expected)
     with pytest.raises(MPSPDZError, match="lacks rep4-ring-party.x"):  # other protocols: only what is missing
         check_protocol_ready(tree, protocol_spec("rep4-ring"))
+    with pytest.raises(MPSPDZError, match=r"lacks hemi-party.x \(needed for hemi\).*run `make hemi-party.x` there"):
+        check_protocol_ready(tree, protocol_spec("hemi"))
 
 
 def test_mpcvit_run_of_spdz2k_in_a_kos_build_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):

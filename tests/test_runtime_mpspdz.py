@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from compiler.errors import MPSPDZError
+from compiler.lowering.profiles import Profile, protocol_spec
 from compiler.runtime import run
 from compiler.runtime.mpspdz import MPSPDZ, mpspdz_version
 from compiler.runtime.prep import FAKE_OFFLINE
@@ -35,7 +36,8 @@ def linear_program(tmp_path: Path, protocol: str) -> Path:
     (out / "lin.mpc").write_text(PROGRAM)
     (out / "Player-Data" / "Input-P0-0").write_text(" ".join(map(str, WEIGHTS.ravel())) + "\n")
     (out / "Player-Data" / "Input-P1-0").write_text(" ".join(["0"] * B * K) + "\n")
-    manifest = {"name": "lin", "protocol": protocol, "compile_flags": ["-E", protocol, "-R", "64"], "batch": B,
+    flags = Profile(spec=protocol_spec(protocol)).compile_flags  # hemi: a prime field, no -R
+    manifest = {"name": "lin", "protocol": protocol, "compile_flags": flags, "batch": B,
                 "output_shape": [B, C], "f": 16, "k": 31}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
@@ -95,9 +97,9 @@ def test_compiled_vit_through_the_cli_agrees_with_onnxruntime(mpspdz: MPSPDZ, tm
     assert abs(saved["rounds"] / 2 / total.rounds - 1) < 0.25
 
 
-@pytest.mark.parametrize("protocol", ["rep4-ring", "sy-rep-ring", "ps-rep-ring", "trio", "astra"])
+@pytest.mark.parametrize("protocol", ["rep4-ring", "sy-rep-ring", "ps-rep-ring", "trio", "astra", "hemi"])
 def test_linear_model_under_the_other_protocols(mpspdz: MPSPDZ, tmp_path: Path, protocol: str) -> None:
-    """Each protocol's processes (rep4-ring: 4 parties; trio/astra: 2 online + 3 preprocessing parties) compute
+    """Each protocol's processes (rep4-ring: 4 parties; trio/astra: 2 online + 3 preprocessing parties; hemi: a prime field) compute
     the same logits; trio/astra report their preprocessing process's traffic as party 0's offline phase."""
     from compiler.runtime.mpspdz import check_protocol_ready, protocol_spec
 

@@ -89,9 +89,9 @@ class ProtocolSpec:
 
 
 # Names, `-E` names, binaries and party counts come from the lowering's protocol profiles (one source of truth);
-# the runtime adds how a binary is started: only semi2k and dealer-ring take `-N` (their `--help` lists it).
+# the runtime adds how a binary is started: only semi2k, dealer-ring and hemi take `-N` (their `--help` lists it).
 PROTOCOLS: dict[str, ProtocolSpec] = {
-    name: ProtocolSpec(name, spec.mpspdz, spec.binary, spec.n_parties, pass_n=name in ("semi2k", "dealer"),
+    name: ProtocolSpec(name, spec.mpspdz, spec.binary, spec.n_parties, pass_n=name in ("semi2k", "dealer", "hemi"),
                        needs_ssl=spec.n_parties + spec.prep_parties > 2, prep_binary=spec.prep_binary,
                        prep_parties=spec.prep_parties, needs_softspoken=spec.needs_softspoken)
     for name, spec in LOWERING_PROTOCOLS.items()

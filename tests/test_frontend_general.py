@@ -521,3 +521,42 @@ def test_subgraphs_fold_with_what_they_read_from_outer_scopes(tmp_path: Path) ->
                                name="branchy")]
     with pytest.raises(CompileError, match=r"'branchy': op If \(opset 17\) is not supported"):
         load_onnx(model(tmp_path / "if_secret.onnx", secret, X, ["y"], {"cond": np.array(True)}))
+
+
+class _MaskedSDPA(nn.Module):
+    """An SDPA block masked by a constant: is_causal=True, or an upper-triangular mask of ``fill``."""
+
+    def __init__(self, fill: float | None) -> None:
+        super().__init__()
+        self.qkv, self.fill = nn.Linear(16, 48), fill
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 2, C // 2).permute(2, 0, 3, 1, 4)
+        if self.fill is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.triu(torch.full((N, N), self.fill), 1))
+        return y.transpose(1, 2).reshape(B, N, C)
+
+
+@pytest.mark.parametrize("fill, dynamo, expected", [
+    (None, True, "SDPA's is_causal=True"),  # dynamo exports the float minimum
+    (-1e9, False, "a mask of a huge value such as -1e9"),
+    (None, False, "an attention mask of -inf (SDPA's is_causal=True exports one)"),  # TorchScript: -inf
+])
+def test_huge_attention_masks_say_to_mask_with_a_finite_value(tmp_path: Path, fill, dynamo, expected) -> None:
+    from compiler.api import compile_onnx
+
+    path = export(_MaskedSDPA(fill).eval(), torch.randn(1, 6, 16), tmp_path / "masked.onnx", dynamo)
+    with pytest.raises(CompileError, match="finite value") as info:
+        compile_onnx(path, tmp_path / "out")
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_finite_mask_of_minus_100_compiles_and_matches_onnxruntime(tmp_path: Path) -> None:
+    from compiler.api import compile_onnx
+
+    path = export(_MaskedSDPA(-100.0).eval(), torch.randn(1, 6, 16), tmp_path / "masked.onnx", False)
+    report = compile_onnx(path, tmp_path / "out", check=True, check_samples=4).check
+    assert report.within_tolerance  # max(0.02, 1 % of max |output|): the bar of every compiled program

@@ -153,7 +153,7 @@ class ConvertContext:
                 if bad:  # would be secret-shared as garbage: encoding NaN/inf to fixed point is undefined
                     raise CompileError(f"ONNX tensor {resolved!r} has {bad} NaN/infinite value(s) and is used by "
                                        f"the secret computation; fixed point has no infinities: an attention mask "
-                                       f"of -inf needs a finite value instead (e.g. -100, as timm's Swin uses), "
+                                       f"of -inf (SDPA's is_causal=True exports one) needs a finite value instead (e.g. -100, as timm's Swin uses), "
                                        f"other weights a fix (or a division by zero) and a re-export")
             # integer/boolean constants are structure (masks, like the index maps layouts make public anyway)
             weight = data.dtype.kind == "f" and resolved in self.from_initializer and data.size > 1

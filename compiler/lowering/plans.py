@@ -688,6 +688,14 @@ def _check_constants(graph: Graph, profile: Profile) -> None:
                 raise CompileError(f"constant {name!r} of node {node.name!r} ({node.op}) holds inf or NaN, which "
                                    f"fixed point cannot represent: use a finite value within ±{profile.fx.max_abs:g} "
                                    f"(e.g. -1e4 for a mask added to softmax scores)")
+        # an attention mask of a huge constant (-1e9, the float minimum SDPA's is_causal exports) leaves the
+        # comparison range of the row max; -100 masks the same (e^-100 is 0 in fixed point)
+        bias = graph.values[node.inputs[3]] if node.op == "attention" and len(node.inputs) > 3 else None
+        if bias is not None and bias.data is not None and np.abs(bias.data).max() >= profile.fx.max_abs:
+            raise CompileError(f"attention {node.name!r}: its mask/bias constant {bias.name!r} reaches "
+                               f"|v| = {np.abs(bias.data).max():.3g} (a mask of a huge value such as -1e9, or SDPA's "
+                               f"is_causal=True), beyond the ±{profile.fx.max_abs:g} of fixed point: mask with a "
+                               f"finite value such as -100 (e^-100 is 0 in fixed point) and re-export")
 
 
 def client_layout(graph: Graph) -> tuple[tuple[int, ...], np.ndarray | None]:

@@ -103,9 +103,13 @@ def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration image
     batch = image_shape[0]
     if images.ndim != len(image_shape) or images.shape[1:] != tuple(image_shape[1:]) or not len(images):
         raise UserError(f"calibration images have shape {images.shape}; the model takes images of shape "
-                        f"{tuple(image_shape[1:])} (give an array [n, {', '.join(map(str, image_shape[1:]))}])")
+                        f"{tuple(image_shape[1:])} (give an array [n, {', '.join(map(str, image_shape[1:]))}], "
+                        f"n >= 1)")
     if not np.all(np.isfinite(images)):
         raise UserError("calibration images contain NaN or infinite values; give finite, normalised images")
+    if images.min() == images.max():  # no range to calibrate on: every real image would leave it
+        raise UserError(f"the calibration images ({source}) are all the same value ({images.min():g}): give "
+                        f"representative, normalised images")
     _name_nodes(graph)  # sites are keyed by node name, as lowering will name them
     missing = sorted({n.op for n in graph.nodes if n.op not in KERNELS and n.op not in ("input", "output")})
     if missing:

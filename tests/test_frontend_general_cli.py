@@ -93,4 +93,4 @@ def test_the_check_compares_every_output(tmp_path: Path) -> None:
     check = compile_onnx(tmp_path / "two.onnx", tmp_path / "out", check=True, check_data=tmp_path / "d.npz").check
     assert list(check.output_errors) == ["y", "z"] and check.samples == 6
     assert check.max_logit_error == max(check.output_errors.values()) < 1e-3
-    assert "per output max |err|: y " in check.table()
+    assert "per output max |err|: y " in check.table() and "all outputs vs onnxruntime: max |err|" in check.table()

@@ -346,3 +346,21 @@ def test_ops_outside_their_domain_are_named_once(tmp_path, recwarn):
     assert any("(reciprocal)" in w and "crosses zero" in w for w in flagged)
     assert any("(sqrt)" in w and "below zero" in w for w in flagged)
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_calibration_without_a_range_and_check_inputs_the_client_refuses(tmp_path):
+    torch = pytest.importorskip("torch")
+    from compiler.api import compile_onnx
+
+    path = tmp_path / "linear.onnx"
+    torch.onnx.export(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 4)).eval(), (torch.randn(1, 3, 4, 4),),
+                      str(path), dynamo=False, input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "b"}, "logits": {0: "b"}})
+    np.savez(tmp_path / "zeros.npz", x=np.zeros((8, 3, 4, 4)))
+    with pytest.raises(UserError, match=r"calibration images \(--calibrate .*zeros.npz\) are all the same value \(0\)"):
+        compile_onnx(path, tmp_path / "out", calibration=tmp_path / "zeros.npz")
+    # calibrated on |v| <= 0.1 (the client then accepts |v| <= 0.4), checked on N(0, 1) inputs
+    np.savez(tmp_path / "small.npz", x=np.random.default_rng(0).uniform(-0.1, 0.1, (8, 3, 4, 4)))
+    result = compile_onnx(path, tmp_path / "out", calibration=tmp_path / "small.npz", check=True, check_samples=6)
+    assert any(w.startswith("6 of the 6 --check inputs exceed |v| 0.4") and "`mpcvit run` refuses them" in w
+               for w in result.manifest.warnings), result.manifest.warnings

@@ -35,7 +35,7 @@ def test_check_uses_the_array_named_like_the_input(small_model: Path, tmp_path: 
 
 
 def test_the_first_array_and_a_single_input_without_batch_axis(small_model: Path, tmp_path: Path) -> None:
-    np.savez(tmp_path / "one.npz", np.ones((2, 3), np.float32))
+    np.savez(tmp_path / "one.npz", (np.arange(6, dtype=np.float32) / 6).reshape(2, 3))  # one image, no batch axis
     images, source = load_check_data(tmp_path / "one.npz", "x", SHAPE)
     assert images.shape == (1, 2, 3) and images.dtype == np.float64 and source == "one.npz, array 'arr_0'"
     result = compile_onnx(small_model, tmp_path / "out", batch=2, check=True, check_data=tmp_path / "one.npz")

@@ -254,17 +254,23 @@ def _write_bad_data(path: Path, kind: str) -> None:
     else:
         arrays = {"empty": {"x": np.zeros((0, 3))}, "no_batch_axis": {"x": np.float32(1)},
                   "text": {"x": np.array(["a", "b"])}, "labels": {"x": np.zeros((2, 3)), "y": np.zeros(5)},
-                  "shape": {"x": np.zeros((2, 4))}, "labels_only": {"y": np.zeros(2)}}[kind]
+                  "shape": {"x": np.zeros((2, 4))}, "labels_only": {"y": np.zeros(2)},
+                  "fractional_labels": {"x": np.zeros((2, 3)), "y": np.array([0.5, 1.0])},
+                  "negative_labels": {"x": np.zeros((2, 3)), "y": np.array([1, -3])},
+                  "label_beyond_classes": {"x": np.zeros((2, 3)), "y": np.array([1, 99])}}[kind]
         np.savez(path, **arrays)
 
 
 @pytest.mark.parametrize("kind, message", [
-    ("pickled", "not a readable .npz archive"), ("npy", "a single .npy array, not an .npz archive"),
+    ("pickled", "holds pickled Python objects, which are not loaded"), ("npy", "a single .npy array, not an .npz archive"),
     ("truncated", "not a readable .npz archive"), ("empty", r"x has shape \[0, 3\]; give at least one image"),
     ("no_batch_axis", r"x has shape \[\]"), ("text", "arrays x/y are unreadable or not numeric"),
     ("labels", r"labels y have shape \[5\], expected \[2\]"),
     ("shape", r"images of shape \[4\], but the program was compiled for \[3\]; give x as \[N, 3\]"),
     ("labels_only", r"no image array \(found y\)"),
+    ("fractional_labels", r"labels y must be whole class indices \(found dtype float64"),
+    ("negative_labels", r"labels y must be class indices from 0 \(found -3\)"),
+    ("label_beyond_classes", r"label 99 is not a class of this model's \d+ outputs"),
 ])
 def test_bad_data_files_stop_before_any_party_runs(fake_mpspdz: MPSPDZ, program_dir: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch, kind: str, message: str) -> None:

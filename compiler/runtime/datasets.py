@@ -23,6 +23,10 @@ def image_array(names: list[str], input_name: str | None = None) -> str | None:
     return next((name for name in names if name != "y"), None)
 
 
+PICKLED = ("--data {path}: holds pickled Python objects, which are not loaded (unpickling can run code); save "
+           "numeric arrays: numpy.savez(path, x=images, y=labels)")
+
+
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """The images (float; see :func:`image_array`) and optionally the labels `y` from `path`."""
     if not path.is_file():
@@ -30,6 +34,8 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         archive = np.load(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if "allow_pickle" in str(exc):
+            raise UserError(PICKLED.format(path=path)) from None
         raise UserError(f"--data {path}: not a readable .npz archive ({exc}); "
                         "write one with numpy.savez(path, x=images, y=labels)") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy array
@@ -42,15 +48,32 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                             "save images as x and labels as y")
         try:
             x = archive[key].astype(np.float32)
-            y = archive["y"].astype(np.int64) if "y" in archive else None
-        except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            labels = archive["y"] if "y" in archive else None
+        except ValueError as exc:
+            if "allow_pickle" not in str(exc):
+                raise UserError(f"--data {path}: arrays x/y are unreadable or not numeric ({exc}); "
+                                "save float images as x and integer labels as y") from None
+            raise UserError(PICKLED.format(path=path)) from None
+        except (TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise UserError(f"--data {path}: arrays x/y are unreadable or not numeric ({exc}); "
                             "save float images as x and integer labels as y") from None
     if x.ndim < 2 or len(x) == 0:
         raise UserError(f"--data {path}: x has shape {list(x.shape)}; give at least one image as x[N, ...]")
-    if y is not None and y.shape != (len(x),):
-        raise UserError(f"--data {path}: labels y have shape {list(y.shape)}, expected [{len(x)}] (one per image)")
+    y = None if labels is None else class_labels(labels, len(x), f"--data {path}")
     return x, y
+
+
+def class_labels(labels: np.ndarray, count: int, source: str) -> np.ndarray:
+    """``labels`` as int64 class indices, one per image: whole numbers from 0 (else UserError)."""
+    labels = np.asarray(labels)
+    if labels.shape != (count,):
+        raise UserError(f"{source}: labels y have shape {list(labels.shape)}, expected [{count}] (one per image)")
+    if labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f" and not np.all(labels == np.round(labels))):
+        raise UserError(f"{source}: labels y must be whole class indices (found dtype {labels.dtype}, e.g. "
+                        f"{labels.flat[0]!r}); save integer labels")
+    if labels.size and labels.min() < 0:
+        raise UserError(f"{source}: labels y must be class indices from 0 (found {labels.min():g})")
+    return labels.astype(np.int64)
 
 
 def check_image_shape(x: np.ndarray, image_shape: list[int] | None, source: str) -> None:
@@ -105,8 +128,10 @@ def eval_images(metadata: dict[str, str], count: int, data: Path | None = None) 
     else:
         dataset = metadata.get("mpcvit.dataset")
         if dataset != "digits":
-            raise UserError(f"no built-in test set for dataset {dataset!r} (ONNX metadata mpcvit.dataset): "
-                            "pass --data FILE.npz with arrays x (normalised images) and y (labels)")
+            named = f"for dataset {dataset!r} (ONNX metadata mpcvit.dataset)" if dataset else \
+                "(the model's ONNX metadata names no dataset)"
+            raise UserError(f"--images: no built-in test set {named}: pass --data FILE.npz with arrays x "
+                            "(normalised images) and y (labels)")
         x, y = digits_test_set()
         x = normalise(x, metadata)
     if count > len(x):

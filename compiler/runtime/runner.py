@@ -315,6 +315,10 @@ def _select_images(manifest: dict, images: int | None, data: str | Path | None):
         x, y = datasets.eval_images(metadata, images, Path(data) if data else None)
     image_shape = manifest.get("input_shape")  # [B, C, H, W] of the compiled program
     datasets.check_image_shape(x, image_shape[1:] if image_shape else None, f"--data {data}" if data else "--images")
+    classes = manifest["output_shape"][-1] if manifest.get("reveal") != "argmax" else None
+    if y is not None and classes and len(manifest["output_shape"]) == 2 and y.max() >= classes:
+        raise UserError(f"--data {data}: label {y.max()} is not a class of this model's {classes} outputs; "
+                        f"give labels 0..{classes - 1}")
     return x, y
 
 

@@ -49,7 +49,12 @@ def _cases() -> list[Case]:
         # 2^q/x (the softmax/ReLU-softmax denominators): one LSB of x·y/2^q times y <= 2^q/lo = 32
         Case("reciprocal", "newton", np.geomspace(1, 1024, 200), 4 + 2 * 32, {"lo": 1.0, "hi": 1024.0, "shift": 5}),
         Case("reciprocal", "mpspdz", np.geomspace(1, 1024, 200), 8 * 32, {"shift": 5}),
+        # calibrated exponents inside [-2^5, 0]: no clipping comparison
+        Case("exp", "limit2", np.concatenate([rng.uniform(-32, 0, 200), [0.0, -32.0]]), 2 ** 7, {"inner": True}),
         Case("rowmax", "tree", rng.uniform(-20, 20, (9, 65)), 0, {"cols": 65}),
+        # the tournaments that lowering picks for softmax rows on a LAN and on a WAN (compiler/approx/rowmax.py)
+        Case("rowmax", "tree", rng.uniform(-20, 20, (9, 65)), 0, {"cols": 65, "groups": (2, 2, 2, 3, 3)}),
+        Case("rowmax", "tree", np.round(rng.uniform(-3, 3, (9, 65))), 0, {"cols": 65, "groups": (3, 4, 8)}),  # ties
         Case("gelu", "poly", np.linspace(-8, 8, 201), 16),
         Case("gelu", "mpspdz", np.linspace(-8, 8, 201), 64),
         # one LSB of x·y²/2 times y (≤ 1/√1e-4 = 100) per step

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from compiler.approx import REGISTRY
+from compiler.approx.rowmax import best_groups
 from compiler.cost.primitives import Step
 from compiler.errors import CompileError, UserError
 from compiler.ir import Graph, Node
-from compiler.lowering.profiles import Profile
+from compiler.lowering.profiles import RANK_NETWORK, Profile
 
 # Node kinds the templates and the reference executor implement: the ViT-level kinds the passes produce, then
 # every generic kind (each with a general lowering, slower than a pattern's fast path).
@@ -248,7 +249,11 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         rows = len(members) * batch * tokens
         n = rows * tokens
         if kind == "softmax":
-            rowmax = p.approx["softmax.rowmax"] = _compare_use(profile, "rowmax", scores, cols=tokens)
+            rowmax = _compare_use(profile, "rowmax", scores, cols=tokens)
+            # the tournament's groups per level: the least latency on the ranking network at these rows and bits
+            groups = best_groups(tokens, rows, profile, rowmax.kwargs.get("bits"), RANK_NETWORK)
+            rowmax = p.approx["softmax.rowmax"] = _compare_use(profile, "rowmax", scores, cols=tokens,
+                                                               **({"groups": groups} if groups else {}))
             exp = p.approx["softmax.exp"] = _compare_use(profile, "exp", None if scores is None else 2 * scores)
             scale = p.params["softmax.scale"] = softmax_scale(tokens, profile)
             # the row sums lie in [1, N] whatever the scores: an exact bound for the reciprocal's comparisons

@@ -209,6 +209,17 @@ def softmax_scale(tokens: int, profile: Profile) -> DenominatorScale:
     return DenominatorScale(0, balanced_shift(1.0, softmax_sum_top(tokens), profile.fx), 0)
 
 
+def scaling_fold(tokens: int, fx: Any) -> tuple[int, int]:
+    """(g, C) of scaling attention's 1/N, folded into V: (S/N)·V = S·V'/2^g with V' = trunc(V·C, f),
+    C = round(2^(f+g)/N), g = ⌊log2 N⌋ (so 2^g/N ∈ (1/2, 1]: |V'| <= |V| stays in range and keeps V's bits), and
+    the product S·V' truncated by f + g instead of f. Truncations: N·d per head (V') instead of N·N (the scores).
+    Error: each V' is off by <= 0.5 LSB and C by a relative N/2^(f+g+1) <= 2^-f, so an output is off by
+    <= Σ_j |S_ij|·LSB/2^(g+1) + 0.5 LSB + |out|·2^-f (nearest rounding), against Σ_j |V_j|·LSB/2 when each score
+    S_ij/N was rounded: a row's |S| sum over 2^g ≈ N, against N times |V|. C = 2^f (N a power of two): V' = V."""
+    g = int(math.floor(math.log2(max(tokens, 1))))
+    return g, int(round(2.0 ** (fx.f + g) / tokens))
+
+
 def relu_softmax_scale(node: Node, profile: Profile) -> tuple[DenominatorScale, tuple[float, float] | None]:
     """ReLU-softmax rows from the calibrated row sums (``node.attrs["calibration"]["relu_sums"]``: [min, max] of
     Σ relu(S) + ε, written by :mod:`compiler.calibrate`), with margins [min/4, max·4]; None without calibration
@@ -281,8 +292,10 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
                                                                          lo=domain[0], hi=domain[1], **shift)
             p.steps += [Step("relu", n, bits=bits), *([Step("trunc", rows)] if scale.trunc else []),
                         *_approx_steps(rec, rows, profile), Step("mul", n)]
-        elif kind == "scaling":
-            p.steps.append(Step("trunc", n))
+        elif kind == "scaling":  # 1/N folded into V (scaling_fold): the scores stay as they are
+            g, c = p.params["scaling.fold"] = scaling_fold(tokens, profile.fx)
+            if c != profile.fx.scale:
+                p.steps.append(Step("trunc", batch * tokens * d * len(members)))
         else:
             raise CompileError(f"attention node {node.name!r}: head kind {kind!r} is not one of "
                                f"softmax, relu_softmax, scaling")

@@ -21,7 +21,7 @@ from compiler.backend.manifest import OUTPUT_MARKER, output_marker
 from compiler.errors import CompileError, UserError
 from compiler.ir import Node, Value
 from compiler.lowering.plans import (HARDSWISH, NodePlan, Program, attention_groups, constant_operands,
-                                     matmul_instances, output_index, public_scalar, reduction_block)
+                                     matmul_instances, output_index, public_scalar, reduction_block, scaling_linear)
 
 TEMPLATE_ROOT = Path(__file__).resolve().parents[2] / "spdz_templates"
 MAX_COPY_RUNS = 4096  # a layout of more contiguous runs than this must be affine (one gather)
@@ -212,7 +212,7 @@ class _Renderer:
             elif kind == "scaling":  # plans.scaling_fold: these slots multiply V' = V·C/2^f, truncated by f + g
                 g, c = p.params["scaling.fold"]
                 fold = {"slots": list(range(len(v_cols) - len(members), len(v_cols))), "g": g, "c": c,
-                        "copy": c != fx.scale}
+                        "copy": c != fx.scale, "linear": scaling_linear(node)}
             groups.append(group)
         bias = None
         if len(node.inputs) > 3:  # [b, H, N, N]: the N x N block of each (head slot, image), in score order

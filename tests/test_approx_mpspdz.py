@@ -57,6 +57,8 @@ def _cases() -> list[Case]:
         Case("rsqrt", "newton", np.geomspace(1e-4, 64, 200), 2 * 100 + 4, {"eps": 1e-5, "hi": 64.0}),
         # the reference is exact 1/√x: the built-in's own error (0.032 at x = 0.01)
         Case("rsqrt", "mpspdz", np.geomspace(0.01, 100, 200), int(0.04 * 2 ** 16)),
+        # calibrated |x| inside the cut: the sign comparison only (the fused Horner as in the full form)
+        Case("gelu", "poly", np.linspace(-3.99, 3.99, 201), 16, {"inner": True}),
         # calibrated exponents inside [-2^5, 0]: no clipping comparison
         Case("exp", "limit2", np.concatenate([rng.uniform(-32, 0, 200), [0.0, -32.0]]), 2 ** 7, {"inner": True}),
         # the tournaments that lowering picks for softmax rows on a LAN and on a WAN (compiler/approx/rowmax.py);

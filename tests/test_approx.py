@@ -69,6 +69,21 @@ def test_exp_limit_bound_holds_for_other_squaring_counts(n):
     assert err.max() <= approx.bounds(n=n)[1] < 2.5 * err.max()  # a bound, and not a loose one
 
 
+@pytest.mark.parametrize("choice", ["limit", "limit2"])
+def test_exp_inner_drops_the_clip_with_the_same_bound_on_its_domain(choice):
+    """``inner=True`` (chosen where calibrated exponents stay inside [-2^n, 0]): bit for bit the clipped form there,
+    the same bound, and no comparison left to pay."""
+    approx = get("exp", choice)
+    (lo, hi), bound = approx.bounds(**approx.with_params({"inner": True}))
+    assert (lo, hi) == (-2.0 ** approx.params["n"], 0.0) and bound == approx.max_abs_error
+    x = dense(lo, hi)
+    inner = approx.run(x, fx, inner=True)
+    assert np.array_equal(inner, approx.run(x, fx))
+    assert np.abs(fx.decode(inner) - np.exp(fx.decode(x))).max() <= bound
+    full, dropped = approx.steps(100, None), approx.steps(100, None, inner=True)
+    assert [s.prim for s in full[:2]] == ["ltz", "mul_int"] and dropped == full[2:]
+
+
 def test_exp_limit_clips_so_very_negative_inputs_give_zero_not_garbage():
     out = get("exp", "limit").run(fx.encode(np.array([-300.0, -256.0, -1000.0])), fx)
     assert np.all(out == 0)
@@ -115,6 +130,21 @@ def test_rowmax_tree_is_exact_for_odd_and_even_widths():
         assert np.array_equal(approx.run(x, fx), x.max(axis=-1))
 
 
+@pytest.mark.parametrize("groups,levels,rounds", [((), 7, 7 * 9), ((2, 2, 2, 3, 3), 5, 3 * 9 + 2 * 10),
+                                                  ((3, 4, 8), 3, 10 + 10 + 11)])
+def test_rowmax_groups_trade_levels_for_comparisons(groups, levels, rounds):
+    """65 columns: each level one comparison call (8 rounds at 19 bits under replicated-ring) and log2 g rounds
+    of products; a group of g compares g(g-1)/2 pairs of blocks."""
+    approx = get("rowmax", "tree")
+    profile = CostProfile(budget=100000)
+    steps = approx.call_steps(65 * 10, profile, cols=65, groups=groups, bits=19)
+    assert len([s for s in steps if s.prim == "ltz"]) == levels
+    assert approx.cost(65 * 10, profile, cols=65, groups=groups, bits=19).online_rounds == rounds
+    first = [s for s in steps if s.prim == "ltz"][0]
+    g = (groups or (2,))[0]
+    assert first.n == 10 * (65 // g) * g * (g - 1) // 2
+
+
 def test_rowmax_rounds_do_not_depend_on_rows():
     approx = get("rowmax", "tree")
     profile = CostProfile(budget=100000)
@@ -130,7 +160,11 @@ def test_steps_describe_the_reference_computation():
     exp_steps = get("exp", "limit").steps(10, None, n=6)
     assert [s.prim for s in exp_steps].count("mul") == 6
     recip = get("reciprocal", "newton").steps(65, CostProfile(), lo=1.0, hi=65.0)
-    assert recip[0] == Step("ltz", 65 * 7) and len(recip) == 1 + 2 * newton_iterations(1.0, 65.0)
+    order = newton_iterations(1.0, 65.0)
+    # Newton's first I - 1 steps as one series, then one step: 2I products of 65 rows, I + 2 deep (the middle ones
+    # two side by side)
+    assert recip[0] == Step("ltz", 65 * 7) and len(recip) == 1 + order + 2
+    assert sum(s.n for s in recip[1:]) == 2 * order * 65
     assert get("exp", "mpspdz").steps(5, None) == [Step("exp:mpspdz", 5)]
 
 

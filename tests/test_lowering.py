@@ -84,11 +84,16 @@ def test_attention_plan_batches_heads_of_each_kind():
     p = _attention_plan(prog)
     n_tok = 5
     prims = [(s.prim, s.n, s.instances) for s in p.steps]
-    assert prims[0] == ("matmul", n_tok * n_tok, 4 * 3) and prims[-1] == ("matmul", n_tok * 4, 4 * 3)
+    # scores and probabilities x V of the three non-scaling heads, three images
+    assert prims[0] == ("matmul", n_tok * n_tok, 3 * 3) and prims[-1] == ("matmul", n_tok * 4, 3 * 3)
     softmax_rows = 2 * 3 * n_tok  # two softmax heads, three images
     assert ("reciprocal:mpspdz", softmax_rows, 1) in prims  # ONE reciprocal per row (the built-in: one fitted step)
-    assert ("ltz", softmax_rows * 2, 1) in prims  # rowmax tree level 1: 5 columns -> 2 comparisons per row
-    assert ("relu", 3 * n_tok * n_tok, 1) in prims and ("trunc", 3 * n_tok * n_tok, 1) in prims
+    rowmax = REGISTRY["rowmax"]["tree"].call_steps(softmax_rows * n_tok, prog.profile,
+                                                  **p.approx["softmax.rowmax"].kwargs)
+    assert (rowmax[0].prim, rowmax[0].n, 1) == prims[1]  # the tournament's first level: one call over all rows
+    # the scaling head: 1/N folded into V (N·d truncations per image, d = 4, not N·N), then Q·(Kᵀ·V'): no scores
+    assert ("relu", 3 * n_tok * n_tok, 1) in prims and ("trunc", 3 * n_tok * 4, 1) in prims
+    assert ("matmul", 4 * 4, 3) in prims and ("matmul", n_tok * 4, 3) in prims
     assert p.approx["softmax.reciprocal"].kwargs == {"lo": 1.0, "hi": float(n_tok), "shift": 1}  # 2^1 ~ sqrt(2·5)
     assert p.approx["relu_softmax.reciprocal"].kwargs["lo"] == pytest.approx(round(1e-3 * 2 ** 16) / 2 ** 16)
     assert prog.plans[p.node.name] == p.steps  # what compiler.cost.estimate prices

@@ -12,6 +12,10 @@
   so the rounding amplification 2^n·LSB is 8 times smaller too. y²/2 is computed from x directly,
   trunc(x·x, f + 2n + 1), in the same round as y = trunc(x, n) (x² <= 4^n stays in the product range for n <= 6).
   Cost: n + 1 products (6 at n = 5) against limit's n (8), and 2 fewer rounds; error 1e-3 at f = 16.
+* ``inner=True`` (both limits; chosen per call site when the calibrated |x| times the margin stays below 2^n, e.g.
+  softmax exponents x − max of scores bounded by B, |x| <= 2B): the clipping comparison and its selection are
+  dropped (x is already in [−2^n, 0]), with the same bound on [−2^n, 0], its domain; below −2^n the base goes
+  negative (what MP-SPDZ then computes), which is why lowering keeps a margin.
 * ``mpspdz`` — MP-SPDZ's ``ml.exp`` (= ``mpc_math.pow_fx(e, x)`` via ``exp2_fx``). The reference is the exact
   exponential quantised to f bits; the built-in's own measured error is 2e-5 on [-10, 0], bounded here by 5e-5.
 """
@@ -26,20 +30,28 @@ from compiler.cost.primitives import Step
 from compiler.fixedpoint import FixedPoint
 
 
-def exp_limit_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 8) -> np.ndarray:
-    lower = np.int64(-(1 << n) * fx.scale)
-    z = fx.scale + fx.trunc(np.maximum(x_int, lower), n)  # 1 + x/2^n, never negative
+def _clip(x_int: np.ndarray, fx: FixedPoint, n: int, inner: bool) -> np.ndarray:
+    """x clipped to [-2^n, ...) (one LTZ and one bit x value product), or x itself when ``inner``."""
+    return x_int if inner else np.maximum(x_int, np.int64(-(1 << n) * fx.scale))
+
+
+def _clip_steps(size: int, inner: bool) -> list[Step]:
+    return [] if inner else [Step("ltz", size), Step("mul_int", size)]
+
+
+def exp_limit_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 8, inner: bool = False) -> np.ndarray:
+    z = fx.scale + fx.trunc(_clip(x_int, fx, n, inner), n)  # 1 + x/2^n, never negative
     for _ in range(n):
         z = fx.mul(z, z)
     return z
 
 
-def exp_limit_steps(size: int, profile: object, n: int = 8) -> list[Step]:
-    return [Step("ltz", size), Step("mul_int", size), Step("trunc", size)] + [Step("mul", size)] * n
+def exp_limit_steps(size: int, profile: object, n: int = 8, inner: bool = False) -> list[Step]:
+    return _clip_steps(size, inner) + [Step("trunc", size)] + [Step("mul", size)] * n
 
 
 @lru_cache(maxsize=None)
-def exp_limit_bounds(n: int = 8, f: int = 16) -> tuple[tuple[float, float], float]:
+def exp_limit_bounds(n: int = 8, inner: bool = False, f: int = 16) -> tuple[tuple[float, float], float]:
     """max over x ∈ [-2^n, 0] of the limit's own error plus the rounding term 2^n·LSB·e^x/(1 + x/2^n): the base's
     0.5 LSB is amplified 2^n-fold by the squarings, squaring i's 0.5 LSB 2^(n-i)-fold; their sum is ≤ 2^n·LSB,
     relative to z^(m-1) = e^x/z. Below -2^n the clipped result is 0 and e^x < e^-2^n. Any x ≤ 0 in the
@@ -48,25 +60,24 @@ def exp_limit_bounds(n: int = 8, f: int = 16) -> tuple[tuple[float, float], floa
     x = np.linspace(-m, 0.0, 200_001)
     base = 1.0 + x / m
     bound = np.max(np.abs(np.exp(x) - base ** m) + m * 2.0 ** -f * np.exp(x) / np.maximum(base, 1.0 / m))
-    return (-8000.0, 0.0), float(bound)
+    return (-float(m) if inner else -8000.0, 0.0), float(bound)
 
 
-def exp_limit2_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 5) -> np.ndarray:
-    clipped = np.maximum(x_int, np.int64(-(1 << n) * fx.scale))
+def exp_limit2_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 5, inner: bool = False) -> np.ndarray:
+    clipped = _clip(x_int, fx, n, inner)
     z = fx.scale + fx.trunc(clipped, n) + fx.trunc(clipped * clipped, fx.f + 2 * n + 1)  # 1 + y + y²/2
     for _ in range(n):
         z = fx.mul(z, z)
     return z
 
 
-def exp_limit2_steps(size: int, profile: object, n: int = 5) -> list[Step]:
+def exp_limit2_steps(size: int, profile: object, n: int = 5, inner: bool = False) -> list[Step]:
     # y and y²/2 in one round: a truncation and a product side by side
-    return [Step("ltz", size), Step("mul_int", size), Step("trunc", size), Step("mul", size)] + \
-        [Step("mul", size)] * n
+    return _clip_steps(size, inner) + [Step("trunc", size), Step("mul", size)] + [Step("mul", size)] * n
 
 
 @lru_cache(maxsize=None)
-def exp_limit2_bounds(n: int = 5, f: int = 16) -> tuple[tuple[float, float], float]:
+def exp_limit2_bounds(n: int = 5, inner: bool = False, f: int = 16) -> tuple[tuple[float, float], float]:
     """max over x ∈ [-2^n, 0] of the limit's own error plus rounding: the base carries <= 1 LSB (two
     truncations), amplified 2^n-fold like the squarings' 0.5 LSB each (see exp_limit_bounds), so <= 1.5·2^n·LSB
     relative to e^x/base."""
@@ -77,7 +88,7 @@ def exp_limit2_bounds(n: int = 5, f: int = 16) -> tuple[tuple[float, float], flo
     y = x / m
     base = 1.0 + y + y * y / 2
     bound = np.max(np.abs(np.exp(x) - base ** m) + 1.5 * m * 2.0 ** -f * np.exp(x) / base)
-    return (-8000.0, 0.0), float(bound)
+    return (-float(m) if inner else -8000.0, 0.0), float(bound)
 
 
 def exp_mpspdz_reference(x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
@@ -86,12 +97,14 @@ def exp_mpspdz_reference(x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
 
 register(Approximation(
     op="exp", choice="limit", reference=exp_limit_reference, template="approx/exp_limit.mpc.j2",
-    steps=exp_limit_steps, exact=np.exp, bounds=exp_limit_bounds, params={"n": 8}, compared=lambda n: 2.0 ** n,
+    steps=exp_limit_steps, exact=np.exp, bounds=exp_limit_bounds, params={"n": 8, "inner": False},
+    compared=lambda n, inner: 2.0 ** n,
     doc="(1 + x/2^n)^(2^n) after clipping x to [-2^n, 0]"))
 
 register(Approximation(
     op="exp", choice="limit2", reference=exp_limit2_reference, template="approx/exp_limit2.mpc.j2",
-    steps=exp_limit2_steps, exact=np.exp, bounds=exp_limit2_bounds, params={"n": 5}, compared=lambda n: 2.0 ** n,
+    steps=exp_limit2_steps, exact=np.exp, bounds=exp_limit2_bounds, params={"n": 5, "inner": False},
+    compared=lambda n, inner: 2.0 ** n,
     doc="(1 + y + y^2/2)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]"))
 
 register(Approximation(

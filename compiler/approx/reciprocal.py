@@ -1,20 +1,28 @@
 """1/x for the softmax denominators (one reciprocal per attention row, then a multiplication).
 
-``newton`` — Newton's iteration y ← y·(2 − x·y) on a known denominator range [lo, hi] (softmax rows after
-max-subtraction: [1, N]; ReLU-softmax: [ε, N·S_max]).
+``newton`` — Newton's iteration on a known denominator range [lo, hi] (softmax rows after max-subtraction: [1, N];
+ReLU-softmax: [ε, N·S_max]), its first I − 1 steps taken as ONE step of order 2^(I−1) (same products, I deep
+instead of 2(I − 1)), then one Newton step that corrects that series' rounding.
 
 Initial guess (one vectorised LTZ, no multiplication): with thresholds t_j = lo·2^j (j = 1..J, J = ⌈log2(hi/lo)⌉)
 the bits l_j = [x < t_j] locate x in a segment [lo·2^j, lo·2^(j+1)), where y0 = c/(lo·2^(j+1)), c = 4/3. The
 guess is the public-weighted bit sum y0 = w_J + Σ_j l_j·(w_(j-1) − w_j) (local).
 
-Proof of convergence: in its segment, x·y0 ∈ [c/2, c) = [2/3, 4/3), so e0 = 1 − x·y0 has |e0| ≤ 1/3, i.e.
-0 < x·y0 < 2 (Newton converges iff 0 < x·y0 < 2). With e_i = 1 − x·y_i, one step gives
-e_(i+1) = 1 − x·y_i(2 − x·y_i) = (1 − x·y_i)² = e_i²: quadratic convergence, e_I = e0^(2^I). The relative error of
-y_I is e_I, so I = min{i : (1/3)^(2^i) ≤ 2^-(f+1)} iterations suffice (f = 16: I = 4). The actual e0 bound is
-computed from the *encoded* thresholds and weights (rounding shifts them by ≤ 0.5 LSB). Below lo the guess stays
-in (0, 2/x) (convergent, slower); above hi it stays convergent up to x < 3·lo·2^J.
-Fixed-point error: the last step's two truncations add ≤ 0.5 LSB to x·y and ≤ 0.5 LSB to y, so
-|y − 1/x| ≤ e_I/x + (1 + 1/x)·LSB (LSB = 2^-f); ``bounds`` reports its maximum over [lo, hi] at f = 16.
+Proof of convergence: in its segment, x·y0 ∈ [c/2, c) = [2/3, 4/3), so e = 1 − x·y0 has |e| ≤ e0 = 1/3. A Newton
+step y ← y·(2 − x·y) squares the relative error 1 − x·y, so m steps give y_m = (1 − e^(2^m))/x; the same value is
+the series y0·(1 + e)(1 + e²)···(1 + e^(2^(m−1))) = y0·(1 − e^(2^m))/(1 − e), computed here for m = I − 1: e (one
+product), then per line y ← y·(1 + s) and s ← s² side by side (m − 1 lines), then y·(1 + s): 2m products, m + 1
+deep. The final Newton step squares the series' relative error ε: e_I ≤ ε², and with ε ≤ e0^(2^(I−1)) (plus
+rounding, below) I = min{i : e0^(2^i) ≤ 2^-(f+1)} suffices (f = 16: I = 4: 8 products, 6 deep instead of 8). The
+actual e0 is computed from the *encoded* thresholds and weights (rounding shifts them by ≤ 0.5 LSB). Below lo the
+guess stays in (0, 2/x) (|e| < 1: convergent, slower); above hi it stays convergent up to x < 3·lo·2^J.
+Fixed-point error (u = 2^-f, c = e0 + u, v = 2^q/x the exact result): the series does not correct its own
+rounding: the truncated x·y0 moves the relative error by ≤ u/(1 − c); each square adds ≤ u/2 plus twice the
+previous error times |s| ≤ c² (≤ u/(2(1 − 2c²)) in all), moving y relatively by that over 1 − s ≥ 1 − c²; each
+product y·(1 + s) adds ≤ u/2 absolute, times the later factors (≤ 1/(1 − c)). So
+ε ≤ c^(2^m) + u/(1 − c) + (m − 1)·u/(2(1 − 2c²)(1 − c²)) + m·u/(2(1 − c)·v), and the Newton step's two truncations
+add ≤ u/2·v and u/2: |y − v| ≤ v·ε² + (1 + v)·u; ``bounds`` reports its maximum over [lo, hi] (at lo or hi: the
+bound is convex in x) at f = 16.
 
 ``mpspdz`` — MP-SPDZ's sfix division ``1 / x`` (``library.FPDiv``, Goldschmidt; ``sfix(1) / x`` on a vector
 would silently compute one element). The reference is the exact reciprocal quantised to f bits; the built-in's
@@ -83,7 +91,13 @@ def newton_reference(x_int: np.ndarray, fx: FixedPoint, lo: float = 1.0, hi: flo
     thresholds, guesses = segment_guess(lo, hi, fx, shift)
     below = (x_int[..., None] < thresholds).astype(np.int64)  # l_j, one vectorised LTZ
     y = guesses[-1] + below @ (guesses[:-1] - guesses[1:])
-    for _ in range(_iterations(lo, hi, iterations, fx.f)):
+    order = _iterations(lo, hi, iterations, fx.f) - 1  # the series' order 2^m, then one Newton step
+    if order > 0:
+        s = fx.scale - fx.trunc(x_int * y, fx.f + shift)  # e = 1 - x·y0/2^q
+        for _ in range(order - 1):
+            y, s = fx.mul(y, fx.scale + s), fx.mul(s, s)  # side by side: one round of products
+        y = fx.mul(y, fx.scale + s)
+    if order >= 0:
         y = fx.mul(y, 2 * fx.scale - fx.trunc(x_int * y, fx.f + shift))
     return y
 
@@ -92,15 +106,28 @@ def newton_steps(size: int, profile: object, lo: float = 1.0, hi: float = 64.0,
                  iterations: int | None = None, shift: int = 0) -> list[Step]:
     f = int(getattr(profile, "f", DEFAULT_F))
     thresholds = segment_guess(lo, hi, FixedPoint(f, max(f + 15, 31)))[0]
-    return [Step("ltz", size * len(thresholds))] + [Step("mul", size)] * 2 * _iterations(lo, hi, iterations, f)
+    order = _iterations(lo, hi, iterations, f) - 1
+    series = [Step("mul", size)] + [Step("mul", 2 * size)] * (order - 1) + [Step("mul", size)] if order > 0 else []
+    newton = [Step("mul", size)] * 2 if order >= 0 else []
+    return [Step("ltz", size * len(thresholds))] + series + newton
 
 
 def newton_bounds(lo: float = 1.0, hi: float = 64.0, iterations: int | None = None,
                   shift: int = 0) -> tuple[tuple[float, float], float]:
+    """The module doc's bound on |y − 2^q/x| over [lo, hi] at f = 16."""
     f = DEFAULT_F
-    e0 = initial_error(lo, hi, FixedPoint(f, 31))
-    e_final = e0 ** (2 ** _iterations(lo, hi, iterations, f))
-    return (lo, hi), 2.0 ** shift * e_final / lo + (1 + 2.0 ** shift / lo) * 2.0 ** -f
+    u = 2.0 ** -f
+    order = _iterations(lo, hi, iterations, f) - 1
+    c = initial_error(lo, hi, FixedPoint(f, 31)) + u
+    ends = np.array([lo, hi], dtype=np.float64)
+    v = 2.0 ** shift / ends
+    if order < 0:
+        return (lo, hi), float(np.max(v * c + u))
+    eps = np.full(2, c)
+    if order > 0:
+        eps = c ** (2 ** order) + u / (1 - c) + (order - 1) * u / (2 * (1 - 2 * c * c) * (1 - c * c)) + \
+            order * u / (2 * (1 - c) * v)
+    return (lo, hi), float(np.max(v * eps ** 2 + (1 + v) * u))
 
 
 def newton_template_constants(fx: FixedPoint, params: dict) -> dict:

@@ -21,7 +21,7 @@ from compiler.backend.manifest import OUTPUT_MARKER, output_marker
 from compiler.errors import CompileError, UserError
 from compiler.ir import Node, Value
 from compiler.lowering.plans import (HARDSWISH, NodePlan, Program, attention_groups, constant_operands,
-                                     matmul_instances, output_index, public_scalar, reduction_block)
+                                     matmul_instances, output_index, public_scalar, reduction_block, scaling_linear)
 
 TEMPLATE_ROOT = Path(__file__).resolve().parents[2] / "spdz_templates"
 MAX_COPY_RUNS = 4096  # a layout of more contiguous runs than this must be affine (one gather)
@@ -188,6 +188,7 @@ class _Renderer:
         d = int(node.attrs["head_dim"])
         d_key = len(heads[0]["q_cols"])  # q/k width per head: d, or less (LeViT's key_dim)
         qk_cols, v_cols, groups = [], [], []
+        fold = None
         fx = self.program.profile.fx
         for kind, members in attention_groups(node).items():
             group: dict[str, Any] = {"kind": kind, "heads": members, "rows": len(members) * batch * tokens,
@@ -208,6 +209,10 @@ class _Renderer:
                 group.update(reciprocal=p.approx["relu_softmax.reciprocal"].fn_name, trunc=scale.trunc,
                              cmp_bits=p.params.get("relu_softmax.bits", fx.k),
                              shift=scale.trunc + scale.shift, eps=repr(scale.eps_int / fx.scale))
+            elif kind == "scaling":  # plans.scaling_fold: these slots multiply V' = V·C/2^f, truncated by f + g
+                g, c = p.params["scaling.fold"]
+                fold = {"slots": list(range(len(v_cols) - len(members), len(v_cols))), "g": g, "c": c,
+                        "copy": c != fx.scale, "linear": scaling_linear(node)}
             groups.append(group)
         bias = None
         if len(node.inputs) > 3:  # [b, H, N, N]: the N x N block of each (head slot, image), in score order
@@ -218,6 +223,7 @@ class _Renderer:
                                 for h in slots for b in range(batch)]}
         ctx.update(q=q, k=k, v=v, batch=batch, heads=heads, f=fx.f, bits=fx.k + fx.f, tokens=tokens, d=d, d_key=d_key, scores=f"s{len(self.tensors)}",
                    bias=bias, scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
+                   fold=fold,
                    kinds=", ".join(f"{len(g['heads'])} {g['kind']}" for g in groups))
 
     def ctx_output(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:

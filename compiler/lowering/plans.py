@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from compiler.approx import REGISTRY
+from compiler.approx.rowmax import best_groups
 from compiler.cost.primitives import Step
 from compiler.errors import CompileError, UserError
 from compiler.ir import Graph, Node
-from compiler.lowering.profiles import Profile
+from compiler.lowering.profiles import RANK_NETWORK, Profile
 
 # Node kinds the templates and the reference executor implement: the ViT-level kinds the passes produce, then
 # every generic kind (each with a general lowering, slower than a pattern's fast path).
@@ -208,6 +209,27 @@ def softmax_scale(tokens: int, profile: Profile) -> DenominatorScale:
     return DenominatorScale(0, balanced_shift(1.0, softmax_sum_top(tokens), profile.fx), 0)
 
 
+def scaling_fold(tokens: int, fx: Any) -> tuple[int, int]:
+    """(g, C) of scaling attention's 1/N, folded into V: (S/N)·V = S·V'/2^g with V' = trunc(V·C, f),
+    C = round(2^(f+g)/N), g = ⌊log2 N⌋ (so 2^g/N ∈ (1/2, 1]: |V'| <= |V| stays in range and keeps V's bits), and
+    the product S·V' truncated by f + g instead of f. Truncations: N·d per head (V') instead of N·N (the scores).
+    Error: each V' is off by <= 0.5 LSB and C by a relative N/2^(f+g+1) <= 2^-f, so an output is off by
+    <= Σ_j |S_ij|·LSB/2^(g+1) + 0.5 LSB + |out|·2^-f (nearest rounding), against Σ_j |V_j|·LSB/2 when each score
+    S_ij/N was rounded: a row's |S| sum over 2^g ≈ N, against N times |V|. C = 2^f (N a power of two): V' = V.
+
+    Without a bias and with scale 1 (:func:`scaling_linear`) the scores are not formed at all: S·V' = Q·(Kᵀ·V'),
+    so M = trunc(Kᵀ·V', f + g) ≈ Kᵀ·V/N (d_key × d per head: the average of k·v over the tokens, as small as
+    the products themselves) and out = trunc(Q·M, f): d_key·d + N·d products per head instead of N·N + N·d. Error:
+    M is off by <= Σ_r |k_r|·LSB/2^(g+1) + 0.5 LSB, times Σ_c |q_c| in out, + 0.5 LSB."""
+    g = int(math.floor(math.log2(max(tokens, 1))))
+    return g, int(round(2.0 ** (fx.f + g) / tokens))
+
+
+def scaling_linear(node: Node) -> bool:
+    """Whether the scaling heads use the associative form Q·(Kᵀ·V') (no bias added to the scores, scale 1)."""
+    return len(node.inputs) == 3 and float(node.attrs.get("scale", 1.0)) == 1.0
+
+
 def relu_softmax_scale(node: Node, profile: Profile) -> tuple[DenominatorScale, tuple[float, float] | None]:
     """ReLU-softmax rows from the calibrated row sums (``node.attrs["calibration"]["relu_sums"]``: [min, max] of
     Σ relu(S) + ε, written by :mod:`compiler.calibrate`), with margins [min/4, max·4]; None without calibration
@@ -239,7 +261,9 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     d_key = len(node.attrs["heads"][0]["q_cols"])  # q/k width per head: d, or less (LeViT's key_dim)
     heads = len(node.attrs["heads"])
     lsb = 2.0 ** -profile.f
-    p.steps.append(Step("matmul", tokens * tokens, (tokens, d_key, tokens), instances=heads * batch))
+    linear = len(attention_groups(node).get("scaling", [])) if scaling_linear(node) else 0  # no scores for those
+    if heads > linear:
+        p.steps.append(Step("matmul", tokens * tokens, (tokens, d_key, tokens), instances=(heads - linear) * batch))
     if float(node.attrs.get("scale", 1.0)) != 1.0:
         p.steps.append(Step("trunc", heads * batch * tokens * tokens))
     score_max = 2.0 ** (profile.k - profile.f - 1)
@@ -248,7 +272,11 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         rows = len(members) * batch * tokens
         n = rows * tokens
         if kind == "softmax":
-            rowmax = p.approx["softmax.rowmax"] = _compare_use(profile, "rowmax", scores, cols=tokens)
+            rowmax = _compare_use(profile, "rowmax", scores, cols=tokens)
+            # the tournament's groups per level: the least latency on the ranking network at these rows and bits
+            groups = best_groups(tokens, rows, profile, rowmax.kwargs.get("bits"), RANK_NETWORK)
+            rowmax = p.approx["softmax.rowmax"] = _compare_use(profile, "rowmax", scores, cols=tokens,
+                                                               **({"groups": groups} if groups else {}))
             exp = p.approx["softmax.exp"] = _compare_use(profile, "exp", None if scores is None else 2 * scores)
             scale = p.params["softmax.scale"] = softmax_scale(tokens, profile)
             # the row sums lie in [1, N] whatever the scores: an exact bound for the reciprocal's comparisons
@@ -276,12 +304,18 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
                                                                          lo=domain[0], hi=domain[1], **shift)
             p.steps += [Step("relu", n, bits=bits), *([Step("trunc", rows)] if scale.trunc else []),
                         *_approx_steps(rec, rows, profile), Step("mul", n)]
-        elif kind == "scaling":
-            p.steps.append(Step("trunc", n))
+        elif kind == "scaling":  # 1/N folded into V (scaling_fold): the scores stay as they are, or are not formed
+            g, c = p.params["scaling.fold"] = scaling_fold(tokens, profile.fx)
+            if c != profile.fx.scale:
+                p.steps.append(Step("trunc", batch * tokens * d * len(members)))
+            if linear:
+                p.steps += [Step("matmul", d_key * d, (d_key, tokens, d), instances=linear * batch),
+                            Step("matmul", tokens * d, (tokens, d_key, d), instances=linear * batch)]
         else:
             raise CompileError(f"attention node {node.name!r}: head kind {kind!r} is not one of "
                                f"softmax, relu_softmax, scaling")
-    p.steps.append(Step("matmul", tokens * d, (tokens, tokens, d), instances=heads * batch))
+    if heads > linear:
+        p.steps.append(Step("matmul", tokens * d, (tokens, tokens, d), instances=(heads - linear) * batch))
 
 
 def public_scalar(graph: Graph, name: str) -> float | None:

@@ -20,7 +20,8 @@ from compiler.fixedpoint import FixedPoint
 from compiler.ir import Graph
 from compiler.ir_eval import KERNELS
 from compiler.lowering.plans import (HARDSWISH, ApproxUse, NodePlan, Program, attention_groups, client_input,
-                                     constant_operands, matmul_instances, public_scalar, reduction_block)
+                                     constant_operands, matmul_instances, public_scalar, reduction_block,
+                                     scaling_linear)
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,8 @@ class _Executor:
             si, sf = si + np.swapaxes(xi[3], 0, 1), sf + np.swapaxes(xf[3], 0, 1)
         pi = np.empty_like(si)
         pf = np.empty_like(sf)
+        shifts = np.full(len(heads), fx.f)  # each head's truncation of its probabilities x V product
+        linear = None  # (scaling heads, their outputs) when formed as Q·(Kᵀ·V')
         for kind, members in attention_groups(node).items():
             s_i, s_f = si[members], sf[members]
             if kind == "softmax":
@@ -301,10 +304,19 @@ class _Executor:
                 pi[members] = fx.trunc(a * r[..., None], fx.f + scale.trunc + scale.shift)
                 af = np.maximum(s_f, 0.0)
                 pf[members] = af / (af.sum(-1, keepdims=True) + float(node.attrs.get("eps", 0.0) or 0.0))
-            else:  # scaling
-                pi[members] = fx.mul_public(s_i, 1.0 / tokens)
+            else:  # scaling: 1/N folded into V (plans.scaling_fold), the product truncated by f + g
+                g, c = p.params["scaling.fold"]
+                pi[members] = s_i
+                vi[members] = fx.trunc(vi[members] * c, fx.f)
+                shifts[members] = fx.f + g
                 pf[members] = s_f / tokens
-        oi = fx.trunc(exact_int_matmul(pi, vi))  # [H, B, N, d]
+                if scaling_linear(node):  # Q·(Kᵀ·V'): M = trunc(Kᵀ·V', f + g), out = trunc(Q·M, f)
+                    m = fx.trunc(exact_int_matmul(np.swapaxes(ki[members], -1, -2), vi[members]), fx.f + g)
+                    linear = (members, fx.trunc(exact_int_matmul(qi[members], m)))
+        raw = exact_int_matmul(pi, vi)  # [H, B, N, d]
+        oi = np.stack([fx.trunc(raw[h], int(shifts[h])) for h in range(len(heads))])
+        if linear is not None:
+            oi[linear[0]] = linear[1]
         of = pf @ vf
         return (np.moveaxis(oi, 0, 2).reshape(batch, tokens, len(heads) * d),
                 np.moveaxis(of, 0, 2).reshape(batch, tokens, len(heads) * d))

@@ -41,8 +41,18 @@ def load(results: Path) -> list[dict[str, Any]]:
     return list({record["key"]: record for record in read_records(results)}.values())
 
 
+def per_execution(real: dict[str, Any]) -> dict[str, Any]:
+    """A real run's totals divided by its executions (``runs``): per program execution, as the cost model prices."""
+    runs = real.get("runs", 1) or 1
+    phases = {phase: {key: value / runs for key, value in real[phase].items()}
+              for phase in ("online", "offline") if real.get(phase)}
+    return {**real, **phases, **{key: real[key] / runs for key in ("time_s", "bytes_party0", "global_bytes", "rounds")
+                                 if real.get(key) is not None}}
+
+
 def flat(record: dict[str, Any]) -> dict[str, Any]:
-    cost, real = record.get("cost") or {}, record.get("real") or {}
+    """One table row; cost and real figures both per program execution (a batch of ``batch`` images)."""
+    cost, real = record.get("cost") or {}, per_execution(record.get("real") or {})
     overrides = ",".join(f"{k}={v}" for k, v in (record.get("overrides") or {}).items())
     return {"model": record["model"] + (f"({overrides})" if overrides else ""), "weights": record["weights"],
             "attention": record["attention"], "mlp": record["mlp"],
@@ -52,7 +62,8 @@ def flat(record: dict[str, Any]) -> dict[str, Any]:
             "cost_rounds": cost.get("rounds"), "cost_latency_s": record.get("cost_latency_s"),
             "real_time_s": real.get("time_s"), "real_MB_p0": _mb(real.get("bytes_party0")),
             "real_MB_all": _mb(real.get("global_bytes")), "real_rounds": real.get("rounds"),
-            "real_latency_s": record.get("real_latency_s"), "top1_agreement": real.get("top1_agreement"),
+            "real_latency_s": record["real_latency_s"] / (real.get("runs", 1) or 1)
+            if record.get("real_latency_s") is not None else None, "top1_agreement": real.get("top1_agreement"),
             "images": real.get("images"), "plaintext_accuracy": record.get("plaintext_accuracy")}
 
 
@@ -63,7 +74,7 @@ def protocol_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     parties' bytes and party 0's rounds of each phase."""
     rows = []
     for r in records:
-        real, cost = r.get("real"), r.get("cost") or {}
+        real, cost = r.get("real") and per_execution(r["real"]), r.get("cost") or {}
         if r["network"] != "lan" or r.get("templates") != "mpcvit":
             continue
         online, offline = (real or {}).get("online") or {}, (real or {}).get("offline") or {}
@@ -307,7 +318,8 @@ def write_report(results: Path, out: Path) -> str:
     sections = ["# Benchmark results", "", f"source: `{results}`; real_latency_s: measured local time + network "
                 "model (rounds × one-way latency + party-0 bytes / bandwidth; `tc netem` unavailable); "
                 "cost_latency_s: the cost model's conservative estimate (rounds × round-trip time + all parties' "
-                "bytes / bandwidth + modelled compute), so the two differ by construction", "",
+                "bytes / bandwidth + modelled compute), so the two differ by construction; cost and real figures "
+                "per program execution (one batch of `batch` images; a run of several executions is divided)", "",
                 markdown_table(rows)]
     protocols = protocol_table(records)
     if len({row["protocol"] for row in protocols}) > 1:

@@ -137,3 +137,6 @@ def test_protocol_table_puts_measured_and_cost_model_figures_side_by_side():
     assert [r["protocol"] for r in rows] == ["semi2k", "trio"]
     assert rows[1]["MB_all"] == 5.2 and rows[1]["cost_MB_all"] == 5.0 and rows[1]["offline_MB_p0"] == 1.1
     assert rows[1]["security"] == "semi-honest, honest majority" and rows[0]["MB_all"] is None
+    # a run of 2 executions: its totals halved, per execution as the cost model prices one
+    rows = protocol_table([{**base, "protocol": "trio", "network": "lan", "real": {**real, "runs": 2}}])
+    assert rows[0]["MB_all"] == 2.6 and rows[0]["rounds"] == 345 and rows[0]["offline_MB_p0"] == 0.55

@@ -359,6 +359,9 @@ def test_a_constant_node_that_cannot_be_evaluated_is_named(tmp_path: Path) -> No
      r"'e' \(Einsum\): Einsum 'bcii->bci' \(more than two operands or a repeated letter"),
     ([helper.make_node("Conv", ["x", "x"], ["y"], name="c")], {},
      r"'c' \(Conv\): W \(the kernel\) \(input 'x'\) must be a compile-time constant"),
+    ([helper.make_node("ArgMax", ["x"], ["y"], axis=-1, name="a")], {},
+     r"op ArgMax \(opset 17\) is not supported; .*; to reveal only the class, export the logits and compile with "
+     r"--reveal argmax$"),
 ])
 def test_unsupported_uses_are_one_line_naming_node_and_op(tmp_path: Path, nodes: list, inits: dict,
                                                           expect: str) -> None:

@@ -379,6 +379,16 @@ def test_incomplete_program_folder_is_one_line(fake_mpspdz: MPSPDZ, program_dir:
         run(program_dir, "replicated-ring", mpspdz=fake_mpspdz, log=lambda m: None)
 
 
+def test_one_image_without_its_batch_axis_runs_as_check_takes_it(fake_mpspdz: MPSPDZ, program_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    from compiler.runtime.runner import _select_images
+
+    manifest = json.loads((program_dir / "manifest.json").read_text())
+    np.savez(tmp_path / "one.npz", x=np.arange(6.0).reshape(2, 3))  # the image shape [2, 3], no batch axis
+    x, y = _select_images({**manifest, "input_shape": [4, 2, 3]}, None, tmp_path / "one.npz")
+    assert x.shape == (1, 2, 3) and y is None
+
+
 def test_data_images_may_be_named_like_the_model_input(fake_mpspdz: MPSPDZ, program_dir: Path, tmp_path: Path) -> None:
     """The file written for mpcvit-compile --check --data (the array named like the input) serves mpcvit run too."""
     from compiler.runtime.datasets import image_array

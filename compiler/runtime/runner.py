@@ -314,6 +314,8 @@ def _select_images(manifest: dict, images: int | None, data: str | Path | None):
     else:
         x, y = datasets.eval_images(metadata, images, Path(data) if data else None)
     image_shape = manifest.get("input_shape")  # [B, C, H, W] of the compiled program
+    if image_shape and y is None and list(x.shape) == list(image_shape[1:]):
+        x = x[None]  # one image without its batch axis, as --check takes it
     datasets.check_image_shape(x, image_shape[1:] if image_shape else None, f"--data {data}" if data else "--images")
     classes = manifest["output_shape"][-1] if manifest.get("reveal") != "argmax" else None
     if y is not None and classes and len(manifest["output_shape"]) == 2 and y.max() >= classes:

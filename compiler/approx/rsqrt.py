@@ -68,6 +68,7 @@ def initial_error(eps: float, hi: float, fx: FixedPoint) -> float:
 
 
 def newton_iterations(eps: float, hi: float, f: int = DEFAULT_F) -> int:
+    """Newton steps from :func:`segment_guess` (``wide``: relative error of y at most 2^-(f+1))."""
     e = initial_error(eps, hi, FixedPoint(f, max(f + 15, 31)))
     if e >= 1.0:
         raise CompileError(f"rsqrt guess on [{eps}, {hi}] does not converge at f={f}; raise --frac-bits")
@@ -77,41 +78,140 @@ def newton_iterations(eps: float, hi: float, f: int = DEFAULT_F) -> int:
     return steps
 
 
-def _iterations(eps: float, hi: float, iterations: int | None, f: int) -> int:
-    return newton_iterations(eps, hi, f) if iterations is None else iterations
+# ---- newton: a per-segment linear guess, then fused Newton steps ----
+Z_BITS = 12  # fractional bits z = 3/2 − x·y²/2 keeps beyond f (y·z stays below 2^(k−1+f+Z_BITS+1))
+GUESS_BITS = 16  # fractional bits the guess's slope keeps beyond f (|x·B| < 2^8: x·B stays below 2^(8+2f+16))
+RING_TOP = 61  # raw products stay below 2^61 (Z_2^64 with sign and rounding room)
+
+
+def step_bits(fx: FixedPoint) -> int:
+    """Bit length of a raw y·z: an sfix (|y| < 2^(k-f-1)) times z < 2 at f + Z_BITS bits, sign included."""
+    return fx.k + fx.f + Z_BITS + 1
+
+
+def linear_coefficients(ratio: float) -> tuple[float, float, float]:
+    """(a, b, e): y0 = a + b·u minimises max |1 − u·y0²| on [1, ratio] (e, the minimum). Equioscillation at both
+    ends and at the interior maximum u* = −a/(3b) of u·(a + b·u)²: with t = −b/a, equal ends give
+    t = (√r − 1)/(r√r − 1); the ends' value (1 − t)² and the peak 4/(27t) straddle 1 symmetrically."""
+    root = math.sqrt(ratio)
+    t = (root - 1) / (ratio * root - 1)
+    ends, peak = (1 - t) ** 2, 4 / (27 * t)
+    a = math.sqrt(2 / (ends + peak))
+    return a, -t * a, (peak - ends) / (peak + ends)
+
+
+def linear_guess(eps: float, hi: float, fx: FixedPoint, per_octave: int = 1):
+    """(thresholds, A, B) in fixed point: thresholds t_j = lo·2^(j/per_octave) (j = 1..J, the first ≥ hi last),
+    segment j = [t_j, t_(j+1)) (t_0 = lo) with guess A_j + x·B_j, A at f fractional bits, B at f + GUESS_BITS."""
+    lo = _lo(eps, fx)
+    if hi <= lo:
+        raise CompileError(f"rsqrt range [{lo}, {hi}] is empty: raise hi above epsilon")
+    if per_octave < 1:
+        raise CompileError(f"rsqrt per_octave={per_octave} must be a positive number of segments per octave")
+    ratio = 2.0 ** (1.0 / per_octave)
+    segments = max(math.ceil(math.log2(hi / lo) * per_octave - 1e-9), 1)
+    thresholds = fx.encode(lo * ratio ** np.arange(1, segments + 1))
+    starts = np.concatenate([[fx.encode(lo)], thresholds]).astype(np.float64) / fx.scale
+    a, b, _ = linear_coefficients(ratio)
+    slope = np.rint(b / starts ** 1.5 * 2.0 ** (fx.f + GUESS_BITS)).astype(np.int64)
+    return thresholds, fx.encode(a / np.sqrt(starts)), slope
+
+
+def _guess_error(eps: float, hi: float, fx: FixedPoint, per_octave: int) -> float:
+    """max |1 − x·y0²| over [lo, hi] for the encoded constants, y0 off by up to 1 LSB (the slope product's
+    truncation): per segment the cubic x·(A ± LSB + B·x)² at both ends and at its peak x = −(A ± LSB)/(3B)."""
+    thresholds, a_int, b_int = linear_guess(eps, hi, fx, per_octave)
+    top = float(fx.encode(hi)) / fx.scale
+    starts = np.concatenate([[fx.encode(_lo(eps, fx))], thresholds]).astype(np.float64) / fx.scale
+    ends = np.minimum(np.append(starts[1:], top), top)
+    worst = 0.0
+    for start, end, a, b in zip(starts, ends, a_int / fx.scale, b_int / 2.0 ** (fx.f + GUESS_BITS)):
+        if start > top:
+            break
+        for shifted in (a - fx.lsb, a + fx.lsb):
+            xs = [start, end] + [x for x in [-shifted / (3 * b)] if start < x < end]
+            worst = max(worst, *(abs(1 - x * (shifted + b * x) ** 2) for x in xs))
+    return worst
+
+
+def newton_errors(eps: float, hi: float, f: int = DEFAULT_F, per_octave: int = 1,
+                  iterations: int | None = None) -> tuple[int, float, float]:
+    """(Newton steps I, e: max |1 − x·y²| that Newton leaves after the last step before its rounding, the last
+    step's absolute rounding of y in LSB). Each step maps e to (3e² + e³)/4 and then its rounding (≤ 1 + y·2^-Z_BITS
+    LSB of y, y ≤ 1.1/√lo) adds (1 + e)·((1 + ρ)² − 1), ρ = rounding / min y (min y = √((1 − e)/hi)). Without
+    ``iterations``, I is the least with e/(1 + √(1 − e)) (y's relative error) ≤ 2^-(f+1)."""
+    fx = FixedPoint(f, max(f + 15, 31))
+    e = _guess_error(eps, hi, fx, per_octave)
+    if e >= 1.0:
+        raise CompileError(f"rsqrt guess on [{eps}, {hi}] does not converge at f={f}; raise --frac-bits")
+    rounding = 1 + 1.1 / math.sqrt(_lo(eps, fx)) * 2.0 ** -Z_BITS
+    steps = 0
+    while (steps < iterations) if iterations is not None else (e / (1 + math.sqrt(1 - e)) > 2.0 ** -(f + 1)):
+        if steps:
+            rho = rounding * fx.lsb / math.sqrt((1 - e) / hi)
+            e += (1 + e) * ((1 + rho) ** 2 - 1)
+        e, steps = (3 * e * e + e ** 3) / 4, steps + 1
+        if steps > 8:
+            raise CompileError(f"rsqrt on [{eps}, {hi}] needs more than 8 Newton steps at f={f}; raise --frac-bits")
+    return steps, e, rounding
+
+
+def rsqrt_segments(lo: float, hi: float, f: int = DEFAULT_F) -> int:
+    """Segments per octave (1..4) for a LayerNorm's domain: the fewest Newton steps, then the fewest comparisons
+    (a step costs more rounds than 3 comparisons per octave and row cost bytes)."""
+    return min(range(1, 5), key=lambda per_octave: (newton_errors(lo, hi, f, per_octave)[0], per_octave))
+
+
+def newton_guess(x_int: np.ndarray, fx: FixedPoint, eps: float, hi: float, per_octave: int) -> np.ndarray:
+    """y0 = A_j + trunc(x·B_j): the segment's constants as public-weighted sums of the comparison bits."""
+    thresholds, a_int, b_int = linear_guess(eps, hi, fx, per_octave)
+    below = (x_int[..., None] < thresholds).astype(np.int64)
+    a = a_int[-1] + below @ (a_int[:-1] - a_int[1:])
+    b = b_int[-1] + below @ (b_int[:-1] - b_int[1:])
+    return a + fx.trunc(x_int * b, fx.f + GUESS_BITS)
+
+
+def newton_factor(x_int: np.ndarray, y: np.ndarray, fx: FixedPoint) -> np.ndarray:
+    """z = 3/2 − x·y²/2 at f + Z_BITS fractional bits: y² and x·y² are raw ring products (x·y² ≈ 1 at 2^(3f)),
+    one truncation; the step is then y·z truncated by f + Z_BITS."""
+    return 3 * (1 << (fx.f + Z_BITS - 1)) - fx.trunc(x_int * (y * y), 2 * fx.f + 1 - Z_BITS)
 
 
 def newton_reference(x_int: np.ndarray, fx: FixedPoint, eps: float = 1e-5, hi: float = 64.0,
-                     iterations: int | None = None) -> np.ndarray:
-    thresholds, guesses = segment_guess(eps, hi, fx)
-    below = (x_int[..., None] < thresholds).astype(np.int64)
-    y = guesses[-1] + below @ (guesses[:-1] - guesses[1:])
-    for _ in range(_iterations(eps, hi, iterations, fx.f)):
-        half_s = fx.trunc(x_int * fx.mul(y, y), fx.f + 1)
-        y = fx.mul(y, 3 * fx.scale // 2 - half_s)
+                     iterations: int | None = None, per_octave: int = 1) -> np.ndarray:
+    y = newton_guess(x_int, fx, eps, hi, per_octave)
+    for _ in range(newton_errors(eps, hi, fx.f, per_octave, iterations)[0]):
+        y = fx.trunc(y * newton_factor(x_int, y, fx), fx.f + Z_BITS)
     return y
 
 
 def newton_steps(size: int, profile: object, eps: float = 1e-5, hi: float = 64.0,
-                 iterations: int | None = None) -> list[Step]:
+                 iterations: int | None = None, per_octave: int = 1) -> list[Step]:
+    """The comparison, the guess's product, then per step z (y², x·y² raw, one truncation) and y·z."""
     f = int(getattr(profile, "f", DEFAULT_F))
-    thresholds = segment_guess(eps, hi, FixedPoint(f, max(f + 15, 31)))[0]
-    return [Step("ltz", size * len(thresholds))] + [Step("mul", size)] * 3 * _iterations(eps, hi, iterations, f)
+    thresholds = linear_guess(eps, hi, FixedPoint(f, max(f + 15, 31)), per_octave)[0]
+    step = [Step("mul_int", size), Step("mul_int", size), Step("trunc", size), Step("mul", size)]
+    return [Step("ltz", size * len(thresholds)), Step("mul", size)] + \
+        step * newton_errors(eps, hi, f, per_octave, iterations)[0]
 
 
-def newton_bounds(eps: float = 1e-5, hi: float = 64.0, iterations: int | None = None):
+def newton_bounds(eps: float = 1e-5, hi: float = 64.0, iterations: int | None = None, per_octave: int = 1):
+    """|y − 1/√x| ≤ (e/(1 + √(1 − e)))/√x + rounding·LSB (:func:`newton_errors`), largest at x = lo."""
     fx = FixedPoint(DEFAULT_F, 31)
-    e = initial_error(eps, hi, fx)
-    for _ in range(_iterations(eps, hi, iterations, fx.f)):
-        e = (3 * e * e + e ** 3) / 4
+    _, e, rounding = newton_errors(eps, hi, fx.f, per_octave, iterations)
     lo = _lo(eps, fx)
-    return (lo, hi), (e / 2) / math.sqrt(lo) + (1 + 2 / math.sqrt(lo)) * fx.lsb
+    return (lo, hi), (e / (1 + math.sqrt(1 - e))) / math.sqrt(lo) + rounding * fx.lsb
 
 
 def newton_constants(fx: FixedPoint, params: dict) -> dict:
-    thresholds, guesses = segment_guess(params["eps"], params["hi"], fx)
-    return {"thresholds": [int(t) for t in thresholds], "guesses": [int(g) for g in guesses],
-            "iterations": _iterations(params["eps"], params["hi"], params["iterations"], fx.f)}
+    thresholds, a_int, b_int = linear_guess(params["eps"], params["hi"], fx, params["per_octave"])
+    steps = newton_errors(params["eps"], params["hi"], fx.f, params["per_octave"], params["iterations"])[0]
+    ends = np.append(thresholds, fx.encode(params["hi"])).astype(np.float64)  # segment j's x below ends[j]
+    return {"thresholds": [int(t) for t in thresholds], "offsets": [int(a) for a in a_int],
+            "slopes": [int(b) for b in b_int], "iterations": steps, "guess_bits": GUESS_BITS, "z_bits": Z_BITS,
+            # bit lengths of the truncated raw values (sign included): x·B, x·y² (< 2 after the guess), y·z
+            "k_guess": int(np.max(np.abs(b_int.astype(np.float64)) * ends)).bit_length() + 2,
+            "k_square": 3 * fx.f + 2, "k_step": step_bits(fx)}
 
 
 def mpspdz_reference(x_int: np.ndarray, fx: FixedPoint, eps: float = 0.01, hi: float = 100.0) -> np.ndarray:
@@ -121,9 +221,9 @@ def mpspdz_reference(x_int: np.ndarray, fx: FixedPoint, eps: float = 0.01, hi: f
 register(Approximation(
     op="rsqrt", choice="newton", reference=newton_reference, template="approx/rsqrt_newton.mpc.j2",
     steps=newton_steps, exact=lambda x: 1.0 / np.sqrt(x), bounds=newton_bounds,
-    params={"eps": 1e-5, "hi": 64.0, "iterations": None}, constants=newton_constants,
-    compared=lambda eps, hi, iterations: 2 * hi,  # the top threshold lo·2^J < 2·hi
-    doc="segment guess from one comparison, Newton y(3 - xy^2)/2"))
+    params={"eps": 1e-5, "hi": 64.0, "iterations": None, "per_octave": 1}, constants=newton_constants,
+    compared=lambda eps, hi, iterations, per_octave: 2 * hi,  # the top threshold lo·2^(J/per_octave) < 2·hi
+    doc="per-segment linear guess from one comparison, Newton y(3 - xy^2)/2 with one truncation per product pair"))
 
 register(Approximation(
     op="rsqrt", choice="mpspdz", reference=mpspdz_reference, template="approx/rsqrt_mpspdz.mpc.j2",
@@ -176,9 +276,14 @@ def wide_bounds(eps: float = WIDE_DEFAULTS["eps"], hi: float = WIDE_DEFAULTS["hi
     return (lo, hi), float(np.max((e / 2) * y + (0.5 + y / 2 + np.sqrt(x) / 2 ** 10) * fx.lsb))
 
 
+def wide_constants(fx: FixedPoint, params: dict) -> dict:
+    thresholds, guesses = segment_guess(params["eps"], params["hi"], fx)
+    return {"thresholds": [int(t) for t in thresholds], "guesses": [int(g) for g in guesses],
+            "iterations": newton_iterations(params["eps"], params["hi"], fx.f)}
+
+
 register(Approximation(
     op="rsqrt", choice="wide", reference=wide_reference, template="approx/rsqrt_wide.mpc.j2", steps=wide_steps,
     exact=lambda x: 1.0 / np.sqrt(x), bounds=wide_bounds, params=dict(WIDE_DEFAULTS),
-    constants=lambda fx, params: {**newton_constants(fx, {**params, "iterations": None}),
-                                  "extra": wide_extra_bits(fx)},
+    constants=lambda fx, params: {**wide_constants(fx, params), "extra": wide_extra_bits(fx)},
     doc="as newton, x*y^2/2 computed as (x*y)*y/2: keeps relative precision up to the comparison range"))

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from compiler.approx import REGISTRY
+from compiler.approx.rsqrt import RING_TOP, rsqrt_segments
 from compiler.cost.primitives import Step
 from compiler.errors import CompileError, UserError
 from compiler.ir import Graph, Node
@@ -464,7 +465,9 @@ class LayerNormScale:
       2^(f+g) ≈ 2^shift. The rounding of the constant is a common factor of the whole row (LayerNorm ignores it),
       where the mean's 1/C error is not: it offsets every x - mean by |mean|·C/2^(f+g+1).
 
-    The variance is trunc(Σ squares · ``var_mul``, f + ``var_bits``) with ``var_mul`` = round(2^(f+var_bits)/C).
+    The variance is trunc(Σ squares · ``var_mul``, f + ``var_bits``) with ``var_mul`` = round(2^(f+var_bits)/C);
+    with ``raw_squares`` (calibrated) the squares are raw ring products (2f fractional bits, exact) and the one
+    truncation is by 2f + ``var_bits``.
     """
 
     exact: bool = False
@@ -475,6 +478,7 @@ class LayerNormScale:
     var_mul: int = 0
     eps_int: int = 1
     sigma: float = 1.0
+    raw_squares: bool = False
 
 
 # The scaled variance's calibrated maximum (with margin) is placed at or below 2^VARIANCE_TOP: high enough that the
@@ -527,9 +531,10 @@ def layernorm_scale(node: Node, profile: Profile, cols: int) -> tuple[LayerNormS
     hi = var_hi * sigma ** 2 * VARIANCE_MARGIN
     eps_int = max(1, int(round(eps * sigma ** 2 * fx.scale)))
     lo = max(var_lo * sigma ** 2 / VARIANCE_MARGIN, eps_int * fx.lsb)
-    var_bits = extra_bits(hi / MAGNITUDE_MARGIN)
+    # Σ raw squares · var_mul ≈ variance·2^(3f + var_bits), the variance below hi: under 2^RING_TOP
+    var_bits = int(min(fx.f, max(0, math.floor(RING_TOP - 3 * fx.f - math.log2(max(hi, 2 * lo))))))
     return (LayerNormScale(exact, p, g, centre_mul, var_bits, int(round(2.0 ** (fx.f + var_bits) / cols)), eps_int,
-                           sigma), {"lo": lo, "hi": max(hi, 2 * lo)})
+                           sigma, raw_squares=True), {"lo": lo, "hi": max(hi, 2 * lo)})
 
 
 def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
@@ -542,19 +547,21 @@ def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         rsqrt = p.approx["rsqrt"] = _use(profile, "rsqrt")
     else:
         # the reference refuses variances above the domain top: an exact bound for the comparisons
+        per_octave = {"per_octave": rsqrt_segments(domain["lo"], domain["hi"], profile.f)} \
+            if profile.approx.get("rsqrt") == "newton" else {}
         rsqrt = p.approx["rsqrt"] = _compare_use(profile, "rsqrt", None, domain["hi"], eps=domain["lo"],
-                                                 hi=domain["hi"])
+                                                 hi=domain["hi"], **per_octave)
         p.params["rsqrt_domain"] = domain
         # ε raised to 1 LSB only matters when that LSB is not negligible against the smallest calibrated variance
         used = scale.eps_int * profile.fx.lsb / scale.sigma ** 2
         if used > 2 * float(node.attrs.get("eps", 1e-5)) and used > 1e-3 * float(node.attrs["calibration"]["var"][0]):
             p.notes.append(f"layernorm eps={node.attrs.get('eps')} is below 1 LSB after the pre-scale "
                            f"{scale.sigma:g}; using {used:g}, above 1e-3 of the smallest calibrated variance")
-    # centring: the mean (one truncation per row) or exactly (one per element); centred square, variance (1/C),
-    # rsqrt, (x-mean)*gamma in parallel, times rsqrt
-    p.steps += [Step("trunc", rows * cols if scale.exact else rows), Step("mul", rows * cols), Step("trunc", rows),
-                *_approx_steps(rsqrt, rows, profile),
-                Step("mul", rows * cols), Step("mul", rows * cols)]
+    # centring: the mean (one truncation per row) or exactly (one per element); centred square (raw when
+    # calibrated), variance (1/C), rsqrt, (x-mean)*gamma in parallel, times rsqrt
+    p.steps += [Step("trunc", rows * cols if scale.exact else rows),
+                Step("mul_int" if scale.raw_squares else "mul", rows * cols), Step("trunc", rows),
+                *_approx_steps(rsqrt, rows, profile), Step("mul", rows * cols), Step("mul", rows * cols)]
 
 
 def output_index(node: Node, graph: Graph) -> int:

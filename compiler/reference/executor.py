@@ -236,7 +236,7 @@ class _Executor:
 
     def layernorm(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The template's steps (:class:`~compiler.lowering.plans.LayerNormScale`): mean, centring, pre-scale by
-        σ, Σ squares · 1/C (+ ε·σ²), rsqrt, (x - mean)·σ·γ·rsqrt + β; the σ cancels exactly."""
+        σ, Σ squares (raw when calibrated) · 1/C (+ ε·σ²), rsqrt, (x - mean)·σ·γ·rsqrt + β; the σ cancels exactly."""
         node, fx = p.node, self.fx
         x, gamma, beta = xi
         cols = x.shape[-1]
@@ -246,7 +246,10 @@ class _Executor:
             diff = fx.trunc((x * cols - sums) * scale.centre_mul, fx.f + scale.centre_bits)
         else:
             diff = (x - fx.trunc(sums * scale.centre_mul, fx.f + scale.centre_bits)) << np.int64(scale.shift)
-        var = fx.trunc(fx.mul(diff, diff).sum(-1) * scale.var_mul, fx.f + scale.var_bits) + scale.eps_int
+        if scale.raw_squares:
+            var = fx.trunc((diff * diff).sum(-1) * scale.var_mul, 2 * fx.f + scale.var_bits) + scale.eps_int
+        else:
+            var = fx.trunc(fx.mul(diff, diff).sum(-1) * scale.var_mul, fx.f + scale.var_bits) + scale.eps_int
         label = f"{node.outputs[0]} (layernorm variance"
         domain = p.params.get("rsqrt_domain")
         if domain is not None and var.size and int(var.max()) > fx.encode(domain["hi"]):

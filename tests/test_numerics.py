@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.fidelity import attention_graph, equal_scores, layernorm_graph, relu_rows, tokens
 from compiler.calibrate import calibrate, check_client_images
+from compiler.cost.report import estimate
 from compiler.errors import FixedPointRangeError, UserError
 from compiler.ir import Graph, Node, Value
 from compiler.lowering import get_profile, lower
@@ -189,6 +190,11 @@ def test_scaled_templates_match_the_reference_under_mp_spdz(mpspdz, tmp_path, pr
         emit(program, out, client_images=x)
         result = run(out, mpspdz=mpspdz, log=lambda _: None)
         assert np.abs(result.logits.reshape(1, -1) - expected).max() <= 1e-2, name
+        # the cost model prices the whole program (input, LayerNorm or rows, reveal) within the project's ±25 %
+        cost = estimate(program).total
+        measured = {"rounds": result.rounds, "bytes_p0": result.bytes_party0}
+        assert all(getattr(cost, key) == pytest.approx(value, rel=0.25) for key, value in measured.items()), \
+            (name, measured, cost.rounds, cost.bytes_p0)
 
 
 def test_fidelity_benchmark_fast_sections_meet_their_bars():

@@ -1,25 +1,35 @@
 """1/sqrt(x) for LayerNorm, honouring the model's ε: domain [ε, hi] (variance + ε).
 
-``newton`` — Newton's iteration y ← y·(3 − x·y²)/2 from a proven initial guess, MP-SPDZ style normalisation
-replaced by one vectorised comparison: thresholds t_j = lo·2^j (j = 1..J, lo = ε rounded to ≥ 1 LSB) locate x in
-[lo·2^j, lo·2^(j+1)), where y0 = √c/√(lo·2^(j+1)), c = 4/3, as a public-weighted sum of the comparison bits.
+``newton`` — a per-segment linear guess, then Newton's iteration y ← y·(3 − x·y²)/2 with one truncation per
+step's pair of products. One vectorised comparison against the thresholds t_j = lo·r^j (r = 2^(1/per_octave),
+j = 1..J, lo = ε rounded to ≥ 1 LSB) locates x in its segment [L, r·L); the guess y0 = A + x·B with
+A = a/√L, B = b/L^1.5 (public-weighted sums of the comparison bits, then one truncated product).
 
-Proof: in its segment, s0 = x·y0² ∈ [c/2, c) = [2/3, 4/3). With s = x·y² = 1 − e, one step gives
-s' = s·(3 − s)²/4, i.e. e' = (3e² + e³)/4 ≤ e² for |e| ≤ 1, and 0 < s' ≤ 1 whenever 0 < s < 3 (convergence iff
-0 < x·y0² < 3). From |e0| ≤ 1/3: e1 ≤ 0.093, e2 ≤ 6.6e-3, e3 ≤ 3.3e-5, e4 ≤ 8e-10. The relative error of y is
-≤ |e|/2, so I = min{i : e_i/2 ≤ 2^-(f+1)} (f = 16: 4). Each step computes y² (trunc f), x·y²/2 (one truncation by
-f+1: halving is free) and y·(3/2 − x·y²/2) (trunc f); computing x·(y²) rather than (x·y)·y keeps full relative
-precision for tiny x, where y is large. Fixed-point error: ≤ 2^-f·(1 + 2·y) absolute plus the relative e_I/2:
-|y − 1/√x| ≤ (e_I/2)/√x + (1 + 2/√x)·LSB; ``bounds`` gives its maximum over [ε, hi] at f = 16.
+Guess (:func:`linear_coefficients`): (a, b) minimise max |1 − u·(a + b·u)²| on [1, r]; the error equioscillates
+at u = 1, u = r and the interior peak u = −a/(3b), which gives a closed form (e0 = 0.0445 per octave, 0.0112 per
+half octave, 2.8e-3 per quarter octave). The bound :func:`_guess_error` evaluates the encoded constants exactly:
+per segment the cubic x·(A ± 1 LSB + B·x)² at both ends and at its peak (the ± LSB: the product's truncation).
 
-``wide`` — ``newton`` with y² kept to f + 8 fractional bits (one truncation by f − 8, then x·y² truncated by
+Step: z = 3/2 − x·y²/2 from y² and x·y² as raw ring products (x·y² < 2 at 2^(3f): below 2^50) truncated once to
+f + Z_BITS fractional bits, then y·z truncated by f + Z_BITS: 2 truncations in sequence instead of 3, and y² is
+not rounded at all. With s = x·y² = 1 − e, exact Newton gives e' = (3e² ∓ e³)/4 ≤ (3e² + e³)/4 and 0 < s' ≤ 1
+whenever 0 < s < 3. Each step's rounding (≤ 1 + y·2^-Z_BITS LSB of y, y ≤ 1.1/√lo) moves s by a relative
+(1 + ρ)² − 1, ρ = rounding/min y, min y = √((1 − e)/hi); :func:`newton_errors` carries it into the next step.
+Steps: the least I with y's relative error e_I/(1 + √(1 − e_I)) ≤ 2^-(f+1) (|√s − 1| ≤ |s − 1|/(1 + √s)).
+Error: |y − 1/√x| ≤ (e_I/(1 + √(1 − e_I)))/√x + (1 + y·2^-Z_BITS)·LSB, largest at x = lo (``bounds``).
+LayerNorm picks per_octave (1..4, :func:`rsqrt_segments`) for the fewest steps, then the fewest comparisons: over
+a calibrated domain 4 segments per octave leave one step (3 more comparisons per octave and row, 7 fewer rounds
+under replicated-ring).
+
+``wide`` — the constant guess y0 = √c/√(lo·2^(j+1)), c = 4/3, on octaves (s0 = x·y0² ∈ [2/3, 4/3), e0 ≤ 1/3),
+then Newton steps each computing y² (trunc), x·y²/2 (one truncation by f+1: halving is free) and y·(3/2 − x·y²/2),
+with y² kept to f + 8 fractional bits (one truncation by f − 8, then x·y² truncated by
 f + 9): with f bits, y² of a large x (y = 1/128 at x = 16384: y² = 4 LSB) keeps almost no significant bits, so
-``newton`` is off by percents there (6.5 % measured for x > 1000 on [2^-16, 16384]). x·y² ≈ 1 keeps its raw
-value near 2^(2f+8) (2^40 at f = 16) whatever x is. The last step's rounding leaves y off by
-≤ (0.5 + y/2 + √x/2^10)·LSB (y² by 2^-(f+8)/2, times x/2, times y; x·y²/2 by LSB/2, times y; the product's LSB/2),
-plus Newton's relative e_I/2 (same guess, same iterations as ``newton``). Same comparisons and products as
-``newton``; its default range is every positive value a comparison may consume (generic rsqrt/sqrt nodes, whose
-range is unknown), which costs more segments than a LayerNorm's [ε, 64], so the profile keeps ``newton`` there.
+a y² truncated to f bits would be off by percents there (6.5 % measured for x > 1000 on [2^-16, 16384]).
+x·y² ≈ 1 keeps its raw value near 2^(2f+8) (2^40 at f = 16) whatever x is. The last step's rounding leaves y off
+by ≤ (0.5 + y/2 + √x/2^10)·LSB (y² by 2^-(f+8)/2, times x/2, times y; x·y²/2 by LSB/2, times y; the product's
+LSB/2), plus Newton's relative e_I/2 (I = min{i : e_i/2 ≤ 2^-(f+1)}, e_(i+1) = (3e_i² + e_i³)/4). Its default
+range is every positive value a comparison may consume (generic rsqrt/sqrt nodes, whose range is unknown).
 
 ``mpspdz`` — MP-SPDZ's ``mpc_math.InvertSqrt`` (Lu et al.). Reference: exact 1/√x quantised to f bits; the
 built-in's own error (0.032 measured at x = 0.01) is bounded here by 0.04 on [0.01, 100].

@@ -468,6 +468,12 @@ class LayerNormScale:
     The variance is trunc(Σ squares · ``var_mul``, f + ``var_bits``) with ``var_mul`` = round(2^(f+var_bits)/C);
     with ``raw_squares`` (calibrated) the squares are raw ring products (2f fractional bits, exact) and the one
     truncation is by 2f + ``var_bits``.
+
+    * ``moments=True`` (calibrated, where the ring has room): no mean at all. C·x − Σx = C·(x − mean) and
+      C·Σx² − (Σx)² = C²·var (2f fractional bits) are exact ring values (the terms may wrap mod 2^64, their
+      difference stays below 2^RING_TOP); σ = C/2^``shift``, so trunc(C²·var, f + 2·shift) is σ²·var and
+      trunc((C·x − Σx)·γ, f + ``shift``) is σ·(x − mean)·γ, whose raw product has ``raw_bits`` bits. The products
+      (x², (Σx)², (C·x − Σx)·γ) share one round and the two truncations the next: no truncation before them.
     """
 
     exact: bool = False
@@ -479,6 +485,8 @@ class LayerNormScale:
     eps_int: int = 1
     sigma: float = 1.0
     raw_squares: bool = False
+    moments: bool = False
+    raw_bits: int = 0
 
 
 # The scaled variance's calibrated maximum (with margin) is placed at or below 2^VARIANCE_TOP: high enough that the
@@ -515,6 +523,22 @@ def layernorm_scale(node: Node, profile: Profile, cols: int) -> tuple[LayerNormS
     var_lo, var_hi = (float(v) + eps for v in calib["var"])
     diff = max(float(calib["diff_abs"]), fx.lsb)
     gamma = max(float(calib.get("gamma_abs", 1.0)), fx.lsb)
+
+    def domain(sigma: float) -> tuple[int, dict[str, float]]:
+        hi = var_hi * sigma ** 2 * VARIANCE_MARGIN
+        eps_int = max(1, int(round(eps * sigma ** 2 * fx.scale)))
+        lo = max(var_lo * sigma ** 2 / VARIANCE_MARGIN, eps_int * fx.lsb)
+        return eps_int, {"lo": lo, "hi": max(hi, 2 * lo)}
+
+    # moments: the largest σ = C/2^g with σ²·var below 2^VARIANCE_TOP and σ·|x - mean|·|γ| in the sfix range
+    top = min(2.0 ** ((VARIANCE_TOP - math.log2(var_hi * VARIANCE_MARGIN)) / 2),
+              limit / (2 * diff * MAGNITUDE_MARGIN * gamma))
+    g = math.ceil(math.log2(cols / top))
+    raw_bits = math.ceil(math.log2(cols * diff * MAGNITUDE_MARGIN * gamma)) + 2 * fx.f + 1
+    if cols ** 2 * var_hi * VARIANCE_MARGIN * 4.0 ** fx.f < 2.0 ** RING_TOP and raw_bits <= RING_TOP + 1 and \
+            fx.f + 2 * g >= 1:
+        eps_int, bounds = domain(cols / 2.0 ** g)
+        return LayerNormScale(shift=g, eps_int=eps_int, sigma=cols / 2.0 ** g, moments=True, raw_bits=raw_bits), bounds
     p = math.floor((VARIANCE_TOP - math.log2(var_hi * VARIANCE_MARGIN)) / 2)
     p = min(p, math.ceil(math.log2(math.sqrt(limit) / (diff * MAGNITUDE_MARGIN))) - 1,
             math.ceil(math.log2(limit / (diff * MAGNITUDE_MARGIN * gamma))) - 1)
@@ -528,13 +552,11 @@ def layernorm_scale(node: Node, profile: Profile, cols: int) -> tuple[LayerNormS
         sigma = centre_mul * cols / 2.0 ** (fx.f + g)
     else:
         sigma = 2.0 ** p
-    hi = var_hi * sigma ** 2 * VARIANCE_MARGIN
-    eps_int = max(1, int(round(eps * sigma ** 2 * fx.scale)))
-    lo = max(var_lo * sigma ** 2 / VARIANCE_MARGIN, eps_int * fx.lsb)
+    eps_int, bounds = domain(sigma)
     # Σ raw squares · var_mul ≈ variance·2^(3f + var_bits), the variance below hi: under 2^RING_TOP
-    var_bits = int(min(fx.f, max(0, math.floor(RING_TOP - 3 * fx.f - math.log2(max(hi, 2 * lo))))))
+    var_bits = int(min(fx.f, max(0, math.floor(RING_TOP - 3 * fx.f - math.log2(bounds["hi"])))))
     return (LayerNormScale(exact, p, g, centre_mul, var_bits, int(round(2.0 ** (fx.f + var_bits) / cols)), eps_int,
-                           sigma, raw_squares=True), {"lo": lo, "hi": max(hi, 2 * lo)})
+                           sigma, raw_squares=True), bounds)
 
 
 def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
@@ -559,6 +581,10 @@ def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
                            f"{scale.sigma:g}; using {used:g}, above 1e-3 of the smallest calibrated variance")
     # centring: the mean (one truncation per row) or exactly (one per element); centred square (raw when
     # calibrated), variance (1/C), rsqrt, (x-mean)*gamma in parallel, times rsqrt
+    if scale.moments:  # x², (Σx)², (C·x - Σx)·γ in one round, both truncations in the next
+        p.steps += [Step("mul_int", 2 * rows * cols + rows), Step("trunc", rows * cols + rows),
+                    *_approx_steps(rsqrt, rows, profile), Step("mul", rows * cols)]
+        return
     p.steps += [Step("trunc", rows * cols if scale.exact else rows),
                 Step("mul_int" if scale.raw_squares else "mul", rows * cols), Step("trunc", rows),
                 *_approx_steps(rsqrt, rows, profile), Step("mul", rows * cols), Step("mul", rows * cols)]

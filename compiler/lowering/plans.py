@@ -502,7 +502,9 @@ def layernorm_scale(node: Node, profile: Profile, cols: int) -> tuple[LayerNormS
     :mod:`compiler.calibrate`): ``var`` [min, max] of the per-row variance, ``mean_abs`` and ``diff_abs`` the
     largest |row mean| and |x - mean|, ``gamma_abs`` the largest |γ|.
 
-    The shift p is the largest integer with, after the margins above (L = 2^(k-f-1), the sfix product range):
+    The exact moments (``moments``) where C²·(var_max + ε)·16·2^(2f) < 2^RING_TOP: σ = C/2^g with g the least
+    integer keeping σ²·(var_max + ε)·16 <= 2^VARIANCE_TOP and σ·|x - mean|·4·|γ| < L/2. Otherwise:
+    the shift p is the largest integer with, after the margins above (L = 2^(k-f-1), the sfix product range):
     4^p·(var_max + ε)·16 <= 2^VARIANCE_TOP (the rsqrt domain's top), (2^p·|x - mean|·4)^2 < L (each square is a
     truncated product) and 2^p·|x - mean|·4·|γ| < L (the product with γ). Every extra-bit count g is the largest
     keeping the truncated product below 2^(k+f-1) (value·2^g·4 < L, one bit spare). Returns the constants and the

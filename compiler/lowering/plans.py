@@ -474,6 +474,8 @@ class LayerNormScale:
       difference stays below 2^RING_TOP); σ = C/2^``shift``, so trunc(C²·var, f + 2·shift) is σ²·var and
       trunc((C·x − Σx)·γ, f + ``shift``) is σ·(x − mean)·γ, whose raw product has ``raw_bits`` bits. The products
       (x², (Σx)², (C·x − Σx)·γ) share one round and the two truncations the next: no truncation before them.
+      Without γ (folded into the next linears: γ = 1, β = 0) the output is trunc((C·x − Σx)·rsqrt, f + shift),
+      whose raw product has ``raw_bits`` bits.
     """
 
     exact: bool = False
@@ -497,7 +499,8 @@ VARIANCE_TOP = 8
 MEAN_OFFSET = 1e-4
 
 
-def layernorm_scale(node: Node, profile: Profile, cols: int) -> tuple[LayerNormScale, dict[str, float] | None]:
+def layernorm_scale(node: Node, profile: Profile, cols: int,
+                    affine: bool = True) -> tuple[LayerNormScale, dict[str, float] | None]:
     """The pre-scale of one LayerNorm from its calibrated statistics (``node.attrs["calibration"]``, written by
     :mod:`compiler.calibrate`): ``var`` [min, max] of the per-row variance, ``mean_abs`` and ``diff_abs`` the
     largest |row mean| and |x - mean|, ``gamma_abs`` the largest |γ|.
@@ -536,9 +539,12 @@ def layernorm_scale(node: Node, profile: Profile, cols: int) -> tuple[LayerNormS
     top = min(2.0 ** ((VARIANCE_TOP - math.log2(var_hi * VARIANCE_MARGIN)) / 2),
               limit / (2 * diff * MAGNITUDE_MARGIN * gamma))
     g = math.ceil(math.log2(cols / top))
-    raw_bits = math.ceil(math.log2(cols * diff * MAGNITUDE_MARGIN * gamma)) + 2 * fx.f + 1
+    # the raw (C·x − Σx)·γ, or without γ (C·x − Σx)·rsqrt = 2^g·(x − mean)/std, |(x − mean)/std| ≤ √C
+    raw_bits = math.ceil(math.log2(cols * diff * MAGNITUDE_MARGIN * gamma)) + 2 * fx.f + 1 if affine else \
+        math.ceil(math.log2(2 * math.sqrt(cols))) + 2 * fx.f + 1
     if cols ** 2 * var_hi * VARIANCE_MARGIN * 4.0 ** fx.f < 2.0 ** RING_TOP and raw_bits <= RING_TOP + 1 and \
             fx.f + 2 * g >= 1:
+        raw_bits += 0 if affine else g
         eps_int, bounds = domain(cols / 2.0 ** g)
         return LayerNormScale(shift=g, eps_int=eps_int, sigma=cols / 2.0 ** g, moments=True, raw_bits=raw_bits), bounds
     p = math.floor((VARIANCE_TOP - math.log2(var_hi * VARIANCE_MARGIN)) / 2)
@@ -565,7 +571,10 @@ def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     shape = graph.values[node.inputs[0]].shape
     cols = shape[-1]
     rows = int(np.prod(shape[:-1]))
-    scale, domain = layernorm_scale(node, profile, cols)
+    gamma, beta = (graph.values[n].data for n in node.inputs[1:3])
+    # γ = 1, β = 0 (folded into the next linears, passes.linear.fold_layernorm_affine): no product with γ
+    affine = p.params["affine"] = gamma is None or beta is None or not (np.all(gamma == 1) and np.all(beta == 0))
+    scale, domain = layernorm_scale(node, profile, cols, affine)
     p.params["scale"] = scale
     if domain is None:
         rsqrt = p.approx["rsqrt"] = _use(profile, "rsqrt")
@@ -584,12 +593,12 @@ def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     # centring: the mean (one truncation per row) or exactly (one per element); centred square (raw when
     # calibrated), variance (1/C), rsqrt, (x-mean)*gamma in parallel, times rsqrt
     if scale.moments:  # x², (Σx)², (C·x - Σx)·γ in one round, both truncations in the next
-        p.steps += [Step("mul_int", 2 * rows * cols + rows), Step("trunc", rows * cols + rows),
+        p.steps += [Step("mul_int", (1 + affine) * rows * cols + rows), Step("trunc", affine * rows * cols + rows),
                     *_approx_steps(rsqrt, rows, profile), Step("mul", rows * cols)]
         return
     p.steps += [Step("trunc", rows * cols if scale.exact else rows),
                 Step("mul_int" if scale.raw_squares else "mul", rows * cols), Step("trunc", rows),
-                *_approx_steps(rsqrt, rows, profile), Step("mul", rows * cols), Step("mul", rows * cols)]
+                *_approx_steps(rsqrt, rows, profile), *[Step("mul", rows * cols)] * (1 + affine)]
 
 
 def output_index(node: Node, graph: Graph) -> int:

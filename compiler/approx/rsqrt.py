@@ -264,7 +264,10 @@ def wide_reference(x_int: np.ndarray, fx: FixedPoint, eps: float = WIDE_DEFAULTS
 
 def wide_steps(size: int, profile: object, eps: float = WIDE_DEFAULTS["eps"],
                hi: float = WIDE_DEFAULTS["hi"]) -> list[Step]:
-    return newton_steps(size, profile, eps=eps, hi=hi)
+    """The octave comparison, then per Newton step 3 truncated products (y², x·y², y·(3/2 − x·y²/2))."""
+    f = int(getattr(profile, "f", DEFAULT_F))
+    thresholds = segment_guess(eps, hi, FixedPoint(f, max(f + 15, 31)))[0]
+    return [Step("ltz", size * len(thresholds))] + [Step("mul", size)] * 3 * newton_iterations(eps, hi, f)
 
 
 def wide_newton_error(eps: float, hi: float, fx: FixedPoint) -> tuple[float, float]:

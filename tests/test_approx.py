@@ -114,6 +114,19 @@ def test_rsqrt_newton_honours_epsilon(eps, hi, per_octave):
     assert newton_errors(eps, hi, fx.f, per_octave)[0] <= 4  # the old octave guess took 4 steps of 3 truncations
 
 
+@pytest.mark.parametrize("f", [12, 20, 22])
+def test_rsqrt_newton_keeps_its_bound_at_other_precisions(f):
+    """Above f = 19 y² is truncated before x·y² and z keeps fewer extra bits (the raw products stay below 2^61);
+    the bound of :func:`newton_errors` at that f still holds densely."""
+    other = FixedPoint(f, 31)
+    eps, hi = 1e-3, 64.0
+    steps, e, rounding = newton_errors(eps, hi, f, 2)
+    x = np.unique(other.encode(np.geomspace(eps, hi, 100_001)))
+    err = np.abs(other.decode(get("rsqrt", "newton").run(x, other, eps=eps, hi=hi, per_octave=2)) -
+                 1 / np.sqrt(other.decode(x)))
+    assert np.all(err <= e / (1 + np.sqrt(1 - e)) / np.sqrt(other.decode(x)) + rounding * other.lsb)
+
+
 @pytest.mark.parametrize("ratio", [2.0, 2 ** 0.5, 2 ** 0.25])
 def test_rsqrt_linear_guess_is_the_minimax_one(ratio):
     """The closed form equioscillates (ends and the interior peak at ±e), and no nearby (a, b) does better."""

@@ -10,13 +10,13 @@ at u = 1, u = r and the interior peak u = −a/(3b), which gives a closed form (
 half octave, 2.8e-3 per quarter octave). The bound :func:`_guess_error` evaluates the encoded constants exactly:
 per segment the cubic x·(A ± 1 LSB + B·x)² at both ends and at its peak (the ± LSB: the product's truncation).
 
-Step: z = 3/2 − x·y²/2 from y² and x·y² as raw ring products (x·y² < 2 at 2^(3f): below 2^50) truncated once to
-f + Z_BITS fractional bits, then y·z truncated by f + Z_BITS: 2 truncations in sequence instead of 3, and y² is
-not rounded at all. With s = x·y² = 1 − e, exact Newton gives e' = (3e² ∓ e³)/4 ≤ (3e² + e³)/4 and 0 < s' ≤ 1
-whenever 0 < s < 3. Each step's rounding (≤ 1 + y·2^-Z_BITS LSB of y, y ≤ 1.1/√lo) moves s by a relative
+Step: z = 3/2 − x·y²/2 from y² and x·y² as raw ring products (x·y² < 2 at 2^(3f): below 2^50 at f = 16)
+truncated once to f + z_bits fractional bits (12 at f = 16, :func:`z_bits`), then y·z truncated by f + z_bits:
+2 truncations in sequence instead of 3, and y² is not rounded at all (above f = 19 it is, by :func:`square_shift`). With s = x·y² = 1 − e, exact Newton gives e' = (3e² ∓ e³)/4 ≤ (3e² + e³)/4 and 0 < s' ≤ 1
+whenever 0 < s < 3. Each step's rounding (≤ 1 + y·2^-z_bits LSB of y, y ≤ 1.1/√lo) moves s by a relative
 (1 + ρ)² − 1, ρ = rounding/min y, min y = √((1 − e)/hi); :func:`newton_errors` carries it into the next step.
 Steps: the least I with y's relative error e_I/(1 + √(1 − e_I)) ≤ 2^-(f+1) (|√s − 1| ≤ |s − 1|/(1 + √s)).
-Error: |y − 1/√x| ≤ (e_I/(1 + √(1 − e_I)))/√x + (1 + y·2^-Z_BITS)·LSB, largest at x = lo (``bounds``).
+Error: |y − 1/√x| ≤ (e_I/(1 + √(1 − e_I)))/√x + (1 + y·2^-z_bits)·LSB, largest at x = lo (``bounds``).
 LayerNorm picks per_octave (1..4, :func:`rsqrt_segments`) for the fewest steps, then the fewest comparisons: over
 a calibrated domain 4 segments per octave leave one step (3 more comparisons per octave and row, 7 fewer rounds
 under replicated-ring).
@@ -89,14 +89,29 @@ def newton_iterations(eps: float, hi: float, f: int = DEFAULT_F) -> int:
 
 
 # ---- newton: a per-segment linear guess, then fused Newton steps ----
-Z_BITS = 12  # fractional bits z = 3/2 − x·y²/2 keeps beyond f (y·z stays below 2^(k−1+f+Z_BITS+1))
-GUESS_BITS = 16  # fractional bits the guess's slope keeps beyond f (|x·B| < 2^8: x·B stays below 2^(8+2f+16))
 RING_TOP = 61  # raw products stay below 2^61 (Z_2^64 with sign and rounding room)
 
 
+def z_bits(fx: FixedPoint) -> int:
+    """Fractional bits z = 3/2 − x·y²/2 keeps beyond f: y·z (y ≤ 1.1/√lo ≤ 1.1·2^(f/2), z < 1.5) stays below
+    2^(f/2 + 1 + 2f + bits) ≤ 2^RING_TOP: 12 at f = 16, fewer above f = 18."""
+    return max(0, min(12, RING_TOP - 1 - 2 * fx.f - math.ceil(fx.f / 2)))
+
+
 def step_bits(fx: FixedPoint) -> int:
-    """Bit length of a raw y·z: an sfix (|y| < 2^(k-f-1)) times z < 2 at f + Z_BITS bits, sign included."""
-    return fx.k + fx.f + Z_BITS + 1
+    """Bit length of a raw y·z, sign included."""
+    return math.ceil(fx.f / 2) + 2 * fx.f + z_bits(fx) + 2
+
+
+def guess_bits(fx: FixedPoint) -> int:
+    """Fractional bits the guess's slope keeps beyond f: |x·B| ≤ 0.6/√lo ≤ 0.6·2^(f/2) (lo ≥ 1 LSB), so x·B stays
+    below 2^(2f + bits + f/2) < 2^RING_TOP (16 at f = 16)."""
+    return max(0, min(16, RING_TOP - 1 - 2 * fx.f - math.ceil(fx.f / 2)))
+
+
+def square_shift(fx: FixedPoint) -> int:
+    """Bits y² is truncated by before x·y² (≈ 1 at 2^(3f)) so that x·y² stays below 2^RING_TOP: 0 up to f = 19."""
+    return max(0, 3 * fx.f + 2 - (RING_TOP + 1))
 
 
 def linear_coefficients(ratio: float) -> tuple[float, float, float]:
@@ -112,7 +127,7 @@ def linear_coefficients(ratio: float) -> tuple[float, float, float]:
 
 def linear_guess(eps: float, hi: float, fx: FixedPoint, per_octave: int = 1):
     """(thresholds, A, B) in fixed point: thresholds t_j = lo·2^(j/per_octave) (j = 1..J, the first ≥ hi last),
-    segment j = [t_j, t_(j+1)) (t_0 = lo) with guess A_j + x·B_j, A at f fractional bits, B at f + GUESS_BITS."""
+    segment j = [t_j, t_(j+1)) (t_0 = lo) with guess A_j + x·B_j, A at f fractional bits, B at f + guess_bits."""
     lo = _lo(eps, fx)
     if hi <= lo:
         raise CompileError(f"rsqrt range [{lo}, {hi}] is empty: raise hi above epsilon")
@@ -123,7 +138,7 @@ def linear_guess(eps: float, hi: float, fx: FixedPoint, per_octave: int = 1):
     thresholds = fx.encode(lo * ratio ** np.arange(1, segments + 1))
     starts = np.concatenate([[fx.encode(lo)], thresholds]).astype(np.float64) / fx.scale
     a, b, _ = linear_coefficients(ratio)
-    slope = np.rint(b / starts ** 1.5 * 2.0 ** (fx.f + GUESS_BITS)).astype(np.int64)
+    slope = np.rint(b / starts ** 1.5 * 2.0 ** (fx.f + guess_bits(fx))).astype(np.int64)
     return thresholds, fx.encode(a / np.sqrt(starts)), slope
 
 
@@ -135,7 +150,7 @@ def _guess_error(eps: float, hi: float, fx: FixedPoint, per_octave: int) -> floa
     starts = np.concatenate([[fx.encode(_lo(eps, fx))], thresholds]).astype(np.float64) / fx.scale
     ends = np.minimum(np.append(starts[1:], top), top)
     worst = 0.0
-    for start, end, a, b in zip(starts, ends, a_int / fx.scale, b_int / 2.0 ** (fx.f + GUESS_BITS)):
+    for start, end, a, b in zip(starts, ends, a_int / fx.scale, b_int / 2.0 ** (fx.f + guess_bits(fx))):
         if start > top:
             break
         for shifted in (a - fx.lsb, a + fx.lsb):
@@ -147,14 +162,16 @@ def _guess_error(eps: float, hi: float, fx: FixedPoint, per_octave: int) -> floa
 def newton_errors(eps: float, hi: float, f: int = DEFAULT_F, per_octave: int = 1,
                   iterations: int | None = None) -> tuple[int, float, float]:
     """(Newton steps I, e: max |1 − x·y²| that Newton leaves after the last step before its rounding, the last
-    step's absolute rounding of y in LSB). Each step maps e to (3e² + e³)/4 and then its rounding (≤ 1 + y·2^-Z_BITS
+    step's absolute rounding of y in LSB). Each step maps e to (3e² + e³)/4 and then its rounding (≤ 1 + y·2^-z_bits
     LSB of y, y ≤ 1.1/√lo) adds (1 + e)·((1 + ρ)² − 1), ρ = rounding / min y (min y = √((1 − e)/hi)). Without
     ``iterations``, I is the least with e/(1 + √(1 − e)) (y's relative error) ≤ 2^-(f+1)."""
     fx = FixedPoint(f, max(f + 15, 31))
     e = _guess_error(eps, hi, fx, per_octave)
     if e >= 1.0:
         raise CompileError(f"rsqrt guess on [{eps}, {hi}] does not converge at f={f}; raise --frac-bits")
-    rounding = 1 + 1.1 / math.sqrt(_lo(eps, fx)) * 2.0 ** -Z_BITS
+    # y·z's LSB, z's times y, and where y² is truncated its rounding times x·y/2 = √x/2
+    rounding = 1 + 1.1 / math.sqrt(_lo(eps, fx)) * 2.0 ** -z_bits(fx) + \
+        (math.sqrt(hi) * 2.0 ** (square_shift(fx) - fx.f - 1) if square_shift(fx) else 0.0)
     steps = 0
     while (steps < iterations) if iterations is not None else (e / (1 + math.sqrt(1 - e)) > 2.0 ** -(f + 1)):
         if steps:
@@ -178,20 +195,22 @@ def newton_guess(x_int: np.ndarray, fx: FixedPoint, eps: float, hi: float, per_o
     below = (x_int[..., None] < thresholds).astype(np.int64)
     a = a_int[-1] + below @ (a_int[:-1] - a_int[1:])
     b = b_int[-1] + below @ (b_int[:-1] - b_int[1:])
-    return a + fx.trunc(x_int * b, fx.f + GUESS_BITS)
+    return a + fx.trunc(x_int * b, fx.f + guess_bits(fx))
 
 
 def newton_factor(x_int: np.ndarray, y: np.ndarray, fx: FixedPoint) -> np.ndarray:
-    """z = 3/2 − x·y²/2 at f + Z_BITS fractional bits: y² and x·y² are raw ring products (x·y² ≈ 1 at 2^(3f)),
-    one truncation; the step is then y·z truncated by f + Z_BITS."""
-    return 3 * (1 << (fx.f + Z_BITS - 1)) - fx.trunc(x_int * (y * y), 2 * fx.f + 1 - Z_BITS)
+    """z = 3/2 − x·y²/2 at f + z_bits fractional bits: y² and x·y² are raw ring products (x·y² ≈ 1 at 2^(3f);
+    y² first truncated by :func:`square_shift` for f > 19), one truncation; the step is then y·z truncated by
+    f + z_bits."""
+    shift, bits = square_shift(fx), z_bits(fx)
+    return 3 * (1 << (fx.f + bits - 1)) - fx.trunc(x_int * fx.trunc(y * y, shift), 2 * fx.f + 1 - bits - shift)
 
 
 def newton_reference(x_int: np.ndarray, fx: FixedPoint, eps: float = 1e-5, hi: float = 64.0,
                      iterations: int | None = None, per_octave: int = 1) -> np.ndarray:
     y = newton_guess(x_int, fx, eps, hi, per_octave)
     for _ in range(newton_errors(eps, hi, fx.f, per_octave, iterations)[0]):
-        y = fx.trunc(y * newton_factor(x_int, y, fx), fx.f + Z_BITS)
+        y = fx.trunc(y * newton_factor(x_int, y, fx), fx.f + z_bits(fx))
     return y
 
 
@@ -199,8 +218,10 @@ def newton_steps(size: int, profile: object, eps: float = 1e-5, hi: float = 64.0
                  iterations: int | None = None, per_octave: int = 1) -> list[Step]:
     """The comparison, the guess's product, then per step z (y², x·y² raw, one truncation) and y·z."""
     f = int(getattr(profile, "f", DEFAULT_F))
-    thresholds = linear_guess(eps, hi, FixedPoint(f, max(f + 15, 31)), per_octave)[0]
-    step = [Step("mul_int", size), Step("mul_int", size), Step("trunc", size), Step("mul", size)]
+    fx = FixedPoint(f, max(f + 15, 31))
+    thresholds = linear_guess(eps, hi, fx, per_octave)[0]
+    step = [Step("mul_int", size), *([Step("trunc", size)] if square_shift(fx) else []), Step("mul_int", size),
+            Step("trunc", size), Step("mul", size)]
     return [Step("ltz", size * len(thresholds)), Step("mul", size)] + \
         step * newton_errors(eps, hi, f, per_octave, iterations)[0]
 
@@ -218,10 +239,11 @@ def newton_constants(fx: FixedPoint, params: dict) -> dict:
     steps = newton_errors(params["eps"], params["hi"], fx.f, params["per_octave"], params["iterations"])[0]
     ends = np.append(thresholds, fx.encode(params["hi"])).astype(np.float64)  # segment j's x below ends[j]
     return {"thresholds": [int(t) for t in thresholds], "offsets": [int(a) for a in a_int],
-            "slopes": [int(b) for b in b_int], "iterations": steps, "guess_bits": GUESS_BITS, "z_bits": Z_BITS,
+            "slopes": [int(b) for b in b_int], "iterations": steps, "guess_bits": guess_bits(fx), "z_bits": z_bits(fx),
+            "square_shift": square_shift(fx), "ring_top": RING_TOP + 1,
             # bit lengths of the truncated raw values (sign included): x·B, x·y² (< 2 after the guess), y·z
             "k_guess": int(np.max(np.abs(b_int.astype(np.float64)) * ends)).bit_length() + 2,
-            "k_square": 3 * fx.f + 2, "k_step": step_bits(fx)}
+            "k_square": 3 * fx.f + 2 - square_shift(fx), "k_step": step_bits(fx)}
 
 
 def mpspdz_reference(x_int: np.ndarray, fx: FixedPoint, eps: float = 0.01, hi: float = 100.0) -> np.ndarray:

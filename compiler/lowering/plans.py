@@ -561,10 +561,12 @@ def layernorm_scale(node: Node, profile: Profile, cols: int,
     else:
         sigma = 2.0 ** p
     eps_int, bounds = domain(sigma)
-    # Σ raw squares · var_mul ≈ variance·2^(3f + var_bits), the variance below hi: under 2^RING_TOP
-    var_bits = int(min(fx.f, max(0, math.floor(RING_TOP - 3 * fx.f - math.log2(bounds["hi"])))))
+    # raw squares where Σ squares · var_mul ≈ variance·2^(3f + var_bits), the variance below hi, stays under
+    # 2^RING_TOP (f ≤ 16 or so); else truncated squares
+    raw_bits = math.floor(RING_TOP - 3 * fx.f - math.log2(bounds["hi"]))
+    var_bits = int(min(fx.f, raw_bits)) if raw_bits >= 0 else extra_bits(bounds["hi"] / MAGNITUDE_MARGIN)
     return (LayerNormScale(exact, p, g, centre_mul, var_bits, int(round(2.0 ** (fx.f + var_bits) / cols)), eps_int,
-                           sigma, raw_squares=True), bounds)
+                           sigma, raw_squares=raw_bits >= 0), bounds)
 
 
 def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:

@@ -1,5 +1,5 @@
 """Products with weights: MatMul/Gemm -> ``linear`` (+ bias), Mul by a public scalar -> ``scale``, and exact
-algebraic folds into the weights (scales, MPCViT+ linear MLPs)."""
+algebraic folds into the weights (scales, per-channel affines, LayerNorm's γ and β, MPCViT+ linear MLPs)."""
 from __future__ import annotations
 
 import numpy as np

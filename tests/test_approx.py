@@ -7,7 +7,7 @@ from scipy.special import erf
 
 from compiler.approx import REGISTRY, get
 from compiler.approx.reciprocal import newton_iterations
-from compiler.approx.rsqrt import newton_iterations as rsqrt_iterations
+from compiler.approx.rsqrt import linear_coefficients, newton_errors, rsqrt_segments
 from compiler.cost import CostProfile, Step
 from compiler.errors import CompileError
 from compiler.fixedpoint import FixedPoint
@@ -110,17 +110,61 @@ def test_reciprocal_guess_converges_below_lo_and_rejects_bad_ranges():
         approx.run(x, fx, lo=2.0, hi=1.0)
 
 
-@pytest.mark.parametrize("eps,hi", [(1e-5, 64.0), (1e-6, 16.0), (1e-3, 1000.0)])
-def test_rsqrt_newton_honours_epsilon(eps, hi):
+@pytest.mark.parametrize("per_octave", [1, 2, 4])
+@pytest.mark.parametrize("eps,hi", [(1e-5, 64.0), (1e-6, 16.0), (1e-3, 1000.0), (8.8e-4, 166.0), (0.24, 66.6)])
+def test_rsqrt_newton_honours_epsilon(eps, hi, per_octave):
+    """The bound holds densely over the domain for every segment count; the last two domains are calibrated
+    vit_7_4_32 LayerNorms (scaled variance + ε)."""
     approx = get("rsqrt", "newton")
-    (lo, _), bound = approx.bounds(eps=eps, hi=hi)
+    (lo, _), bound = approx.bounds(eps=eps, hi=hi, per_octave=per_octave)
     x = dense(lo, hi, 100_001, log=True)
-    err = np.abs(fx.decode(approx.run(x, fx, eps=eps, hi=hi)) - 1 / np.sqrt(fx.decode(x)))
+    err = np.abs(fx.decode(approx.run(x, fx, eps=eps, hi=hi, per_octave=per_octave)) - 1 / np.sqrt(fx.decode(x)))
     assert err.max() <= bound
+    # relative precision of f bits: within 1 LSB plus y·2^-(f+1) of 1/√x (the previous newton's bound: 1 + 2y LSB)
+    assert np.all(err <= (1 + 1.1 / np.sqrt(lo) * 2.0 ** -12) * fx.lsb + 2.0 ** -17 / np.sqrt(fx.decode(x)) * 1.05)
     # far better than MP-SPDZ's InvertSqrt (0.032 at x = 0.01)
-    at = fx.encode(np.array([0.01]))
-    assert abs(fx.decode(approx.run(at, fx, eps=eps, hi=hi))[0] - 1 / np.sqrt(fx.decode(at)[0])) < 1e-3
-    assert rsqrt_iterations(eps, hi) <= 4
+    at = fx.encode(np.array([max(0.01, lo)]))
+    got = fx.decode(approx.run(at, fx, eps=eps, hi=hi, per_octave=per_octave))[0]
+    assert abs(got - 1 / np.sqrt(fx.decode(at)[0])) < 1e-3
+    assert newton_errors(eps, hi, fx.f, per_octave)[0] <= 4  # the old octave guess took 4 steps of 3 truncations
+
+
+@pytest.mark.parametrize("f", [12, 20, 22])
+def test_rsqrt_newton_keeps_its_bound_at_other_precisions(f):
+    """Above f = 19 y² is truncated before x·y² and z keeps fewer extra bits (the raw products stay below 2^61);
+    the bound of :func:`newton_errors` at that f still holds densely."""
+    other = FixedPoint(f, 31)
+    eps, hi = 1e-3, 64.0
+    steps, e, rounding = newton_errors(eps, hi, f, 2)
+    x = np.unique(other.encode(np.geomspace(eps, hi, 100_001)))
+    err = np.abs(other.decode(get("rsqrt", "newton").run(x, other, eps=eps, hi=hi, per_octave=2)) -
+                 1 / np.sqrt(other.decode(x)))
+    assert np.all(err <= e / (1 + np.sqrt(1 - e)) / np.sqrt(other.decode(x)) + rounding * other.lsb)
+
+
+@pytest.mark.parametrize("ratio", [2.0, 2 ** 0.5, 2 ** 0.25])
+def test_rsqrt_linear_guess_is_the_minimax_one(ratio):
+    """The closed form equioscillates (ends and the interior peak at ±e), and no nearby (a, b) does better."""
+    a, b, e = linear_coefficients(ratio)
+    u = np.linspace(1.0, ratio, 20_001)
+
+    def worst(a_: float, b_: float) -> float:
+        return float(np.max(np.abs(1 - u * (a_ + b_ * u) ** 2)))
+
+    peak = -a / (3 * b)
+    assert 1 < peak < ratio
+    assert np.allclose([1 - (a + b) ** 2, 1 - ratio * (a + b * ratio) ** 2, peak * (a + b * peak) ** 2 - 1], e)
+    assert worst(a, b) == pytest.approx(e, rel=1e-6)
+    rng = np.random.default_rng(0)
+    for da, db in rng.normal(0, 1e-3, (50, 2)):
+        assert worst(a + da, b + db) >= e * (1 - 1e-9)
+
+
+def test_layernorm_rsqrt_takes_the_fewest_steps_then_the_fewest_segments():
+    assert rsqrt_segments(8.8e-4, 166.0) == 4 and newton_errors(8.8e-4, 166.0, 16, 4)[0] == 1
+    assert newton_errors(8.8e-4, 166.0, 16, 1)[0] == 2
+    # near 1 LSB the thresholds round together: more segments per octave do not help, one is kept
+    assert rsqrt_segments(2.0 ** -16, 64.0) == 1
 
 
 def test_rowmax_tree_is_exact_for_odd_and_even_widths():

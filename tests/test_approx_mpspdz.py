@@ -53,8 +53,11 @@ def _cases() -> list[Case]:
         Case("rowmax", "tree", rng.uniform(-20, 20, (9, 65)), 0, {"cols": 65}),
         Case("gelu", "poly", np.linspace(-8, 8, 201), 16),
         Case("gelu", "mpspdz", np.linspace(-8, 8, 201), 64),
-        # one LSB of x·y²/2 times y (≤ 1/√1e-4 = 100) per step
-        Case("rsqrt", "newton", np.geomspace(1e-4, 64, 200), 2 * 100 + 4, {"eps": 1e-5, "hi": 64.0}),
+        # a guess off by 1 LSB (its truncation) moves y by 3e·y·LSB after a step; each step's own y·z by 1 LSB
+        # and z's LSB times y (≤ 256 = 1/√2^-16) by 2^-12 LSB
+        Case("rsqrt", "newton", np.geomspace(1e-4, 64, 200), 4, {"eps": 1e-5, "hi": 64.0}),
+        # a calibrated LayerNorm domain (vit_7_4_32): 4 segments per octave, one Newton step
+        Case("rsqrt", "newton", np.geomspace(8.8e-4, 166, 200), 4, {"eps": 8.8e-4, "hi": 166.0, "per_octave": 4}),
         # the reference is exact 1/√x: the built-in's own error (0.032 at x = 0.01)
         Case("rsqrt", "mpspdz", np.geomspace(0.01, 100, 200), int(0.04 * 2 ** 16)),
         # calibrated |x| inside the cut: the sign comparison only (the fused Horner as in the full form)

@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks.fidelity import attention_graph, equal_scores, layernorm_graph, relu_rows, tokens
 from compiler.calibrate import calibrate, check_client_images
+from compiler.cost import Step
+from compiler.cost.report import estimate
 from compiler.errors import FixedPointRangeError, UserError
 from compiler.ir import Graph, Node, Value
 from compiler.lowering import get_profile, lower
@@ -44,7 +46,34 @@ def test_layernorm_is_scale_aware_on_every_protocol(protocol, std):
     err = float(np.abs(ours - torch_layernorm(x, g, eps)).max())
     assert err < 1e-2, err
     scale = next(p.params["scale"] for p in program.node_plans if p.node.op == "layernorm")
-    assert (scale.shift < 0) == (std > 1)  # scaled down to stay in range, up to keep the small variance's bits
+    assert (scale.sigma < 1) == (std > 1)  # scaled down to stay in range, up to keep the small variance's bits
+    # C²·var of std-100 rows (2^32.5 at 2f bits) leaves no room in the ring for the exact moments
+    assert scale.moments == (std < 1)
+
+
+def plain(g: Graph) -> Graph:
+    """γ = 1, β = 0, as after :func:`compiler.passes.fold_layernorm_affine`."""
+    for name, value in (("gamma", 1.0), ("beta", 0.0)):
+        g.values[name].data = np.full_like(g.values[name].data, value)
+    return g
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layernorm_moments_are_exact_though_their_terms_wrap(affine):
+    """Tokens of mean 5000: x² (2^56 at 2f bits) summed and times C wrap mod 2^64, C·Σx² − (Σx)² = C²·var does not,
+    so the variance needs no mean. Within 1e-3 of torch: the rsqrt's relative precision ~1e-5 times |y| ≤ 5, plus
+    one LSB of σ²·var (σ = C/2^g puts the variance near 2^8: 4e-3 % of it) and of σ·(x − mean)·γ. Without γ, β
+    (folded into the next linears) one product: trunc((C·x − Σx)·rsqrt, f + g)."""
+    g = layernorm_graph(2, 17, 192, 1e-6) if affine else plain(layernorm_graph(2, 17, 192, 1e-6))
+    rng = np.random.default_rng(5)
+    make = lambda n: 5000 + rng.standard_normal((n, 17, 192))  # noqa: E731
+    program = lower(calibrate(g, make(8), "tokens").annotate(g), get_profile("replicated-ring"))
+    plan = next(p for p in program.node_plans if p.node.op == "layernorm")
+    assert plan.params["scale"].moments and plan.steps[-1] == Step("mul", 2 * 17 * 192)
+    products = next(s for s in plan.steps if s.prim == "mul_int")  # x², (Σx)² and, with γ, (C·x − Σx)·γ
+    assert plan.params["affine"] == affine and products == Step("mul_int", (1 + affine) * 2 * 17 * 192 + 2 * 17)
+    x = make(2)
+    assert np.abs(execute(program, {"x": x}).outputs["y"] - torch_layernorm(x, g, 1e-6)).max() < 1e-3
 
 
 def test_uncalibrated_layernorm_is_the_unscaled_computation():
@@ -168,27 +197,52 @@ def flat_output(g: Graph) -> None:
 @pytest.mark.mpspdz
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
 def test_scaled_templates_match_the_reference_under_mp_spdz(mpspdz, tmp_path, protocol):
-    """The scale-aware LayerNorm (exact centring scaled down for std 100, shifted up for std 0.01) and the shifted
-    ReLU-softmax denominators under real MP-SPDZ, against the reference executor. 1e-2: the engine's
-    probabilistic truncation differs by <= 1 LSB per truncation (DESIGN.md); a 1-LSB change of the row mean of
-    std-0.01 tokens is 1.5e-5/0.005 = 3e-3 of the smallest rows' std, times |y| <= ~5 (measured: <= 3.9e-3 for
-    std 0.01, <= 1.6e-4 for std 100, <= 3.6e-4 for the ReLU-softmax rows, on all three protocols)."""
+    """The scale-aware LayerNorm (exact centring scaled down for std 100; exact moments for std 0.01 and for
+    mean-5000 tokens, whose terms wrap in the ring) and the shifted ReLU-softmax denominators under real MP-SPDZ,
+    against the reference executor. 1e-2: the engine's probabilistic truncation differs by <= 1 LSB per truncation
+    (DESIGN.md); one LSB of σ²·var or of the rsqrt's guess moves y by its relative size times |y| <= ~5 (measured
+    before the moments: <= 3.9e-3 for std 0.01, <= 1.6e-4 for std 100, <= 3.6e-4 for the ReLU-softmax rows, on all
+    three protocols). The cost model prices each LayerNorm within the project's ±25 %: its program's rounds and
+    bytes less those of the same input revealed without it."""
     from compiler.backend import emit
     from compiler.runtime.runner import run
 
+    def measure(g: Graph, name: str, make):
+        program = lower(calibrate(g, np.concatenate([make(s) for s in range(4)])).annotate(g), get_profile(protocol),
+                        name=name)
+        x = make(11)
+        emit(program, tmp_path / f"{protocol}-{name}", client_images=x)
+        return program, x, run(tmp_path / f"{protocol}-{name}", mpspdz=mpspdz, log=lambda _: None)
+
+    def figures(result) -> np.ndarray:
+        return np.array([result.rounds, result.bytes_party0, result.global_bytes], dtype=float)
+
+    alone = Graph()  # the same input, revealed as the LayerNorm cases reveal theirs
+    for value in (Value("x", (1, 17, 192)), Value("y", (1, 17, 192))):
+        alone.add_value(value)
+    alone.add_node(Node("input", [], ["x"], {"owner": 1}, name="x"))
+    alone.add_node(Node("layout", ["x"], ["y"], {"index": np.arange(17 * 192).reshape(1, 17, 192)}, name="same"))
+    alone.add_node(Node("output", ["y"], [], name="output"))
+    alone.inputs, alone.outputs = ["x"], ["y"]
+    flat_output(alone)
+    base = figures(measure(alone, "alone", lambda s: tokens(1.0, 1, s))[2])
+
     cases = {"ln_big": (layernorm_graph(1, 17, 192, 1e-6), lambda s: tokens(100.0, 1, s)),
              "ln_small": (layernorm_graph(1, 17, 192, 1e-6), lambda s: tokens(0.01, 1, s)),
+             # exact moments whose terms (x² of mean-5000 tokens, summed) wrap mod 2^64 in the engine's ring
+             "ln_offset": (layernorm_graph(1, 17, 192, 1e-6), lambda s: 5000 + tokens(1.0, 1, s)),
+             "ln_plain": (plain(layernorm_graph(1, 17, 192, 1e-6)), lambda s: tokens(1.0, 1, s)),  # γ, β folded
              "relu": (attention_graph("relu_softmax", 197), relu_rows)}
     for name, (g, make) in cases.items():
         flat_output(g)
-        calib = calibrate(g, np.concatenate([make(s) for s in range(4)]))
-        program = lower(calib.annotate(g), get_profile(protocol), name=name)
-        x = make(11)
+        program, x, result = measure(g, name, make)
         expected = execute(program, {"x": x}).outputs["flat"]
-        out = tmp_path / f"{protocol}-{name}"
-        emit(program, out, client_images=x)
-        result = run(out, mpspdz=mpspdz, log=lambda _: None)
         assert np.abs(result.logits.reshape(1, -1) - expected).max() <= 1e-2, name
+        if name.startswith("ln"):
+            ln = next(row.cost for row in estimate(program).rows if row.op == "layernorm")
+            model, measured = np.array([ln.rounds, ln.bytes_p0, ln.bytes_all]), figures(result) - base
+            print(f"{protocol} {name}: LayerNorm measured (rounds, P0 bytes, all bytes) {measured}, model {model}")
+            assert np.all(np.abs(model / measured - 1) <= 0.25), (name, measured, model)
 
 
 def test_fidelity_benchmark_fast_sections_meet_their_bars():

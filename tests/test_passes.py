@@ -139,6 +139,30 @@ def test_fold_scales_into_linear_and_merge() -> None:
     assert graph.op_counts() == {"input": 1, "linear": 1, "output": 1}
 
 
+def test_fold_layernorm_affine_into_the_linears_that_take_it() -> None:
+    """γ, β move into both projections of ln1 (W[j, :]·γ_j, b + β @ W); ln2, whose output is also added to the
+    residual, keeps them. The lowered ln1 then skips its product with γ."""
+    from compiler.lowering import get_profile, lower
+    from compiler.passes import fold_layernorm_affine
+
+    graph = make_graph({"x": (2, 5, 4)}, {"g1": param(4), "b1": param(4), "wq": param(4, 3), "bq": param(3),
+                                          "wk": param(4, 3), "g2": param(3), "b2": param(3)}, [
+        ("layernorm", ["x", "g1", "b1"], "ln1", (2, 5, 4), {"eps": 1e-5}),
+        ("linear", ["ln1", "wq", "bq"], "q", (2, 5, 3), {}),
+        ("linear", ["ln1", "wk"], "k", (2, 5, 3), {}),
+        ("add", ["q", "k"], "qk", (2, 5, 3), {}),
+        ("layernorm", ["qk", "g2", "b2"], "ln2", (2, 5, 3), {"eps": 1e-5}),
+        ("add", ["ln2", "qk"], "y", (2, 5, 3), {})], "y")
+    graph = preserved(graph, fold_layernorm_affine)
+    ln1, ln2 = (next(n for n in graph.nodes if n.name == name) for name in ("ln1", "ln2"))
+    assert np.array_equal(graph.values[ln1.inputs[1]].data, np.ones(4))
+    assert np.array_equal(graph.values[ln1.inputs[2]].data, np.zeros(4))
+    assert ln2.inputs[1:] == ["g2", "b2"]
+    plans = {p.node.name: p for p in lower(graph, get_profile("replicated-ring")).node_plans}
+    assert not plans["ln1"].params["affine"] and plans["ln2"].params["affine"]
+    assert len(plans["ln2"].steps) == len(plans["ln1"].steps) + 1  # the product with γ
+
+
 def test_fuse_linear_chains_mpcvit_plus() -> None:
     graph = make_graph({"x": (2, 3, 4)}, {"w1": param(4, 8), "b1": param(8), "w2": param(8, 4), "b2": param(4)}, [
         ("linear", ["x", "w1", "b1"], "h", (2, 3, 8), {}),

@@ -1,6 +1,6 @@
 """sqrt(x) for x ≥ 0 (a Sqrt the LayerNorm pattern did not fuse), accurate over the whole comparison range.
 
-``newton`` — y ≈ 1/√x by ``rsqrt:wide`` on [eps, hi] (rsqrt:newton's proven guess and iterations, y² kept to 8
+``newton`` — y ≈ 1/√x by ``rsqrt:wide`` on [eps, hi] (its proven octave guess and iterations, y² kept to 8
 extra fractional bits: :mod:`compiler.approx.rsqrt`), then s = x·y and ONE Newton step for the square root
 itself, s' = s + (x − s²)·y/2 (the residual times y/2 truncated once, by f + 1).
 

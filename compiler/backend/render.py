@@ -15,6 +15,7 @@ import jinja2
 import numpy as np
 
 from compiler.approx import REGISTRY
+from compiler.approx.rsqrt import RING_TOP
 from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs, strided_runs
 from compiler.backend.inputs import CLIENT_CODE, precision
 from compiler.backend.manifest import OUTPUT_MARKER, output_marker
@@ -178,6 +179,7 @@ class _Renderer:
         # inv_cols, model_eps: ml_baseline's naive LayerNorm, unscaled (σ = 1)
         ctx.update(x=x, rows=x.rows, cols=x.cols, inv_cols=repr(1.0 / x.cols),
                    model_eps=repr(float(node.attrs.get("eps", 1e-5))), rsqrt=p.approx["rsqrt"].fn_name, f=fx.f, k=fx.k, scale=scale, eps=repr(scale.eps_int / fx.scale),
+                   ring_top=RING_TOP + 1, affine=p.params.get("affine", True),
                    gamma=gamma.expr(self.tensor(node.inputs[1]).var + ".address"),
                    beta=beta.expr(self.tensor(node.inputs[2]).var + ".address"))
 

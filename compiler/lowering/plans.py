@@ -11,6 +11,7 @@ import numpy as np
 
 from compiler.approx import REGISTRY
 from compiler.approx.rowmax import best_groups
+from compiler.approx.rsqrt import RING_TOP, rsqrt_segments
 from compiler.cost.primitives import Step
 from compiler.errors import CompileError, UserError
 from compiler.ir import Graph, Node
@@ -498,7 +499,17 @@ class LayerNormScale:
       2^(f+g) ≈ 2^shift. The rounding of the constant is a common factor of the whole row (LayerNorm ignores it),
       where the mean's 1/C error is not: it offsets every x - mean by |mean|·C/2^(f+g+1).
 
-    The variance is trunc(Σ squares · ``var_mul``, f + ``var_bits``) with ``var_mul`` = round(2^(f+var_bits)/C).
+    The variance is trunc(Σ squares · ``var_mul``, f + ``var_bits``) with ``var_mul`` = round(2^(f+var_bits)/C);
+    with ``raw_squares`` (calibrated) the squares are raw ring products (2f fractional bits, exact) and the one
+    truncation is by 2f + ``var_bits``.
+
+    * ``moments=True`` (calibrated, where the ring has room): no mean at all. C·x − Σx = C·(x − mean) and
+      C·Σx² − (Σx)² = C²·var (2f fractional bits) are exact ring values (the terms may wrap mod 2^64, their
+      difference stays below 2^RING_TOP); σ = C/2^``shift``, so trunc(C²·var, f + 2·shift) is σ²·var and
+      trunc((C·x − Σx)·γ, f + ``shift``) is σ·(x − mean)·γ, whose raw product has ``raw_bits`` bits. The products
+      (x², (Σx)², (C·x − Σx)·γ) share one round and the two truncations the next: no truncation before them.
+      Without γ (folded into the next linears: γ = 1, β = 0) the output is trunc((C·x − Σx)·rsqrt, f + shift),
+      whose raw product has ``raw_bits`` bits.
     """
 
     exact: bool = False
@@ -509,6 +520,9 @@ class LayerNormScale:
     var_mul: int = 0
     eps_int: int = 1
     sigma: float = 1.0
+    raw_squares: bool = False
+    moments: bool = False
+    raw_bits: int = 0
 
 
 # The scaled variance's calibrated maximum (with margin) is placed at or below 2^VARIANCE_TOP: high enough that the
@@ -519,12 +533,15 @@ VARIANCE_TOP = 8
 MEAN_OFFSET = 1e-4
 
 
-def layernorm_scale(node: Node, profile: Profile, cols: int) -> tuple[LayerNormScale, dict[str, float] | None]:
+def layernorm_scale(node: Node, profile: Profile, cols: int,
+                    affine: bool = True) -> tuple[LayerNormScale, dict[str, float] | None]:
     """The pre-scale of one LayerNorm from its calibrated statistics (``node.attrs["calibration"]``, written by
     :mod:`compiler.calibrate`): ``var`` [min, max] of the per-row variance, ``mean_abs`` and ``diff_abs`` the
     largest |row mean| and |x - mean|, ``gamma_abs`` the largest |γ|.
 
-    The shift p is the largest integer with, after the margins above (L = 2^(k-f-1), the sfix product range):
+    The exact moments (``moments``) where C²·(var_max + ε)·16·2^(2f) < 2^RING_TOP: σ = C/2^g with g the least
+    integer keeping σ²·(var_max + ε)·16 <= 2^VARIANCE_TOP and σ·|x - mean|·4·|γ| < L/2. Otherwise:
+    the shift p is the largest integer with, after the margins above (L = 2^(k-f-1), the sfix product range):
     4^p·(var_max + ε)·16 <= 2^VARIANCE_TOP (the rsqrt domain's top), (2^p·|x - mean|·4)^2 < L (each square is a
     truncated product) and 2^p·|x - mean|·4·|γ| < L (the product with γ). Every extra-bit count g is the largest
     keeping the truncated product below 2^(k+f-1) (value·2^g·4 < L, one bit spare). Returns the constants and the
@@ -545,6 +562,25 @@ def layernorm_scale(node: Node, profile: Profile, cols: int) -> tuple[LayerNormS
     var_lo, var_hi = (float(v) + eps for v in calib["var"])
     diff = max(float(calib["diff_abs"]), fx.lsb)
     gamma = max(float(calib.get("gamma_abs", 1.0)), fx.lsb)
+
+    def domain(sigma: float) -> tuple[int, dict[str, float]]:
+        hi = var_hi * sigma ** 2 * VARIANCE_MARGIN
+        eps_int = max(1, int(round(eps * sigma ** 2 * fx.scale)))
+        lo = max(var_lo * sigma ** 2 / VARIANCE_MARGIN, eps_int * fx.lsb)
+        return eps_int, {"lo": lo, "hi": max(hi, 2 * lo)}
+
+    # moments: the largest σ = C/2^g with σ²·var below 2^VARIANCE_TOP and σ·|x - mean|·|γ| in the sfix range
+    top = min(2.0 ** ((VARIANCE_TOP - math.log2(var_hi * VARIANCE_MARGIN)) / 2),
+              limit / (2 * diff * MAGNITUDE_MARGIN * gamma))
+    g = math.ceil(math.log2(cols / top))
+    # the raw (C·x − Σx)·γ, or without γ (C·x − Σx)·rsqrt = 2^g·(x − mean)/std, |(x − mean)/std| ≤ √C
+    raw_bits = math.ceil(math.log2(cols * diff * MAGNITUDE_MARGIN * gamma)) + 2 * fx.f + 1 if affine else \
+        math.ceil(math.log2(2 * math.sqrt(cols))) + 2 * fx.f + 1
+    if cols ** 2 * var_hi * VARIANCE_MARGIN * 4.0 ** fx.f < 2.0 ** RING_TOP and raw_bits <= RING_TOP + 1 and \
+            fx.f + 2 * g >= 1:
+        raw_bits += 0 if affine else g
+        eps_int, bounds = domain(cols / 2.0 ** g)
+        return LayerNormScale(shift=g, eps_int=eps_int, sigma=cols / 2.0 ** g, moments=True, raw_bits=raw_bits), bounds
     p = math.floor((VARIANCE_TOP - math.log2(var_hi * VARIANCE_MARGIN)) / 2)
     p = min(p, math.ceil(math.log2(math.sqrt(limit) / (diff * MAGNITUDE_MARGIN))) - 1,
             math.ceil(math.log2(limit / (diff * MAGNITUDE_MARGIN * gamma))) - 1)
@@ -558,37 +594,47 @@ def layernorm_scale(node: Node, profile: Profile, cols: int) -> tuple[LayerNormS
         sigma = centre_mul * cols / 2.0 ** (fx.f + g)
     else:
         sigma = 2.0 ** p
-    hi = var_hi * sigma ** 2 * VARIANCE_MARGIN
-    eps_int = max(1, int(round(eps * sigma ** 2 * fx.scale)))
-    lo = max(var_lo * sigma ** 2 / VARIANCE_MARGIN, eps_int * fx.lsb)
-    var_bits = extra_bits(hi / MAGNITUDE_MARGIN)
+    eps_int, bounds = domain(sigma)
+    # raw squares where Σ squares · var_mul ≈ variance·2^(3f + var_bits), the variance below hi, stays under
+    # 2^RING_TOP (f ≤ 16 or so); else truncated squares
+    raw_bits = math.floor(RING_TOP - 3 * fx.f - math.log2(bounds["hi"]))
+    var_bits = int(min(fx.f, raw_bits)) if raw_bits >= 0 else extra_bits(bounds["hi"] / MAGNITUDE_MARGIN)
     return (LayerNormScale(exact, p, g, centre_mul, var_bits, int(round(2.0 ** (fx.f + var_bits) / cols)), eps_int,
-                           sigma), {"lo": lo, "hi": max(hi, 2 * lo)})
+                           sigma, raw_squares=raw_bits >= 0), bounds)
 
 
 def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     shape = graph.values[node.inputs[0]].shape
     cols = shape[-1]
     rows = int(np.prod(shape[:-1]))
-    scale, domain = layernorm_scale(node, profile, cols)
+    gamma, beta = (graph.values[n].data for n in node.inputs[1:3])
+    # γ = 1, β = 0 (folded into the next linears, passes.linear.fold_layernorm_affine): no product with γ
+    affine = p.params["affine"] = gamma is None or beta is None or not (np.all(gamma == 1) and np.all(beta == 0))
+    scale, domain = layernorm_scale(node, profile, cols, affine)
     p.params["scale"] = scale
     if domain is None:
         rsqrt = p.approx["rsqrt"] = _use(profile, "rsqrt")
     else:
         # the reference refuses variances above the domain top: an exact bound for the comparisons
+        per_octave = {"per_octave": rsqrt_segments(domain["lo"], domain["hi"], profile.f)} \
+            if profile.approx.get("rsqrt") == "newton" else {}
         rsqrt = p.approx["rsqrt"] = _compare_use(profile, "rsqrt", None, domain["hi"], eps=domain["lo"],
-                                                 hi=domain["hi"])
+                                                 hi=domain["hi"], **per_octave)
         p.params["rsqrt_domain"] = domain
         # ε raised to 1 LSB only matters when that LSB is not negligible against the smallest calibrated variance
         used = scale.eps_int * profile.fx.lsb / scale.sigma ** 2
         if used > 2 * float(node.attrs.get("eps", 1e-5)) and used > 1e-3 * float(node.attrs["calibration"]["var"][0]):
             p.notes.append(f"layernorm eps={node.attrs.get('eps')} is below 1 LSB after the pre-scale "
                            f"{scale.sigma:g}; using {used:g}, above 1e-3 of the smallest calibrated variance")
-    # centring: the mean (one truncation per row) or exactly (one per element); centred square, variance (1/C),
-    # rsqrt, (x-mean)*gamma in parallel, times rsqrt
-    p.steps += [Step("trunc", rows * cols if scale.exact else rows), Step("mul", rows * cols), Step("trunc", rows),
-                *_approx_steps(rsqrt, rows, profile),
-                Step("mul", rows * cols), Step("mul", rows * cols)]
+    # centring: the mean (one truncation per row) or exactly (one per element); centred square (raw when
+    # calibrated), variance (1/C), rsqrt, (x-mean)*gamma in parallel, times rsqrt
+    if scale.moments:  # x², (Σx)², (C·x - Σx)·γ in one round, both truncations in the next
+        p.steps += [Step("mul_int", (1 + affine) * rows * cols + rows), Step("trunc", affine * rows * cols + rows),
+                    *_approx_steps(rsqrt, rows, profile), Step("mul", rows * cols)]
+        return
+    p.steps += [Step("trunc", rows * cols if scale.exact else rows),
+                Step("mul_int" if scale.raw_squares else "mul", rows * cols), Step("trunc", rows),
+                *_approx_steps(rsqrt, rows, profile), *[Step("mul", rows * cols)] * (1 + affine)]
 
 
 def output_index(node: Node, graph: Graph) -> int:

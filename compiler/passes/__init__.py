@@ -11,8 +11,8 @@ from compiler.ir import Graph
 from compiler.passes.attention import fold_attention_scale, fuse_attention, merge_attention, norm_heads_on_tokens
 from compiler.passes.layouts import (compose_layouts, fold_layouts_into_linear, layout_into_input,
                                      permutations_after_linear, scales_after_layouts, weights_before_layouts)
-from compiler.passes.linear import (fold_channel_affine, fold_scales, fuse_linear_chains, linear_from_matmul,
-                                    scale_from_mul)
+from compiler.passes.linear import (fold_channel_affine, fold_layernorm_affine, fold_scales, fuse_linear_chains,
+                                    linear_from_matmul, scale_from_mul)
 from compiler.passes.patterns import fuse_gelu, fuse_gelu_tanh, fuse_layernorm, mean_as_sum
 
 Pass = Callable[[Graph], Graph]
@@ -39,6 +39,7 @@ PIPELINE: list[Pass] = [
     fold_layouts_into_linear,
     mean_as_sum,  # global average pooling: a local sum, its 1/N folded into the head when it follows
     fold_scales,
+    fold_layernorm_affine,  # γ, β of a LayerNorm whose output only feeds linears -> their weights
     fuse_linear_chains,
     layout_into_input,
 ]
@@ -53,5 +54,5 @@ def run_passes(graph: Graph) -> Graph:
 __all__ = ["run_passes", "PIPELINE", "compose_layouts", "fold_layouts_into_linear", "layout_into_input",
            "scales_after_layouts", "fuse_attention", "merge_attention", "norm_heads_on_tokens", "fold_attention_scale",
            "fold_scales", "fold_channel_affine", "fuse_linear_chains", "permutations_after_linear",
-           "weights_before_layouts",
+           "weights_before_layouts", "fold_layernorm_affine",
            "linear_from_matmul", "scale_from_mul", "fuse_gelu", "fuse_gelu_tanh", "fuse_layernorm", "mean_as_sum"]

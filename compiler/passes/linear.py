@@ -1,5 +1,5 @@
 """Products with weights: MatMul/Gemm -> ``linear`` (+ bias), Mul by a public scalar -> ``scale``, and exact
-algebraic folds into the weights (scales, MPCViT+ linear MLPs)."""
+algebraic folds into the weights (scales, per-channel affines, LayerNorm's γ and β, MPCViT+ linear MLPs)."""
 from __future__ import annotations
 
 import numpy as np
@@ -117,6 +117,29 @@ def fold_channel_affine(graph: Graph) -> Graph:
             changed = True
             break
     return graph
+
+
+def fold_layernorm_affine(graph: Graph) -> Graph:
+    """A LayerNorm's γ and β fold into the linears that take its output (every use): W[j, :]·γ_j and b + β @ W,
+    exactly; the LayerNorm keeps γ = 1, β = 0, which the MPC LayerNorm skips (one ring product and truncation
+    fewer per element). Where another op uses the output, or γ/β are not per-channel, nothing changes."""
+    uses = consumers(graph)
+    for node in graph.nodes:
+        out = node.outputs[0] if node.op == "layernorm" else None
+        if out is None or out in graph.outputs or not uses.get(out) or \
+                any(user.op != "linear" or user.inputs[1:].count(out) or user.inputs[0] != out for user in uses[out]):
+            continue
+        width = graph.values[out].shape[-1]
+        gamma, beta = (None if graph.values[n].data is None else channel_vector(graph.values[n].data, width)
+                       for n in node.inputs[1:3])
+        if gamma is None or beta is None or (np.all(gamma == 1) and np.all(beta == 0)):
+            continue
+        for user in uses[out]:
+            weight, bias = linear_parts(graph, user)
+            set_linear_parts(graph, user, weight * gamma[:, None], bias + beta @ weight)
+        node.inputs = [node.inputs[0], new_constant(graph, node.inputs[1], np.ones(width)),
+                       new_constant(graph, node.inputs[2], np.zeros(width))]
+    return remove_dead(graph)
 
 
 def _weighted_operands(graph: Graph, node: Node) -> tuple[str, np.ndarray] | None:

@@ -237,17 +237,28 @@ class _Executor:
 
     def layernorm(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The template's steps (:class:`~compiler.lowering.plans.LayerNormScale`): mean, centring, pre-scale by
-        σ, Σ squares · 1/C (+ ε·σ²), rsqrt, (x - mean)·σ·γ·rsqrt + β; the σ cancels exactly."""
+        σ, Σ squares (raw when calibrated) · 1/C (+ ε·σ²), rsqrt, (x - mean)·σ·γ·rsqrt + β; the σ cancels exactly.
+        With ``moments``: σ²·var from C·Σx² - (Σx)² and σ·(x - mean)·γ from (C·x - Σx)·γ, one truncation each."""
         node, fx = p.node, self.fx
         x, gamma, beta = xi
         cols = x.shape[-1]
         scale = p.params["scale"]
         sums = x.sum(-1, keepdims=True)
-        if scale.exact:
-            diff = fx.trunc((x * cols - sums) * scale.centre_mul, fx.f + scale.centre_bits)
+        affine = p.params.get("affine", True)
+        if scale.moments:  # int64 wraps like the ring: C·Σx² - (Σx)² is exact where its true value fits
+            var = fx.trunc((x * x).sum(-1) * cols - sums[..., 0] * sums[..., 0], fx.f + 2 * scale.shift)
+            scaled = fx.trunc((x * cols - sums) * gamma, fx.f + scale.shift) if affine else x * cols - sums
         else:
-            diff = (x - fx.trunc(sums * scale.centre_mul, fx.f + scale.centre_bits)) << np.int64(scale.shift)
-        var = fx.trunc(fx.mul(diff, diff).sum(-1) * scale.var_mul, fx.f + scale.var_bits) + scale.eps_int
+            if scale.exact:
+                diff = fx.trunc((x * cols - sums) * scale.centre_mul, fx.f + scale.centre_bits)
+            else:
+                diff = (x - fx.trunc(sums * scale.centre_mul, fx.f + scale.centre_bits)) << np.int64(scale.shift)
+            if scale.raw_squares:
+                var = fx.trunc((diff * diff).sum(-1) * scale.var_mul, 2 * fx.f + scale.var_bits)
+            else:
+                var = fx.trunc(fx.mul(diff, diff).sum(-1) * scale.var_mul, fx.f + scale.var_bits)
+            scaled = fx.mul(diff, gamma) if affine else diff
+        var = var + scale.eps_int
         label = f"{node.outputs[0]} (layernorm variance"
         domain = p.params.get("rsqrt_domain")
         if domain is not None and var.size and int(var.max()) > fx.encode(domain["hi"]):
@@ -256,7 +267,10 @@ class _Executor:
                 f"tensor {label} scaled by {scale.sigma:g}^2) reaches {fx.decode(var.max()):.6g}, above the calibrated "
                 f"rsqrt domain top {domain['hi']:.6g}; calibrate on inputs like these (mpcvit-compile --calibrate)")
         inv = self.approx(p.approx["rsqrt"], var, label + ")")
-        yi = fx.mul(fx.mul(diff, gamma), inv[..., None]) + beta
+        if not affine:  # γ = 1, β = 0: (x - mean)·σ·rsqrt, or with the moments trunc((C·x - Σx)·rsqrt, f + g)
+            yi = fx.trunc(scaled * inv[..., None], fx.f + (scale.shift if scale.moments else 0))
+        else:
+            yi = fx.mul(scaled, inv[..., None]) + beta
         x_f, gamma_f, beta_f = xf
         mu = x_f.mean(-1, keepdims=True)
         var_f = ((x_f - mu) ** 2).mean(-1, keepdims=True)

@@ -70,7 +70,7 @@ def class_labels(labels: np.ndarray, count: int, source: str) -> np.ndarray:
         raise UserError(f"{source}: labels y have shape {list(labels.shape)}, expected [{count}] (one per image)")
     if labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f" and not np.all(labels == np.round(labels))):
         raise UserError(f"{source}: labels y must be whole class indices (found dtype {labels.dtype}, e.g. "
-                        f"{labels.flat[0]!r}); save integer labels")
+                        f"{labels.flat[0]}); save integer labels")
     if labels.size and labels.min() < 0:
         raise UserError(f"{source}: labels y must be class indices from 0 (found {labels.min():g})")
     return labels.astype(np.int64)

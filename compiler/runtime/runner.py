@@ -66,16 +66,22 @@ class RunResult:
         return {**data, **self.details}
 
 
+def read_json_object(path: Path, what: str, remedy: str) -> dict[str, Any]:
+    """The JSON object in ``path``; UserError naming ``what`` and the ``remedy`` when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what}: not valid JSON ({exc}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what}: not a JSON object; {remedy}")
+    return data
+
+
 def load_manifest(out_dir: Path) -> dict[str, Any]:
     path = out_dir / "manifest.json"
     if not path.is_file():
         raise UserError(f"{out_dir}: no manifest.json; compile a model into it first (mpcvit-compile MODEL.onnx -o {out_dir})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); recompile into {out_dir} with mpcvit-compile") from None
-    if not isinstance(manifest, dict):
-        raise UserError(f"{path}: not a JSON object; recompile into {out_dir} with mpcvit-compile")
+    manifest = read_json_object(path, str(path), f"recompile into {out_dir} with mpcvit-compile")
     required = ["name", "protocol", "compile_flags", "batch", "output_shape"]
     if "input_files" in manifest:  # written by mpcvit-compile (hand-written test programs name fewer keys)
         required += ["input_shape", "f", "k"]
@@ -266,11 +272,8 @@ def _load_journal(json_path: Path, key: dict[str, Any]) -> list[dict[str, Any]]:
     """The executions an interrupted run recorded in ``json_path``; UserError when it is not this run's."""
     if not json_path.is_file():
         raise UserError(f"--resume: {json_path} does not exist; run without --resume to start the run")
-    try:
-        saved = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"--resume: {json_path} is not valid JSON ({exc}); run without --resume to start over") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("run"), dict):
+    saved = read_json_object(json_path, f"--resume: {json_path}", "run without --resume to start over")
+    if not isinstance(saved.get("run"), dict):
         raise UserError(f"--resume: {json_path} is not an mpcvit run's results file; run without --resume")
     if saved.get("complete"):
         raise UserError(f"--resume: the run in {json_path} is already complete; run without --resume to repeat it")

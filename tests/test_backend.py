@@ -123,7 +123,12 @@ def test_emit_writes_program_inputs_manifest_and_run_script(compiled):
     assert sorted(p.name for p in out.iterdir()) == ["Player-Data", "manifest.json", "run.sh", "tiny_vit.mpc"]
     weights = (out / input_file(0)).read_bytes()
     assert hashlib.sha256(weights).hexdigest() == manifest.weight_sha256
-    params = [prog.graph.values[w["name"]].data for w in manifest.weights]
+    # linear weights [in, out] are written [out, in] (compiler.backend.render.transposed_weights), the rest as is
+    params = [prog.graph.values[w["name"]].data.T if w["transposed"] else prog.graph.values[w["name"]].data
+              for w in manifest.weights]
+    linear_weights = {p.node.inputs[1] for p in prog.node_plans if p.node.op == "linear"}
+    assert {w["name"] for w in manifest.weights if w["transposed"]} == linear_weights
+    assert all(list(param.shape) == w["shape"] for param, w in zip(params, manifest.weights))
     codes = [FLOAT32 if w["dtype"] == "float32" else FLOAT64 for w in manifest.weights]
     assert {w["dtype"] for w in manifest.weights} == {"float32"}  # |w| <= 256: 4 bytes a weight
     assert len(weights) == 4 * sum(p.size for p in params)

@@ -124,7 +124,7 @@ def test_template_renders_valid_python(case):
     assert f"# the_{CASES[case][0]}:" in text
     compile(text, f"{case}.mpc", "exec")
     if case == "where_public_mask":  # the mask is a compile-time constant, never a party-0 input
-        assert [w.name for w in weights] == ["in0_2"]
+        assert [w.name for w, _ in weights] == ["in0_2"]
 
 
 def test_generic_rsqrt_uses_the_wide_range_choice_and_layernorm_keeps_newton():

@@ -78,8 +78,8 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
         raise _unwritable(out, exc) from None
     try:
         (tmp / f"{program.name}.mpc").write_text(text)
-        codes = [precision(w.data, profile.fx) for w in weights]  # as render_program chose them
-        weight_hash = write_inputs(tmp / input_file(0), ((w.data, code) for w, code in zip(weights, codes)),
+        codes = [precision(data, profile.fx) for _, data in weights]  # as render_program chose them
+        weight_hash = write_inputs(tmp / input_file(0), ((data, code) for (_, data), code in zip(weights, codes)),
                                    profile.fx)
         input_value = graph.values[graph.inputs[0]]
         image_shape, index = client_layout(graph)
@@ -96,8 +96,8 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
             client_layout=layout,
             output_shape=[program.batch, 1 if program.reveal == "argmax" else per_image],
             outputs=[{"name": name, "shape": list(graph.values[name].shape)} for name in graph.outputs],
-            weights=[{"name": w.name, "shape": list(w.data.shape), "dtype": DTYPES[code].name}
-                     for w, code in zip(weights, codes)],
+            weights=[{"name": w.name, "shape": list(data.shape), "dtype": DTYPES[code].name,
+                      "transposed": data is not w.data} for (w, data), code in zip(weights, codes)],
             input_files={str(party): input_file(party) for party in (0, 1)},
             weight_sha256=weight_hash, model=str(graph.metadata.get("mpcvit.model", program.name)),
             # absolute: `mpcvit run` compares with this model from whatever directory it is started in

@@ -17,7 +17,7 @@ import numpy as np
 from compiler.approx import REGISTRY
 from compiler.approx.rsqrt import RING_TOP
 from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs, strided_runs
-from compiler.backend.inputs import CLIENT_CODE, precision
+from compiler.backend.inputs import CLIENT_CODE
 from compiler.backend.manifest import OUTPUT_MARKER, output_marker
 from compiler.errors import CompileError, UserError
 from compiler.ir import Node, Value
@@ -319,11 +319,11 @@ class _Renderer:
         fx = self.program.profile.fx
         approx_sources = [REGISTRY[use.op][use.choice].render(use.fn_name, fx, **use.kwargs)
                           for use in self.program.approx_uses()]
-        weights = [(self.tensors[w.name], precision(w.data, fx)) for w in self.weights]
         return self.env.get_template("program.mpc.j2").render(
             name=self.program.name, source=source, profile=self.program.profile, reveal=self.program.reveal,
             marker=OUTPUT_MARKER, approx_sources=approx_sources, blocks=blocks,
-            weights=weights, client=self.tensor(self.graph.inputs[0]), client_code=CLIENT_CODE,
+            weights=[self.tensors[w.name] for w in self.weights], client=self.tensor(self.graph.inputs[0]),
+            client_code=CLIENT_CODE,
             batch=self.program.batch)
 
 

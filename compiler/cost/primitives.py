@@ -30,7 +30,7 @@ and exact on online rounds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from compiler.cost.fitted import FITS
@@ -62,16 +62,19 @@ OFFLINE_FIXED_BITS = {"semi2k": 0.0, "hemi": 48.0}
 ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 2, "replicated-ring": 1}
 BIT_DECOMPOSING = {"ltz", "relu", "exp:mpspdz", "reciprocal:mpspdz", "rsqrt:mpspdz", "gelu:mpspdz", "apprcr",
                    "fpdiv_nearest"}
-PRIMITIVES = ("matmul", "mul", "mul_int", "trunc", "ltz", "relu", "input", "reveal")
+PRIMITIVES = ("matmul", "mul", "mul_int", "trunc", "ltz", "relu", "input", "weights", "reveal")
 
 
 @dataclass(frozen=True)
 class Step:
-    prim: str  # "matmul" | "mul" | "mul_int" | "trunc" | "ltz" | "relu" | "input" | "reveal" | "<op>:<choice>"
+    # "matmul" | "mul" | "mul_int" | "trunc" | "ltz" | "relu" | "input" | "weights" | "reveal" | "<op>:<choice>";
+    # "weights": party 0's input of one weight tensor, bytes only: the program inputs every weight tensor in one
+    # round (spdz_templates/program.mpc.j2), priced once by the input node's zero-size party-0 "input" step
+    prim: str
     n: int  # elements of the one vectorised call (matmul: M*P outputs)
     shape: tuple[int, ...] = ()  # matmul: (M, K, P) per instance
     instances: int = 1  # independent copies issued together (heads, images)
-    party: int | None = None  # "input": the party providing it
+    party: int | None = None  # "input"/"weights": the party providing it
     bits: int | None = None  # comparisons: the bit length k they decompose (None: the profile's k)
 
 
@@ -272,6 +275,8 @@ def step_cost(step: Step, profile: Any) -> Cost:
                            float((m * kk + kk * p) * copies), k, budget, batch)
     if step.prim in ("input", "reveal"):
         return _transfer(protocol, step.n * copies, step.party, step.prim == "reveal")
+    if step.prim == "weights":
+        return replace(_transfer(protocol, step.n * copies, 0, False), online_rounds=0.0)
     if (protocol, step.prim) in FITS:
         return fitted_cost(step.prim, protocol, float(step.n * copies), k=k, budget=budget, batch=batch)
     if ":" in step.prim:  # an approximation priced through its own steps (default params)

@@ -152,7 +152,7 @@ def _approx_steps(use: ApproxUse, n: int, profile: Profile) -> list[Step]:
 
 
 def _param_inputs(node: Node, graph: Graph) -> list[Step]:
-    return [Step("input", graph.values[v].size, party=0) for v in node.inputs if graph.values[v].role == "param"]
+    return [Step("weights", graph.values[v].size, party=0) for v in node.inputs if graph.values[v].role == "param"]
 
 
 def attention_groups(node: Node) -> dict[str, list[int]]:
@@ -685,7 +685,8 @@ def _plan(node: Node, profile: Profile, graph: Graph, reveal: str) -> NodePlan:
     out = graph.values[(node.outputs or node.inputs)[0]]
     p.steps += _param_inputs(node, graph)
     if node.op == "input":
-        p.steps.append(Step("input", out.size, party=1))
+        # the round in which party 0 inputs every weight tensor (their bytes: each node's "weights" steps)
+        p.steps += [Step("input", 0, party=0), Step("input", out.size, party=1)]
     elif node.op == "linear":
         x_shape = graph.values[node.inputs[0]].shape
         rows, k, cols = int(np.prod(x_shape[:-1])), x_shape[-1], out.shape[-1]

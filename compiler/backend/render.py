@@ -128,7 +128,8 @@ class _Renderer:
     # --- per-kind contexts ---------------------------------------------------------------------------------
     def ctx_linear(self, node: Node, p: NodePlan, ctx: dict[str, Any]) -> None:
         ctx.update(x=self.tensor(node.inputs[0]), w=self.tensor(node.inputs[1]), bias=None,
-                   w_transposed=node.inputs[1] in self.transposed)
+                   w_transposed=node.inputs[1] in self.transposed, raw_input=p.params.get("raw_input"),
+                   f=self.program.profile.fx.f)
         if len(node.inputs) > 2:
             out_shape = (ctx["out"].rows, ctx["out"].cols)
             index = broadcast_index(self.graph.values[node.inputs[2]].shape, out_shape)
@@ -183,6 +184,7 @@ class _Renderer:
         ctx.update(x=x, rows=x.rows, cols=x.cols, inv_cols=repr(1.0 / x.cols),
                    model_eps=repr(float(node.attrs.get("eps", 1e-5))), rsqrt=p.approx["rsqrt"].fn_name, f=fx.f, k=fx.k, scale=scale, eps=repr(scale.eps_int / fx.scale),
                    ring_top=RING_TOP + 1, affine=p.params.get("affine", True),
+                   raw_output=p.params.get("raw_output", False),
                    gamma=gamma.expr(self.tensor(node.inputs[1]).var + ".address"),
                    beta=beta.expr(self.tensor(node.inputs[2]).var + ".address"))
 

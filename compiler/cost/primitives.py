@@ -76,6 +76,7 @@ class Step:
     instances: int = 1  # independent copies issued together (heads, images)
     party: int | None = None  # "input"/"weights": the party providing it
     bits: int | None = None  # comparisons: the bit length k they decompose (None: the profile's k)
+    parallel: bool = False  # runs beside the steps after it (same bytes, no rounds of its own)
 
 
 Setup = tuple[tuple[str, float, float, float], ...]  # (primitive, rounds, bytes p0, bytes all), sorted
@@ -261,6 +262,8 @@ def _transfer(protocol: str, n: int, party: int | None, reveal: bool) -> Cost:
 
 def step_cost(step: Step, profile: Any) -> Cost:
     """Price one step under ``profile`` (anything with protocol/k/budget/batch; a protocol name works too)."""
+    if step.parallel:
+        return replace(step_cost(replace(step, parallel=False), profile), online_rounds=0.0)
     protocol, k, budget, batch = profile_params(profile)
     if step.prim == "relu" and step.bits and step.bits != k:  # measured: relu = ltz + one bit x value product
         return steps_cost([Step("ltz", step.n, instances=step.instances, bits=step.bits),

@@ -156,7 +156,11 @@ def test_program_is_vectorised_and_reveals_only_to_the_client(compiled):
     text = (out / "tiny_vit.mpc").read_text()
     compile(text, "tiny_vit.mpc", "exec")  # valid Python, as MP-SPDZ's compiler needs
     assert re.findall(r"\.input_from\((\d), binary=(\d)\)", text).count(("1", "2")) == 1
-    assert len(re.findall(r"sint\.get_input_from\(0, size=\d+, binary=True\)", text)) == len(manifest.weights)
+    # every weight tensor read by mpcvit_weight at its position in the shares file (--weights shared)
+    calls = re.findall(r"= mpcvit_weight\((\d+), (\d+), (\d+)\)", text)
+    sizes = [int(rows) * int(cols) for rows, cols, _ in calls]
+    assert sizes == [int(np.prod(w["shape"])) for w in manifest.weights]
+    assert [int(position) for *_, position in calls] == np.cumsum([0] + sizes[:-1]).tolist()
     # nothing revealed to everyone but the number of batches party 1 sends (public: every party loops that often)
     assert text.count("reveal()") == 1 and "regint(sint.get_input_from(1, binary=True).reveal())" in text
     assert "print_ln(" not in text

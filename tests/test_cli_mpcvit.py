@@ -166,3 +166,9 @@ def test_demo_checks_mu_before_training(capsys, tmp_path) -> None:
     code, _, err = run(capsys, "demo", "--mu", "1.5", "--out", str(tmp_path / "demo"))
     assert code == 2 and err == "error: --mu must lie in [0, 1] (the fraction of heads/layers kept non-linear), got 1.5\n"
     assert not (tmp_path / "demo").exists()
+
+
+def test_run_with_shared_weights_is_for_all_parties_on_one_host(tmp_path, capsys):
+    code, _, err = run(capsys, "run", str(tmp_path), "--party", "0", "--hosts", str(tmp_path / "hosts"),
+                       "--weights", "shared")
+    assert code == 2 and "--weights shared" in err and err.count("\n") == 1

@@ -199,3 +199,21 @@ def test_live_program_within_25_percent(mpspdz, tmp_path, protocol):
     # whole run by `Data sent ... rounds`; since their gelu/reciprocal choices changed (poly, newton) this program
     # measures +12% rounds, bytes -7%/-8% (MP-SPDZ 3a0a7b1d): the same 25% as every protocol
     assert all(abs(value) <= TOLERANCE for value in deviations.values()), deviations
+
+
+def test_shared_weights_leave_party_0s_weight_input_out_of_the_estimate():
+    """`mpcvit run --weights shared` reads each party's weight shares: the estimate drops party 0's weight input,
+    8 B a weight under replicated-ring (one ring element to one party) and its one round; nothing else changes."""
+    import tiny_vit_ir
+    from compiler.cost.report import estimate
+    from compiler.lowering import get_profile, lower
+
+    program = lower(tiny_vit_ir.build(batch=1), get_profile("replicated-ring"))
+    full, shared = estimate(program).total, estimate(program, shared_weights=True).total
+    weights = sum(s.n for steps in program.plans.values() for s in steps if s.prim == "weights")
+    assert weights == sum(v.size for v in program.graph.values.values() if v.role == "param" and v.data is not None
+                          and any(v.name in p.node.inputs for p in program.node_plans))
+    # the totals are float sums of every step's bytes: equal up to their rounding (~1e-11 here)
+    assert full.bytes_p0 - shared.bytes_p0 == pytest.approx(8 * weights, abs=1e-6)
+    assert full.bytes_all - shared.bytes_all == pytest.approx(8 * weights, abs=1e-6)
+    assert full.rounds - shared.rounds == 1

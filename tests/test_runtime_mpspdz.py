@@ -117,3 +117,36 @@ def test_linear_model_under_the_other_protocols(mpspdz: MPSPDZ, tmp_path: Path, 
     assert len(saved["processes"]) == protocol_spec(protocol).processes
     if protocol in ("trio", "astra"):
         assert saved["offline"]["bytes"] > 0 and saved["online"]["bytes"] > 0
+
+
+@pytest.mark.parametrize("protocol", ["replicated-ring", "dealer", "semi2k"])
+def test_shared_weights_are_made_once_and_carry_no_weight_traffic(mpspdz: MPSPDZ, tmp_path: Path,
+                                                                  protocol: str) -> None:
+    """`--weights shared`: the first run shares the weights once (one execution: party 0's weight input, one
+    round), every later run reads each party's stored shares. Its outputs are the input mode's (the same program
+    but for where the weights come from: identical up to the engine's probabilistic truncation, < 0.05 as above),
+    and party 0 sends the weights' bytes less, as the cost model's ``shared_weights`` figure says (±25 %)."""
+    from benchmarks.models import ModelSpec, export_spec
+    from benchmarks.pipeline import compile_model
+
+    onnx_path = export_spec(ModelSpec("vit_1_4_8", "mu0.5"), tmp_path / "m.onnx")
+    compile_model(onnx_path, protocol, 1, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    plain = run(tmp_path / "out", images=1, mpspdz=mpspdz, log=lambda _: None)  # one image: one execution
+    first = run(tmp_path / "out", images=1, mpspdz=mpspdz, log=lambda _: None, weights="shared")
+    again = run(tmp_path / "out", images=1, mpspdz=mpspdz, log=lambda _: None, weights="shared")
+    sharing = first.details["weights"]["sharing"]
+    # what party 0's weight input costs it by the cost model: 8 B a weight under replicated-ring; nothing under
+    # dealer and semi2k, whose two-party input masks with a PRG seeded by both
+    saving = manifest["expected"]["bytes_p0"] - manifest["expected"]["shared_weights"]["bytes_p0"]
+    assert sharing["rounds"] <= 2 and sharing["bytes_party0"] >= 0.9 * saving
+    assert again.details["weights"] == {"mode": "shared", "sharing": None}
+    for result in (first, again):
+        assert np.abs(result.logits - plain.logits).max() < 0.05 and result.top1_agreement == 1.0
+        assert plain.bytes_party0 - result.bytes_party0 >= 0.9 * saving
+        assert abs(result.bytes_party0 / manifest["expected"]["shared_weights"]["bytes_p0"] - 1) < 0.25
+    # other weights (a recompiled model) are shared anew
+    stamp = tmp_path / "out" / "weight-shares" / "stamp.json"
+    stamp.write_text(stamp.read_text().replace('"weight_sha256": "', '"weight_sha256": "0'))
+    assert run(tmp_path / "out", images=1, mpspdz=mpspdz, log=lambda _: None,
+               weights="shared").details["weights"]["sharing"] is not None

@@ -36,7 +36,8 @@ def _expected(program: Program) -> dict[str, Any]:
     total = report.total
     return {**total.as_dict(), "latency_lan_s": report.latency("lan"), "latency_wan_s": report.latency("wan"),
             "time_s": report.latency("lan"),
-            "by_op": {op: c.as_dict() for op, c in report.by_op().items()}}
+            "by_op": {op: c.as_dict() for op, c in report.by_op().items()},
+            "shared_weights": estimate(program, shared_weights=True).total.as_dict()}  # mpcvit run --weights shared
 
 
 def run_script(manifest: Manifest) -> str:

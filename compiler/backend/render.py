@@ -321,10 +321,12 @@ class _Renderer:
         fx = self.program.profile.fx
         approx_sources = [REGISTRY[use.op][use.choice].render(use.fn_name, fx, **use.kwargs)
                           for use in self.program.approx_uses()]
+        tensors = [self.tensors[w.name] for w in self.weights]  # each at its share position in persistence files
         return self.env.get_template("program.mpc.j2").render(
             name=self.program.name, source=source, profile=self.program.profile, reveal=self.program.reveal,
             marker=OUTPUT_MARKER, approx_sources=approx_sources, blocks=blocks,
-            weights=[self.tensors[w.name] for w in self.weights], client=self.tensor(self.graph.inputs[0]),
+            weights=list(zip(tensors, np.cumsum([0] + [t.size for t in tensors[:-1]]).tolist())),
+            client=self.tensor(self.graph.inputs[0]),
             client_code=CLIENT_CODE,
             batch=self.program.batch)
 

@@ -59,16 +59,18 @@ def estimate_steps(named_plans: list[tuple[str, str, list[Step]]], profile: Any)
     return CostReport(protocol, [CostRow(name, op, steps_cost(steps, profile)) for name, op, steps in named_plans])
 
 
-def estimate(program: Any) -> CostReport:
+def estimate(program: Any, shared_weights: bool = False) -> CostReport:
     """Report of a lowered program (``program.graph``, ``program.profile``): each node's plan priced.
 
     Plans come from ``program.plans`` (node name -> steps) when lowering stored them, else from
-    ``compiler.lowering.plan(node, profile)``.
+    ``compiler.lowering.plan(node, profile)``. ``shared_weights``: an execution that reads its shares of the weights
+    (``mpcvit run --weights shared``): party 0's weight input (its bytes and its round) is not part of it.
     """
     stored = getattr(program, "plans", None)
     if stored is None:
         from compiler.lowering import plan  # lowering imports the cost model: import when called
 
         stored = {node.name: plan(node, program.profile) for node in program.graph.nodes}
-    named = [(node.name, node.op, list(stored.get(node.name, []))) for node in program.graph.nodes]
+    named = [(node.name, node.op, [s for s in stored.get(node.name, []) if not (shared_weights and s.party == 0)])
+             for node in program.graph.nodes]
     return estimate_steps(named, program.profile)

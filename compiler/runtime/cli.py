@@ -31,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="network profile of the modelled latency (default: lan)")
     p.add_argument("--online-only", action="store_true",
                    help="semi2k: preprocessing from files (Fake-Offline.x, -F); times exclude it")
+    p.add_argument("--weights", choices=("input", "shared"), default="input",
+                   help="input: party 0 inputs the weights in every execution (default); shared: the model is "
+                        "secret-shared once (kept in OUT/weight-shares) and each execution reads its shares, "
+                        "without weight traffic")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before all parties are stopped (default 600)")
     p.add_argument("--party", type=int, help="run only this party, on this host (needs --hosts): 0 model owner, "
                                              "1 client (--images/--data; receives the outputs), 2 no input")
@@ -67,11 +71,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError("--certs and --batches apply to one party on its own host (--party, --hosts)")
     result = run(args.out, args.protocol, images=args.images, data=args.data, network=args.network,
                  online_only=args.online_only, timeout_s=args.timeout, json_path=args.json,
-                 per_execution=args.per_execution, retries=args.retries, resume=args.resume)
+                 per_execution=args.per_execution, retries=args.retries, resume=args.resume, weights=args.weights)
     summary = {k: v for k, v in result.to_json().items()
                if k in ("protocol", "online_only", "time_s", "bytes_party0", "global_bytes", "rounds", "images",
                         "top1_agreement", "max_logit_error", "network_model", "online", "offline", "security",
                         "throughput")}
+    summary["weights"] = result.details["weights"]
     summary["outputs"] = [{"name": out["name"], "shape": out["shape"]} for out in result.details["outputs"]]
     summary["predicted_class"] = result.details["predicted_class"]  # the values themselves are in --json
     json.dump(summary, sys.stdout, indent=2)
@@ -82,8 +87,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_run_party(args: argparse.Namespace) -> int:
     from compiler.runtime.hosts import run_party
 
-    if args.online_only or args.resume or args.per_execution is not None:
-        raise UserError("--online-only, --resume and --per-execution apply to runs of all parties on this host")
+    if args.online_only or args.resume or args.per_execution is not None or args.weights != "input":
+        raise UserError("--online-only, --resume, --per-execution and --weights shared apply to runs of all parties "
+                        "on this host")
     result = run_party(args.out, args.party, args.hosts, args.protocol, images=args.images, data=args.data,
                        certs=args.certs, batches=args.batches, timeout_s=args.timeout, json_path=args.json)
     summary = {k: v for k, v in result.items() if k != "outputs"}  # party 1's values are in --json

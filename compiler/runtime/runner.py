@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,8 +106,13 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
         network: str = "lan", online_only: bool = False, timeout_s: float = 600.0, json_path: str | Path | None = None,
         mpspdz: MPSPDZ | None = None, client_input_writer: ClientInputWriter | None = None,
         reference: Reference | None = None, log: Callable[[str], None] | None = None,
-        per_execution: int | None = None, retries: int = 1, resume: bool = False) -> RunResult:
+        per_execution: int | None = None, retries: int = 1, resume: bool = False, weights: str = "input") -> RunResult:
     """Run the program in `out_dir` under MP-SPDZ; see module doc.
+
+    ``weights``: ``"input"`` (party 0 inputs the weights in every execution) or ``"shared"`` (a model served over
+    many executions: each party reads its shares of the weights, made once by :func:`_shared_weights` and kept in
+    ``out_dir/weight-shares``; the executions carry no weight traffic, and the sharing's own figures are reported
+    in ``details["weights"]`` when this run made them).
 
     ``per_execution``: images per MP-SPDZ execution (rounded up to whole batches; default
     :func:`images_per_execution`). ``json_path`` is rewritten after every execution with ``"complete": false`` and
@@ -126,6 +132,8 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
         raise UserError(f"--retries {retries}: give 0 or more")
     if resume and json_path is None:
         raise UserError("--resume continues the run recorded in its --json file: give --json RESULTS.json")
+    if weights not in WEIGHT_MODES:
+        raise UserError(f"--weights {weights!r}: choose {' or '.join(WEIGHT_MODES)}")
     mpspdz = mpspdz or find_mpspdz()
     check_protocol_ready(mpspdz, spec, manifest.get("expected"))
     profile = network_profile(network)
@@ -162,7 +170,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     plan = [(start, min(per_batch, count - start)) for start in range(0, count, per_batch)]
     _warn_if_too_big(manifest, spec, online_only, -(-count // batch) if looped else len(plan), log)
     plain = _plain_logits(manifest, x, reference, out_dir, compiled_in, log)  # before the MPC run: fails fast
-    key = _run_key(out_dir, manifest, spec, x, per_batch, online_only, compiled_in)
+    key = {**_run_key(out_dir, manifest, spec, x, per_batch, online_only, compiled_in), "weights": weights}
     journal = _load_journal(json_path, key) if resume else []
     if resume:
         log(f"resuming: {len(journal)} of {len(plan)} executions done in {json_path}")
@@ -172,7 +180,10 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
         # MP-SPDZ then knows the preprocessing an execution needs, and sizes the dealer's and semi2k's batches of
         # it (a run-time count made them generate whole default batches, 2-3x the bytes) and --online-only's files
         sizes = sorted({-(-size // batch) for _, size in plan}, reverse=True) if looped else [None]
-        compiled = {n: _compile(root, manifest, spec, n) for n in sizes}
+        mode = ("shared-weights",) if weights == "shared" else ()
+        sharing = _shared_weights(root, out_dir, manifest, spec, timeout_s, Path(tmp) / "logs" / "share", log) \
+            if mode else None
+        compiled = {n: _compile(root, manifest, spec, n, mode) for n in sizes}
         compile_s, compile_output = sum(c[0] for c in compiled.values()), compiled[sizes[0]][1]
         extra: tuple[str, ...] = ("-v",)
         preprocessing = "live"
@@ -188,7 +199,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
         for index, (first, size) in enumerate(plan):
             if index < len(journal):
                 continue
-            program = manifest["name"] + (f"-batches={-(-size // batch)}" if looped else "")
+            program = "-".join([manifest["name"], *mode] + ([f"batches={-(-size // batch)}"] if looped else []))
             inputs = {Path(files[0]).name: out_dir / files[0], Path(files[1]).name: client_file}
             rows = count
             if not compiled_in:  # party 1's images of this execution, whole batches
@@ -222,6 +233,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
         "bytes_party0_per_image": result.bytes_party0 / result.images, "rounds_per_image": result.rounds / result.images,
         "retried_executions": sum(entry["attempts"] > 1 for entry in journal)}
     result.details["compiled_in_input"] = compiled_in
+    result.details["weights"] = {"mode": weights, "sharing": sharing}
     if json_path is not None:
         write_json_atomic(json_path, {**result.to_json(), "complete": True, "run": key,
                                       "executions": [{k: v for k, v in entry.items() if k != "outputs"}
@@ -339,13 +351,14 @@ def _warn_if_too_big(manifest: dict, spec: ProtocolSpec, online_only: bool, exec
             f" for {executions} execution(s) of this program; consider --online-only or replicated-ring/dealer")
 
 
-def _compile(root: Path, manifest: dict, spec: ProtocolSpec, batches: int | None = None) -> tuple[float, str]:
-    """Run MP-SPDZ's compile.py in the overlay (``batches``: a compile-time loop count, see program.mpc.j2);
-    returns its duration and output."""
+def _compile(root: Path, manifest: dict, spec: ProtocolSpec, batches: int | None = None,
+             mode: tuple[str, ...] = ()) -> tuple[float, str]:
+    """Run MP-SPDZ's compile.py in the overlay (``batches``: a compile-time loop count; ``mode``: the weights'
+    ``share-weights`` / ``shared-weights``, see program.mpc.j2); returns its duration and output."""
     flags = [str(f) for f in manifest["compile_flags"]]
     if "-E" not in flags:
         flags = ["-E", spec.compile_name, *flags]
-    args = [f"batches={batches}"] if batches else []
+    args = [*mode] + ([f"batches={batches}"] if batches else [])
     start = time.monotonic()
     try:
         done = subprocess.run([sys.executable, "compile.py", *flags, manifest["name"], *args], cwd=root,
@@ -356,6 +369,42 @@ def _compile(root: Path, manifest: dict, spec: ProtocolSpec, batches: int | None
         tail = "\n".join((done.stdout + done.stderr).rstrip().splitlines()[-12:])
         raise MPSPDZError(f"MP-SPDZ compile.py {' '.join(flags)} {manifest['name']} failed:\n{tail}")
     return time.monotonic() - start, done.stdout + done.stderr
+
+
+WEIGHT_MODES = ("input", "shared")
+SHARES_DIR = "weight-shares"  # in the compiled program's folder: Transactions-P<i>.data per party, and a stamp
+
+
+def _shared_weights(root: Path, out_dir: Path, manifest: dict, spec: ProtocolSpec, timeout_s: float,
+                    log_dir: Path, log: Callable[[str], None]) -> dict[str, float] | None:
+    """Point the overlay's ``Persistence/`` (where MP-SPDZ's ``sint.read_from_file`` looks, relative to the
+    working directory: ``Processor/Binary_File_IO.hpp``) at the program's stored weight shares, making them first
+    when they are missing or of other weights or another protocol: one execution of the program compiled with
+    ``share-weights``, in which party 0 inputs the weights and every party stores its shares. Returns that
+    execution's party-0 figures (bytes, rounds, seconds), None when the stored shares were used.
+    Each party's file holds only its own shares (on one host they sit side by side, as its input files do)."""
+    store, made = out_dir / SHARES_DIR, None
+    stamp = {"protocol": spec.name, "weight_sha256": manifest.get("weight_sha256"), "f": manifest.get("f"),
+             "k": manifest.get("k")}
+    stamp_file = store / "stamp.json"
+    files = [store / f"Transactions-P{party}.data" for party in range(spec.parties)]
+    if not stamp_file.is_file() or json.loads(stamp_file.read_text()) != stamp or not all(map(Path.is_file, files)):
+        _compile(root, manifest, spec, mode=("share-weights",))
+        weights_file = input_files(manifest)[0]
+        install_inputs(root, {Path(weights_file).name: out_dir / weights_file})
+        commands = spec.launch_commands(free_port_base(spec.processes + 1), f"{manifest['name']}-share-weights",
+                                        ("-v",))
+        names = spec.process_names()
+        party0 = parse_party_output(run_parties(commands, root, timeout_s, log_dir, names)[0].output, names[0])
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(root / "Persistence", store)
+        stamp_file.write_text(json.dumps(stamp) + "\n")
+        made = {"bytes_party0": party0.bytes_sent, "rounds": party0.rounds, "time_s": party0.time_s}
+        log(f"weights shared once ({party0.bytes_sent / 1e6:.1f} MB from party 0, {party0.rounds} rounds); each "
+            f"party's shares are kept in {store}")
+    shutil.rmtree(root / "Persistence", ignore_errors=True)
+    (root / "Persistence").symlink_to(store.resolve(), target_is_directory=True)
+    return made
 
 
 def output_shapes(manifest: dict) -> list[tuple[int, ...]]:

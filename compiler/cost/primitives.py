@@ -59,7 +59,9 @@ FIXED_BITS = {"semi2k": 0.0, "dealer": 31.0, "replicated-ring": 15.0, "hemi": 13
 # the same for offline rounds, where they follow the bits (semi2k's bit triples, hemi's edaBit batches). hemi: LTZ
 # of 8,192 values at k' = 31 and 16 (-Y, MP-SPDZ 3a0a7b1d): 35.4 and 23.6 MB all parties, 1,333 and 1,083 rounds
 OFFLINE_FIXED_BITS = {"semi2k": 0.0, "hemi": 48.0}
-ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 2, "replicated-ring": 1}
+# dealer: one exchange per tree level under its profile's -d (LTZ of 4,096 at k' = 12, 16, 26, 31: 12, 12, 13, 13
+# rounds; star-shaped openings took two)
+ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 1, "replicated-ring": 1}
 BIT_DECOMPOSING = {"ltz", "relu", "exp:mpspdz", "reciprocal:mpspdz", "rsqrt:mpspdz", "gelu:mpspdz", "apprcr",
                    "fpdiv_nearest"}
 PRIMITIVES = ("matmul", "mul", "mul_int", "trunc", "ltz", "relu", "input", "reveal")
@@ -78,11 +80,27 @@ class Step:
 Setup = tuple[tuple[str, float, float, float], ...]  # (primitive, rounds, bytes p0, bytes all), sorted
 
 
+# dealer: MP-SPDZ's compiler counts each matmulsm's M·K·P scalar products as triples besides its matrix triple, and
+# dealer-ring-party.x generates the counted triples in batches of up to its -b, which the matrix products never
+# use: up to one batch of unused triples (one ring element each, sent to one party). A setup kind of this prefix
+# (the suffix: its cap in bytes, 8·batch) adds up over calls up to the cap instead of being paid once. Measured
+# (MP-SPDZ 3a0a7b1d, vit_1_4_8 scaling, ΣM·K·P = 25,120): the dealer sends 201 KB more at -b 100000 than it uses
+UNUSED_TRIPLES = "unused_triples/"
+UNUSED_TRIPLE_PROTOCOLS = {"dealer"}
+TRIPLE_FREE = ("matmul", "trunc", "ltz")  # setup kinds whose primitive draws no triples (matrix triples, edaBits)
+
+
+def _capped(prim: str) -> float | None:
+    return float(prim[len(UNUSED_TRIPLES):]) if prim.startswith(UNUSED_TRIPLES) else None
+
+
 def _merge_setup(a: Setup, b: Setup) -> Setup:
     merged: dict[str, tuple[float, float, float]] = {}
     for prim, *values in a + b:
         old = merged.get(prim, (0.0, 0.0, 0.0))
-        merged[prim] = tuple(max(x, y) for x, y in zip(old, values))  # type: ignore[assignment]
+        cap = _capped(prim)
+        merged[prim] = tuple(max(x, y) if cap is None else min(x + y, cap)  # type: ignore[assignment]
+                             for x, y in zip(old, values))
     return tuple(sorted((prim, *values) for prim, values in merged.items()))
 
 
@@ -116,9 +134,11 @@ class Cost:
 
     def times(self, count: int) -> "Cost":
         """``count`` copies run one after another (e.g. identical layers)."""
+        setup = tuple((prim, *(v if _capped(prim) is None else min(v * count, _capped(prim)) for v in values))
+                      for prim, *values in self.setup)
         return Cost(self.variable_bytes_p0 * count, self.variable_bytes_all * count,
                     self.online_bytes_all * count, self.online_rounds * count, self.offline_rounds * count,
-                    self.setup, self.seconds * count)
+                    setup, self.seconds * count)
 
     @property
     def setup_rounds(self) -> float:
@@ -130,7 +150,10 @@ class Cost:
 
     @property
     def bytes_all(self) -> float:
-        return self.variable_bytes_all + sum(entry[3] for entry in self.setup)
+        # unused triples are generated only once some step draws triples (a program of matrix products,
+        # truncations and comparisons alone asks the dealer for none)
+        draws = any(_capped(entry[0]) is None and entry[0].split("/")[0] not in TRIPLE_FREE for entry in self.setup)
+        return self.variable_bytes_all + sum(entry[3] for entry in self.setup if draws or _capped(entry[0]) is None)
 
     @property
     def rounds(self) -> float:
@@ -268,8 +291,12 @@ def step_cost(step: Step, profile: Any) -> Cost:
         if len(step.shape) != 3:
             raise CompileError(f"matmul step needs shape (M, K, P), got {step.shape!r}")
         m, kk, p = step.shape
-        return fitted_cost("matmul", protocol, float(m * p * copies), float(m * kk * p * copies),
+        cost = fitted_cost("matmul", protocol, float(m * p * copies), float(m * kk * p * copies),
                            float((m * kk + kk * p) * copies), k, budget, batch)
+        if protocol in UNUSED_TRIPLE_PROTOCOLS:
+            cost += Cost(setup=((f"{UNUSED_TRIPLES}{WORD_BYTES * batch}", 0.0, 0.0,
+                                 float(WORD_BYTES * m * kk * p * copies)),))
+        return cost
     if step.prim in ("input", "reveal"):
         return _transfer(protocol, step.n * copies, step.party, step.prim == "reveal")
     if (protocol, step.prim) in FITS:

@@ -1,7 +1,8 @@
 """Cost of one vectorised MP-SPDZ call (a :class:`Step`) per protocol, from formulas fitted to measurements.
 
 Formulas (coefficients in :mod:`compiler.cost.fitted`, produced by :mod:`compiler.cost.fit` from
-``shared/mpspdz-costs/mpspdz_costs.csv``: MP-SPDZ 3a0a7b1d, 64-bit rings, f=16, k=31), for a call on n elements
+``shared/mpspdz-costs/mpspdz_costs.csv`` and ``compiler/cost/data/protocol_costs.csv`` (dealer: under its profile's
+``-d -b 100000``): MP-SPDZ 3a0a7b1d, 64-bit rings, f=16, k=31), for a call on n elements
 (matmul: O = M·P outputs and W = M·K·P scalar products, times ``instances``):
 
 * online rounds  = a + c·⌈O·w / budget⌉ (+ d·W/1000): the compiler cuts a vectorised non-linear call into

@@ -88,7 +88,8 @@ Setup = tuple[tuple[str, float, float, float], ...]  # (primitive, rounds, bytes
 # (MP-SPDZ 3a0a7b1d, vit_1_4_8 scaling, ΣM·K·P = 25,120): the dealer sends 201 KB more at -b 100000 than it uses
 UNUSED_TRIPLES = "unused_triples/"
 UNUSED_TRIPLE_PROTOCOLS = {"dealer"}
-TRIPLE_FREE = ("matmul", "trunc", "ltz")  # setup kinds whose primitive draws no triples (matrix triples, edaBits)
+TRIPLE_FREE = ("matmul", "trunc", "ltz")  # primitives that draw no triples (matrix triples, edaBits)
+DRAWS_TRIPLES = "draws_triples"  # a setup kind of no cost: the program asks for triples
 
 
 def _capped(prim: str) -> float | None:
@@ -153,7 +154,7 @@ class Cost:
     def bytes_all(self) -> float:
         # unused triples are generated only once some step draws triples (a program of matrix products,
         # truncations and comparisons alone asks the dealer for none)
-        draws = any(_capped(entry[0]) is None and entry[0].split("/")[0] not in TRIPLE_FREE for entry in self.setup)
+        draws = any(entry[0] == DRAWS_TRIPLES for entry in self.setup)
         return self.variable_bytes_all + sum(entry[3] for entry in self.setup if draws or _capped(entry[0]) is None)
 
     @property
@@ -187,7 +188,7 @@ class CostProfile:
     f: int = 16
     k: int = 31
     budget: int = 1000
-    batch: int = 1000
+    batch: int | None = None  # None: the batch the protocol's parties run with (see profile_params)
     approx: dict[str, str] = field(default_factory=dict)
 
 
@@ -200,10 +201,14 @@ def normalise_protocol(protocol: str) -> str:
 
 
 def profile_params(profile: Any) -> tuple[str, int, int, int]:
-    """(protocol, k, budget, batch) of any profile-like object; absent attributes take MP-SPDZ defaults."""
+    """(protocol, k, budget, batch) of any profile-like object; absent attributes take MP-SPDZ defaults, the batch
+    the one the protocol's parties are started with (its lowering profile's ``-b``, e.g. dealer's 100,000)."""
+    from compiler.lowering.profiles import protocol_spec
+
     protocol = normalise_protocol(getattr(profile, "protocol", profile if isinstance(profile, str) else ""))
+    batch = getattr(profile, "batch", None) or protocol_spec(protocol).run_batch or 1000
     return (protocol, int(getattr(profile, "k", MEASURED_K)), int(getattr(profile, "budget", 1000) or 1000),
-            int(getattr(profile, "batch", 1000) or 1000))
+            int(batch))
 
 
 def _linear(coef: list[float], outputs: float, work: float, operands: float) -> float:
@@ -255,8 +260,11 @@ def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, ope
 
 
 # protocols whose primitives all draw on one kind of first preprocessing batch: hemi's HE triples (~3 MB, measured
-# as every primitive's fixed part) are made once for the whole program, whichever primitive asks first
-SHARED_SETUP = {"hemi": "he_triples"}
+# as every primitive's fixed part) are made once for the whole program, whichever primitive asks first; dealer: its
+# fixed rounds are mostly the PRG seeds the dealer sends once per program (3 of a lone primitive's ~5 rounds),
+# each further kind of preprocessing one batch (a round only for the party that receives it). Paid per kind, the
+# model put whole vit_1_4_8 programs 15-20 % above their measured rounds; paid once, 6-7 % (MP-SPDZ 3a0a7b1d)
+SHARED_SETUP = {"hemi": "he_triples", "dealer": "dealer_setup"}
 
 
 def setup_kind(prim: str, protocol: str, k: int, scale: float) -> str:
@@ -301,7 +309,10 @@ def step_cost(step: Step, profile: Any) -> Cost:
     if step.prim in ("input", "reveal"):
         return _transfer(protocol, step.n * copies, step.party, step.prim == "reveal")
     if (protocol, step.prim) in FITS:
-        return fitted_cost(step.prim, protocol, float(step.n * copies), k=k, budget=budget, batch=batch)
+        cost = fitted_cost(step.prim, protocol, float(step.n * copies), k=k, budget=budget, batch=batch)
+        if protocol in UNUSED_TRIPLE_PROTOCOLS and step.prim not in TRIPLE_FREE:
+            cost += Cost(setup=((DRAWS_TRIPLES, 0.0, 0.0, 0.0),))
+        return cost
     if ":" in step.prim:  # an approximation priced through its own steps (default params)
         from compiler.approx import get
 

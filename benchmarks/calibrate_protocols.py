@@ -65,7 +65,8 @@ HEADER = ["protocol", "variant", "compile_cmd", "run_flags", "primitive", "funct
 
 
 def program(prim: str, n: int, shape: tuple[int, int, int] | None, trunc_pr: bool) -> str:
-    lines = [f"sfix.set_precision({F}, {K})", f"cfix.set_precision({F}, {K})", "from Compiler import library, ml, mpc_math"]
+    lines = [f"sfix.set_precision({F}, {K})", f"cfix.set_precision({F}, {K})",
+             "from Compiler import library, ml, mpc_math"]
     if trunc_pr:
         lines.append("program.use_trunc_pr = True")
     if shape:

@@ -51,6 +51,10 @@ PRIMITIVES = {
     "recip_div": ("1 / x", (1, 300), "1 / x -> library.FPDiv (the reciprocal_mpspdz template); x in [1,300]"),
     "invsqrt": ("mpc_math.InvertSqrt(x)", (0.01, 100), "mpc_math.InvertSqrt(x) (the rsqrt_mpspdz template)"),
     "gelu": ("ml.Gelu([1, n]).compute_gelu_approx(x, 0, n)", (-6, 6), "ml.Gelu compute_gelu_approx, one call"),
+    "recip_nearest": (f"sfix._new(library.FPDiv(cint(2 ** {F}, size=n), x.v, {K}, {F}, nearest=True))", (1, 300),
+                      "sfix._new(library.FPDiv(2^f, x.v, k, f, nearest=True)) (what sfix.compute_reciprocal does)"),
+    "recip_apprcr": (f"sfix._new(library.AppRcr(x.v, {K}, {F}))", (1, 300),
+                     "sfix._new(library.AppRcr(x.v, k, f)): only the initial linear approximation of FPDiv"),
 }
 SIZES = (1, 64, 4096)
 MATMULS = ((17, 16, 48), (65, 64, 65), (65, 256, 64))
@@ -61,7 +65,8 @@ HEADER = ["protocol", "variant", "compile_cmd", "run_flags", "primitive", "funct
 
 
 def program(prim: str, n: int, shape: tuple[int, int, int] | None, trunc_pr: bool) -> str:
-    lines = [f"sfix.set_precision({F}, {K})", f"cfix.set_precision({F}, {K})", "from Compiler import ml, mpc_math"]
+    lines = [f"sfix.set_precision({F}, {K})", f"cfix.set_precision({F}, {K})",
+             "from Compiler import library, ml, mpc_math"]
     if trunc_pr:
         lines.append("program.use_trunc_pr = True")
     if shape:
@@ -91,7 +96,8 @@ def expected(prim: str, x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
 
     table = {"mul_sfix": lambda: x * y, "trunc": lambda: x * 0.3700103759765625, "exp": lambda: np.exp(x),
              "recip_div": lambda: 1 / x, "invsqrt": lambda: 1 / np.sqrt(x),
-             "gelu": lambda: 0.5 * x * (1 + erf(x / np.sqrt(2))), "relu": lambda: np.maximum(x, 0)}
+             "gelu": lambda: 0.5 * x * (1 + erf(x / np.sqrt(2))), "relu": lambda: np.maximum(x, 0),
+             "recip_nearest": lambda: 1 / x}
     return table[prim]() if prim in table else None
 
 
@@ -123,7 +129,7 @@ def measure(mpspdz, protocol: str, prim: str, n: int, shape, tmp: Path, timeout_
             got = np.array([float(v) for v in re.findall(r"[-+]?[\d.]+(?:e[-+]?\d+)?", line.group(1))])
             error = float(np.abs(got - want[:len(got)]).max())
     return {"stats": stats, "compile_cmd": " ".join(["./compile.py", *flags, name]), "error": error,
-            "spec": spec}
+            "spec": spec, "run_flags": " ".join([*spec.run_extra, "-v"])}
 
 
 EXPECTED = re.compile(r"Expected communication is ([\d.e+-]+) MB online and ([\d.e+-]+) MB offline")
@@ -179,7 +185,7 @@ def row(protocol: str, prim: str, n: int, shape, run: dict, base: dict) -> dict:
         min(max(stats[0].offline.rounds - ref[0].offline.rounds, 0), p0.rounds)
     m, k, p = shape or ("", "", "")
     return {
-        "protocol": protocol, "variant": "bud", "compile_cmd": run["compile_cmd"], "run_flags": "-v",
+        "protocol": protocol, "variant": "bud", "compile_cmd": run["compile_cmd"], "run_flags": run["run_flags"],
         "primitive": prim, "function_used": "sfix Matrix.dot" if shape else PRIMITIVES[prim][2],
         "n": m * p if shape else n, "status": "ok", "timer_s_median": p0.seconds,
         "p0_timer_MB": (p0.bytes + prep0.bytes) / 1e6, "p0_timer_rounds": p0.rounds + prep0.rounds,

@@ -91,6 +91,13 @@ def test_trio_and_astra_start_two_online_and_three_preprocessing_parties(tmp_pat
     assert [c[:3] for c in hemi] == [["./hemi-party.x", "-N", "2"]] * 2 and not protocol_spec("hemi").needs_ssl
 
 
+def test_dealer_parties_open_directly_in_large_preprocessing_batches():
+    """Every dealer process (the dealer too) gets the profile's -d -b 100000, and the cost model its batch."""
+    commands = protocol_spec("dealer").launch_commands(5000, "prog", ("-v",))
+    assert len(commands) == 3 and all(c[c.index("-OF") + 2:-2] == ["-d", "-b", "100000", "-v"] for c in commands)
+    assert get_profile("dealer").batch == 100000 and get_profile("replicated-ring").batch == 1000
+
+
 def fake_tree(tmp_path: Path, config: str) -> MPSPDZ:
     home = tmp_path / "mp-spdz"
     (home / "Player-Data").mkdir(parents=True)

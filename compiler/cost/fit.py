@@ -2,7 +2,8 @@
 
 ``python -m compiler.cost.fit [CSV ...]`` rewrites ``compiler/cost/fitted.py`` (CSVs default to the shared
 :func:`default_costs_csv` for semi2k/dealer/replicated-ring plus :data:`PROTOCOL_COSTS`, this repository's
-measurements of rep4-ring, ps-rep-ring, trio and astra by ``benchmarks/calibrate_protocols.py``).
+measurements by ``benchmarks/calibrate_protocols.py`` of the other protocols and of dealer under its profile's
+run-time flags; a protocol a later CSV measures takes all its rows from there, see :func:`current_rows`).
 The formulas (see :class:`compiler.cost.primitives.Formula`) are linear in a few features of n (elements of the
 vectorised call; matmul: M·P outputs and M·K·P scalar products), the compile-time budget B and the run-time
 preprocessing batch b; the chunk widths w (how much budget one element consumes) and v (how much of a batch)
@@ -42,10 +43,11 @@ def default_costs_csv() -> Path:
 
 
 PROTOCOL_COSTS = Path(__file__).with_name("data") / "protocol_costs.csv"
-SHARED_PROTOCOLS = ("semi2k", "dealer", "replicated-ring")  # calibrated by ../shared/mpspdz-costs
-PROTOCOLS = {"semi2k": "semi2k", "dealer-ring": "dealer", "rep3-ring": "replicated-ring", "rep4-ring": "rep4-ring",
-             "ps-rep-ring": "ps-rep-ring", "sy-rep-ring": "sy-rep-ring", "trio": "trio", "astra": "astra",
-             "spdz2k": "spdz2k", "hemi": "hemi"}
+# calibrated by ../shared/mpspdz-costs (dealer, re-measured here under its run-time flags, keeps their objective)
+SHARED_PROTOCOLS = ("semi2k", "dealer", "replicated-ring")
+PROTOCOLS = {"semi2k": "semi2k", "dealer-ring": "dealer", "dealer": "dealer", "rep3-ring": "replicated-ring",
+             "rep4-ring": "rep4-ring", "ps-rep-ring": "ps-rep-ring", "sy-rep-ring": "sy-rep-ring", "trio": "trio",
+             "astra": "astra", "spdz2k": "spdz2k", "hemi": "hemi"}
 GRID = (1 / 8, 1 / 4, 1 / 2, 1, 3 / 2, 2, 3, 4, 8)
 CAPS = (2000.0, 4000.0, 8000.0, 16000.0, 32000.0, 1e9)
 MARGINAL_MIN, MARGINAL_WEIGHTS, ROW_TOLERANCE = 1000, (8.0, 4.0, 2.0, 1.5, 1.0), 0.22
@@ -63,10 +65,10 @@ def load_rows(path: str | Path) -> list[dict]:
         is_mat = r["primitive"] == "matmul"
         shape = (int(r["mat_M"]), int(r["mat_K"]), int(r["mat_P"])) if is_mat else ()
         rows.append({
-            "protocol": PROTOCOLS[r["protocol"]], "primitive": r["primitive"], "variant": r["variant"],
-            "n": int(r["n"]), "shape": shape,
+            "source": Path(path).name, "protocol": PROTOCOLS[r["protocol"]], "primitive": r["primitive"],
+            "variant": r["variant"], "n": int(r["n"]), "shape": shape,
             "budget": 100000 if "-b 100000" in r["compile_cmd"] else 1000,
-            "batch": 100000 if "-b 100000" in r["run_flags"] else 1000,
+            "batch": _run_batch(r["run_flags"]),
             "bytes_p0": float(r["p0_timer_MB"]) * 1e6, "bytes_all": float(r["allparties_timer_MB"]) * 1e6,
             "rounds": float(r["p0_timer_rounds"]), "seconds": float(r["timer_s_median"]),
             "on_rounds": float(r["op_p0_online_rounds"] or 0), "off_rounds": float(r["op_p0_offline_rounds"] or 0),
@@ -74,6 +76,24 @@ def load_rows(path: str | Path) -> list[dict]:
             "off_bytes_all": float(r["op_allparties_offline_MB"] or 0) * 1e6,
             "estimated": r["run_flags"].startswith("compile-only"),  # MP-SPDZ's estimate, not a run
         })
+    return rows
+
+
+def _run_batch(flags: str) -> int:
+    """The run-time preprocessing batch of a row's party flags (``-b N``); 1000 when not given (the rows of the
+    shared calibration without ``-b`` are fitted as the model's default batch)."""
+    words = flags.split()
+    return int(words[words.index("-b") + 1]) if "-b" in words else 1000
+
+
+def current_rows(paths: list[str | Path]) -> list[dict]:
+    """The rows of every CSV in ``paths``, where a protocol that a later CSV measures takes all its rows from the
+    later one (this repository re-measures a shared protocol when its profile's flags change: dealer's -d -b)."""
+    tables = [load_rows(path) for path in paths]
+    rows: list[dict] = []
+    for index, table in enumerate(tables):
+        later = {r["protocol"] for t in tables[index + 1:] for r in t}
+        rows += [r for r in table if r["protocol"] not in later]
     return rows
 
 
@@ -203,5 +223,5 @@ def write(fits: dict, source: str) -> None:
 
 if __name__ == "__main__":
     paths = sys.argv[1:] or [str(default_costs_csv()), str(PROTOCOL_COSTS)]
-    write(fit([row for path in paths for row in load_rows(path)]), " ".join(Path(path).name for path in paths))
+    write(fit(current_rows(paths)), " ".join(Path(path).name for path in paths))
     print(f"wrote {OUT}")

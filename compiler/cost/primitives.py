@@ -1,7 +1,8 @@
 """Cost of one vectorised MP-SPDZ call (a :class:`Step`) per protocol, from formulas fitted to measurements.
 
 Formulas (coefficients in :mod:`compiler.cost.fitted`, produced by :mod:`compiler.cost.fit` from
-``shared/mpspdz-costs/mpspdz_costs.csv``: MP-SPDZ 3a0a7b1d, 64-bit rings, f=16, k=31), for a call on n elements
+``shared/mpspdz-costs/mpspdz_costs.csv`` and ``compiler/cost/data/protocol_costs.csv`` (dealer: under its profile's
+``-d -b 100000``): MP-SPDZ 3a0a7b1d, 64-bit rings, f=16, k=31), for a call on n elements
 (matmul: O = M·P outputs and W = M·K·P scalar products, times ``instances``):
 
 * online rounds  = a + c·⌈O·w / budget⌉ (+ d·W/1000): the compiler cuts a vectorised non-linear call into
@@ -59,7 +60,9 @@ FIXED_BITS = {"semi2k": 0.0, "dealer": 31.0, "replicated-ring": 15.0, "hemi": 13
 # the same for offline rounds, where they follow the bits (semi2k's bit triples, hemi's edaBit batches). hemi: LTZ
 # of 8,192 values at k' = 31 and 16 (-Y, MP-SPDZ 3a0a7b1d): 35.4 and 23.6 MB all parties, 1,333 and 1,083 rounds
 OFFLINE_FIXED_BITS = {"semi2k": 0.0, "hemi": 48.0}
-ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 2, "replicated-ring": 1}
+# dealer: one exchange per tree level under its profile's -d (LTZ of 4,096 at k' = 12, 16, 26, 31: 12, 12, 13, 13
+# rounds; star-shaped openings took two)
+ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 1, "replicated-ring": 1}
 BIT_DECOMPOSING = {"ltz", "relu", "exp:mpspdz", "reciprocal:mpspdz", "rsqrt:mpspdz", "gelu:mpspdz", "apprcr",
                    "fpdiv_nearest"}
 PRIMITIVES = ("matmul", "mul", "mul_int", "trunc", "ltz", "relu", "input", "weights", "reveal")
@@ -82,11 +85,28 @@ class Step:
 Setup = tuple[tuple[str, float, float, float], ...]  # (primitive, rounds, bytes p0, bytes all), sorted
 
 
+# dealer: MP-SPDZ's compiler counts each matmulsm's M·K·P scalar products as triples besides its matrix triple, and
+# dealer-ring-party.x generates the counted triples in batches of up to its -b, which the matrix products never
+# use: up to one batch of unused triples (one ring element each, sent to one party). A setup kind of this prefix
+# (the suffix: its cap in bytes, 8·batch) adds up over calls up to the cap instead of being paid once. Measured
+# (MP-SPDZ 3a0a7b1d, vit_1_4_8 scaling, ΣM·K·P = 25,120): the dealer sends 201 KB more at -b 100000 than it uses
+UNUSED_TRIPLES = "unused_triples/"
+UNUSED_TRIPLE_PROTOCOLS = {"dealer"}
+TRIPLE_FREE = ("matmul", "trunc", "ltz")  # primitives that draw no triples (matrix triples, edaBits)
+DRAWS_TRIPLES = "draws_triples"  # a setup kind of no cost: the program asks for triples
+
+
+def _capped(prim: str) -> float | None:
+    return float(prim[len(UNUSED_TRIPLES):]) if prim.startswith(UNUSED_TRIPLES) else None
+
+
 def _merge_setup(a: Setup, b: Setup) -> Setup:
     merged: dict[str, tuple[float, float, float]] = {}
     for prim, *values in a + b:
         old = merged.get(prim, (0.0, 0.0, 0.0))
-        merged[prim] = tuple(max(x, y) for x, y in zip(old, values))  # type: ignore[assignment]
+        cap = _capped(prim)
+        merged[prim] = tuple(max(x, y) if cap is None else min(x + y, cap)  # type: ignore[assignment]
+                             for x, y in zip(old, values))
     return tuple(sorted((prim, *values) for prim, values in merged.items()))
 
 
@@ -120,9 +140,11 @@ class Cost:
 
     def times(self, count: int) -> "Cost":
         """``count`` copies run one after another (e.g. identical layers)."""
+        setup = tuple((prim, *(v if _capped(prim) is None else min(v * count, _capped(prim)) for v in values))
+                      for prim, *values in self.setup)
         return Cost(self.variable_bytes_p0 * count, self.variable_bytes_all * count,
                     self.online_bytes_all * count, self.online_rounds * count, self.offline_rounds * count,
-                    self.setup, self.seconds * count)
+                    setup, self.seconds * count)
 
     @property
     def setup_rounds(self) -> float:
@@ -134,7 +156,10 @@ class Cost:
 
     @property
     def bytes_all(self) -> float:
-        return self.variable_bytes_all + sum(entry[3] for entry in self.setup)
+        # unused triples are generated only once some step draws triples (a program of matrix products,
+        # truncations and comparisons alone asks the dealer for none)
+        draws = any(entry[0] == DRAWS_TRIPLES for entry in self.setup)
+        return self.variable_bytes_all + sum(entry[3] for entry in self.setup if draws or _capped(entry[0]) is None)
 
     @property
     def rounds(self) -> float:
@@ -167,7 +192,7 @@ class CostProfile:
     f: int = 16
     k: int = 31
     budget: int = 1000
-    batch: int = 1000
+    batch: int | None = None  # None: the batch the protocol's parties run with (see profile_params)
     approx: dict[str, str] = field(default_factory=dict)
 
 
@@ -180,10 +205,14 @@ def normalise_protocol(protocol: str) -> str:
 
 
 def profile_params(profile: Any) -> tuple[str, int, int, int]:
-    """(protocol, k, budget, batch) of any profile-like object; absent attributes take MP-SPDZ defaults."""
+    """(protocol, k, budget, batch) of any profile-like object; absent attributes take MP-SPDZ defaults, the batch
+    the one the protocol's parties are started with (its lowering profile's ``-b``, e.g. dealer's 100,000)."""
+    from compiler.lowering.profiles import protocol_spec
+
     protocol = normalise_protocol(getattr(profile, "protocol", profile if isinstance(profile, str) else ""))
+    batch = getattr(profile, "batch", None) or protocol_spec(protocol).run_batch or 1000
     return (protocol, int(getattr(profile, "k", MEASURED_K)), int(getattr(profile, "budget", 1000) or 1000),
-            int(getattr(profile, "batch", 1000) or 1000))
+            int(batch))
 
 
 def _linear(coef: list[float], outputs: float, work: float, operands: float) -> float:
@@ -235,8 +264,11 @@ def fitted_cost(prim: str, protocol: str, outputs: float, work: float = 0.0, ope
 
 
 # protocols whose primitives all draw on one kind of first preprocessing batch: hemi's HE triples (~3 MB, measured
-# as every primitive's fixed part) are made once for the whole program, whichever primitive asks first
-SHARED_SETUP = {"hemi": "he_triples"}
+# as every primitive's fixed part) are made once for the whole program, whichever primitive asks first; dealer: its
+# fixed rounds are mostly the PRG seeds the dealer sends once per program (3 of a lone primitive's ~5 rounds),
+# each further kind of preprocessing one batch (a round only for the party that receives it). Paid per kind, the
+# model put whole vit_1_4_8 programs 15-20 % above their measured rounds; paid once, 6-7 % (MP-SPDZ 3a0a7b1d)
+SHARED_SETUP = {"hemi": "he_triples", "dealer": "dealer_setup"}
 
 
 def setup_kind(prim: str, protocol: str, k: int, scale: float) -> str:
@@ -274,14 +306,21 @@ def step_cost(step: Step, profile: Any) -> Cost:
         if len(step.shape) != 3:
             raise CompileError(f"matmul step needs shape (M, K, P), got {step.shape!r}")
         m, kk, p = step.shape
-        return fitted_cost("matmul", protocol, float(m * p * copies), float(m * kk * p * copies),
+        cost = fitted_cost("matmul", protocol, float(m * p * copies), float(m * kk * p * copies),
                            float((m * kk + kk * p) * copies), k, budget, batch)
+        if protocol in UNUSED_TRIPLE_PROTOCOLS:
+            cost += Cost(setup=((f"{UNUSED_TRIPLES}{WORD_BYTES * batch}", 0.0, 0.0,
+                                 float(WORD_BYTES * m * kk * p * copies)),))
+        return cost
     if step.prim in ("input", "reveal"):
         return _transfer(protocol, step.n * copies, step.party, step.prim == "reveal")
     if step.prim == "weights":
         return replace(_transfer(protocol, step.n * copies, 0, False), online_rounds=0.0)
     if (protocol, step.prim) in FITS:
-        return fitted_cost(step.prim, protocol, float(step.n * copies), k=k, budget=budget, batch=batch)
+        cost = fitted_cost(step.prim, protocol, float(step.n * copies), k=k, budget=budget, batch=batch)
+        if protocol in UNUSED_TRIPLE_PROTOCOLS and step.prim not in TRIPLE_FREE:
+            cost += Cost(setup=((DRAWS_TRIPLES, 0.0, 0.0, 0.0),))
+        return cost
     if ":" in step.prim:  # an approximation priced through its own steps (default params)
         from compiler.approx import get
 

@@ -270,7 +270,7 @@ def run_party(out_dir: str | Path, party: int, hosts_path: str | Path, protocol:
                 inputs[Path(files[1]).name] = staged
         install_inputs(root, inputs)
         count = ["-N", str(spec.parties)] if spec.pass_n else []
-        command = [f"./{spec.binary}", *count, "-ip", "HOSTS", "-OF", ".", "-v", str(party), program]
+        command = [f"./{spec.binary}", *count, "-ip", "HOSTS", "-OF", ".", *spec.run_extra, "-v", str(party), program]
         name = f"{spec.binary} party {party}"
         start = time.monotonic()
         try:

@@ -60,6 +60,7 @@ class ProtocolSpec:
     prep_binary: str | None = None  # trio/astra: `prep_parties` processes feed the online parties through FIFOs
     prep_parties: int = 0
     needs_softspoken: bool = False  # see check_protocol_ready
+    run_extra: tuple[str, ...] = ()  # the lowering profile's run-time flags of `binary` (e.g. dealer: -d -b 100000)
 
     @property
     def processes(self) -> int:
@@ -72,8 +73,8 @@ class ProtocolSpec:
     def party_command(self, index: int, port_base: int, program: str, extra: tuple[str, ...] = ()) -> list[str]:
         count = ["-N", str(self.parties)] if self.pass_n else []
         # `-OF .`: every party prints to stdout (by default only party 0 does; party 1 holds the revealed logits)
-        return [f"./{self.binary}", *count, "-h", "localhost", "-pn", str(port_base), "-OF", ".", *extra,
-                str(index), program]
+        return [f"./{self.binary}", *count, "-h", "localhost", "-pn", str(port_base), "-OF", ".", *self.run_extra,
+                *extra, str(index), program]
 
     def launch_commands(self, port_base: int, program: str, extra: tuple[str, ...] = ()) -> list[list[str]]:
         """Every process of one execution, online parties first (index i = party i), then the preprocessing
@@ -93,7 +94,7 @@ class ProtocolSpec:
 PROTOCOLS: dict[str, ProtocolSpec] = {
     name: ProtocolSpec(name, spec.mpspdz, spec.binary, spec.n_parties, pass_n=name in ("semi2k", "dealer", "hemi"),
                        needs_ssl=spec.n_parties + spec.prep_parties > 2, prep_binary=spec.prep_binary,
-                       prep_parties=spec.prep_parties, needs_softspoken=spec.needs_softspoken)
+                       prep_parties=spec.prep_parties, needs_softspoken=spec.needs_softspoken, run_extra=spec.run_extra)
     for name, spec in LOWERING_PROTOCOLS.items()
 }
 # a trio/astra preprocessing party i hands party i's correlated randomness to online party i through FIFOs in

@@ -62,6 +62,8 @@ def _cases() -> list[Case]:
         Case("rsqrt", "mpspdz", np.geomspace(0.01, 100, 200), int(0.04 * 2 ** 16)),
         # calibrated |x| inside the cut: the sign comparison only (the fused Horner as in the full form)
         Case("gelu", "poly", np.linspace(-3.99, 3.99, 201), 16, {"inner": True}),
+        # calibrated |x| below twice the cut: one comparison on [x, x + 4] at f + 3 bits tests both cuts
+        Case("gelu", "poly", np.linspace(-7.99, 7.99, 201), 16, {"band": True}),
         # calibrated exponents inside [-2^5, 0]: no clipping comparison
         Case("exp", "limit2", np.concatenate([rng.uniform(-32, 0, 200), [0.0, -32.0]]), 2 ** 7, {"inner": True}),
         # the tournaments that lowering picks for softmax rows on a LAN and on a WAN (compiler/approx/rowmax.py);

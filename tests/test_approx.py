@@ -54,9 +54,9 @@ def test_inner_segment_meets_its_bound_on_the_interval_it_is_used_on(op):
 
 def test_gelu_band_form_tests_both_cuts_with_one_comparison():
     """``band=True`` (calibrated |x| times the margin below 8): bit for bit the three-comparison form on (-8, 8) and
-    its bound there, and one comparison per element on [x, x + 4] at k' = f + 3 (an LTZ on f + 4 bits) instead of
-    three at the call site's k'. The band test itself: bit f + 3 of (x + 4 mod 2^(f+4)), which the comparison
-    returns, is [x outside [-4, 4)] for every x in [-12, 12)."""
+    its bound there, from the top two bits of x mod 2^(f+4) (one comparison circuit, ``ltz2``) instead of three
+    comparisons. The band test itself: bit f + 3 of (x + 4 mod 2^(f+4)) is [x outside [-4, 4)] for every x in
+    [-12, 12)."""
     approx = get("gelu", "poly")
     (lo, hi), bound = approx.bounds(band=True)
     assert (lo, hi) == (-8.0, 8.0) and bound == approx.max_abs_error
@@ -68,9 +68,12 @@ def test_gelu_band_form_tests_both_cuts_with_one_comparison():
     wide = dense(-12, 12)[:-1]  # [-12, 12)
     bit = ((wide + fx.encode(4.0)) % 2 ** (fx.f + 4)) >> (fx.f + 3)
     assert np.array_equal(bit, ((wide < fx.encode(-4.0)) | (wide >= fx.encode(4.0))).astype(np.int64))
-    ltz = [s for s in approx.call_steps(100, CostProfile(), band=True) if s.prim == "ltz"]
-    assert ltz == [Step("ltz", 200, bits=fx.f + 3)]
+    compared = [s for s in approx.call_steps(100, CostProfile(), band=True) if s.prim.startswith("ltz")]
+    assert compared == [Step("ltz2", 100, bits=fx.f + 3)]
     assert len(approx.call_steps(100, CostProfile(), band=True)) == len(approx.steps(100, None))
+    # the two bits cost one comparison, one conversion and one round more: below the three comparisons' cost
+    cut, band = approx.cost(33280, CostProfile(), bits=fx.f + 4), approx.cost(33280, CostProfile(), band=True)
+    assert band.bytes_p0 < 0.8 * cut.bytes_p0 and band.rounds < cut.rounds
 
 
 def test_gelu_exact_is_erf_gelu_and_poly_meets_issue_bound():

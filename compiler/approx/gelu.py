@@ -11,9 +11,11 @@
   truncation: five products and two truncations, 8 rounds after the comparisons.
   The comparisons, one vectorised LTZ:
   - ``band=True`` (chosen per call site when the calibrated |x| times the margin stays below 2·cut = 8, in a ring):
-    [x, x + 4] at k' = f + 3, an LTZ on f + 4 bits, which returns bit f + 3 of its operand mod 2^(f+4): the sign
-    of x for |x| < 8, and for x + 4 ∈ [−8, 16) (x ∈ [−12, 12)) exactly [x ∉ [−4, 4)] — the band test in ONE
-    comparison (a prime field's LTZ is undefined beyond its range, so not there);
+    the top two bits h = bit f + 3, l = bit f + 2 of x mod 2^(f+4), from ONE comparison's circuit (MP-SPDZ's LTZ
+    on f + 4 bits, whose carry into bit f + 2 gives l, one AND more for the carry into bit f + 3; cost primitive
+    ``ltz2``): the sign is h for |x| < 8, and adding 4 = 2^(f+2) LSB adds 1 to (h, l), so [x ∉ [−4, 4)] is bit
+    f + 3 of x + 4, h ⊕ l, for x ∈ [−12, 12) (binary, before the two bits are converted to arithmetic in one call).
+    A prime field's comparison has no such carry circuit, so not there;
   - default: [x, x − 4, x + 4] at the call site's k', inside = [x < 4] − [x < −4];
   - ``inner=True`` (the calibrated |x| times the margin below 4): the sign only, inside = 1, no inside·p.
   Bound: |error| ≤ 3e-3 on [−8, 8] (fit 2.6e-3, the two truncations and the coefficients' encoding below 1e-4;
@@ -81,7 +83,7 @@ def poly_reference(x_int: np.ndarray, fx: FixedPoint, inner: bool = False, band:
     plan = centred_scales(fx.f)
     c0, c1, c2, c3, c4, c5 = (np.int64(c) for c in plan["coeffs"])
     neg = (x_int < 0).astype(np.int64)
-    # band: the one wrapped comparison equals the two cut tests inside its range (|x| < 12)
+    # band: the top two bits equal the two cut tests inside their range (|x| < 12)
     inside = 1 if inner else (x_int < cut).astype(np.int64) - (x_int < -cut).astype(np.int64)
     neg_x = neg * x_int  # bit × value: no truncation
     relu, magnitude = x_int - neg_x, x_int - 2 * neg_x
@@ -96,7 +98,7 @@ def poly_reference(x_int: np.ndarray, fx: FixedPoint, inner: bool = False, band:
 
 def poly_steps(size: int, profile: object, inner: bool = False, band: bool = False) -> list[Step]:
     plan = centred_scales(int(getattr(profile, "f", 16)))  # band: its comparisons at k' = f + 3 = s + 2
-    compared = [Step("ltz", size)] if inner else [Step("ltz", 2 * size, bits=plan["s"] + 2)] if band else \
+    compared = [Step("ltz", size)] if inner else [Step("ltz2", size, bits=plan["s"] + 2)] if band else \
         [Step("ltz", 3 * size)]
     return [*compared, Step("mul_int", 2 * size), Step("trunc", size), Step("mul_int", size),
             *([Step("trunc", size)] if plan["b_shift"] else []), Step("mul_int", size),

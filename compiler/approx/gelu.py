@@ -7,7 +7,7 @@
   Cost (:func:`centred_scales`): the comparisons (below), then one round of two products [b·x, x·x] (b the sign
   bit): ReLU = x − b·x, |x| = x − 2·b·x and v = s² = x²/4 − |x| + 1 (local); v truncated to f − 1 bits; Estrin
   p = c0 + c1·s + v·(c2 + c3·s + v·(c4 + c5·s)): two products, no truncation between them (the scales add up to
-  at most 60 bits; from f = 18 on one more truncation of the inner sum); inside·p (bit × value) and one final
+  at most 60 bits; from f = 17 on one more truncation of the inner sum); inside·p (bit × value) and one final
   truncation: five products and two truncations, 8 rounds after the comparisons.
   The comparisons, one vectorised LTZ:
   - ``band=True`` (chosen per call site when the calibrated |x| times the margin stays below 2·cut = 8, in a ring):
@@ -67,7 +67,7 @@ def centred_scales(f: int) -> dict[str, int]:
 
     s = |x|/2 − 1 at ``s`` = f + 1 bits; v = s² at ``v`` = f − 1 bits (the product x·x at 2f + 2 bits, truncated
     by ``v_shift``); L = c4 + c5·s at s + COEFF_BITS; B = c2 + c3·s + v·L at ``b`` = v + s + COEFF_BITS bits,
-    truncated by ``b_shift`` (0 unless v·B would pass TOP_SCALE, i.e. f ≥ 18); p = c0 + c1·s + v·B at ``p`` bits;
+    truncated by ``b_shift`` (0 unless v·B would pass TOP_SCALE, i.e. f ≥ 17); p = c0 + c1·s + v·B at ``p`` bits;
     the output at f bits, truncated by ``p_shift``. The ``coeffs`` are the integers c0..c5 at their scales."""
     s, v = f + 1, f - 1
     b = v + s + COEFF_BITS

@@ -6,7 +6,8 @@ the calibration images (``mpcvit-compile --calibrate FILE.npz``; by default the 
 the statistics its fixed-point parameters depend on (LayerNorm: the per-row variance range, the largest |row mean|
 and |x - mean|, and |γ|; attention: the largest |score|, and with ReLU-softmax heads the range of its row sums
 Σ relu(S) + ε, and ``cmp_abs`` the largest |score + bias|, what its comparisons see; every other node that
-compares: ``in_abs``, its first input's largest magnitude). :meth:`Calibration.annotate` writes those statistics into ``node.attrs["calibration"]``, where
+compares: ``in_abs``, its first input's largest magnitude; a linear that takes a LayerNorm's output:
+``product_abs``, its largest |x·W|, which bounds the fused truncation of both). :meth:`Calibration.annotate` writes those statistics into ``node.attrs["calibration"]``, where
 :mod:`compiler.lowering.plans` reads them (``layernorm_scale``, ``relu_softmax_scale``); :func:`choose_frac_bits`
 picks f from the ranges. Lowering chooses from them the pre-scales (LayerNorm, ReLU-softmax row sums), the
 approximation domains (reciprocal, rsqrt), the GeLU/tanh/erf/sigmoid segments (the cut comparisons are dropped
@@ -133,6 +134,9 @@ def calibrate(graph: Graph, images: np.ndarray, source: str = "calibration image
                     _merge(sites, node.name, _layernorm_stats(env[node.inputs[0]], graph.values[node.inputs[1]].data))
                 elif node.op == "attention":
                     _merge(sites, node.name, _attention_stats(node, [env[n] for n in node.inputs]))
+                elif node.op == "linear" and getattr(graph.producer(node.inputs[0]), "op", None) == "layernorm":
+                    bias = graph.values[node.inputs[2]].data if len(node.inputs) > 2 else 0.0  # (plans.RawInput)
+                    _merge(sites, node.name, {"product_abs": float(np.max(np.abs(env[node.outputs[0]] - bias)))})
                 if node.op in INPUT_MAGNITUDE and np.asarray(env[node.inputs[0]]).size:
                     _merge(sites, node.name, {"in_abs": float(np.max(np.abs(env[node.inputs[0]])))})
         for value, data in env.items():

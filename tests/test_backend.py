@@ -11,7 +11,7 @@ import pytest
 import tiny_vit_ir
 from compiler.backend import Manifest, emit, write_client_input
 from compiler.backend.addressing import affine, broadcast_index, column_pattern, runs, strided_runs
-from compiler.backend.inputs import FLOAT32, FLOAT64, input_file, precision, read_client_input, write_inputs
+from compiler.backend.inputs import CLIENT_CODE, input_file, read_client_input, write_weights
 from compiler.errors import CompileError, UserError
 from compiler.fixedpoint import FixedPoint
 from compiler.ir import Value
@@ -20,17 +20,18 @@ from compiler.lowering.plans import client_input
 
 
 def mpspdz_reads(path, codes_and_sizes, f, count=None):
-    """The integers MP-SPDZ's ``fixinput`` (Processor/Processor.hpp) makes of a binary input file: each native
-    float32 (code 1) or float64 (code 2) value v becomes round(v·2^f); also checks nothing is left over. With
-    ``count``, the file starts with that int64 (a looped program's batch count, read as a binary sint)."""
+    """The integers MP-SPDZ's ``fixinput`` (Processor/Processor.hpp) makes of a binary input file: an int64 (code
+    0: a binary sint input) as is, a native float64 (code 2: sfix) v as round(v·2^f); also checks nothing is left
+    over. With ``count``, the file starts with that int64 (a looped program's batch count, read as a binary sint)."""
     raw, out, offset = path.read_bytes(), [], 0
     if count is not None:
         assert np.frombuffer(raw, dtype="<i8", count=1)[0] == count
         offset = 8
     for code, size in codes_and_sizes:
-        dtype = np.dtype("<f4" if code == 1 else "<f8")
-        values = np.frombuffer(raw, dtype=dtype, count=size, offset=offset).astype(np.float64)
-        out.append(np.round(values * 2.0 ** f).astype(np.int64))  # C's round: only integral products here
+        dtype = np.dtype("<i8" if code == 0 else "<f8")
+        values = np.frombuffer(raw, dtype=dtype, count=size, offset=offset)
+        # C's round: only integral products here
+        out.append(values.copy() if code == 0 else np.round(values * 2.0 ** f).astype(np.int64))
         offset += size * dtype.itemsize
     assert offset == len(raw)
     return out
@@ -123,15 +124,19 @@ def test_emit_writes_program_inputs_manifest_and_run_script(compiled):
     assert sorted(p.name for p in out.iterdir()) == ["Player-Data", "manifest.json", "run.sh", "tiny_vit.mpc"]
     weights = (out / input_file(0)).read_bytes()
     assert hashlib.sha256(weights).hexdigest() == manifest.weight_sha256
-    params = [prog.graph.values[w["name"]].data for w in manifest.weights]
-    codes = [FLOAT32 if w["dtype"] == "float32" else FLOAT64 for w in manifest.weights]
-    assert {w["dtype"] for w in manifest.weights} == {"float32"}  # |w| <= 256: 4 bytes a weight
-    assert len(weights) == 4 * sum(p.size for p in params)
+    # linear weights [in, out] are written [out, in] (compiler.backend.render.transposed_weights), the rest as is
+    params = [prog.graph.values[w["name"]].data.T if w["transposed"] else prog.graph.values[w["name"]].data
+              for w in manifest.weights]
+    linear_weights = {p.node.inputs[1] for p in prog.node_plans if p.node.op == "linear"}
+    assert {w["name"] for w in manifest.weights if w["transposed"]} == linear_weights
+    assert all(list(param.shape) == w["shape"] for param, w in zip(params, manifest.weights))
+    assert {w["dtype"] for w in manifest.weights} == {"int64"}
+    assert len(weights) == 8 * sum(p.size for p in params)
     fx = prog.profile.fx
-    decoded = mpspdz_reads(out / input_file(0), [(c, p.size) for c, p in zip(codes, params)], fx.f)
+    decoded = mpspdz_reads(out / input_file(0), [(0, p.size) for p in params], fx.f)
     for got, param in zip(decoded, params):  # the reference executor's integers, bit for bit
         assert np.array_equal(got, fx.encode(param).reshape(-1))
-    client = mpspdz_reads(out / input_file(1), [(FLOAT64, images.size)], fx.f, count=1)[0]
+    client = mpspdz_reads(out / input_file(1), [(CLIENT_CODE, images.size)], fx.f, count=1)[0]
     assert np.array_equal(client, fx.encode(client_input(prog.graph, images)).reshape(-1))
     data = json.loads((out / "manifest.json").read_text())
     assert data["protocol"] == "dealer" and data["mpspdz_protocol"] == "dealer-ring" and data["n_parties"] == 3
@@ -151,7 +156,7 @@ def test_program_is_vectorised_and_reveals_only_to_the_client(compiled):
     text = (out / "tiny_vit.mpc").read_text()
     compile(text, "tiny_vit.mpc", "exec")  # valid Python, as MP-SPDZ's compiler needs
     assert re.findall(r"\.input_from\((\d), binary=(\d)\)", text).count(("1", "2")) == 1
-    assert len(re.findall(r"\.input_from\(0, binary=1\)", text)) == len(manifest.weights)
+    assert len(re.findall(r"sint\.get_input_from\(0, size=\d+, binary=True\)", text)) == len(manifest.weights)
     # nothing revealed to everyone but the number of batches party 1 sends (public: every party loops that often)
     assert text.count("reveal()") == 1 and "regint(sint.get_input_from(1, binary=True).reveal())" in text
     assert "print_ln(" not in text
@@ -170,7 +175,7 @@ def test_write_client_input_lays_images_out_like_the_reference(compiled, tmp_pat
     from_dict = write_client_input(json.loads((out / "manifest.json").read_text()), images, tmp_path / "a")
     from_dir = write_client_input(out, images)
     assert from_dir == out / input_file(1) and from_dict.read_bytes() == from_dir.read_bytes()
-    values = mpspdz_reads(from_dir, [(FLOAT64, images.size)], prog.profile.f, count=1)[0]
+    values = mpspdz_reads(from_dir, [(CLIENT_CODE, images.size)], prog.profile.f, count=1)[0]
     assert np.array_equal(values, prog.profile.fx.encode(client_input(prog.graph, images)).reshape(-1))
     with pytest.raises(UserError, match=r"compiled for \(2, 1, 8, 8\)"):
         write_client_input(out, images[:1, :, :4])
@@ -244,20 +249,18 @@ def test_template_set_overrides_node_templates(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("f", range(1, 31))
 def test_binary_inputs_decode_to_the_reference_integers_at_every_precision(f: int, tmp_path) -> None:
-    """MP-SPDZ converts each binary input value v to round(v·2^f): what it reads must be exactly the reference's
-    round-to-nearest integers q, whichever width the writer chose (float32 only while every |q| <= 2^24)."""
+    """What MP-SPDZ reads must be exactly the reference's round-to-nearest integers q: the weights as int64 q, the
+    client's image as float64 q/2^f, which MP-SPDZ turns back into round(v·2^f)."""
     fx = FixedPoint(f, 31 if f < 30 else 40)
     rng = np.random.default_rng(f)
-    small = np.concatenate([rng.uniform(-1, 1, 500) * 2.0 ** (24 - f), [0.0, 2.0 ** (24 - f), -(2.0 ** -f) / 2]])
-    wide = np.concatenate([rng.uniform(-1, 1, 500) * 2.0 ** (30 - f), [2.0 ** (30 - f), 3 * 2.0 ** (-f - 1)]])
+    values = np.concatenate([rng.uniform(-1, 1, 500) * 2.0 ** (30 - f), [0.0, 2.0 ** (30 - f), -(2.0 ** -f) / 2,
+                                                                      3 * 2.0 ** (-f - 1)]])
     # halfway values: q of -2^-f/2 is 0 and of 1.5·2^-f is 2 (half to even), as FixedPoint.encode rounds
-    codes = [precision(small, fx), precision(wide, fx)]
-    assert codes == [FLOAT32, FLOAT64]
     path = tmp_path / "in"
-    write_inputs(path, [(small, codes[0]), (wide, codes[1])], fx)
-    assert path.stat().st_size == 4 * small.size + 8 * wide.size
-    got = mpspdz_reads(path, [(codes[0], small.size), (codes[1], wide.size)], f)
-    assert np.array_equal(got[0], fx.encode(small)) and np.array_equal(got[1], fx.encode(wide))
+    write_weights(path, [values, values[::-1]], fx)
+    assert path.stat().st_size == 8 * 2 * values.size
+    got = mpspdz_reads(path, [(0, values.size), (0, values.size)], f)
+    assert np.array_equal(got[0], fx.encode(values)) and np.array_equal(got[1], fx.encode(values[::-1]))
 
 
 def test_ml_baseline_template_set_renders_every_node(tmp_path):

@@ -138,9 +138,9 @@ def test_argmax_program_through_mpcvit_run_compares_classes(mpspdz, tmp_path):
 
 @pytest.mark.parametrize("protocol", ["semi2k", "dealer", "replicated-ring"])
 def test_binary_inputs_reach_mpspdz_bit_for_bit(mpspdz, tmp_path, protocol):
-    """Both binary input files as MP-SPDZ reads them: image + a float32 weight + a float64 one (|w| > 256 needs
-    more than float32's 24 bits at f = 16) has no truncation, so every revealed value is the reference's integer.
-    120,000 values a tensor: more than the loop budget (-b 100000), so MP-SPDZ reads each in several chunks."""
+    """Both binary input files as MP-SPDZ reads them: image (float64) + two int64 weight tensors (one with
+    |w| > 256, beyond float32's 24 bits at f = 16) has no truncation, so every revealed value is the reference's
+    integer. 120,000 values a tensor: more than the loop budget (-b 100000)."""
     from compiler.backend.inputs import input_file
     from compiler.ir import Graph, Node, Value
     from compiler.runtime.runner import run
@@ -161,8 +161,8 @@ def test_binary_inputs_reach_mpspdz_bit_for_bit(mpspdz, tmp_path, protocol):
     prog = lower(g, get_profile(protocol), name="inputs")
     image = rng.uniform(-2, 2, shape)
     manifest = emit(prog, tmp_path / "out", client_images=image)
-    assert [w["dtype"] for w in manifest.weights] == ["float32", "float64"]
-    assert (tmp_path / "out" / input_file(0)).stat().st_size == (4 + 8) * image.size
+    assert [w["dtype"] for w in manifest.weights] == ["int64", "int64"]
+    assert (tmp_path / "out" / input_file(0)).stat().st_size == (8 + 8) * image.size
     expected = execute(prog, {"image": image}).outputs["b"].reshape(-1)
     result = run(tmp_path / "out", mpspdz=mpspdz, log=lambda _: None)
     fx = prog.profile.fx

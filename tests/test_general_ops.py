@@ -111,7 +111,7 @@ def test_plan_prices_the_op_and_grows_with_the_tensor(case):
     node_large = next(r for r in large if r.op == op)
     steps = dict(_program(case).plans)[f"the_{op}"]
     if op in LOCAL:  # only party 0's weight inputs, if any
-        assert [s.prim for s in steps if s.prim != "input"] == []
+        assert [s.prim for s in steps if s.prim != "weights"] == []
     else:
         assert steps, f"{case}: empty plan"
         assert node_large.cost.variable_bytes_all > node_small.cost.variable_bytes_all
@@ -124,7 +124,7 @@ def test_template_renders_valid_python(case):
     assert f"# the_{CASES[case][0]}:" in text
     compile(text, f"{case}.mpc", "exec")
     if case == "where_public_mask":  # the mask is a compile-time constant, never a party-0 input
-        assert [w.name for w in weights] == ["in0_2"]
+        assert [w.name for w, _ in weights] == ["in0_2"]
 
 
 def test_generic_rsqrt_uses_the_wide_range_choice_and_layernorm_keeps_newton():

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.backend.inputs import DTYPES, input_file, per_image_layout, precision, write_client_input, write_inputs
+from compiler.backend.inputs import WEIGHT_DTYPE, input_file, per_image_layout, write_client_input, write_weights
 from compiler.backend.manifest import Manifest, parse_metadata
 from compiler.backend.render import OUTPUT_MARKER, render_program
 from compiler.errors import UserError
@@ -78,9 +78,7 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
         raise _unwritable(out, exc) from None
     try:
         (tmp / f"{program.name}.mpc").write_text(text)
-        codes = [precision(w.data, profile.fx) for w in weights]  # as render_program chose them
-        weight_hash = write_inputs(tmp / input_file(0), ((w.data, code) for w, code in zip(weights, codes)),
-                                   profile.fx)
+        weight_hash = write_weights(tmp / input_file(0), (data for _, data in weights), profile.fx)
         input_value = graph.values[graph.inputs[0]]
         image_shape, index = client_layout(graph)
         layout = per_image_layout(index, program.batch, int(np.prod(image_shape[1:])))
@@ -96,8 +94,8 @@ def emit(program: Program, out_dir: str | Path, *, onnx_path: str | Path | None 
             client_layout=layout,
             output_shape=[program.batch, 1 if program.reveal == "argmax" else per_image],
             outputs=[{"name": name, "shape": list(graph.values[name].shape)} for name in graph.outputs],
-            weights=[{"name": w.name, "shape": list(w.data.shape), "dtype": DTYPES[code].name}
-                     for w, code in zip(weights, codes)],
+            weights=[{"name": w.name, "shape": list(data.shape), "dtype": WEIGHT_DTYPE.name,
+                      "transposed": data is not w.data} for w, data in weights],
             input_files={str(party): input_file(party) for party in (0, 1)},
             weight_sha256=weight_hash, model=str(graph.metadata.get("mpcvit.model", program.name)),
             # absolute: `mpcvit run` compares with this model from whatever directory it is started in

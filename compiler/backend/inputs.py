@@ -1,14 +1,14 @@
 """MP-SPDZ input files: the weights of party 0 and the image(s) of party 1, in MP-SPDZ's binary input format.
 
-MP-SPDZ reads the ``sfix`` inputs of ``input_from(player, binary=1|2)`` from ``<-IF prefix>-Binary-P<player>-0``
-as native float32 (1) or float64 (2) values, converting each to round(v·2^f) (``fixinput`` in
-``Processor/Processor.hpp`` at 3a0a7b1d; the same code for every protocol). The values written here are already
-quantised, q/2^f with q = ``FixedPoint.encode(v)`` (round to nearest, the reference executor's integers), so the
-conversion gives q back exactly: float64 holds every q/2^f with |q| < 2^53, float32 every one with |q| <= 2^24.
-A weight tensor is written as float32 (4 bytes a value) when all its |q| <= 2^24 (|w| <= 256 at f = 16), else as
-float64 (8 bytes); the client's image is float64 (the program reads it before any image is known), after the
-int64 number of batches it sends when the program loops over batches. Byte order is little-endian, that of every
-machine MP-SPDZ builds on (x86-64, ARM64).
+MP-SPDZ reads binary inputs from ``<-IF prefix>-Binary-P<player>-0`` (``fixinput`` in ``Processor/Processor.hpp``
+at 3a0a7b1d; the same code for every protocol). Party 0's weights are int64 values, each weight's fixed-point
+integer q = ``FixedPoint.encode(w)`` (round to nearest, the reference executor's integers), read as is by
+``sint.get_input_from(0, size=n, binary=True)`` (``fixinput_int``): no conversion, and MP-SPDZ inputs every weight
+tensor of the program in one round, where one ``sfix`` ``input_from`` per tensor took a round each (vit_7_4_32:
+42 rounds). Party 1's image is float64 (``sfix`` ``input_from(1, binary=2)``: the client writes its own values
+v = q/2^f, which MP-SPDZ turns back into round(v·2^f) = q exactly), after the int64 number of batches it sends
+when the program loops over batches. Byte order is little-endian, that of every machine MP-SPDZ builds on (x86-64,
+ARM64).
 
 Writing streams: one chunk of ``CHUNK_VALUES`` values of one tensor at a time, hashed as it goes, so that the
 weights of a large model are never copied whole.
@@ -25,12 +25,11 @@ from compiler.errors import UserError
 from compiler.fixedpoint import FixedPoint
 from compiler.lowering.plans import batch_images
 
-FLOAT32, FLOAT64 = 1, 2  # MP-SPDZ's `binary=` codes of sfix.input_from (single, double precision)
-CLIENT_CODE = FLOAT64  # the image is read before it is known: no bound on it at compile time
-DTYPES = {FLOAT32: np.dtype("<f4"), FLOAT64: np.dtype("<f8")}
-FLOAT32_EXACT = 2 ** 24  # the largest |q| float32 holds exactly with all smaller integers (24-bit significand)
-CHUNK_VALUES = 1 << 20  # values converted at a time: 8 MB of float64 temporaries
-COUNT_DTYPE = np.dtype("<i8")  # a looped program's batch count: `fixinput` reads int64 for binary sint inputs
+CLIENT_CODE = 2  # MP-SPDZ's `binary=` code of sfix.input_from for float64: the image has no bound at compile time
+CLIENT_DTYPE = np.dtype("<f8")
+WEIGHT_DTYPE = np.dtype("<i8")  # `fixinput` reads int64 for binary sint inputs: the weights' integers q
+CHUNK_VALUES = 1 << 20  # values converted at a time: 8 MB of temporaries
+COUNT_DTYPE = np.dtype("<i8")  # a looped program's batch count, read like the weights
 
 
 def input_file(party: int) -> str:
@@ -45,33 +44,26 @@ def input_files(manifest: dict[str, Any]) -> dict[int, str]:
     return {int(party): path for party, path in files.items()}
 
 
-def precision(data: np.ndarray, fx: FixedPoint) -> int:
-    """FLOAT32 when every quantised |q| of ``data`` fits float32 exactly, else FLOAT64 (from max |v| only: rounding
-    is monotone, so no quantised copy is made)."""
-    data = np.asarray(data)
-    if not data.size:
-        return FLOAT32
-    peak = max(float(data.max()), -float(data.min()))
-    return FLOAT32 if fx.encode(peak) <= FLOAT32_EXACT else FLOAT64
-
-
-def write_values(sink: BinaryIO, data: np.ndarray, fx: FixedPoint, code: int, digest: Any = None) -> None:
-    """Append ``data`` (row-major) as q/2^f in the format ``code`` (FLOAT32/FLOAT64), chunk by chunk."""
+def write_values(sink: BinaryIO, data: np.ndarray, fx: FixedPoint, dtype: np.dtype, digest: Any = None) -> None:
+    """Append ``data`` (row-major), quantised by ``fx``, chunk by chunk: as the integers q (WEIGHT_DTYPE) or as the
+    floats q/2^f (CLIENT_DTYPE)."""
     flat = np.asarray(data).reshape(-1)
     for start in range(0, flat.size, CHUNK_VALUES):
-        chunk = (fx.encode(flat[start:start + CHUNK_VALUES]) / fx.scale).astype(DTYPES[code]).tobytes()
+        q = fx.encode(flat[start:start + CHUNK_VALUES])
+        chunk = (q if dtype == WEIGHT_DTYPE else q / fx.scale).astype(dtype).tobytes()
         sink.write(chunk)
         if digest is not None:
             digest.update(chunk)
 
 
-def write_inputs(path: Path, tensors: Iterable[tuple[np.ndarray, int]], fx: FixedPoint) -> str:
-    """Write (tensor, code) pairs one after another to ``path``; returns the sha256 of the bytes written."""
+def write_weights(path: Path, tensors: Iterable[np.ndarray], fx: FixedPoint) -> str:
+    """Write party 0's weight tensors one after another to ``path`` (int64 q each); returns the sha256 of the
+    bytes written."""
     digest = hashlib.sha256()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as sink:
-        for data, code in tensors:
-            write_values(sink, data, fx, code, digest)
+        for data in tensors:
+            write_values(sink, data, fx, WEIGHT_DTYPE, digest)
     return digest.hexdigest()
 
 
@@ -121,7 +113,7 @@ def read_client_input(manifest: dict[str, Any], path: str | Path) -> np.ndarray:
     try:
         if "-Binary-" in path.name:  # MP-SPDZ names its binary input files so
             raw = path.read_bytes()
-            values = np.frombuffer(raw, dtype=DTYPES[CLIENT_CODE], offset=COUNT_DTYPE.itemsize if looped else 0)
+            values = np.frombuffer(raw, dtype=CLIENT_DTYPE, offset=COUNT_DTYPE.itemsize if looped else 0)
         else:
             values = np.array(path.read_text().split(), dtype=np.float64)[1 if looped else 0:]
     except (OSError, ValueError) as exc:
@@ -167,5 +159,5 @@ def write_client_input(manifest: Any, images: np.ndarray, path: str | Path | Non
         if manifest.get("batch_loop"):
             sink.write(np.array(len(batches), dtype=COUNT_DTYPE).tobytes())
         for values in batches:
-            write_values(sink, values, fx, CLIENT_CODE)
+            write_values(sink, values, fx, CLIENT_DTYPE)
     return target

@@ -37,7 +37,7 @@ rounds under replicated-ring, dealer and semi2k, against 24.7, 32.1 and 882 B mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from compiler.cost.fitted import FITS
@@ -69,17 +69,22 @@ OFFLINE_FIXED_BITS = {"semi2k": 0.0, "hemi": 48.0}
 ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 2, "replicated-ring": 1}
 BIT_DECOMPOSING = {"ltz", "relu", "exp:mpspdz", "reciprocal:mpspdz", "rsqrt:mpspdz", "gelu:mpspdz", "apprcr",
                    "fpdiv_nearest"}
-PRIMITIVES = ("matmul", "mul", "mul_int", "trunc", "ltz", "ltz2", "relu", "input", "reveal")
+PRIMITIVES = ("matmul", "mul", "mul_int", "trunc", "ltz", "ltz2", "relu", "input", "weights", "reveal")
 
 
 @dataclass(frozen=True)
 class Step:
-    prim: str  # "matmul" | "mul" | "mul_int" | "trunc" | "ltz" | "ltz2" | "relu" | "input" | "reveal" | "<op>:<choice>"
+    # "matmul" | "mul" | "mul_int" | "trunc" | "ltz" | "ltz2" | "relu" | "input" | "weights" | "reveal" |
+    # "<op>:<choice>";
+    # "weights": party 0's input of one weight tensor, bytes only: the program inputs every weight tensor in one
+    # round (spdz_templates/program.mpc.j2), priced once by the input node's zero-size party-0 "input" step
+    prim: str
     n: int  # elements of the one vectorised call (matmul: M*P outputs)
     shape: tuple[int, ...] = ()  # matmul: (M, K, P) per instance
     instances: int = 1  # independent copies issued together (heads, images)
-    party: int | None = None  # "input": the party providing it
+    party: int | None = None  # "input"/"weights": the party providing it
     bits: int | None = None  # comparisons: the bit length k they decompose (None: the profile's k)
+    parallel: bool = False  # runs beside the steps after it (same bytes, no rounds of its own)
 
 
 Setup = tuple[tuple[str, float, float, float], ...]  # (primitive, rounds, bytes p0, bytes all), sorted
@@ -265,6 +270,8 @@ def _transfer(protocol: str, n: int, party: int | None, reveal: bool) -> Cost:
 
 def step_cost(step: Step, profile: Any) -> Cost:
     """Price one step under ``profile`` (anything with protocol/k/budget/batch; a protocol name works too)."""
+    if step.parallel:
+        return replace(step_cost(replace(step, parallel=False), profile), online_rounds=0.0)
     protocol, k, budget, batch = profile_params(profile)
     if step.prim == "relu" and step.bits and step.bits != k:  # measured: relu = ltz + one bit x value product
         return steps_cost([Step("ltz", step.n, instances=step.instances, bits=step.bits),
@@ -285,6 +292,8 @@ def step_cost(step: Step, profile: Any) -> Cost:
                            float((m * kk + kk * p) * copies), k, budget, batch)
     if step.prim in ("input", "reveal"):
         return _transfer(protocol, step.n * copies, step.party, step.prim == "reveal")
+    if step.prim == "weights":
+        return replace(_transfer(protocol, step.n * copies, 0, False), online_rounds=0.0)
     if (protocol, step.prim) in FITS:
         return fitted_cost(step.prim, protocol, float(step.n * copies), k=k, budget=budget, batch=batch)
     if ":" in step.prim:  # an approximation priced through its own steps (default params)

@@ -166,7 +166,7 @@ def _approx_steps(use: ApproxUse, n: int, profile: Profile) -> list[Step]:
 
 
 def _param_inputs(node: Node, graph: Graph) -> list[Step]:
-    return [Step("input", graph.values[v].size, party=0) for v in node.inputs if graph.values[v].role == "param"]
+    return [Step("weights", graph.values[v].size, party=0) for v in node.inputs if graph.values[v].role == "param"]
 
 
 def attention_groups(node: Node) -> dict[str, list[int]]:
@@ -617,6 +617,58 @@ def layernorm_scale(node: Node, profile: Profile, cols: int,
                            sigma, raw_squares=raw_bits >= 0), bounds)
 
 
+@dataclass(frozen=True)
+class RawInput:
+    """A linear node whose input is a LayerNorm's untruncated output (:func:`layernorm_raw_input`): its one
+    truncation, by ``shift`` bits of a ``bits``-bit product, takes the LayerNorm's too."""
+
+    layernorm: str  # the producing LayerNorm's output tensor
+    shift: int
+    bits: int
+    # where the LayerNorm's other consumers need its truncated output, its first fused linear forms it in the same
+    # truncation as its product's: R·2^f (``truncate`` bits) truncated by ``shift`` is trunc(R, f + g) exactly
+    truncate: int | None = None
+
+
+def layernorm_raw_input(node: Node, graph: Graph, profile: Profile) -> RawInput | None:
+    """Fused truncation of a LayerNorm (exact moments, γ/β folded away) and a linear that takes its output.
+
+    Such a LayerNorm ends in trunc(R, f + g) with R = (C·x − Σx)·rsqrt = z·2^(2f+g) (z the normalised value,
+    g = its ``shift``). It hands R on untruncated to the linears whose left factor it is, which truncate
+    R·W = y·2^(3f+g) by 2f + g instead of f: the LayerNorm's last product becomes local (−2 rounds under
+    replicated-ring). Where nothing else takes the output, its truncation is gone too; otherwise (a residual
+    add) trunc(R, f + g) is still formed, in one truncation with the linear's (``RawInput.truncate``, where R·2^f
+    fits the ring). R·W must stay in the ring: bits = ⌈log2(margin·|R·W|max/2^(3f+g))⌉ + 3f + g + 1 <= RING_TOP + 1, from the linear's
+    calibrated largest product ``product_abs`` (:mod:`compiler.calibrate`). Returns the fusion of linear ``node``
+    (None where it does not apply: not calibrated, an affine LayerNorm, or a product too wide).
+    """
+    ln = graph.producer(node.inputs[0]) if node.op == "linear" and len(node.inputs) > 1 else None
+    if ln is None or ln.op != "layernorm" or ln.outputs[0] in graph.outputs:
+        return None
+    gamma, beta = (graph.values[n].data for n in ln.inputs[1:3])
+    if gamma is None or beta is None or not (np.all(gamma == 1) and np.all(beta == 0)):
+        return None
+    scale, _ = layernorm_scale(ln, profile, graph.values[ln.inputs[0]].shape[-1], affine=False)
+    if not scale.moments:
+        return None
+    fx = profile.fx
+
+    def product_bits(consumer: Node) -> int | None:
+        top = consumer.attrs.get("calibration", {}).get("product_abs")
+        if consumer.op != "linear" or consumer.inputs.index(ln.outputs[0]) != 0 or top is None or \
+                consumer.inputs.count(ln.outputs[0]) != 1:
+            return None
+        bits = math.ceil(math.log2(max(top * MAGNITUDE_MARGIN, fx.lsb))) + 3 * fx.f + scale.shift + 1
+        return bits if bits <= RING_TOP + 1 else None
+
+    consumers = graph.consumers(ln.outputs[0])
+    fused = [c for c in consumers if product_bits(c) is not None]
+    if not any(c is node for c in fused) or (len(fused) < len(consumers) and scale.raw_bits + fx.f > RING_TOP + 1):
+        return None
+    truncate = scale.raw_bits + fx.f if fused[0] is node and len(fused) < len(consumers) else None
+    return RawInput(ln.outputs[0], 2 * fx.f + scale.shift, product_bits(node), truncate)
+
+
 def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     shape = graph.values[node.inputs[0]].shape
     cols = shape[-1]
@@ -643,8 +695,10 @@ def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     # centring: the mean (one truncation per row) or exactly (one per element); centred square (raw when
     # calibrated), variance (1/C), rsqrt, (x-mean)*gamma in parallel, times rsqrt
     if scale.moments:  # x², (Σx)², (C·x - Σx)·γ in one round, both truncations in the next
+        raw = p.params["raw_output"] = any(layernorm_raw_input(c, graph, profile) is not None
+                                           for c in graph.consumers(node.outputs[0]))
         p.steps += [Step("mul_int", (1 + affine) * rows * cols + rows), Step("trunc", affine * rows * cols + rows),
-                    *_approx_steps(rsqrt, rows, profile), Step("mul", rows * cols)]
+                    *_approx_steps(rsqrt, rows, profile), Step("mul_int" if raw else "mul", rows * cols)]
         return
     p.steps += [Step("trunc", rows * cols if scale.exact else rows),
                 Step("mul_int" if scale.raw_squares else "mul", rows * cols), Step("trunc", rows),
@@ -699,11 +753,15 @@ def _plan(node: Node, profile: Profile, graph: Graph, reveal: str) -> NodePlan:
     out = graph.values[(node.outputs or node.inputs)[0]]
     p.steps += _param_inputs(node, graph)
     if node.op == "input":
-        p.steps.append(Step("input", out.size, party=1))
+        # the round in which party 0 inputs every weight tensor (their bytes: each node's "weights" steps)
+        p.steps += [Step("input", 0, party=0), Step("input", out.size, party=1)]
     elif node.op == "linear":
+        raw = p.params["raw_input"] = layernorm_raw_input(node, graph, profile)
         x_shape = graph.values[node.inputs[0]].shape
         rows, k, cols = int(np.prod(x_shape[:-1])), x_shape[-1], out.shape[-1]
         p.steps.append(Step("matmul", rows * cols, (rows, k, cols)))
+        if raw and raw.truncate:  # the LayerNorm's truncation, in the rounds of this product's
+            p.steps.append(Step("trunc", rows * k, parallel=True))
     elif node.op == "scale":
         p.steps.append(Step("trunc", out.size))
     elif node.op == "relu":

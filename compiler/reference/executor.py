@@ -94,6 +94,9 @@ class _Executor:
         self.fx: FixedPoint = program.profile.fx
         self.ints: dict[str, np.ndarray] = {}
         self.floats: dict[str, np.ndarray] = {}
+        # LayerNorm outputs handed on untruncated (plans.RawInput): what the program stores; ``ints`` keeps them
+        # truncated (at f, like every other tensor) for the per-layer error report
+        self.raw: dict[str, np.ndarray] = {}
         for value in self.graph.values.values():
             if value.role in ("param", "public") and value.data is not None:
                 data = np.asarray(value.data, dtype=np.float64)
@@ -113,7 +116,9 @@ class _Executor:
         op = node.op
         if op == "linear":
             w_i, w_f = xi[1], xf[1]
-            yi = self.fx.trunc(exact_int_matmul(xi[0], w_i))
+            raw = p.params.get("raw_input")
+            yi = self.fx.trunc(exact_int_matmul(self.raw[raw.layernorm], w_i), raw.shift) if raw else \
+                self.fx.trunc(exact_int_matmul(xi[0], w_i))
             yf = float_matmul(xf[0], w_f)
             if len(xi) > 2:
                 yi, yf = yi + xi[2], yf + xf[2]
@@ -268,6 +273,8 @@ class _Executor:
                 f"rsqrt domain top {domain['hi']:.6g}; calibrate on inputs like these (mpcvit-compile --calibrate)")
         inv = self.approx(p.approx["rsqrt"], var, label + ")")
         if not affine:  # γ = 1, β = 0: (x - mean)·σ·rsqrt, or with the moments trunc((C·x - Σx)·rsqrt, f + g)
+            if p.params.get("raw_output"):
+                self.raw[node.outputs[0]] = scaled * inv[..., None]
             yi = fx.trunc(scaled * inv[..., None], fx.f + (scale.shift if scale.moments else 0))
         else:
             yi = fx.mul(scaled, inv[..., None]) + beta

@@ -47,9 +47,33 @@ def test_inner_segment_meets_its_bound_on_the_interval_it_is_used_on(op):
     assert np.array_equal(inner, approx.run(x, fx))
     assert np.abs(fx.decode(inner) - approx.exact(fx.decode(x))).max() <= bound
     assert len(approx.call_steps(100, CostProfile(), inner=True, bits=20)) == len(approx.steps(100, None)) - \
-        (op == "gelu")  # gelu: no final cut x value product; the odd polynomials' products shrink to n
+        (op == "gelu")  # gelu: no final inside x value product; the odd polynomials' products shrink to n
     ltz = [s for s in approx.call_steps(100, CostProfile(), inner=True, bits=20) if s.prim == "ltz"]
     assert ltz == [Step("ltz", 100, bits=20)]  # one sign comparison per element, at the call site's bit length
+
+
+def test_gelu_band_form_tests_both_cuts_with_one_comparison():
+    """``band=True`` (calibrated |x| times the margin below 8): bit for bit the three-comparison form on (-8, 8) and
+    its bound there, from the top two bits of x mod 2^(f+4) (one comparison circuit, ``ltz2``) instead of three
+    comparisons. The band test itself: bit f + 3 of (x + 4 mod 2^(f+4)) is [x outside [-4, 4)] for every x in
+    [-12, 12)."""
+    approx = get("gelu", "poly")
+    (lo, hi), bound = approx.bounds(band=True)
+    assert (lo, hi) == (-8.0, 8.0) and bound == approx.max_abs_error
+    x = dense(lo, hi)
+    x = x[(x > fx.encode(lo)) & (x < fx.encode(hi))]
+    band = approx.run(x, fx, band=True)
+    assert np.array_equal(band, approx.run(x, fx))
+    assert np.abs(fx.decode(band) - approx.exact(fx.decode(x))).max() <= bound
+    wide = dense(-12, 12)[:-1]  # [-12, 12)
+    bit = ((wide + fx.encode(4.0)) % 2 ** (fx.f + 4)) >> (fx.f + 3)
+    assert np.array_equal(bit, ((wide < fx.encode(-4.0)) | (wide >= fx.encode(4.0))).astype(np.int64))
+    compared = [s for s in approx.call_steps(100, CostProfile(), band=True) if s.prim.startswith("ltz")]
+    assert compared == [Step("ltz2", 100, bits=fx.f + 3)]
+    assert len(approx.call_steps(100, CostProfile(), band=True)) == len(approx.steps(100, None))
+    # the two bits cost one comparison, one conversion and one round more: below the three comparisons' cost
+    cut, band = approx.cost(33280, CostProfile(), bits=fx.f + 4), approx.cost(33280, CostProfile(), band=True)
+    assert band.bytes_p0 < 0.8 * cut.bytes_p0 and band.rounds < cut.rounds
 
 
 def test_gelu_exact_is_erf_gelu_and_poly_meets_issue_bound():

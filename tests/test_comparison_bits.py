@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from compiler.calibrate import calibrate
-from compiler.cost import estimate
+from compiler.cost import Step, estimate
 from compiler.errors import FixedPointRangeError
 from compiler.ir import Graph, Node, Value
 from compiler.lowering import get_profile, lower
@@ -223,3 +223,22 @@ def test_cost_model_prices_a_short_comparison(mpspdz, tmp_path, protocol):
           f"{measured.bytes_party0} (model without the reveal {bytes_p0:.0f})")
     assert report.total.rounds == pytest.approx(measured.rounds, rel=0.25)
     assert bytes_p0 == pytest.approx(measured.bytes_party0, rel=0.25)
+
+
+@pytest.mark.parametrize("scale,form", [(0.5, "inner"), (1.5, "band"), (2.5, "cut")])
+def test_gelu_form_follows_the_calibrated_range(scale, form):
+    """GeLU's comparisons by the calibrated |x| times the margin: below the cut 4 the sign only (inner); below
+    twice the cut the top two bits of x mod 2^(f+4) from one comparison circuit (band, compiler/approx/gelu.py) in
+    a ring, the three cut tests in a prime field (hemi) and beyond."""
+    g = many_ops([("gelu", [("secret", (2, 40))], {})])
+    calib = calibrate(g, samples(g, scale, 6, seed=0))
+    for protocol in ("replicated-ring", "dealer", "hemi"):
+        use = next(p for p in lower(calib.annotate(g), get_profile(protocol)).node_plans if p.node.op == "gelu")
+        kwargs = use.approx["gelu"].kwargs
+        expected = "cut" if form == "band" and protocol == "hemi" else form
+        assert (kwargs.get("inner", False), kwargs.get("band", False)) == (expected == "inner", expected == "band")
+        assert kwargs["bits"] == (F + 3 if expected == "band" else
+                                  expected_bits(calib.sites[use.node.name]["in_abs"], 4.0)), kwargs
+        compared = [s for s in use.steps if s.prim.startswith("ltz")]
+        assert compared == [Step("ltz2", 80, bits=F + 3)] if expected == "band" else \
+            [Step("ltz", 80 * {"inner": 1, "cut": 3}[expected], bits=kwargs["bits"])]

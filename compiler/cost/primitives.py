@@ -27,6 +27,13 @@ c (``FIXED_BITS``) is the part of a comparison that does not grow with the bits 
 arithmetic conversion): fitted to LTZ at k' = 8, 12, 16, 31 on n = 4096 with ``-b 100000`` (MP-SPDZ 3a0a7b1d,
 party 0's timer bytes and rounds; see benchmarks/README.md), within 5 % (rep3, dealer) and 14 % (semi2k) on bytes
 and exact on online rounds.
+
+``ltz2`` — the two top bits k' − 1 and k' of one comparison's operand mod 2^(k'+1) (the GeLU band form,
+compiler/approx/gelu.py): MP-SPDZ's LTZ on k' + 1 bits whose carry into bit k' − 1 also gives bit k' − 1, one
+more AND for the carry into bit k', and both bits converted to arithmetic in one call: priced as that LTZ plus
+one ring element per value from party 0 (the second conversion) and one online round. Measured on 33,280 values
+at k' = 19 (MP-SPDZ 3a0a7b1d, -b 100000, party 0's timer): 24.4, 31.8 and 838 B per value and 9, 31 and 86
+rounds under replicated-ring, dealer and semi2k, against 24.7, 32.1 and 882 B modelled.
 """
 from __future__ import annotations
 
@@ -65,12 +72,13 @@ OFFLINE_FIXED_BITS = {"semi2k": 0.0, "hemi": 48.0}
 ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 1, "replicated-ring": 1}
 BIT_DECOMPOSING = {"ltz", "relu", "exp:mpspdz", "reciprocal:mpspdz", "rsqrt:mpspdz", "gelu:mpspdz", "apprcr",
                    "fpdiv_nearest"}
-PRIMITIVES = ("matmul", "mul", "mul_int", "trunc", "ltz", "relu", "input", "weights", "reveal")
+PRIMITIVES = ("matmul", "mul", "mul_int", "trunc", "ltz", "ltz2", "relu", "input", "weights", "reveal")
 
 
 @dataclass(frozen=True)
 class Step:
-    # "matmul" | "mul" | "mul_int" | "trunc" | "ltz" | "relu" | "input" | "weights" | "reveal" | "<op>:<choice>";
+    # "matmul" | "mul" | "mul_int" | "trunc" | "ltz" | "ltz2" | "relu" | "input" | "weights" | "reveal" |
+    # "<op>:<choice>";
     # "weights": party 0's input of one weight tensor, bytes only: the program inputs every weight tensor in one
     # round (spdz_templates/program.mpc.j2), priced once by the input node's zero-size party-0 "input" step
     prim: str
@@ -302,6 +310,12 @@ def step_cost(step: Step, profile: Any) -> Cost:
                            Step("mul_int", step.n, instances=step.instances)], profile)
     k = step.bits or k
     copies = max(int(step.instances), 1)
+    if step.prim == "ltz2":  # see the module doc
+        ltz = fitted_cost("ltz", protocol, float(step.n * copies), k=k, budget=budget, batch=batch)
+        extra = float(step.n * copies * WORD_BYTES)
+        share = ltz.variable_bytes_all / ltz.variable_bytes_p0 if ltz.variable_bytes_p0 else 1.0
+        return ltz + Cost(variable_bytes_p0=extra, variable_bytes_all=extra * share, online_bytes_all=extra * share,
+                          online_rounds=1.0)
     if step.prim == "matmul":
         if len(step.shape) != 3:
             raise CompileError(f"matmul step needs shape (M, K, P), got {step.shape!r}")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from compiler.approx import REGISTRY
+from compiler.approx.gelu import CUT as GELU_CUT
 from compiler.approx.rowmax import best_groups
 from compiler.approx.rsqrt import RING_TOP, rsqrt_segments
 from compiler.cost.primitives import Step
@@ -143,6 +144,19 @@ def _compare_use(profile: Profile, op: str, calibrated: float | None, exact: flo
     if bits < profile.fx.k:
         chosen["bits"] = bits
     return ApproxUse(op, use.choice, tuple(sorted(chosen.items())))
+
+
+def _gelu_use(profile: Profile, calibrated: float | None) -> ApproxUse:
+    """A gelu call site: :func:`_compare_use`, and gelu:poly's ``band`` form (one comparison tests both cuts, at
+    k' = f + 3; compiler/approx/gelu.py) where the calibrated |x| times the margin stays below twice the cut, in
+    a ring (a prime field's comparison is undefined beyond its bit length, which the band form relies on)."""
+    use = _compare_use(profile, "gelu", calibrated)
+    values = dict(use.kwargs)
+    if use.choice != "poly" or values.get("inner") or calibrated is None or profile.spec.field_bits or \
+            calibrated * MAGNITUDE_MARGIN >= 2 * GELU_CUT:
+        return use
+    values.update(band=True, bits=profile.f + 3)
+    return ApproxUse("gelu", use.choice, tuple(sorted(values.items())))
 
 
 def _approx_steps(use: ApproxUse, n: int, profile: Profile) -> list[Step]:
@@ -754,7 +768,7 @@ def _plan(node: Node, profile: Profile, graph: Graph, reveal: str) -> NodePlan:
         bits = p.params["bits"] = comparison_bits(profile, calibrated_abs(node))
         p.steps.append(Step("relu", out.size, bits=bits))
     elif node.op == "gelu":
-        use = p.approx["gelu"] = _compare_use(profile, "gelu", calibrated_abs(node))
+        use = p.approx["gelu"] = _gelu_use(profile, calibrated_abs(node))
         p.steps += _approx_steps(use, out.size, profile)
     elif node.op == "layernorm":
         _layernorm(node, graph, profile, p)

@@ -29,7 +29,7 @@ import numpy as np
 
 from compiler.errors import CompileError, UserError
 from compiler.ir import Graph
-from compiler.lowering.plans import MAGNITUDE_MARGIN, Program
+from compiler.lowering.plans import MAGNITUDE_MARGIN, Program, comparison_steps
 
 FLOAT32_FROM = 20_000_000  # weights from which calibration evaluates in float32 (see calibrate)
 
@@ -72,7 +72,7 @@ class Calibration:
             out["choices"] = {p.node.name: _choices(p) for p in program.node_plans
                               if p.params or any(u.params for u in p.approx.values())}
             # the program's comparison bit lengths (plans.choose_comparison_lengths), each its own preprocessing
-            out["comparison_lengths"] = sorted({s.bits for p in program.node_plans for s in p.steps if s.bits})
+            out["comparison_lengths"] = sorted({s.bits for s in comparison_steps(program.node_plans)})
         return out
 
 

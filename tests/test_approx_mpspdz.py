@@ -71,6 +71,16 @@ def _cases() -> list[Case]:
              ("replicated-ring", "dealer")),
         Case("rowmax", "tree", np.round(rng.uniform(-3, 3, (9, 65))), 0, {"cols": 65, "groups": (3, 4, 8)},  # ties
              ("replicated-ring", "dealer")),
+        # softmax's row max (plans.softmax_uses): on x truncated by 15 bits (20-bit inputs: replicated-ring's
+        # one-message truncation), 5-bit comparisons; the engine's truncation and the reference's nearest rounding
+        # may pick winners one unit (2^15 LSB) apart
+        Case("rowmax", "tree", rng.uniform(-3, 3, (9, 65)), 2 ** 15, {"cols": 65, "groups": (2, 2, 2, 3, 3),
+                                                                     "drop": 15, "bits": 5},
+             ("replicated-ring", "dealer")),
+        # softmax's denominators with the row max up to 1 above the max (sums in [e^-1, 65]), 2 segments per octave,
+        # the series without a final Newton step: each product's LSB, times the later factors and y <= 2^q·e
+        Case("reciprocal", "newton", np.geomspace(np.exp(-1.0), 65, 200), 4 + 2 * 11,
+             {"lo": float(np.exp(-1.0)), "hi": 65.0, "shift": 2, "per_octave": 2, "final": False}),
     ]
 
 
@@ -148,7 +158,17 @@ def test_engine_matches_reference(engine_run):
         # and the engine's result meets the approximation's error bound against the exact function
         exact = approx.exact(fx.decode(x_int)) * 2.0 ** case.params.get("shift", 0)  # reciprocal: 2^shift/x
         slack = case.lsb / fx.scale
-        assert np.max(np.abs(fx.decode(got) - exact)) <= approx.bounds(**approx.with_params(case.params))[1] + slack
+        assert np.max(np.abs(fx.decode(got) - exact)) <= approx.bounds(**approx.split_bits(case.params)[0])[1] + slack
+
+
+def test_engine_coarse_rowmax_lies_above_the_max(engine_run):
+    """The truncated tournament's m is above every row's max and within 2^(drop+1) LSB of it (the proof in
+    compiler/approx/rowmax.py, on the engine's probabilistic truncation): softmax's exponents stay <= 0."""
+    _, cases, outputs, _ = engine_run
+    for i, case in enumerate(cases):
+        if case.op == "rowmax" and case.params.get("drop"):
+            gap = outputs[i].astype(np.int64) - fx.encode(case.x).max(axis=-1)
+            assert np.all(gap > 0) and np.all(gap <= 2 ** (case.params["drop"] + 1)), gap
 
 
 def test_engine_fixed_point_products_within_one_lsb(engine_run):

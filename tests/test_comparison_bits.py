@@ -18,7 +18,7 @@ from compiler.cost import estimate
 from compiler.errors import FixedPointRangeError
 from compiler.ir import Graph, Node, Value
 from compiler.lowering import get_profile, lower
-from compiler.lowering.plans import MAGNITUDE_MARGIN
+from compiler.lowering.plans import MAGNITUDE_MARGIN, SOFTMAX_MAX_GAP
 from compiler.lowering.profiles import PROTOCOLS, SEMI_HONEST_CORE
 from compiler.reference import execute
 from general_ops_ir import many_ops, quantised
@@ -65,7 +65,9 @@ def test_comparison_bits_follow_the_calibrated_range():
         assert plans["the_reduce_max_3"].approx["rowmax"].kwargs["bits"] == \
             expected_bits(calib.sites["the_reduce_max_3"]["in_abs"])
         softmax = plans["the_softmax_4"].approx
-        assert softmax["exp"].kwargs["bits"] == expected_bits(2 * calib.sites["the_softmax_4"]["in_abs"], 2 ** 5)
+        # exponents s - m, m up to SOFTMAX_MAX_GAP above the row max (the rowmax's drop; the gap needs no margin)
+        assert softmax["exp"].kwargs["bits"] == \
+            expected_bits(2 * calib.sites["the_softmax_4"]["in_abs"] + SOFTMAX_MAX_GAP / MAGNITUDE_MARGIN, 2 ** 5)
         # the row sum's exact bound [1, 7] (newton compares up to 2·hi), whatever the calibration
         assert softmax["reciprocal"].label == "reciprocal:newton"
         assert softmax["reciprocal"].kwargs["bits"] == expected_bits(0.0, 2 * 7)
@@ -97,29 +99,28 @@ def test_a_program_merges_comparison_lengths_whose_preprocessing_costs_more_than
     regression's vit_1_4_8: four lengths cost 6 rounds and 15 KB more than one); every site keeps at least the
     length its range needs, and the merged lengths' modelled latency is no worse than each site's own."""
     from compiler.cost.primitives import steps_cost
-    from compiler.lowering.plans import choose_comparison_lengths
+    from compiler.lowering.plans import choose_comparison_lengths, comparison_steps
     from compiler.lowering.profiles import RANK_NETWORK
 
     g = ops_graph()
     annotated = calibrate(g, samples(g, 0.5, 6, seed=0)).annotate(g)
     own = lower(annotated, get_profile("replicated-ring"))
     merged = lower(annotated, get_profile("dealer"))
-    demand = {p.node.name: s.bits for p in own.node_plans for s in p.steps if s.bits}
-    used = {p.node.name: s.bits for p in merged.node_plans for s in p.steps if s.bits}
+    demand = {p.node.name: s.bits for p in own.node_plans for s in comparison_steps([p])}
+    used = {p.node.name: s.bits for p in merged.node_plans for s in comparison_steps([p])}
     assert len(set(used.values())) < len(set(demand.values())) and used.keys() == demand.keys()
     assert all(used[name] >= demand[name] for name in demand)
     assert list(merged.profile.cmp_bits) == choose_comparison_lengths(merged.node_plans, merged.profile) == \
         calibrate(g, samples(g, 0.5, 6, seed=0)).as_dict(merged)["comparison_lengths"]
     # neither more bytes nor more rounds than one length for all the sites (as without calibration)
-    single = [replace(s, bits=max(used.values())) for p in merged.node_plans for s in p.steps if s.bits]
-    merged_steps = [s for p in merged.node_plans for s in p.steps if s.bits]
+    single = [replace(s, bits=max(used.values())) for s in comparison_steps(merged.node_plans)]
+    merged_steps = comparison_steps(merged.node_plans)
     dealer = get_profile("dealer")
     assert steps_cost(merged_steps, dealer).rounds <= steps_cost(single, dealer).rounds
     assert steps_cost(merged_steps, dealer).bytes_all <= steps_cost(single, dealer).bytes_all
 
     def comparisons(program):  # under the dealer, whatever the program was lowered for
-        steps = [s for p in program.node_plans for s in p.steps if s.bits]
-        return steps_cost(steps, get_profile("dealer")).latency(RANK_NETWORK)
+        return steps_cost(comparison_steps(program.node_plans), get_profile("dealer")).latency(RANK_NETWORK)
 
     assert comparisons(merged) <= comparisons(own)
 
@@ -157,8 +158,11 @@ def test_attention_comparisons_follow_the_calibrated_scores():
     # replicated-ring (each site keeps its own length) with the Newton reciprocal, whose thresholds compare
     plan = lower(calib.annotate(g), get_profile("replicated-ring", approx={"reciprocal": "newton"})).node_plans[1]
     scores = calib.sites["att"]["cmp_abs"]
-    assert plan.approx["softmax.rowmax"].kwargs["bits"] == expected_bits(scores)
-    # the row sums lie in [1, N], an exact bound (no margin); the thresholds below 2N
+    # the row max compares the scores in units of 2^(drop - f) (compiler.approx.rowmax)
+    drop = plan.approx["softmax.rowmax"].kwargs["drop"]
+    assert drop == F + math.log2(SOFTMAX_MAX_GAP) - 1
+    assert plan.approx["softmax.rowmax"].kwargs["bits"] == expected_bits(scores * 2.0 ** -drop) == 4
+    # the row sums lie in [e^-gap, N], an exact bound (no margin); the thresholds below 2N
     assert plan.approx["softmax.reciprocal"].kwargs["bits"] == expected_bits(0, 2 * 16)
     assert plan.params["relu_softmax.bits"] == expected_bits(scores)
     assert any(s.prim == "relu" and s.bits == expected_bits(scores) for s in plan.steps)

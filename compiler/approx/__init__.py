@@ -86,7 +86,10 @@ class Approximation:
         """The steps of one call on n elements, its comparisons at the call site's bit length."""
         values, bits = self.split_bits(params)
         steps = self.steps(n, profile, **values)
-        return [replace(s, bits=bits) if bits and s.prim in ("ltz", "relu") else s for s in steps]
+        steps = [replace(s, bits=bits) if bits and s.prim in ("ltz", "relu") else s for s in steps]
+        if bits and values.get("drop"):  # a truncation by ``drop`` bits before the comparisons sees longer inputs
+            steps = [replace(s, bits=bits + values["drop"]) if s.prim == "trunc" else s for s in steps]
+        return steps
 
     def cost(self, n: int, profile: Any, **params: Any) -> Cost:
         return sum((step_cost(s, profile) for s in self.call_steps(n, profile, **params)), Cost())

@@ -9,9 +9,11 @@
 * ``limit2`` — the same limit from a second-order base: exp(x) ≈ (1 + y + y²/2)^(2^n), y = x/2^n, after clipping
   x to [-2^n, 0] (the base stays >= 1/2 > 0). ln(1 + y + y²/2) = y - y³/6 + O(y⁴), so the limit's own error is
   about e^x·|x|³/(6·4^n) (0.224/4^n at x = -3) instead of e^x·x²/2^(n+1): n = 5 squarings reach what n = 8 cannot,
-  so the rounding amplification 2^n·LSB is 8 times smaller too. y²/2 is computed from x directly,
-  trunc(x·x, f + 2n + 1), in the same round as y = trunc(x, n) (x² <= 4^n stays in the product range for n <= 6).
-  Cost: n + 1 products (6 at n = 5) against limit's n (8), and 2 fewer rounds; error 1e-3 at f = 16.
+  so the rounding amplification 2^n·LSB is 8 times smaller too. y + y²/2 = x·(x + 2^(n+1))/2^(2n+1) is ONE
+  product of x and x + 2^(n+1) (a local addition) truncated once by f + 2n + 1 (a separate truncation of y beside
+  the product would be a second MP-SPDZ instruction: 2 more rounds, measured); the raw product <= 2^(2n+2f+1)
+  stays in the product range for n <= 6. Cost: n + 1 products (6 at n = 5) against limit's n (8); error 4.9e-4 at
+  f = 16.
 * ``inner=True`` (both limits; chosen per call site when the calibrated |x| times the margin stays below 2^n, e.g.
   softmax exponents x − max of scores bounded by B, |x| <= 2B): the clipping comparison and its selection are
   dropped (x is already in [−2^n, 0]), with the same bound on [−2^n, 0], its domain; below −2^n the base goes
@@ -65,21 +67,21 @@ def exp_limit_bounds(n: int = 8, inner: bool = False, f: int = 16) -> tuple[tupl
 
 def exp_limit2_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 5, inner: bool = False) -> np.ndarray:
     clipped = _clip(x_int, fx, n, inner)
-    z = fx.scale + fx.trunc(clipped, n) + fx.trunc(clipped * clipped, fx.f + 2 * n + 1)  # 1 + y + y²/2
+    z = fx.scale + fx.trunc(clipped * (clipped + (fx.scale << (n + 1))), fx.f + 2 * n + 1)  # 1 + y + y²/2
     for _ in range(n):
         z = fx.mul(z, z)
     return z
 
 
 def exp_limit2_steps(size: int, profile: object, n: int = 5, inner: bool = False) -> list[Step]:
-    # y and y²/2 in one round: a truncation and a product side by side
-    return _clip_steps(size, inner) + [Step("trunc", size), Step("mul", size)] + [Step("mul", size)] * n
+    # y + y²/2 as one product and one truncation, then the squarings
+    return _clip_steps(size, inner) + [Step("mul", size)] * (n + 1)
 
 
 @lru_cache(maxsize=None)
 def exp_limit2_bounds(n: int = 5, inner: bool = False, f: int = 16) -> tuple[tuple[float, float], float]:
-    """max over x ∈ [-2^n, 0] of the limit's own error plus rounding: the base carries <= 1 LSB (two
-    truncations), amplified 2^n-fold like the squarings' 0.5 LSB each (see exp_limit_bounds), so <= 1.5·2^n·LSB
+    """max over x ∈ [-2^n, 0] of the limit's own error plus rounding: the base carries <= 0.5 LSB (one
+    truncation), amplified 2^n-fold like the squarings' 0.5 LSB each (see exp_limit_bounds), so <= 2^n·LSB
     relative to e^x/base."""
     if not 1 <= n <= 6:
         raise ValueError(f"exp:limit2 takes 1 <= n <= 6 squarings (x² <= 4^n must stay in the product range), not {n}")
@@ -87,7 +89,7 @@ def exp_limit2_bounds(n: int = 5, inner: bool = False, f: int = 16) -> tuple[tup
     x = np.linspace(-m, 0.0, 200_001)
     y = x / m
     base = 1.0 + y + y * y / 2
-    bound = np.max(np.abs(np.exp(x) - base ** m) + 1.5 * m * 2.0 ** -f * np.exp(x) / base)
+    bound = np.max(np.abs(np.exp(x) - base ** m) + m * 2.0 ** -f * np.exp(x) / base)
     return (-float(m) if inner else -8000.0, 0.0), float(bound)
 
 

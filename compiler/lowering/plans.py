@@ -205,9 +205,62 @@ def softmax_sum_top(tokens: int) -> float:
     return float(max(tokens, 2))
 
 
-def softmax_scale(tokens: int, profile: Profile) -> DenominatorScale:
-    """Softmax rows: Σ exp(s - max) lies in [1, N] whatever the scores, so the shift needs no calibration."""
-    return DenominatorScale(0, balanced_shift(1.0, softmax_sum_top(tokens), profile.fx), 0)
+def softmax_scale(tokens: int, profile: Profile, lo: float = 1.0) -> DenominatorScale:
+    """Softmax rows: Σ exp(s - m) lies in [lo, N] whatever the scores (m the row max, lo = 1; or up to g above it,
+    lo = e^-g), so the shift needs no calibration."""
+    return DenominatorScale(0, balanced_shift(lo, softmax_sum_top(tokens), profile.fx), 0)
+
+
+# How far above the true row maximum softmax's shift m may lie (rowmax ``drop``, compiler.approx.rowmax): softmax is
+# invariant to m, the exponents stay <= 0 and the row sums >= e^-gap. A gap of 1 lets the tournament compare the
+# scores in units of 1/2 (f − 1 bits dropped): 4-bit comparisons for |scores| <= 2 (calibrated, times the margin).
+SOFTMAX_MAX_GAP = 1.0
+# Segments per octave of the softmax reciprocal's guess: 2 leave a series of order 8 (4 products deep) where 1
+# needs order 16 (5 deep), for 2·log2(N/lo) comparisons per row instead of log2(N/lo) (in the same round). Fixed, so
+# that an attention's rounds do not depend on its rows (8 per octave: 3 deep, but 8 times the comparisons).
+SOFTMAX_PER_OCTAVE = 2
+
+
+@dataclass(frozen=True)
+class SoftmaxUses:
+    """The approximations of one softmax call site (rows of ``cols`` values) and its denominator scale."""
+
+    rowmax: ApproxUse
+    exp: ApproxUse
+    reciprocal: ApproxUse
+    scale: DenominatorScale
+
+    def steps(self, rows: int, cols: int, profile: Profile) -> list[Step]:
+        """Row max, exp, one reciprocal per row, then the normalising product."""
+        return [*_approx_steps(self.rowmax, rows * cols, profile), *_approx_steps(self.exp, rows * cols, profile),
+                *_approx_steps(self.reciprocal, rows, profile), Step("mul", rows * cols)]
+
+
+def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> SoftmaxUses:
+    """Softmax over rows of ``cols`` values whose calibrated largest magnitude is ``top`` (None: uncalibrated).
+
+    Calibrated, the row max is taken on the values truncated by ``drop`` = f + log2(SOFTMAX_MAX_GAP) − 1 bits (its
+    comparisons that many bits shorter; uncalibrated they stay at k bits, where dropping saves nothing), its
+    tournament groups least latency on ``RANK_NETWORK``; the exponents then reach −(2·top + gap), the row sums
+    [e^-gap, N]. The reciprocal (``newton``) takes :data:`SOFTMAX_PER_OCTAVE` segments per octave and its series
+    without the final Newton step (``final``, error bound in compiler.approx.reciprocal)."""
+    drop = profile.f + round(math.log2(SOFTMAX_MAX_GAP)) - 1 if top is not None else 0
+    gap = 2.0 ** (drop + 1 - profile.f) if drop else 0.0
+    coarse = None if top is None else top * 2.0 ** -drop  # the compared values' magnitude, in units of 2^(drop-f)
+    dropped = {"drop": drop} if drop else {}
+    rowmax = _compare_use(profile, "rowmax", coarse, cols=cols, **dropped)
+    groups = best_groups(cols, rows, profile, rowmax.kwargs.get("bits"), RANK_NETWORK)
+    rowmax = _compare_use(profile, "rowmax", coarse, cols=cols, **dropped, **({"groups": groups} if groups else {}))
+    # the margin applies to the scores, not to the gap (exact)
+    exp = _compare_use(profile, "exp", None if top is None else 2 * top + gap / MAGNITUDE_MARGIN)
+    lo = math.exp(-gap)
+    scale = softmax_scale(cols, profile, lo)
+    # the row sums lie in [lo, N] whatever the scores: an exact bound for the reciprocal's comparisons
+    sum_top = softmax_sum_top(cols)
+    shift = {"shift": scale.shift} if scale.shift else {}
+    newton = {"per_octave": SOFTMAX_PER_OCTAVE, "final": False} if profile.approx.get("reciprocal") == "newton" else {}
+    rec = _compare_use(profile, "reciprocal", None, sum_top, lo=lo, hi=sum_top, **shift, **newton)
+    return SoftmaxUses(rowmax, exp, rec, scale)
 
 
 def scaling_fold(tokens: int, fx: Any) -> tuple[int, int]:
@@ -273,20 +326,11 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         rows = len(members) * batch * tokens
         n = rows * tokens
         if kind == "softmax":
-            rowmax = _compare_use(profile, "rowmax", scores, cols=tokens)
-            # the tournament's groups per level: the least latency on the ranking network at these rows and bits
-            groups = best_groups(tokens, rows, profile, rowmax.kwargs.get("bits"), RANK_NETWORK)
-            rowmax = p.approx["softmax.rowmax"] = _compare_use(profile, "rowmax", scores, cols=tokens,
-                                                               **({"groups": groups} if groups else {}))
-            exp = p.approx["softmax.exp"] = _compare_use(profile, "exp", None if scores is None else 2 * scores)
-            scale = p.params["softmax.scale"] = softmax_scale(tokens, profile)
-            # the row sums lie in [1, N] whatever the scores: an exact bound for the reciprocal's comparisons
-            sum_top = softmax_sum_top(tokens)
-            rec = p.approx["softmax.reciprocal"] = _compare_use(profile, "reciprocal", None, sum_top, lo=1.0,
-                                                                hi=sum_top,
-                                                                **({"shift": scale.shift} if scale.shift else {}))
-            p.steps += [*_approx_steps(rowmax, n, profile), *_approx_steps(exp, n, profile),
-                        *_approx_steps(rec, rows, profile), Step("mul", n)]
+            uses = softmax_uses(profile, scores, rows, tokens)
+            p.approx.update({"softmax.rowmax": uses.rowmax, "softmax.exp": uses.exp,
+                             "softmax.reciprocal": uses.reciprocal})
+            p.params["softmax.scale"] = uses.scale
+            p.steps += uses.steps(rows, tokens, profile)
         elif kind == "relu_softmax":
             eps_int, raised = relu_softmax_eps(node, profile)
             if raised:
@@ -424,15 +468,10 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         p.steps += _approx_steps(use, rows * cols, profile)
     elif op == "softmax":  # as an attention softmax head: max-subtraction, exp, one reciprocal per row
         rows, cols, _ = reduction_block(node, x_shape)
-        top = calibrated_abs(node)
-        rowmax = p.approx["rowmax"] = _compare_use(profile, "rowmax", top, cols=cols)
-        exp = p.approx["exp"] = _compare_use(profile, "exp", None if top is None else 2 * top)
-        scale = p.params["softmax.scale"] = softmax_scale(cols, profile)  # 2^q/sum: free bits for long rows
-        sum_top = softmax_sum_top(cols)
-        rec = p.approx["reciprocal"] = _compare_use(profile, "reciprocal", None, sum_top, lo=1.0, hi=sum_top,
-                                                    **({"shift": scale.shift} if scale.shift else {}))
-        p.steps += [*_approx_steps(rowmax, rows * cols, profile), *_approx_steps(exp, rows * cols, profile),
-                    *_approx_steps(rec, rows, profile), Step("mul", rows * cols)]
+        uses = softmax_uses(profile, calibrated_abs(node), rows, cols)
+        p.approx.update({"rowmax": uses.rowmax, "exp": uses.exp, "reciprocal": uses.reciprocal})
+        p.params["softmax.scale"] = uses.scale  # 2^q/sum: free bits for long rows
+        p.steps += uses.steps(rows, cols, profile)
     elif op in ("exp", "reciprocal"):
         use = p.approx[op] = ApproxUse(op, RANGE_AGNOSTIC[op])
         p.steps += _approx_steps(use, out.size, profile)
@@ -723,12 +762,17 @@ def lower(graph: Graph, profile: Profile, name: str = "mpcvit", reveal: str = "l
     _check_constants(graph, profile)
     plans = [plan(node, profile, graph, reveal) for node in graph.nodes]
     lengths = choose_comparison_lengths(plans, profile)
-    if lengths != sorted({s.bits for p in plans for s in p.steps if s.bits}):
+    if lengths != sorted({s.bits for s in comparison_steps(plans)}):
         profile = replace(profile, cmp_bits=tuple(lengths))
         plans = [plan(node, profile, graph, reveal) for node in graph.nodes]
     warnings = [f"{p.node.name or p.node.op}: {note}" for p in plans for note in p.notes]
     safe = "".join(c if c.isalnum() else "_" for c in name) or "mpcvit"
     return Program(graph, profile, plans, safe, reveal, warnings)
+
+
+def comparison_steps(plans: list[NodePlan]) -> list[Step]:
+    """The steps that compare at a bit length (a truncation's ``bits`` is its inputs' length, not a comparison's)."""
+    return [s for p in plans for s in p.steps if s.bits and s.prim != "trunc"]
 
 
 def choose_comparison_lengths(plans: list[NodePlan], profile: Profile) -> list[int]:
@@ -743,7 +787,7 @@ def choose_comparison_lengths(plans: list[NodePlan], profile: Profile) -> list[i
     from compiler.cost.primitives import steps_cost
     from compiler.lowering.profiles import RANK_NETWORK
 
-    steps = [s for p in plans for s in p.steps if s.bits]
+    steps = comparison_steps(plans)
     demanded = sorted({s.bits for s in steps})
     if len(demanded) < 2:
         return demanded

@@ -102,7 +102,8 @@ class _Executor:
 
     # --- helpers -------------------------------------------------------------------------------------------
     def approx(self, use: ApproxUse, x_int: np.ndarray, tensor: str) -> np.ndarray:
-        self.fx.check_range(x_int, tensor, use.kwargs.get("bits"))  # the call site's comparison bit length
+        bits = use.kwargs.get("bits")  # the call site's comparison bit length, on x / 2^drop (rowmax's drop)
+        self.fx.check_range(x_int, tensor, bits + use.kwargs.get("drop", 0) if bits else None)
         return REGISTRY[use.op][use.choice].run(x_int, self.fx, **use.kwargs)
 
     # --- ops: each returns (fixed-point int64, float64) -----------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from compiler.calibrate import calibrate
-from compiler.cost import estimate
+from compiler.cost import Step, estimate
 from compiler.errors import FixedPointRangeError
 from compiler.ir import Graph, Node, Value
 from compiler.lowering import get_profile, lower
@@ -166,6 +166,36 @@ def test_attention_comparisons_follow_the_calibrated_scores():
     assert plan.approx["softmax.reciprocal"].kwargs["bits"] == expected_bits(0, 2 * 16)
     assert plan.params["relu_softmax.bits"] == expected_bits(scores)
     assert any(s.prim == "relu" and s.bits == expected_bits(scores) for s in plan.steps)
+
+
+def test_softmax_probabilities_stay_unreduced_below_a_calibrated_v():
+    """With a calibrated |V| the softmax heads' e·r is not truncated (a bit x value product, no truncation): P·V is
+    truncated once by 2f + q, its raw sums below 2^(3f+q+b+1), |V|·margin < 2^b. Without calibration e·r is
+    truncated first. Values of V beyond that range fail in the reference, naming the remedy."""
+    from compiler.lowering.plans import RING_TOP
+
+    g = attention_graph()
+    calib = calibrate(g, samples(g, 0.8, 4, seed=0))
+    program = lower(calib.annotate(g), get_profile("replicated-ring"))
+    plan = program.node_plans[1]
+    q = plan.params["softmax.scale"].shift
+    b = math.ceil(math.log2(calib.sites["att"]["v_abs"] * MAGNITUDE_MARGIN))
+    assert plan.params["softmax.unreduced"] == 3 * F + q + b + 2 <= RING_TOP + 1
+    g.nodes[1].attrs["calibration"] = {key: v for key, v in calib.sites["att"].items() if key != "v_abs"}
+    plain = lower(g, get_profile("replicated-ring")).node_plans[1]
+    assert plain.params["softmax.unreduced"] is None
+    # the softmax head's e·r: an untruncated product instead of an sfix one, the other steps as they were
+    differ = [(a, b) for a, b in zip(plan.steps, plain.steps) if a != b]
+    assert len(plan.steps) == len(plain.steps) and differ == [(Step("mul_int", 16 * 16), Step("mul", 16 * 16))]
+    x = samples(g, 0.8, 1, seed=5)
+    # the same outputs up to the truncated probabilities' 0.5 LSB each, times Σ_j |v_j| <= N·max|v|, and the two
+    # final roundings (1 LSB measured)
+    bound = (0.5 * 16 * np.abs(x[..., 2]).max() + 1) * 2.0 ** -F
+    assert np.abs(execute(program, {"x": x}).outputs["y"] - execute(lower(g, get_profile("replicated-ring")),
+                                                                      {"x": x}).outputs["y"]).max() <= bound
+    x[..., 2] *= 2.0 ** (RING_TOP + 1 - 3 * F - q - b)  # the softmax head's v beyond its calibrated range
+    with pytest.raises(FixedPointRangeError, match="unreduced P·V .* calibrate on inputs like these"):
+        execute(program, {"x": x})
 
 
 @pytest.mark.mpspdz

@@ -230,10 +230,28 @@ class SoftmaxUses:
     reciprocal: ApproxUse
     scale: DenominatorScale
 
-    def steps(self, rows: int, cols: int, profile: Profile) -> list[Step]:
-        """Row max, exp, one reciprocal per row, then the normalising product."""
+    def steps(self, rows: int, cols: int, profile: Profile, unreduced: bool = False) -> list[Step]:
+        """Row max, exp, one reciprocal per row, then the normalising product (``unreduced``: left untruncated,
+        :func:`softmax_unreduced_bits`)."""
         return [*_approx_steps(self.rowmax, rows * cols, profile), *_approx_steps(self.exp, rows * cols, profile),
-                *_approx_steps(self.reciprocal, rows, profile), Step("mul", rows * cols)]
+                *_approx_steps(self.reciprocal, rows, profile), Step("mul_int" if unreduced else "mul", rows * cols)]
+
+
+def softmax_unreduced_bits(node: Node, profile: Profile, shift: int) -> int | None:
+    """The bit length of the raw product P·V of an attention's softmax heads when the probabilities are left as
+    the raw e·r (None: without a calibrated |V|, e·r is truncated first, as ReLU-softmax's a·r).
+
+    p = e·r/2^(f+q) is kept as e·r (2f + q fractional bits; e_j·r <= 2^q·Σ/Σ) and P·V truncated once by 2f + q
+    instead of f: one truncation of N·N values per head fewer (2 rounds and 8 B per value at party 0 under
+    replicated-ring), one rounding instead of two. Its raw sums Σ_j e_j·r·v_j reach 2^(3f+q)·max|V|·(1 + ε)
+    (Σ_j e_j·r = 2^q up to the reciprocal's relative error ε): with the calibrated |V| times the margin below 2^b
+    they stay below 2^(3f+q+b+1), which must stay under 2^RING_TOP; the truncation is told one bit more (sign)."""
+    v_abs = calibrated_abs(node, "v_abs")
+    if v_abs is None:
+        return None
+    b = max(0, math.ceil(math.log2(max(v_abs * MAGNITUDE_MARGIN, 1.0))))
+    top = 3 * profile.f + shift + b + 1
+    return top + 1 if top <= RING_TOP else None
 
 
 def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> SoftmaxUses:
@@ -330,7 +348,8 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
             p.approx.update({"softmax.rowmax": uses.rowmax, "softmax.exp": uses.exp,
                              "softmax.reciprocal": uses.reciprocal})
             p.params["softmax.scale"] = uses.scale
-            p.steps += uses.steps(rows, tokens, profile)
+            unreduced = p.params["softmax.unreduced"] = softmax_unreduced_bits(node, profile, uses.scale.shift)
+            p.steps += uses.steps(rows, tokens, profile, unreduced is not None)
         elif kind == "relu_softmax":
             eps_int, raised = relu_softmax_eps(node, profile)
             if raised:

@@ -64,6 +64,11 @@ def _cases() -> list[Case]:
         Case("gelu", "poly", np.linspace(-3.99, 3.99, 201), 16, {"inner": True}),
         # calibrated exponents inside [-2^5, 0]: no clipping comparison
         Case("exp", "limit2", np.concatenate([rng.uniform(-32, 0, 200), [0.0, -32.0]]), 2 ** 7, {"inner": True}),
+        # the third-order base: its two truncations' LSBs and each squaring's, amplified up to 2^n-fold
+        Case("exp", "limit3", np.concatenate([rng.uniform(-12, 0, 200), [0.0, -8.0, -300.0]]), 2 ** 5),
+        Case("exp", "limit3", np.concatenate([rng.uniform(-8, 0, 200), [0.0, -8.0]]), 2 ** 5, {"inner": True}),
+        Case("exp", "limit3", np.concatenate([rng.uniform(-16, 0, 200), [0.0, -16.0]]), 2 ** 6,
+             {"n": 4, "inner": True}),
         # the tournaments that lowering picks for softmax rows on a LAN and on a WAN (compiler/approx/rowmax.py);
         # semi2k's bytes of a 9-row call swing with its OT batches (the pairwise case measured 1.06 and 2.6 MB in
         # two runs against 1.73 MB modelled), so only the honest-majority protocols price them

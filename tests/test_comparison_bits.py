@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from compiler.approx import REGISTRY
 from compiler.calibrate import calibrate
 from compiler.cost import Step, estimate
 from compiler.errors import FixedPointRangeError
@@ -65,9 +66,12 @@ def test_comparison_bits_follow_the_calibrated_range():
         assert plans["the_reduce_max_3"].approx["rowmax"].kwargs["bits"] == \
             expected_bits(calib.sites["the_reduce_max_3"]["in_abs"])
         softmax = plans["the_softmax_4"].approx
-        # exponents s - m, m up to SOFTMAX_MAX_GAP above the row max (the rowmax's drop; the gap needs no margin)
-        assert softmax["exp"].kwargs["bits"] == \
-            expected_bits(2 * calib.sites["the_softmax_4"]["in_abs"] + SOFTMAX_MAX_GAP / MAGNITUDE_MARGIN, 2 ** 5)
+        # exponents s - m, m up to SOFTMAX_MAX_GAP above the row max (the rowmax's drop; the gap needs no margin),
+        # and the exp's clipping bound 2^n
+        exp = REGISTRY["exp"][softmax["exp"].choice]
+        assert softmax["exp"].kwargs["bits"] == expected_bits(
+            2 * calib.sites["the_softmax_4"]["in_abs"] + SOFTMAX_MAX_GAP / MAGNITUDE_MARGIN,
+            exp.compared(**exp.split_bits(softmax["exp"].kwargs)[0]))
         # the row sum's exact bound [1, 7] (newton compares up to 2·hi), whatever the calibration
         assert softmax["reciprocal"].label == "reciprocal:newton"
         assert softmax["reciprocal"].kwargs["bits"] == expected_bits(0.0, 2 * 7)

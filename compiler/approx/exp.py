@@ -14,7 +14,14 @@
   the product would be a second MP-SPDZ instruction: 2 more rounds, measured); the raw product <= 2^(2n+2f+1)
   stays in the product range for n <= 6. Cost: n + 1 products (6 at n = 5) against limit's n (8); error 4.9e-4 at
   f = 16.
-* ``inner=True`` (both limits; chosen per call site when the calibrated |x| times the margin stays below 2^n, e.g.
+* ``limit3`` — a third-order base: exp(x) ≈ (1 + y + y²/2 + y³/6)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]
+  (the base stays >= 1/3). ln(base) = y − y⁴/24 + O(y⁵): the limit's own error is about e^x·x⁴/(24·8^n), so n = 3
+  squarings reach limit2's n = 5 (5.7e-4 at f = 16) and n = 4 its tenth. The base takes two products one after the
+  other, y + y²/2 + y³/6 = X·U/8^n with U = (X² + 3·2^n·X)/6 + 4^n (X = x): U from ONE product x·(x + 3·2^n),
+  times the public K = round(2^S/6) (S = 20: K's relative error 3·2^-20) and truncated by f + S; then x·U
+  truncated by f + 3n. Cost: n + 2 products (5 at n = 3, against limit2's 6 at n = 5); n <= 4 keeps the first
+  raw product times K below 2^60.
+* ``inner=True`` (every limit; chosen per call site when the calibrated |x| times the margin stays below 2^n, e.g.
   softmax exponents x − max of scores bounded by B, |x| <= 2B): the clipping comparison and its selection are
   dropped (x is already in [−2^n, 0]), with the same bound on [−2^n, 0], its domain; below −2^n the base goes
   negative (what MP-SPDZ then computes), which is why lowering keeps a margin.
@@ -23,6 +30,7 @@
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -93,6 +101,50 @@ def exp_limit2_bounds(n: int = 5, inner: bool = False, f: int = 16) -> tuple[tup
     return (-float(m) if inner else -8000.0, 0.0), float(bound)
 
 
+SIXTH_BITS = 20  # S: 1/6 as the integer round(2^S/6), its relative error 3·2^-S
+
+
+def limit3_constants(n: int, f: int) -> dict[str, int]:
+    """K = round(2^S/6), and the bit lengths of the two truncations' inputs: x·(x + 3·2^n)·K below
+    2^(2f+2n+2)·K, x·U below 2^(2f+n)·(5/3)·4^n."""
+    if not 1 <= n <= 4:
+        raise ValueError(f"exp:limit3 takes 1 <= n <= 4 squarings (the first product times 2^{SIXTH_BITS}/6 must "
+                         f"stay in the 64-bit ring), not {n}")
+    sixth = round(2 ** SIXTH_BITS / 6)
+    return {"sixth": sixth, "first_bits": 2 * f + 2 * n + 3 + math.ceil(math.log2(sixth)),
+            "second_bits": 2 * f + 3 * n + 2}
+
+
+def exp_limit3_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 3, inner: bool = False) -> np.ndarray:
+    c = limit3_constants(n, fx.f)
+    x = _clip(x_int, fx, n, inner)
+    u = fx.trunc(x * (x + 3 * (fx.scale << n)) * c["sixth"], fx.f + SIXTH_BITS) + (fx.scale << (2 * n))
+    z = fx.scale + fx.trunc(x * u, fx.f + 3 * n)  # 1 + y + y²/2 + y³/6
+    for _ in range(n):
+        z = fx.mul(z, z)
+    return z
+
+
+def exp_limit3_steps(size: int, profile: object, n: int = 3, inner: bool = False) -> list[Step]:
+    return _clip_steps(size, inner) + [Step("mul", size)] * (n + 2)
+
+
+@lru_cache(maxsize=None)
+def exp_limit3_bounds(n: int = 3, inner: bool = False, f: int = 16) -> tuple[tuple[float, float], float]:
+    """max over x ∈ [-2^n, 0] of the limit's own error plus rounding, to first order: the base carries <= 0.6 LSB
+    (its last truncation's 0.5; U's 0.5 LSB and K's relative 3·2^-S, times |x|/8^n <= 2^-2n, add < 0.1), moving
+    the result by 2^n·base^(2^n − 1) times that; squaring i's 0.5 LSB moves it by 2^(n−i)·base^(2^n − 2^i) times
+    that (the last one's 0.5 LSB unamplified)."""
+    limit3_constants(n, f)
+    m = 2 ** n
+    x = np.linspace(-m, 0.0, 200_001)
+    y = x / m
+    base = 1.0 + y + y * y / 2 + y ** 3 / 6
+    rounding = 0.6 * m * base ** (m - 1) + sum(0.5 * 2 ** (n - i) * base ** (m - 2 ** i) for i in range(1, n + 1))
+    bound = np.max(np.abs(np.exp(x) - base ** m) + rounding * 2.0 ** -f)
+    return (-float(m) if inner else -8000.0, 0.0), float(max(bound, 0.0 if inner else math.exp(-m)))
+
+
 def exp_mpspdz_reference(x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
     return fx.encode(np.exp(fx.decode(x_int)))
 
@@ -108,6 +160,12 @@ register(Approximation(
     steps=exp_limit2_steps, exact=np.exp, bounds=exp_limit2_bounds, params={"n": 5, "inner": False},
     compared=lambda n, inner: 2.0 ** n,
     doc="(1 + y + y^2/2)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]"))
+
+register(Approximation(
+    op="exp", choice="limit3", reference=exp_limit3_reference, template="approx/exp_limit3.mpc.j2",
+    steps=exp_limit3_steps, exact=np.exp, bounds=exp_limit3_bounds, params={"n": 3, "inner": False},
+    constants=lambda fx, params: limit3_constants(params["n"], fx.f), compared=lambda n, inner: 2.0 ** n,
+    doc="(1 + y + y^2/2 + y^3/6)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]"))
 
 register(Approximation(
     op="exp", choice="mpspdz", reference=exp_mpspdz_reference, template="approx/exp_mpspdz.mpc.j2",

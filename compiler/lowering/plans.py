@@ -270,7 +270,11 @@ def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> S
     groups = best_groups(cols, rows, profile, rowmax.kwargs.get("bits"), RANK_NETWORK)
     rowmax = _compare_use(profile, "rowmax", coarse, cols=cols, **dropped, **({"groups": groups} if groups else {}))
     # the margin applies to the scores, not to the gap (exact)
-    exp = _compare_use(profile, "exp", None if top is None else 2 * top + gap / MAGNITUDE_MARGIN)
+    exponents = None if top is None else 2 * top + gap / MAGNITUDE_MARGIN
+    # exp:limit3 takes a fourth squaring where that spares the clipping comparison (exponents within [-16, -8))
+    squarings = {"n": 4} if profile.approx.get("exp") == "limit3" and exponents is not None and \
+        8 <= exponents * MAGNITUDE_MARGIN < 16 else {}
+    exp = _compare_use(profile, "exp", exponents, **squarings)
     lo = math.exp(-gap)
     scale = softmax_scale(cols, profile, lo)
     # the row sums lie in [lo, N] whatever the scores: an exact bound for the reciprocal's comparisons

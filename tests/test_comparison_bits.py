@@ -165,11 +165,27 @@ def test_attention_comparisons_follow_the_calibrated_scores():
     # the row max compares the scores in units of 2^(drop - f) (compiler.approx.rowmax)
     drop = plan.approx["softmax.rowmax"].kwargs["drop"]
     assert drop == F + math.log2(SOFTMAX_MAX_GAP) - 1
-    assert plan.approx["softmax.rowmax"].kwargs["bits"] == expected_bits(scores * 2.0 ** -drop) == 4
+    assert plan.approx["softmax.rowmax"].kwargs["bits"] == expected_bits(scores * 2.0 ** -drop) == 7
     # the row sums lie in [e^-gap, N], an exact bound (no margin); the thresholds below 2N
     assert plan.approx["softmax.reciprocal"].kwargs["bits"] == expected_bits(0, 2 * 16)
     assert plan.params["relu_softmax.bits"] == expected_bits(scores)
     assert any(s.prim == "relu" and s.bits == expected_bits(scores) for s in plan.steps)
+
+
+def test_softmax_exp_follows_the_calibrated_exponents():
+    """limit3 without its clip for exponents (times the margin) within −8 (n = 3) or −16 (n = 4), limit2 beyond and
+    without calibration; a forced choice is kept."""
+    from compiler.lowering.plans import softmax_exp
+
+    profile = get_profile("replicated-ring")
+    assert profile.approx["exp"] == "limit3"
+    picks = {reach: softmax_exp(profile, None if reach is None else reach / MAGNITUDE_MARGIN)
+             for reach in (None, 7.9, 12.0, 20.0, 40.0)}
+    assert {reach: (use.choice, use.kwargs.get("n"), use.kwargs.get("inner")) for reach, use in picks.items()} == {
+        None: ("limit2", None, None), 7.9: ("limit3", None, True), 12.0: ("limit3", 4, True),
+        20.0: ("limit2", None, True), 40.0: ("limit2", None, None)}
+    forced = get_profile("replicated-ring", approx={"exp": "limit"})
+    assert softmax_exp(forced, 1.0).choice == "limit"
 
 
 def test_softmax_probabilities_stay_unreduced_below_a_calibrated_v():

@@ -16,11 +16,11 @@
   f = 16.
 * ``limit3`` — a third-order base: exp(x) ≈ (1 + y + y²/2 + y³/6)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]
   (the base stays >= 1/3). ln(base) = y − y⁴/24 + O(y⁵): the limit's own error is about e^x·x⁴/(24·8^n), so n = 3
-  squarings reach limit2's n = 5 (5.7e-4 at f = 16) and n = 4 its tenth. The base takes two products one after the
-  other, y + y²/2 + y³/6 = X·U/8^n with U = (X² + 3·2^n·X)/6 + 4^n (X = x): U from ONE product x·(x + 3·2^n),
-  times the public K = round(2^S/6) (S = 20: K's relative error 3·2^-20) and truncated by f + S; then x·U
-  truncated by f + 3n. Cost: n + 2 products (5 at n = 3, against limit2's 6 at n = 5); n <= 4 keeps the first
-  raw product times K below 2^60.
+  squarings reach limit2's n = 5 (5.8e-4 at f = 16) and n = 4 its half. The base takes two products one after the
+  other: h = y²/2 = trunc(x·x, f + 2n + 1), then y + h·(1 + y/3) = [h·(x + 3·2^n)·K + x·2^(f+S)]/2^(f+n+S) as ONE
+  product truncated once, the 1/3 as the public K = round(2^S/3) and y as a public multiple of x added before
+  the truncation (S = :func:`third_bits`: the raw sum below 2^61 whatever f). Cost: n + 2 products (5 at n = 3,
+  against limit2's 6 at n = 5).
 * ``inner=True`` (every limit; chosen per call site when the calibrated |x| times the margin stays below 2^n, e.g.
   softmax exponents x − max of scores bounded by B, |x| <= 2B): the clipping comparison and its selection are
   dropped (x is already in [−2^n, 0]), with the same bound on [−2^n, 0], its domain; below −2^n the base goes
@@ -101,25 +101,33 @@ def exp_limit2_bounds(n: int = 5, inner: bool = False, f: int = 16) -> tuple[tup
     return (-float(m) if inner else -8000.0, 0.0), float(bound)
 
 
-SIXTH_BITS = 20  # S: 1/6 as the integer round(2^S/6), its relative error 3·2^-S
+def third_bits(n: int, f: int) -> int:
+    """S of K = round(2^S/3): the largest (up to 20) with the second raw sum, |h·(x + 3·2^n)·K| <= 2^(2f+n+S-1) and
+    |x·2^(f+S)| <= 2^(2f+n+S), below 2^RING_TOP (61); K's relative error 1.5·2^-S moves the base by < 2^-S."""
+    from compiler.approx.rsqrt import RING_TOP
+
+    if not 1 <= n <= 4:
+        raise ValueError(f"exp:limit3 takes 1 <= n <= 4 squarings, not {n}")
+    bits = min(20, RING_TOP - 2 * f - n)
+    if bits < 12:
+        raise ValueError(f"exp:limit3 at f = {f} leaves 1/3 only {bits} bits in the ring; use exp:limit2")
+    return bits
 
 
 def limit3_constants(n: int, f: int) -> dict[str, int]:
-    """K = round(2^S/6), and the bit lengths of the two truncations' inputs: x·(x + 3·2^n)·K below
-    2^(2f+2n+2)·K, x·U below 2^(2f+n)·(5/3)·4^n."""
-    if not 1 <= n <= 4:
-        raise ValueError(f"exp:limit3 takes 1 <= n <= 4 squarings (the first product times 2^{SIXTH_BITS}/6 must "
-                         f"stay in the 64-bit ring), not {n}")
-    sixth = round(2 ** SIXTH_BITS / 6)
-    return {"sixth": sixth, "first_bits": 2 * f + 2 * n + 3 + math.ceil(math.log2(sixth)),
-            "second_bits": 2 * f + 3 * n + 2}
+    """S, K = round(2^S/3), and the bit lengths of the two truncations' inputs (x·x below 2^(2f+2n), the second
+    raw sum below 2^(2f+n+S))."""
+    bits = third_bits(n, f)
+    return {"third_bits": bits, "third": round(2 ** bits / 3), "first_bits": 2 * f + 2 * n + 1,
+            "second_bits": 2 * f + n + bits + 1}
 
 
 def exp_limit3_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 3, inner: bool = False) -> np.ndarray:
     c = limit3_constants(n, fx.f)
     x = _clip(x_int, fx, n, inner)
-    u = fx.trunc(x * (x + 3 * (fx.scale << n)) * c["sixth"], fx.f + SIXTH_BITS) + (fx.scale << (2 * n))
-    z = fx.scale + fx.trunc(x * u, fx.f + 3 * n)  # 1 + y + y²/2 + y³/6
+    h = fx.trunc(x * x, fx.f + 2 * n + 1)  # y²/2
+    raw = h * (x + 3 * (fx.scale << n)) * c["third"] + x * (fx.scale << c["third_bits"])
+    z = fx.scale + fx.trunc(raw, fx.f + n + c["third_bits"])  # 1 + y + y²/2·(1 + y/3)
     for _ in range(n):
         z = fx.mul(z, z)
     return z
@@ -131,16 +139,16 @@ def exp_limit3_steps(size: int, profile: object, n: int = 3, inner: bool = False
 
 @lru_cache(maxsize=None)
 def exp_limit3_bounds(n: int = 3, inner: bool = False, f: int = 16) -> tuple[tuple[float, float], float]:
-    """max over x ∈ [-2^n, 0] of the limit's own error plus rounding, to first order: the base carries <= 0.6 LSB
-    (its last truncation's 0.5; U's 0.5 LSB and K's relative 3·2^-S, times |x|/8^n <= 2^-2n, add < 0.1), moving
-    the result by 2^n·base^(2^n − 1) times that; squaring i's 0.5 LSB moves it by 2^(n−i)·base^(2^n − 2^i) times
-    that (the last one's 0.5 LSB unamplified)."""
-    limit3_constants(n, f)
+    """max over x ∈ [-2^n, 0] of the limit's own error plus rounding, to first order: the base carries <= 1.05 LSB
+    (its truncation's 0.5, h's 0.5 times 1 + y/3 <= 1, K's < 2^-S < 0.05 LSB at f = 16), moving the result by
+    2^n·base^(2^n − 1) times that; squaring i's 0.5 LSB moves it by 2^(n−i)·base^(2^n − 2^i) times that (the last
+    one's 0.5 LSB unamplified)."""
+    third_bits(n, f)
     m = 2 ** n
     x = np.linspace(-m, 0.0, 200_001)
     y = x / m
     base = 1.0 + y + y * y / 2 + y ** 3 / 6
-    rounding = 0.6 * m * base ** (m - 1) + sum(0.5 * 2 ** (n - i) * base ** (m - 2 ** i) for i in range(1, n + 1))
+    rounding = 1.05 * m * base ** (m - 1) + sum(0.5 * 2 ** (n - i) * base ** (m - 2 ** i) for i in range(1, n + 1))
     bound = np.max(np.abs(np.exp(x) - base ** m) + rounding * 2.0 ** -f)
     return (-float(m) if inner else -8000.0, 0.0), float(max(bound, 0.0 if inner else math.exp(-m)))
 

@@ -212,9 +212,11 @@ def softmax_scale(tokens: int, profile: Profile, lo: float = 1.0) -> Denominator
 
 
 # How far above the true row maximum softmax's shift m may lie (rowmax ``drop``, compiler.approx.rowmax): softmax is
-# invariant to m, the exponents stay <= 0 and the row sums >= e^-gap. A gap of 1 lets the tournament compare the
-# scores in units of 1/2 (f − 1 bits dropped): 4-bit comparisons for |scores| <= 2 (calibrated, times the margin).
-SOFTMAX_MAX_GAP = 1.0
+# invariant to m, the exponents stay <= 0 and the row sums >= e^-gap, but exp's relative error grows with |x|, so a
+# peaky row's largest terms lose accuracy with the gap (trained digits vit_1_4_8, max logit error: 0.0080 exact,
+# 0.0082 at a gap of 1/16, 0.0091 at 1/4, 0.014 at 1). A gap of 1/8 compares the scores in units of 1/16 (f − 4 bits
+# dropped): 8-bit comparisons for |scores| <= 2 (calibrated, times the margin), 6 rounds instead of 8.
+SOFTMAX_MAX_GAP = 0.125
 # Segments per octave of the softmax reciprocal's guess: 2 leave a series of order 8 (4 products deep) where 1
 # needs order 16 (5 deep), for 2·log2(N/lo) comparisons per row instead of log2(N/lo) (in the same round). Fixed, so
 # that an attention's rounds do not depend on its rows (8 per octave: 3 deep, but 8 times the comparisons).
@@ -254,6 +256,27 @@ def softmax_unreduced_bits(node: Node, profile: Profile, shift: int) -> int | No
     return top + 1 if top <= RING_TOP else None
 
 
+def softmax_exp(profile: Profile, exponents: float | None) -> ApproxUse:
+    """Softmax's exp at a call site whose exponents reach −``exponents`` (calibrated; None: unknown).
+
+    The limits' relative error grows with |x| (limit2 |x|³/(6·4^n), limit3 x⁴/(24·8^n)), and a trained model's
+    peaky rows feel it beyond what the absolute bounds say (trained digits vit_1_4_8: 0.008 max logit error with
+    limit2 n = 5, 0.04 with limit3 n = 3 clipped at −8). Unless ``--approx exp=`` forced another choice than the
+    profile's own, a limit is therefore picked per call site: limit3 without its clip where the exponents times
+    the margin stay above −8
+    (n = 3, 5 products) or −16 (n = 4, 6 products, a tenth of limit2's error there), else limit2 (n = 5) as
+    without calibration."""
+    choice = profile.approx.get("exp")
+    automatic = choice == ((profile.justification or {}).get("exp") or {}).get("chosen", choice)
+    if not automatic or choice not in ("limit2", "limit3"):
+        return _compare_use(profile, "exp", exponents)
+    reach = None if exponents is None else exponents * MAGNITUDE_MARGIN
+    if reach is not None and reach < 16:
+        return _compare_use(replace(profile, approx={**profile.approx, "exp": "limit3"}), "exp", exponents,
+                            **({"n": 4} if reach >= 8 else {}))
+    return _compare_use(replace(profile, approx={**profile.approx, "exp": "limit2"}), "exp", exponents)
+
+
 def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> SoftmaxUses:
     """Softmax over rows of ``cols`` values whose calibrated largest magnitude is ``top`` (None: uncalibrated).
 
@@ -270,11 +293,7 @@ def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> S
     groups = best_groups(cols, rows, profile, rowmax.kwargs.get("bits"), RANK_NETWORK)
     rowmax = _compare_use(profile, "rowmax", coarse, cols=cols, **dropped, **({"groups": groups} if groups else {}))
     # the margin applies to the scores, not to the gap (exact)
-    exponents = None if top is None else 2 * top + gap / MAGNITUDE_MARGIN
-    # exp:limit3 takes a fourth squaring where that spares the clipping comparison (exponents within [-16, -8))
-    squarings = {"n": 4} if profile.approx.get("exp") == "limit3" and exponents is not None and \
-        8 <= exponents * MAGNITUDE_MARGIN < 16 else {}
-    exp = _compare_use(profile, "exp", exponents, **squarings)
+    exp = softmax_exp(profile, None if top is None else 2 * top + gap / MAGNITUDE_MARGIN)
     lo = math.exp(-gap)
     scale = softmax_scale(cols, profile, lo)
     # the row sums lie in [lo, N] whatever the scores: an exact bound for the reciprocal's comparisons

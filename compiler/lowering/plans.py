@@ -214,8 +214,8 @@ def softmax_scale(tokens: int, profile: Profile, lo: float = 1.0) -> Denominator
 # How far above the true row maximum softmax's shift m may lie (rowmax ``drop``, compiler.approx.rowmax): softmax is
 # invariant to m, the exponents stay <= 0 and the row sums >= e^-gap, but exp's relative error grows with |x|, so a
 # peaky row's largest terms lose accuracy with the gap (trained digits vit_1_4_8, max logit error: 0.0080 exact,
-# 0.0082 at a gap of 1/16, 0.0091 at 1/4, 0.014 at 1). A gap of 1/8 compares the scores in units of 1/16 (f − 4 bits
-# dropped): 8-bit comparisons for |scores| <= 2 (calibrated, times the margin), 6 rounds instead of 8.
+# 0.0082 at a gap of 1/16, 0.0084 at 1/8, 0.0091 at 1/4, 0.014 at 1). A gap of 1/8 compares the scores in units of
+# 1/16 (f − 4 bits dropped): 8-bit comparisons for |scores| <= 2 (calibrated, times the margin), 6 rounds, not 8.
 SOFTMAX_MAX_GAP = 0.125
 # Segments per octave of the softmax reciprocal's guess: 2 leave a series of order 8 (4 products deep) where 1
 # needs order 16 (5 deep), for 2·log2(N/lo) comparisons per row instead of log2(N/lo) (in the same round). Fixed, so
@@ -264,7 +264,7 @@ def softmax_exp(profile: Profile, exponents: float | None) -> ApproxUse:
     limit2 n = 5, 0.04 with limit3 n = 3 clipped at −8). Unless ``--approx exp=`` forced another choice than the
     profile's own, a limit is therefore picked per call site: limit3 without its clip where the exponents times
     the margin stay above −8
-    (n = 3, 5 products) or −16 (n = 4, 6 products, a tenth of limit2's error there), else limit2 (n = 5) as
+    (n = 3, 5 products) or −16 (n = 4, 6 products, at most a quarter of limit2's relative error there), else limit2 (n = 5) as
     without calibration."""
     choice = profile.approx.get("exp")
     automatic = choice == ((profile.justification or {}).get("exp") or {}).get("chosen", choice)

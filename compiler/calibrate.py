@@ -5,9 +5,10 @@ the calibration images (``mpcvit-compile --calibrate FILE.npz``; by default the 
 :func:`compiler.api.sample_images`) and records, per tensor, its min and max over all samples, and per call site
 the statistics its fixed-point parameters depend on (LayerNorm: the per-row variance range, the largest |row mean|
 and |x - mean|, and |γ|; attention: the largest |score|, and with ReLU-softmax heads the range of its row sums
-Σ relu(S) + ε, and ``cmp_abs`` the largest |score + bias|, what its comparisons see; every other node that
-compares: ``in_abs``, its first input's largest magnitude; a linear that takes a LayerNorm's output:
-``product_abs``, its largest |x·W|, which bounds the fused truncation of both). :meth:`Calibration.annotate` writes those statistics into ``node.attrs["calibration"]``, where
+Σ relu(S) + ε, ``cmp_abs`` the largest |score + bias|, what its comparisons see, and ``v_abs`` the largest |v|,
+the range of P·V; every other node that compares: ``in_abs``, its first input's largest magnitude; a linear that
+takes a LayerNorm's output: ``product_abs``, its largest |x·W|, which bounds the fused truncation of both).
+:meth:`Calibration.annotate` writes those statistics into ``node.attrs["calibration"]``, where
 :mod:`compiler.lowering.plans` reads them (``layernorm_scale``, ``relu_softmax_scale``); :func:`choose_frac_bits`
 picks f from the ranges. Lowering chooses from them the pre-scales (LayerNorm, ReLU-softmax row sums), the
 approximation domains (reciprocal, rsqrt), the GeLU/tanh/erf/sigmoid segments (the cut comparisons are dropped
@@ -30,7 +31,7 @@ import numpy as np
 
 from compiler.errors import CompileError, UserError
 from compiler.ir import Graph
-from compiler.lowering.plans import MAGNITUDE_MARGIN, Program
+from compiler.lowering.plans import MAGNITUDE_MARGIN, Program, comparison_steps
 
 FLOAT32_FROM = 20_000_000  # weights from which calibration evaluates in float32 (see calibrate)
 
@@ -73,7 +74,7 @@ class Calibration:
             out["choices"] = {p.node.name: _choices(p) for p in program.node_plans
                               if p.params or any(u.params for u in p.approx.values())}
             # the program's comparison bit lengths (plans.choose_comparison_lengths), each its own preprocessing
-            out["comparison_lengths"] = sorted({s.bits for p in program.node_plans for s in p.steps if s.bits})
+            out["comparison_lengths"] = sorted({s.bits for s in comparison_steps(program.node_plans)})
         return out
 
 
@@ -177,13 +178,13 @@ def _layernorm_stats(x: np.ndarray, gamma: np.ndarray | None) -> dict[str, Any]:
 
 
 def _attention_stats(node: Any, sources: list[np.ndarray]) -> dict[str, Any]:
-    """The largest |score| of any head, the largest |score + bias| (what the row max and the ReLU compare), and
-    [min, max] over the ReLU-softmax rows of Σ relu(S) + ε."""
+    """The largest |score| of any head, the largest |score + bias| (what the row max and the ReLU compare), the
+    largest |v| (the product P·V's range), and [min, max] over the ReLU-softmax rows of Σ relu(S) + ε."""
     from compiler.ir_eval import attention_heads
 
-    q, k, _ = attention_heads(node, *sources[:3])  # [..., H, N, d]
+    q, k, v = attention_heads(node, *sources[:3])  # [..., H, N, d]
     scores = (q * float(node.attrs.get("scale", 1.0))) @ np.swapaxes(k, -1, -2)
-    stats: dict[str, Any] = {"scores_abs": float(np.abs(scores).max())}
+    stats: dict[str, Any] = {"scores_abs": float(np.abs(scores).max()), "v_abs": float(np.abs(v).max())}
     if len(sources) > 3:  # bias [b, H, N, N], b broadcasting over the batch
         scores = scores + np.asarray(sources[3])
     stats["cmp_abs"] = float(np.abs(scores).max())

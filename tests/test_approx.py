@@ -125,6 +125,26 @@ def test_reciprocal_newton_over_softmax_and_relu_softmax_ranges(lo, hi):
     assert fewer.max() > err.max()
 
 
+@pytest.mark.parametrize("per_octave", [1, 2, 8])
+@pytest.mark.parametrize("lo,hi,shift", [(1.0, 65.0, 3), (np.exp(-1.0), 65.0, 2), (np.exp(-1.0), 197.0, 3)])
+def test_reciprocal_series_without_the_final_newton_step(lo, hi, shift, per_octave):
+    """``final=False`` (softmax denominators, lo = e^-1: the row max up to 1 above): the series of order 2^I
+    alone meets its bound densely, one product shallower than with the final step; more segments per octave
+    leave fewer iterations (softmax's vit_7_4_32 domain: 4, 3, 2)."""
+    approx = get("reciprocal", "newton")
+    params = {"lo": lo, "hi": hi, "shift": shift, "per_octave": per_octave, "final": False}
+    x = dense(lo, hi, 100_001, log=True)
+    err = np.abs(fx.decode(approx.run(x, fx, **params)) - 2.0 ** shift / fx.decode(x))
+    bound = approx.bounds(**params)[1]
+    assert err.max() <= bound < 2e-3 * 2.0 ** shift  # relative to 1/x: 2e-3 at worst (x = lo)
+    steps, with_newton = approx.steps(10, CostProfile(), **params), approx.steps(10, CostProfile(),
+                                                                                   **{**params, "final": True})
+    assert len(steps) == len(with_newton) - 1 == newton_iterations(lo, hi, 16, per_octave) + 2
+    assert steps[0] == Step("ltz", 10 * int(np.ceil(np.log2(hi / lo) * per_octave - 1e-9)))
+    if (lo, hi) == (np.exp(-1.0), 65.0):
+        assert newton_iterations(lo, hi, 16, per_octave) == {1: 4, 2: 3, 8: 2}[per_octave]
+
+
 def test_reciprocal_guess_converges_below_lo_and_rejects_bad_ranges():
     approx = get("reciprocal", "newton")
     x = fx.encode(np.array([0.6, 0.8]))  # below lo = 1: slower but still convergent
@@ -196,6 +216,22 @@ def test_rowmax_tree_is_exact_for_odd_and_even_widths():
     for cols in (1, 2, 7, 64, 65, 197):
         x = fx.encode(np.random.default_rng(cols).uniform(-30, 30, (3, 4, cols)))
         assert np.array_equal(approx.run(x, fx), x.max(axis=-1))
+
+
+@pytest.mark.parametrize("drop", [13, 15])
+def test_rowmax_drop_lies_within_its_gap_above_the_max(drop):
+    """``drop`` t: the tournament on x truncated by t bits returns m with max < m <= max + 2^(t+1) LSB (the
+    reference's nearest rounding; MP-SPDZ's probabilistic truncation is inside the proof's (x/2^t - 1, x/2^t + 1));
+    its comparisons run at t fewer bits and the truncation first sees the inputs' bit length."""
+    approx = get("rowmax", "tree")
+    x = fx.encode(np.random.default_rng(drop).uniform(-3, 3, (200, 65)))
+    x[:5] = x[:5, :1]  # all-equal rows
+    gap = approx.run(x, fx, cols=65, drop=drop) - x.max(axis=-1)
+    assert np.all(gap > 0) and np.all(gap <= 2 ** (drop + 1))
+    assert approx.bounds(cols=65, drop=drop)[1] == 2.0 ** (drop + 1 - 16)
+    steps = approx.call_steps(65 * 4, CostProfile(budget=100000), cols=65, drop=drop, bits=5)
+    assert steps[0] == Step("trunc", 65 * 4, bits=5 + drop)
+    assert {s.bits for s in steps if s.prim == "ltz"} == {5}
 
 
 @pytest.mark.parametrize("groups,levels,rounds", [((), 7, 7 * 9), ((2, 2, 2, 3, 3), 5, 3 * 9 + 2 * 10),

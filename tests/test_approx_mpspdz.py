@@ -66,6 +66,11 @@ def _cases() -> list[Case]:
         Case("gelu", "poly", np.linspace(-7.99, 7.99, 201), 16, {"band": True}),
         # calibrated exponents inside [-2^5, 0]: no clipping comparison
         Case("exp", "limit2", np.concatenate([rng.uniform(-32, 0, 200), [0.0, -32.0]]), 2 ** 7, {"inner": True}),
+        # the third-order base: its two truncations' LSBs and each squaring's, amplified up to 2^n-fold
+        Case("exp", "limit3", np.concatenate([rng.uniform(-12, 0, 200), [0.0, -8.0, -300.0]]), 2 ** 5),
+        Case("exp", "limit3", np.concatenate([rng.uniform(-8, 0, 200), [0.0, -8.0]]), 2 ** 5, {"inner": True}),
+        Case("exp", "limit3", np.concatenate([rng.uniform(-16, 0, 200), [0.0, -16.0]]), 2 ** 6,
+             {"n": 4, "inner": True}),
         # the tournaments that lowering picks for softmax rows on a LAN and on a WAN (compiler/approx/rowmax.py);
         # semi2k's bytes of a 9-row call swing with its OT batches (the pairwise case measured 1.06 and 2.6 MB in
         # two runs against 1.73 MB modelled), so only the honest-majority protocols price them
@@ -73,6 +78,17 @@ def _cases() -> list[Case]:
              ("replicated-ring", "dealer")),
         Case("rowmax", "tree", np.round(rng.uniform(-3, 3, (9, 65))), 0, {"cols": 65, "groups": (3, 4, 8)},  # ties
              ("replicated-ring", "dealer")),
+        # softmax's row max (plans.softmax_uses): on x truncated by 15 bits (20-bit inputs: replicated-ring's
+        # one-message truncation), 5-bit comparisons; the engine's truncation and the reference's nearest rounding
+        # may pick winners one unit (2^15 LSB) apart
+        Case("rowmax", "tree", rng.uniform(-3, 3, (9, 65)), 2 ** 15, {"cols": 65, "groups": (2, 2, 2, 3, 3),
+                                                                     "drop": 15, "bits": 5},
+             ("replicated-ring", "dealer")),
+        # softmax's denominators with the row max up to 1 above the max (sums in [e^-1, 65]), 2 segments per octave,
+        # the series without a final Newton step, which corrects no rounding: e's LSB times y <= 2^q·e ≈ 11 and each
+        # later product's, on 4 products, engine (up to 1 LSB each) and reference (0.5) apart (29 LSB measured)
+        Case("reciprocal", "newton", np.geomspace(np.exp(-1.0), 65, 200), 4 + 4 * 11,
+             {"lo": float(np.exp(-1.0)), "hi": 65.0, "shift": 2, "per_octave": 2, "final": False}),
     ]
 
 
@@ -158,7 +174,17 @@ def test_engine_matches_reference(engine_run):
         # and the engine's result meets the approximation's error bound against the exact function
         exact = approx.exact(fx.decode(x_int)) * 2.0 ** case.params.get("shift", 0)  # reciprocal: 2^shift/x
         slack = case.lsb / fx.scale
-        assert np.max(np.abs(fx.decode(got) - exact)) <= approx.bounds(**approx.with_params(case.params))[1] + slack
+        assert np.max(np.abs(fx.decode(got) - exact)) <= approx.bounds(**approx.split_bits(case.params)[0])[1] + slack
+
+
+def test_engine_coarse_rowmax_lies_above_the_max(engine_run):
+    """The truncated tournament's m is above every row's max and within 2^(drop+1) LSB of it (the proof in
+    compiler/approx/rowmax.py, on the engine's probabilistic truncation): softmax's exponents stay <= 0."""
+    _, cases, outputs, _ = engine_run
+    for i, case in enumerate(cases):
+        if case.op == "rowmax" and case.params.get("drop"):
+            gap = outputs[i].astype(np.int64) - fx.encode(case.x).max(axis=-1)
+            assert np.all(gap > 0) and np.all(gap <= 2 ** (case.params["drop"] + 1)), gap
 
 
 def test_engine_fixed_point_products_within_one_lsb(engine_run):

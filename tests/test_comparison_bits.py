@@ -13,12 +13,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from compiler.approx import REGISTRY
 from compiler.calibrate import calibrate
 from compiler.cost import Step, estimate
 from compiler.errors import FixedPointRangeError
 from compiler.ir import Graph, Node, Value
 from compiler.lowering import get_profile, lower
-from compiler.lowering.plans import MAGNITUDE_MARGIN
+from compiler.lowering.plans import MAGNITUDE_MARGIN, SOFTMAX_MAX_GAP
 from compiler.lowering.profiles import PROTOCOLS, SEMI_HONEST_CORE
 from compiler.reference import execute
 from general_ops_ir import many_ops, quantised
@@ -65,7 +66,12 @@ def test_comparison_bits_follow_the_calibrated_range():
         assert plans["the_reduce_max_3"].approx["rowmax"].kwargs["bits"] == \
             expected_bits(calib.sites["the_reduce_max_3"]["in_abs"])
         softmax = plans["the_softmax_4"].approx
-        assert softmax["exp"].kwargs["bits"] == expected_bits(2 * calib.sites["the_softmax_4"]["in_abs"], 2 ** 5)
+        # exponents s - m, m up to SOFTMAX_MAX_GAP above the row max (the rowmax's drop; the gap needs no margin),
+        # and the exp's clipping bound 2^n
+        exp = REGISTRY["exp"][softmax["exp"].choice]
+        assert softmax["exp"].kwargs["bits"] == expected_bits(
+            2 * calib.sites["the_softmax_4"]["in_abs"] + SOFTMAX_MAX_GAP / MAGNITUDE_MARGIN,
+            exp.compared(**exp.split_bits(softmax["exp"].kwargs)[0]))
         # the row sum's exact bound [1, 7] (newton compares up to 2·hi), whatever the calibration
         assert softmax["reciprocal"].label == "reciprocal:newton"
         assert softmax["reciprocal"].kwargs["bits"] == expected_bits(0.0, 2 * 7)
@@ -99,29 +105,28 @@ def test_a_program_merges_comparison_lengths_whose_preprocessing_costs_more_than
     the party receiving it, and vit_7_4_32 with lengths 19, 20, 25, 26 measured 129.1 MB and 1,245 rounds against
     131.6 MB and 1,249 rounds with 26 only, MP-SPDZ 3a0a7b1d.)"""
     from compiler.cost.primitives import steps_cost
-    from compiler.lowering.plans import choose_comparison_lengths
+    from compiler.lowering.plans import choose_comparison_lengths, comparison_steps
     from compiler.lowering.profiles import RANK_NETWORK
 
     g = ops_graph()
     annotated = calibrate(g, samples(g, 0.5, 6, seed=0)).annotate(g)
     own = lower(annotated, get_profile("replicated-ring"))
     merged = lower(annotated, get_profile("semi2k"))
-    demand = {p.node.name: s.bits for p in own.node_plans for s in p.steps if s.bits}
-    used = {p.node.name: s.bits for p in merged.node_plans for s in p.steps if s.bits}
+    demand = {p.node.name: s.bits for p in own.node_plans for s in comparison_steps([p])}
+    used = {p.node.name: s.bits for p in merged.node_plans for s in comparison_steps([p])}
     assert len(set(used.values())) < len(set(demand.values())) and used.keys() == demand.keys()
     assert all(used[name] >= demand[name] for name in demand)
     assert list(merged.profile.cmp_bits) == choose_comparison_lengths(merged.node_plans, merged.profile) == \
         calibrate(g, samples(g, 0.5, 6, seed=0)).as_dict(merged)["comparison_lengths"]
     # neither more bytes nor more rounds than one length for all the sites (as without calibration)
-    single = [replace(s, bits=max(used.values())) for p in merged.node_plans for s in p.steps if s.bits]
-    merged_steps = [s for p in merged.node_plans for s in p.steps if s.bits]
+    single = [replace(s, bits=max(used.values())) for s in comparison_steps(merged.node_plans)]
+    merged_steps = comparison_steps(merged.node_plans)
     semi2k = get_profile("semi2k")
     assert steps_cost(merged_steps, semi2k).rounds <= steps_cost(single, semi2k).rounds
     assert steps_cost(merged_steps, semi2k).bytes_all <= steps_cost(single, semi2k).bytes_all
 
     def comparisons(program):  # under semi2k, whatever the program was lowered for
-        steps = [s for p in program.node_plans for s in p.steps if s.bits]
-        return steps_cost(steps, semi2k).latency(RANK_NETWORK)
+        return steps_cost(comparison_steps(program.node_plans), semi2k).latency(RANK_NETWORK)
 
     assert comparisons(merged) <= comparisons(own)
 
@@ -159,11 +164,60 @@ def test_attention_comparisons_follow_the_calibrated_scores():
     # replicated-ring (each site keeps its own length) with the Newton reciprocal, whose thresholds compare
     plan = lower(calib.annotate(g), get_profile("replicated-ring", approx={"reciprocal": "newton"})).node_plans[1]
     scores = calib.sites["att"]["cmp_abs"]
-    assert plan.approx["softmax.rowmax"].kwargs["bits"] == expected_bits(scores)
-    # the row sums lie in [1, N], an exact bound (no margin); the thresholds below 2N
+    # the row max compares the scores in units of 2^(drop - f) (compiler.approx.rowmax)
+    drop = plan.approx["softmax.rowmax"].kwargs["drop"]
+    assert drop == F + math.log2(SOFTMAX_MAX_GAP) - 1
+    assert plan.approx["softmax.rowmax"].kwargs["bits"] == expected_bits(scores * 2.0 ** -drop) == 7
+    # the row sums lie in [e^-gap, N], an exact bound (no margin); the thresholds below 2N
     assert plan.approx["softmax.reciprocal"].kwargs["bits"] == expected_bits(0, 2 * 16)
     assert plan.params["relu_softmax.bits"] == expected_bits(scores)
     assert any(s.prim == "relu" and s.bits == expected_bits(scores) for s in plan.steps)
+
+
+def test_softmax_exp_follows_the_calibrated_exponents():
+    """limit3 without its clip for exponents (times the margin) within −8 (n = 3) or −16 (n = 4), limit2 beyond and
+    without calibration; a forced choice is kept."""
+    from compiler.lowering.plans import softmax_exp
+
+    profile = get_profile("replicated-ring")
+    assert profile.approx["exp"] == "limit3"
+    picks = {reach: softmax_exp(profile, None if reach is None else reach / MAGNITUDE_MARGIN)
+             for reach in (None, 7.9, 12.0, 20.0, 40.0)}
+    assert {reach: (use.choice, use.kwargs.get("n"), use.kwargs.get("inner")) for reach, use in picks.items()} == {
+        None: ("limit2", None, None), 7.9: ("limit3", None, True), 12.0: ("limit3", 4, True),
+        20.0: ("limit2", None, True), 40.0: ("limit2", None, None)}
+    forced = get_profile("replicated-ring", approx={"exp": "limit"})
+    assert softmax_exp(forced, 1.0).choice == "limit"
+
+
+def test_softmax_probabilities_stay_unreduced_below_a_calibrated_v():
+    """With a calibrated |V| the softmax heads' e·r is not truncated (a bit x value product, no truncation): P·V is
+    truncated once by 2f + q, its raw sums below 2^(3f+q+b+1), |V|·margin < 2^b. Without calibration e·r is
+    truncated first. Values of V beyond that range fail in the reference, naming the remedy."""
+    from compiler.lowering.plans import RING_TOP
+
+    g = attention_graph()
+    calib = calibrate(g, samples(g, 0.8, 4, seed=0))
+    program = lower(calib.annotate(g), get_profile("replicated-ring"))
+    plan = program.node_plans[1]
+    q = plan.params["softmax.scale"].shift
+    b = math.ceil(math.log2(calib.sites["att"]["v_abs"] * MAGNITUDE_MARGIN))
+    assert plan.params["softmax.unreduced"] == 3 * F + q + b + 2 <= RING_TOP + 1
+    g.nodes[1].attrs["calibration"] = {key: v for key, v in calib.sites["att"].items() if key != "v_abs"}
+    plain = lower(g, get_profile("replicated-ring")).node_plans[1]
+    assert plain.params["softmax.unreduced"] is None
+    # the softmax head's e·r: an untruncated product instead of an sfix one, the other steps as they were
+    differ = [(a, b) for a, b in zip(plan.steps, plain.steps) if a != b]
+    assert len(plan.steps) == len(plain.steps) and differ == [(Step("mul_int", 16 * 16), Step("mul", 16 * 16))]
+    x = samples(g, 0.8, 1, seed=5)
+    # the same outputs up to the truncated probabilities' 0.5 LSB each, times Σ_j |v_j| <= N·max|v|, and the two
+    # final roundings (1 LSB measured)
+    bound = (0.5 * 16 * np.abs(x[..., 2]).max() + 1) * 2.0 ** -F
+    assert np.abs(execute(program, {"x": x}).outputs["y"] - execute(lower(g, get_profile("replicated-ring")),
+                                                                      {"x": x}).outputs["y"]).max() <= bound
+    x[..., 2] *= 2.0 ** (RING_TOP + 1 - 3 * F - q - b)  # the softmax head's v beyond its calibrated range
+    with pytest.raises(FixedPointRangeError, match="unreduced P·V .* calibrate on inputs like these"):
+        execute(program, {"x": x})
 
 
 @pytest.mark.mpspdz

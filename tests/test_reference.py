@@ -56,8 +56,9 @@ def test_fixed_point_follows_the_templates_step_by_step():
     q, k, v = (qkv[:, head[c]] for c in ("q_cols", "k_cols", "v_cols"))
     s = fx.trunc(q @ k.T)
     e = REGISTRY["exp"]["limit"].run(s - s.max(-1, keepdims=True), fx)
-    # r = 2^q/sum with 2^q ~ sqrt(2·1·5) (plans.softmax_scale); the product's truncation by f + q divides it out
-    r = REGISTRY["reciprocal"]["newton"].run(e.sum(-1), fx, lo=1.0, hi=5.0, shift=1)
+    # r = 2^q/sum with 2^q ~ sqrt(2·1·5) (plans.softmax_scale); the product's truncation by f + q divides it out;
+    # two segments per octave, the series without a final Newton step (plans.softmax_uses)
+    r = REGISTRY["reciprocal"]["newton"].run(e.sum(-1), fx, lo=1.0, hi=5.0, shift=1, per_octave=2, final=False)
     assert np.array_equal(res.ints["attn"][0], fx.trunc(fx.trunc(e * r[:, None], 17) @ v))
 
 

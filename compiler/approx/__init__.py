@@ -82,14 +82,17 @@ class Approximation:
         values, _ = self.split_bits(params)
         return self.reference(np.asarray(x_int, dtype=np.int64), fx, **values)
 
-    def call_steps(self, n: int, profile: Any, **params: Any) -> list[Step]:
-        """The steps of one call on n elements, its comparisons at the call site's bit length."""
+    def call_steps(self, size: int, profile: Any, /, **params: Any) -> list[Step]:
+        """The steps of one call on ``size`` elements, its comparisons at the call site's bit length."""
         values, bits = self.split_bits(params)
-        steps = self.steps(n, profile, **values)
-        return [replace(s, bits=bits) if bits and s.prim in ("ltz", "ltz2", "relu") else s for s in steps]
+        steps = self.steps(size, profile, **values)
+        steps = [replace(s, bits=bits) if bits and s.prim in ("ltz", "ltz2", "relu") else s for s in steps]
+        if bits and values.get("drop"):  # a truncation by ``drop`` bits before the comparisons sees longer inputs
+            steps = [replace(s, bits=bits + values["drop"]) if s.prim == "trunc" else s for s in steps]
+        return steps
 
-    def cost(self, n: int, profile: Any, **params: Any) -> Cost:
-        return sum((step_cost(s, profile) for s in self.call_steps(n, profile, **params)), Cost())
+    def cost(self, size: int, profile: Any, /, **params: Any) -> Cost:
+        return sum((step_cost(s, profile) for s in self.call_steps(size, profile, **params)), Cost())
 
     def render(self, fn_name: str, fx: FixedPoint, **params: Any) -> str:
         """The MP-SPDZ source of ``def fn_name(x)`` with this approximation's constants filled in."""

@@ -9,10 +9,19 @@
 * ``limit2`` — the same limit from a second-order base: exp(x) ≈ (1 + y + y²/2)^(2^n), y = x/2^n, after clipping
   x to [-2^n, 0] (the base stays >= 1/2 > 0). ln(1 + y + y²/2) = y - y³/6 + O(y⁴), so the limit's own error is
   about e^x·|x|³/(6·4^n) (0.224/4^n at x = -3) instead of e^x·x²/2^(n+1): n = 5 squarings reach what n = 8 cannot,
-  so the rounding amplification 2^n·LSB is 8 times smaller too. y²/2 is computed from x directly,
-  trunc(x·x, f + 2n + 1), in the same round as y = trunc(x, n) (x² <= 4^n stays in the product range for n <= 6).
-  Cost: n + 1 products (6 at n = 5) against limit's n (8), and 2 fewer rounds; error 1e-3 at f = 16.
-* ``inner=True`` (both limits; chosen per call site when the calibrated |x| times the margin stays below 2^n, e.g.
+  so the rounding amplification 2^n·LSB is 8 times smaller too. y + y²/2 = x·(x + 2^(n+1))/2^(2n+1) is ONE
+  product of x and x + 2^(n+1) (a local addition) truncated once by f + 2n + 1 (a separate truncation of y beside
+  the product would be a second MP-SPDZ instruction: 2 more rounds, measured); the raw product <= 2^(2n+2f+1)
+  stays in the product range for n <= 6. Cost: n + 1 products (6 at n = 5) against limit's n (8); error 4.9e-4 at
+  f = 16.
+* ``limit3`` — a third-order base: exp(x) ≈ (1 + y + y²/2 + y³/6)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]
+  (the base stays >= 1/3). ln(base) = y − y⁴/24 + O(y⁵): the limit's own error is about e^x·x⁴/(24·8^n), so n = 3
+  squarings reach limit2's n = 5 (5.8e-4 at f = 16; n = 4: 3.7e-4). The base takes two products one after the
+  other: h = y²/2 = trunc(x·x, f + 2n + 1), then y + h·(1 + y/3) = [h·(x + 3·2^n)·K + x·2^(f+S)]/2^(f+n+S) as ONE
+  product truncated once, the 1/3 as the public K = round(2^S/3) and y as a public multiple of x added before
+  the truncation (S = :func:`third_bits`: the raw sum below 2^61 whatever f). Cost: n + 2 products (5 at n = 3,
+  against limit2's 6 at n = 5).
+* ``inner=True`` (every limit; chosen per call site when the calibrated |x| times the margin stays below 2^n, e.g.
   softmax exponents x − max of scores bounded by B, |x| <= 2B): the clipping comparison and its selection are
   dropped (x is already in [−2^n, 0]), with the same bound on [−2^n, 0], its domain; below −2^n the base goes
   negative (what MP-SPDZ then computes), which is why lowering keeps a margin.
@@ -21,6 +30,7 @@
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -65,21 +75,21 @@ def exp_limit_bounds(n: int = 8, inner: bool = False, f: int = 16) -> tuple[tupl
 
 def exp_limit2_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 5, inner: bool = False) -> np.ndarray:
     clipped = _clip(x_int, fx, n, inner)
-    z = fx.scale + fx.trunc(clipped, n) + fx.trunc(clipped * clipped, fx.f + 2 * n + 1)  # 1 + y + y²/2
+    z = fx.scale + fx.trunc(clipped * (clipped + (fx.scale << (n + 1))), fx.f + 2 * n + 1)  # 1 + y + y²/2
     for _ in range(n):
         z = fx.mul(z, z)
     return z
 
 
 def exp_limit2_steps(size: int, profile: object, n: int = 5, inner: bool = False) -> list[Step]:
-    # y and y²/2 in one round: a truncation and a product side by side
-    return _clip_steps(size, inner) + [Step("trunc", size), Step("mul", size)] + [Step("mul", size)] * n
+    # y + y²/2 as one product and one truncation, then the squarings
+    return _clip_steps(size, inner) + [Step("mul", size)] * (n + 1)
 
 
 @lru_cache(maxsize=None)
 def exp_limit2_bounds(n: int = 5, inner: bool = False, f: int = 16) -> tuple[tuple[float, float], float]:
-    """max over x ∈ [-2^n, 0] of the limit's own error plus rounding: the base carries <= 1 LSB (two
-    truncations), amplified 2^n-fold like the squarings' 0.5 LSB each (see exp_limit_bounds), so <= 1.5·2^n·LSB
+    """max over x ∈ [-2^n, 0] of the limit's own error plus rounding: the base carries <= 0.5 LSB (one
+    truncation), amplified 2^n-fold like the squarings' 0.5 LSB each (see exp_limit_bounds), so <= 2^n·LSB
     relative to e^x/base."""
     if not 1 <= n <= 6:
         raise ValueError(f"exp:limit2 takes 1 <= n <= 6 squarings (x² <= 4^n must stay in the product range), not {n}")
@@ -87,8 +97,60 @@ def exp_limit2_bounds(n: int = 5, inner: bool = False, f: int = 16) -> tuple[tup
     x = np.linspace(-m, 0.0, 200_001)
     y = x / m
     base = 1.0 + y + y * y / 2
-    bound = np.max(np.abs(np.exp(x) - base ** m) + 1.5 * m * 2.0 ** -f * np.exp(x) / base)
+    bound = np.max(np.abs(np.exp(x) - base ** m) + m * 2.0 ** -f * np.exp(x) / base)
     return (-float(m) if inner else -8000.0, 0.0), float(bound)
+
+
+def third_bits(n: int, f: int) -> int:
+    """S of K = round(2^S/3): the largest (up to 20) with the second raw sum, |h·(x + 3·2^n)·K| <= 2^(2f+n+S-1) and
+    |x·2^(f+S)| <= 2^(2f+n+S), below 2^RING_TOP (61); K's relative error 1.5·2^-S moves the base by < 2^-S."""
+    from compiler.approx.rsqrt import RING_TOP
+
+    if not 1 <= n <= 4:
+        raise ValueError(f"exp:limit3 takes 1 <= n <= 4 squarings, not {n}")
+    bits = min(20, RING_TOP - 2 * f - n)
+    if bits < 12:
+        raise ValueError(f"exp:limit3 at f = {f} leaves 1/3 only {bits} bits in the ring; use exp:limit2")
+    return bits
+
+
+def limit3_constants(n: int, f: int) -> dict[str, int]:
+    """S, K = round(2^S/3), and the bit lengths of the two truncations' inputs (x·x below 2^(2f+2n), the second
+    raw sum below 2^(2f+n+S))."""
+    bits = third_bits(n, f)
+    return {"third_bits": bits, "third": round(2 ** bits / 3), "first_bits": 2 * f + 2 * n + 1,
+            "second_bits": 2 * f + n + bits + 1}
+
+
+def exp_limit3_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 3, inner: bool = False) -> np.ndarray:
+    c = limit3_constants(n, fx.f)
+    x = _clip(x_int, fx, n, inner)
+    h = fx.trunc(x * x, fx.f + 2 * n + 1)  # y²/2
+    raw = h * (x + 3 * (fx.scale << n)) * c["third"] + x * (fx.scale << c["third_bits"])
+    z = fx.scale + fx.trunc(raw, fx.f + n + c["third_bits"])  # 1 + y + y²/2·(1 + y/3)
+    for _ in range(n):
+        z = fx.mul(z, z)
+    return z
+
+
+def exp_limit3_steps(size: int, profile: object, n: int = 3, inner: bool = False) -> list[Step]:
+    return _clip_steps(size, inner) + [Step("mul", size)] * (n + 2)
+
+
+@lru_cache(maxsize=None)
+def exp_limit3_bounds(n: int = 3, inner: bool = False, f: int = 16) -> tuple[tuple[float, float], float]:
+    """max over x ∈ [-2^n, 0] of the limit's own error plus rounding, to first order: the base carries <= 1.05 LSB
+    (its truncation's 0.5, h's 0.5 times 1 + y/3 <= 1, K's < 2^-S < 0.05 LSB at f = 16), moving the result by
+    2^n·base^(2^n − 1) times that; squaring i's 0.5 LSB moves it by 2^(n−i)·base^(2^n − 2^i) times that (the last
+    one's 0.5 LSB unamplified)."""
+    third_bits(n, f)
+    m = 2 ** n
+    x = np.linspace(-m, 0.0, 200_001)
+    y = x / m
+    base = 1.0 + y + y * y / 2 + y ** 3 / 6
+    rounding = 1.05 * m * base ** (m - 1) + sum(0.5 * 2 ** (n - i) * base ** (m - 2 ** i) for i in range(1, n + 1))
+    bound = np.max(np.abs(np.exp(x) - base ** m) + rounding * 2.0 ** -f)
+    return (-float(m) if inner else -8000.0, 0.0), float(max(bound, 0.0 if inner else math.exp(-m)))
 
 
 def exp_mpspdz_reference(x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
@@ -106,6 +168,12 @@ register(Approximation(
     steps=exp_limit2_steps, exact=np.exp, bounds=exp_limit2_bounds, params={"n": 5, "inner": False},
     compared=lambda n, inner: 2.0 ** n,
     doc="(1 + y + y^2/2)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]"))
+
+register(Approximation(
+    op="exp", choice="limit3", reference=exp_limit3_reference, template="approx/exp_limit3.mpc.j2",
+    steps=exp_limit3_steps, exact=np.exp, bounds=exp_limit3_bounds, params={"n": 3, "inner": False},
+    constants=lambda fx, params: limit3_constants(params["n"], fx.f), compared=lambda n, inner: 2.0 ** n,
+    doc="(1 + y + y^2/2 + y^3/6)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]"))
 
 register(Approximation(
     op="exp", choice="mpspdz", reference=exp_mpspdz_reference, template="approx/exp_mpspdz.mpc.j2",

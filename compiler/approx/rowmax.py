@@ -9,6 +9,15 @@ indicator the product of g − 1 comparison bits, and the level's result is m_la
 g cuts the levels (65 columns: 7 pairwise levels, 4 with groups (2, 4, 4, 3)) for more comparisons and products.
 Exact in fixed point (comparisons and selections only) whatever the groups; the inputs' differences must stay in
 the comparison range (checked by the executor).
+
+``drop`` t > 0 (softmax's row max, where any shift m with max ≤ m ≤ max + 2^(t+1) LSB serves: softmax is invariant
+to it): the tournament runs on the inputs truncated by t bits, c = trunc(x, t), and returns m = (max c + 1)·2^t.
+MP-SPDZ's probabilistic truncation gives c ∈ (x/2^t − 1, x/2^t + 1) (the reference's nearest rounding lies inside),
+so max x < m ≤ max x + 2^(t+1) LSB. Its comparisons need t bits fewer (``bits`` is theirs: the inputs may reach
+2^(bits + t − 1) LSB), which cuts their bytes and, per halving of the bits, a round (replicated-ring; two under
+dealer). The truncation is told the inputs' bit length bits + t: at most 24 bits, MP-SPDZ's replicated-ring
+truncates with one message between parties 1 and 2 (a large gap to the 64-bit ring, eprint 2018/403) instead
+of 2 rounds (compiler.cost.primitives, ``trunc`` with bits).
 """
 from __future__ import annotations
 
@@ -42,8 +51,11 @@ def product_rounds(g: int) -> list[int]:
 
 
 def rowmax_tree_reference(x_int: np.ndarray, fx: FixedPoint, cols: int | None = None,
-                          groups: tuple[int, ...] = ()) -> np.ndarray:
-    return np.asarray(x_int, dtype=np.int64).max(axis=-1)  # every tournament selects the maximum itself
+                          groups: tuple[int, ...] = (), drop: int = 0) -> np.ndarray:
+    x = np.asarray(x_int, dtype=np.int64)
+    if drop:
+        return (fx.trunc(x, drop).max(axis=-1) + 1) << drop
+    return x.max(axis=-1)  # every tournament selects the maximum itself
 
 
 def level_steps(rows: int, g: int, width: int) -> list[Step]:
@@ -51,10 +63,15 @@ def level_steps(rows: int, g: int, width: int) -> list[Step]:
     return [Step("ltz", n * g * (g - 1) // 2)] + [Step("mul_int", n * count) for count in product_rounds(g)]
 
 
-def rowmax_tree_steps(size: int, profile: object, cols: int | None = None, groups: tuple[int, ...] = ()) -> list[Step]:
+def rowmax_tree_steps(size: int, profile: object, cols: int | None = None, groups: tuple[int, ...] = (),
+                      drop: int = 0) -> list[Step]:
+    """The steps; with ``drop`` first the truncation (priced at the inputs' bit length, see
+    :meth:`compiler.approx.Approximation.call_steps`)."""
     cols = cols or size
     rows = size // cols
-    return [s for g, width in tree_levels(cols, tuple(groups)) for s in level_steps(rows, g, width)]
+    truncation = [Step("trunc", size)] if drop else []
+    return truncation + [s for g, width in tree_levels(cols, tuple(groups)) for s in level_steps(rows, g, width)]
+
 
 
 def best_groups(cols: int, rows: int, profile: object, bits: int | None, network: str) -> tuple[int, ...]:
@@ -82,5 +99,6 @@ def best_groups(cols: int, rows: int, profile: object, bits: int | None, network
 register(Approximation(
     op="rowmax", choice="tree", reference=rowmax_tree_reference, template="approx/rowmax_tree.mpc.j2",
     steps=rowmax_tree_steps, exact=lambda x: np.max(x, axis=-1),
-    bounds=lambda cols=None, groups=(): ((-8000.0, 8000.0), 0.0), params={"cols": None, "groups": ()},
-    compared=lambda cols=None, groups=(): 0.0, doc="tournament max, one comparison call per level"))
+    bounds=lambda cols=None, groups=(), drop=0: ((-8000.0, 8000.0), 2.0 ** (drop + 1 - 16) if drop else 0.0),
+    params={"cols": None, "groups": (), "drop": 0},
+    compared=lambda cols=None, groups=(), drop=0: 0.0, doc="tournament max, one comparison call per level"))

@@ -195,7 +195,7 @@ class _Renderer:
         d = int(node.attrs["head_dim"])
         d_key = len(heads[0]["q_cols"])  # q/k width per head: d, or less (LeViT's key_dim)
         qk_cols, v_cols, groups = [], [], []
-        fold = None
+        fold, unreduced = None, []
         fx = self.program.profile.fx
         for kind, members in attention_groups(node).items():
             group: dict[str, Any] = {"kind": kind, "heads": members, "rows": len(members) * batch * tokens,
@@ -210,7 +210,10 @@ class _Renderer:
                 v_cols.append((h, *cols[2]))
             if kind == "softmax":
                 group.update(rowmax=p.approx["softmax.rowmax"].fn_name, exp=p.approx["softmax.exp"].fn_name,
-                             reciprocal=p.approx["softmax.reciprocal"].fn_name, shift=p.params["softmax.scale"].shift)
+                             reciprocal=p.approx["softmax.reciprocal"].fn_name, shift=p.params["softmax.scale"].shift,
+                             unreduced=p.params.get("softmax.unreduced"))  # plans.softmax_unreduced_bits
+                if group["unreduced"]:  # these slots' products are truncated by 2f + q
+                    unreduced = list(range(len(v_cols) - len(members), len(v_cols)))
             elif kind == "relu_softmax":
                 scale = p.params["relu_softmax.scale"]
                 group.update(reciprocal=p.approx["relu_softmax.reciprocal"].fn_name, trunc=scale.trunc,
@@ -228,6 +231,8 @@ class _Renderer:
             bias = {"var": self.tensor(node.inputs[3]).var, "size": tokens * tokens,
                     "offsets": [((b % b_bias) * len(heads) + h) * tokens * tokens
                                 for h in slots for b in range(batch)]}
+        ctx.update(unreduced=unreduced, unreduced_bits=p.params.get("softmax.unreduced"),
+                   unreduced_shift=2 * fx.f + p.params["softmax.scale"].shift if unreduced else 0)
         ctx.update(q=q, k=k, v=v, batch=batch, heads=heads, f=fx.f, bits=fx.k + fx.f, tokens=tokens, d=d, d_key=d_key, scores=f"s{len(self.tensors)}",
                    bias=bias, scale=float(node.attrs.get("scale", 1.0)), qk_cols=qk_cols, v_cols=v_cols, groups=groups,
                    fold=fold,

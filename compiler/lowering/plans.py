@@ -219,9 +219,103 @@ def softmax_sum_top(tokens: int) -> float:
     return float(max(tokens, 2))
 
 
-def softmax_scale(tokens: int, profile: Profile) -> DenominatorScale:
-    """Softmax rows: Σ exp(s - max) lies in [1, N] whatever the scores, so the shift needs no calibration."""
-    return DenominatorScale(0, balanced_shift(1.0, softmax_sum_top(tokens), profile.fx), 0)
+def softmax_scale(tokens: int, profile: Profile, lo: float = 1.0) -> DenominatorScale:
+    """Softmax rows: Σ exp(s - m) lies in [lo, N] whatever the scores (m the row max, lo = 1; or up to g above it,
+    lo = e^-g), so the shift needs no calibration."""
+    return DenominatorScale(0, balanced_shift(lo, softmax_sum_top(tokens), profile.fx), 0)
+
+
+# How far above the true row maximum softmax's shift m may lie (rowmax ``drop``, compiler.approx.rowmax): softmax is
+# invariant to m, the exponents stay <= 0 and the row sums >= e^-gap, but exp's relative error grows with |x|, so a
+# peaky row's largest terms lose accuracy with the gap (trained digits vit_1_4_8, max logit error: 0.0080 exact,
+# 0.0082 at a gap of 1/16, 0.0084 at 1/8, 0.0091 at 1/4, 0.014 at 1). A gap of 1/8 compares the scores in units of
+# 1/16 (f − 4 bits dropped): 8-bit comparisons for |scores| <= 2 (calibrated, times the margin), 6 rounds, not 8.
+SOFTMAX_MAX_GAP = 0.125
+# Segments per octave of the softmax reciprocal's guess: 2 leave a series of order 8 (4 products deep) where 1
+# needs order 16 (5 deep), for 2·log2(N/lo) comparisons per row instead of log2(N/lo) (in the same round). Fixed, so
+# that an attention's rounds do not depend on its rows (8 per octave: 3 deep, but 8 times the comparisons).
+SOFTMAX_PER_OCTAVE = 2
+
+
+@dataclass(frozen=True)
+class SoftmaxUses:
+    """The approximations of one softmax call site (rows of ``cols`` values) and its denominator scale."""
+
+    rowmax: ApproxUse
+    exp: ApproxUse
+    reciprocal: ApproxUse
+    scale: DenominatorScale
+
+    def steps(self, rows: int, cols: int, profile: Profile, unreduced: bool = False) -> list[Step]:
+        """Row max, exp, one reciprocal per row, then the normalising product (``unreduced``: left untruncated,
+        :func:`softmax_unreduced_bits`)."""
+        return [*_approx_steps(self.rowmax, rows * cols, profile), *_approx_steps(self.exp, rows * cols, profile),
+                *_approx_steps(self.reciprocal, rows, profile), Step("mul_int" if unreduced else "mul", rows * cols)]
+
+
+def softmax_unreduced_bits(node: Node, profile: Profile, shift: int) -> int | None:
+    """The bit length of the raw product P·V of an attention's softmax heads when the probabilities are left as
+    the raw e·r (None: without a calibrated |V|, e·r is truncated first, as ReLU-softmax's a·r).
+
+    p = e·r/2^(f+q) is kept as e·r (2f + q fractional bits; e_j·r <= 2^q·Σ/Σ) and P·V truncated once by 2f + q
+    instead of f: one truncation of N·N values per head fewer (2 rounds and 8 B per value at party 0 under
+    replicated-ring), one rounding instead of two. Its raw sums Σ_j e_j·r·v_j reach 2^(3f+q)·max|V|·(1 + ε)
+    (Σ_j e_j·r = 2^q up to the reciprocal's relative error ε): with the calibrated |V| times the margin below 2^b
+    they stay below 2^(3f+q+b+1), which must stay under 2^RING_TOP; the truncation is told one bit more (sign)."""
+    v_abs = calibrated_abs(node, "v_abs")
+    if v_abs is None:
+        return None
+    b = max(0, math.ceil(math.log2(max(v_abs * MAGNITUDE_MARGIN, 1.0))))
+    top = 3 * profile.f + shift + b + 1
+    return top + 1 if top <= RING_TOP else None
+
+
+def softmax_exp(profile: Profile, exponents: float | None) -> ApproxUse:
+    """Softmax's exp at a call site whose exponents reach −``exponents`` (calibrated; None: unknown).
+
+    The limits' relative error grows with |x| (limit2 |x|³/(6·4^n), limit3 x⁴/(24·8^n)), and a trained model's
+    peaky rows feel it beyond what the absolute bounds say (trained digits vit_1_4_8: 0.008 max logit error with
+    limit2 n = 5, 0.04 with limit3 n = 3 clipped at −8). Unless ``--approx exp=`` forced another choice than the
+    profile's own, a limit is therefore picked per call site: limit3 without its clip where the exponents times
+    the margin stay above −8
+    (n = 3, 5 products) or −16 (n = 4, 6 products, at most a quarter of limit2's relative error there), else limit2 (n = 5) as
+    without calibration."""
+    choice = profile.approx.get("exp")
+    automatic = choice == ((profile.justification or {}).get("exp") or {}).get("chosen", choice)
+    if not automatic or choice not in ("limit2", "limit3"):
+        return _compare_use(profile, "exp", exponents)
+    reach = None if exponents is None else exponents * MAGNITUDE_MARGIN
+    if reach is not None and reach < 16:
+        return _compare_use(replace(profile, approx={**profile.approx, "exp": "limit3"}), "exp", exponents,
+                            **({"n": 4} if reach >= 8 else {}))
+    return _compare_use(replace(profile, approx={**profile.approx, "exp": "limit2"}), "exp", exponents)
+
+
+def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> SoftmaxUses:
+    """Softmax over rows of ``cols`` values whose calibrated largest magnitude is ``top`` (None: uncalibrated).
+
+    Calibrated, the row max is taken on the values truncated by ``drop`` = f + log2(SOFTMAX_MAX_GAP) − 1 bits (its
+    comparisons that many bits shorter; uncalibrated they stay at k bits, where dropping saves nothing), its
+    tournament groups least latency on ``RANK_NETWORK``; the exponents then reach −(2·top + gap), the row sums
+    [e^-gap, N]. The reciprocal (``newton``) takes :data:`SOFTMAX_PER_OCTAVE` segments per octave and its series
+    without the final Newton step (``final``, error bound in compiler.approx.reciprocal)."""
+    drop = profile.f + round(math.log2(SOFTMAX_MAX_GAP)) - 1 if top is not None else 0
+    gap = 2.0 ** (drop + 1 - profile.f) if drop else 0.0
+    coarse = None if top is None else top * 2.0 ** -drop  # the compared values' magnitude, in units of 2^(drop-f)
+    dropped = {"drop": drop} if drop else {}
+    rowmax = _compare_use(profile, "rowmax", coarse, cols=cols, **dropped)
+    groups = best_groups(cols, rows, profile, rowmax.kwargs.get("bits"), RANK_NETWORK)
+    rowmax = _compare_use(profile, "rowmax", coarse, cols=cols, **dropped, **({"groups": groups} if groups else {}))
+    # the margin applies to the scores, not to the gap (exact)
+    exp = softmax_exp(profile, None if top is None else 2 * top + gap / MAGNITUDE_MARGIN)
+    lo = math.exp(-gap)
+    scale = softmax_scale(cols, profile, lo)
+    # the row sums lie in [lo, N] whatever the scores: an exact bound for the reciprocal's comparisons
+    sum_top = softmax_sum_top(cols)
+    shift = {"shift": scale.shift} if scale.shift else {}
+    newton = {"per_octave": SOFTMAX_PER_OCTAVE, "final": False} if profile.approx.get("reciprocal") == "newton" else {}
+    rec = _compare_use(profile, "reciprocal", None, sum_top, lo=lo, hi=sum_top, **shift, **newton)
+    return SoftmaxUses(rowmax, exp, rec, scale)
 
 
 def scaling_fold(tokens: int, fx: Any) -> tuple[int, int]:
@@ -287,20 +381,12 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         rows = len(members) * batch * tokens
         n = rows * tokens
         if kind == "softmax":
-            rowmax = _compare_use(profile, "rowmax", scores, cols=tokens)
-            # the tournament's groups per level: the least latency on the ranking network at these rows and bits
-            groups = best_groups(tokens, rows, profile, rowmax.kwargs.get("bits"), RANK_NETWORK)
-            rowmax = p.approx["softmax.rowmax"] = _compare_use(profile, "rowmax", scores, cols=tokens,
-                                                               **({"groups": groups} if groups else {}))
-            exp = p.approx["softmax.exp"] = _compare_use(profile, "exp", None if scores is None else 2 * scores)
-            scale = p.params["softmax.scale"] = softmax_scale(tokens, profile)
-            # the row sums lie in [1, N] whatever the scores: an exact bound for the reciprocal's comparisons
-            sum_top = softmax_sum_top(tokens)
-            rec = p.approx["softmax.reciprocal"] = _compare_use(profile, "reciprocal", None, sum_top, lo=1.0,
-                                                                hi=sum_top,
-                                                                **({"shift": scale.shift} if scale.shift else {}))
-            p.steps += [*_approx_steps(rowmax, n, profile), *_approx_steps(exp, n, profile),
-                        *_approx_steps(rec, rows, profile), Step("mul", n)]
+            uses = softmax_uses(profile, scores, rows, tokens)
+            p.approx.update({"softmax.rowmax": uses.rowmax, "softmax.exp": uses.exp,
+                             "softmax.reciprocal": uses.reciprocal})
+            p.params["softmax.scale"] = uses.scale
+            unreduced = p.params["softmax.unreduced"] = softmax_unreduced_bits(node, profile, uses.scale.shift)
+            p.steps += uses.steps(rows, tokens, profile, unreduced is not None)
         elif kind == "relu_softmax":
             eps_int, raised = relu_softmax_eps(node, profile)
             if raised:
@@ -438,15 +524,10 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         p.steps += _approx_steps(use, rows * cols, profile)
     elif op == "softmax":  # as an attention softmax head: max-subtraction, exp, one reciprocal per row
         rows, cols, _ = reduction_block(node, x_shape)
-        top = calibrated_abs(node)
-        rowmax = p.approx["rowmax"] = _compare_use(profile, "rowmax", top, cols=cols)
-        exp = p.approx["exp"] = _compare_use(profile, "exp", None if top is None else 2 * top)
-        scale = p.params["softmax.scale"] = softmax_scale(cols, profile)  # 2^q/sum: free bits for long rows
-        sum_top = softmax_sum_top(cols)
-        rec = p.approx["reciprocal"] = _compare_use(profile, "reciprocal", None, sum_top, lo=1.0, hi=sum_top,
-                                                    **({"shift": scale.shift} if scale.shift else {}))
-        p.steps += [*_approx_steps(rowmax, rows * cols, profile), *_approx_steps(exp, rows * cols, profile),
-                    *_approx_steps(rec, rows, profile), Step("mul", rows * cols)]
+        uses = softmax_uses(profile, calibrated_abs(node), rows, cols)
+        p.approx.update({"rowmax": uses.rowmax, "exp": uses.exp, "reciprocal": uses.reciprocal})
+        p.params["softmax.scale"] = uses.scale  # 2^q/sum: free bits for long rows
+        p.steps += uses.steps(rows, cols, profile)
     elif op in ("exp", "reciprocal"):
         use = p.approx[op] = ApproxUse(op, RANGE_AGNOSTIC[op])
         p.steps += _approx_steps(use, out.size, profile)
@@ -795,12 +876,17 @@ def lower(graph: Graph, profile: Profile, name: str = "mpcvit", reveal: str = "l
     _check_constants(graph, profile)
     plans = [plan(node, profile, graph, reveal) for node in graph.nodes]
     lengths = choose_comparison_lengths(plans, profile)
-    if lengths != sorted({s.bits for p in plans for s in p.steps if s.bits}):
+    if lengths != sorted({s.bits for s in comparison_steps(plans)}):
         profile = replace(profile, cmp_bits=tuple(lengths))
         plans = [plan(node, profile, graph, reveal) for node in graph.nodes]
     warnings = [f"{p.node.name or p.node.op}: {note}" for p in plans for note in p.notes]
     safe = "".join(c if c.isalnum() else "_" for c in name) or "mpcvit"
     return Program(graph, profile, plans, safe, reveal, warnings)
+
+
+def comparison_steps(plans: list[NodePlan]) -> list[Step]:
+    """The steps that compare at a bit length (a truncation's ``bits`` is its inputs' length, not a comparison's)."""
+    return [s for p in plans for s in p.steps if s.bits and s.prim != "trunc"]
 
 
 def choose_comparison_lengths(plans: list[NodePlan], profile: Profile) -> list[int]:
@@ -815,7 +901,7 @@ def choose_comparison_lengths(plans: list[NodePlan], profile: Profile) -> list[i
     from compiler.cost.primitives import steps_cost
     from compiler.lowering.profiles import RANK_NETWORK
 
-    steps = [s for p in plans for s in p.steps if s.bits]
+    steps = comparison_steps(plans)
     demanded = sorted({s.bits for s in steps})
     if len(demanded) < 2:
         return demanded

@@ -105,7 +105,8 @@ class _Executor:
 
     # --- helpers -------------------------------------------------------------------------------------------
     def approx(self, use: ApproxUse, x_int: np.ndarray, tensor: str) -> np.ndarray:
-        self.fx.check_range(x_int, tensor, use.kwargs.get("bits"))  # the call site's comparison bit length
+        bits = use.kwargs.get("bits")  # the call site's comparison bit length, on x / 2^drop (rowmax's drop)
+        self.fx.check_range(x_int, tensor, bits + use.kwargs.get("drop", 0) if bits else None)
         return REGISTRY[use.op][use.choice].run(x_int, self.fx, **use.kwargs)
 
     # --- ops: each returns (fixed-point int64, float64) -----------------------------------------------------
@@ -313,7 +314,12 @@ class _Executor:
                 z = s_i - m.reshape(s_i.shape[:-1])[..., None]
                 e = self.approx(p.approx["softmax.exp"], z, f"{name} (softmax exponent)")
                 r = self.approx(p.approx["softmax.reciprocal"], e.sum(-1), f"{name} (softmax row sums)")
-                pi[members] = fx.trunc(e * r[..., None], fx.f + p.params["softmax.scale"].shift)
+                shift = p.params["softmax.scale"].shift
+                if p.params.get("softmax.unreduced"):  # e·r raw, P·V truncated by 2f + q (plans.softmax_unreduced_bits)
+                    pi[members] = e * r[..., None]
+                    shifts[members] = 2 * fx.f + shift
+                else:
+                    pi[members] = fx.trunc(e * r[..., None], fx.f + shift)
                 ef = np.exp(s_f - s_f.max(-1, keepdims=True))
                 pf[members] = ef / ef.sum(-1, keepdims=True)
             elif kind == "relu_softmax":
@@ -335,6 +341,15 @@ class _Executor:
                     m = fx.trunc(exact_int_matmul(np.swapaxes(ki[members], -1, -2), vi[members]), fx.f + g)
                     linear = (members, fx.trunc(exact_int_matmul(qi[members], m)))
         raw = exact_int_matmul(pi, vi)  # [H, B, N, d]
+        unreduced = p.params.get("softmax.unreduced")
+        if unreduced:
+            members = attention_groups(node)["softmax"]
+            worst = int(np.max(np.abs(raw[members])))
+            if worst >= 1 << (unreduced - 1):
+                raise FixedPointRangeError(f"tensor {name!r}: the softmax heads' unreduced P·V reaches 2^"
+                                           f"{math.log2(worst):.1f}, beyond the {unreduced}-bit truncation the "
+                                           f"calibrated |V| was given: calibrate on inputs like these "
+                                           f"(mpcvit-compile --calibrate)")
         oi = np.stack([fx.trunc(raw[h], int(shifts[h])) for h in range(len(heads))])
         if linear is not None:
             oi[linear[0]] = linear[1]

@@ -835,7 +835,7 @@ def _plan(node: Node, profile: Profile, graph: Graph, reveal: str) -> NodePlan:
     p.steps += _param_inputs(node, graph)
     if node.op == "input":
         # the round in which party 0 inputs every weight tensor (their bytes: each node's "weights" steps)
-        p.steps += [Step("input", 0, party=0), Step("input", out.size, party=1)]
+        p.steps += [Step("input", 0, party=0)] * any(True for _ in graph.params()) + [Step("input", out.size, party=1)]
     elif node.op == "linear":
         raw = p.params["raw_input"] = layernorm_raw_input(node, graph, profile)
         x_shape = graph.values[node.inputs[0]].shape

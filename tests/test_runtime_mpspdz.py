@@ -145,8 +145,16 @@ def test_shared_weights_are_made_once_and_carry_no_weight_traffic(mpspdz: MPSPDZ
         assert np.abs(result.logits - plain.logits).max() < 0.05 and result.top1_agreement == 1.0
         assert plain.bytes_party0 - result.bytes_party0 >= 0.9 * saving
         assert abs(result.bytes_party0 / manifest["expected"]["shared_weights"]["bytes_p0"] - 1) < 0.25
-    # other weights (a recompiled model) are shared anew
-    stamp = tmp_path / "out" / "weight-shares" / "stamp.json"
-    stamp.write_text(stamp.read_text().replace('"weight_sha256": "', '"weight_sha256": "0'))
-    assert run(tmp_path / "out", images=1, mpspdz=mpspdz, log=lambda _: None,
-               weights="shared").details["weights"]["sharing"] is not None
+        assert result.details["expected"]["bytes_p0"] == manifest["expected"]["shared_weights"]["bytes_p0"]
+    # shared anew: other weights (a recompiled model), an unreadable stamp, a damaged share file (same size)
+    store = tmp_path / "out" / "weight-shares"
+    damages = [lambda: (store / "stamp.json").write_text((store / "stamp.json").read_text().replace(
+                   '"weight_sha256": "', '"weight_sha256": "0')),
+               lambda: (store / "stamp.json").write_text("{bad"),
+               lambda: (store / "Transactions-P1.data").write_bytes(
+                   bytes(b ^ 1 for b in (store / "Transactions-P1.data").read_bytes()))]
+    for damage in damages:
+        damage()
+        again = run(tmp_path / "out", images=1, mpspdz=mpspdz, log=lambda _: None, weights="shared")
+        assert again.details["weights"]["sharing"] is not None
+        assert np.abs(again.logits - plain.logits).max() < 0.05

@@ -89,7 +89,7 @@ def cmd_run_party(args: argparse.Namespace) -> int:
 
     if args.online_only or args.resume or args.per_execution is not None or args.weights != "input":
         raise UserError("--online-only, --resume, --per-execution and --weights shared apply to runs of all parties "
-                        "on this host")
+                        "on this host; drop them with --party")
     result = run_party(args.out, args.party, args.hosts, args.protocol, images=args.images, data=args.data,
                        certs=args.certs, batches=args.batches, timeout_s=args.timeout, json_path=args.json)
     summary = {k: v for k, v in result.items() if k != "outputs"}  # party 1's values are in --json

@@ -234,6 +234,8 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
         "retried_executions": sum(entry["attempts"] > 1 for entry in journal)}
     result.details["compiled_in_input"] = compiled_in
     result.details["weights"] = {"mode": weights, "sharing": sharing}
+    if weights == "shared" and "shared_weights" in (manifest.get("expected") or {}):  # without the weight input
+        result.details["expected"] = {**manifest["expected"], **manifest["expected"]["shared_weights"]}
     if json_path is not None:
         write_json_atomic(json_path, {**result.to_json(), "complete": True, "run": key,
                                       "executions": [{k: v for k, v in entry.items() if k != "outputs"}
@@ -387,8 +389,7 @@ def _shared_weights(root: Path, out_dir: Path, manifest: dict, spec: ProtocolSpe
     stamp = {"protocol": spec.name, "weight_sha256": manifest.get("weight_sha256"), "f": manifest.get("f"),
              "k": manifest.get("k")}
     stamp_file = store / "stamp.json"
-    files = [store / f"Transactions-P{party}.data" for party in range(spec.parties)]
-    if not stamp_file.is_file() or json.loads(stamp_file.read_text()) != stamp or not all(map(Path.is_file, files)):
+    if _stored_shares(store) != stamp:
         _compile(root, manifest, spec, mode=("share-weights",))
         weights_file = input_files(manifest)[0]
         install_inputs(root, {Path(weights_file).name: out_dir / weights_file})
@@ -396,15 +397,41 @@ def _shared_weights(root: Path, out_dir: Path, manifest: dict, spec: ProtocolSpe
                                         ("-v",))
         names = spec.process_names()
         party0 = parse_party_output(run_parties(commands, root, timeout_s, log_dir, names)[0].output, names[0])
-        shutil.rmtree(store, ignore_errors=True)
+        if store.is_dir() and not store.is_symlink():
+            shutil.rmtree(store)
+        elif store.exists() or store.is_symlink():
+            store.unlink()
         shutil.copytree(root / "Persistence", store)
-        stamp_file.write_text(json.dumps(stamp) + "\n")
+        # each party's file and its hash: a damaged or swapped file is found before it gives wrong logits
+        files = {path.name: _sha256_file(path) for path in sorted(store.glob("Transactions-P*.data"))}
+        stamp_file.write_text(json.dumps({**stamp, "files": files}) + "\n")
         made = {"bytes_party0": party0.bytes_sent, "rounds": party0.rounds, "time_s": party0.time_s}
         log(f"weights shared once ({party0.bytes_sent / 1e6:.1f} MB from party 0, {party0.rounds} rounds); each "
             f"party's shares are kept in {store}")
     shutil.rmtree(root / "Persistence", ignore_errors=True)
     (root / "Persistence").symlink_to(store.resolve(), target_is_directory=True)
     return made
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stored_shares(store: Path) -> dict[str, Any] | None:
+    """What the shares in ``store`` were made for (its stamp less the file hashes), or None when the stamp is
+    missing or unreadable, or any party's file is missing or not the file that was stored."""
+    try:
+        stamp = json.loads((store / "stamp.json").read_text())
+        files = stamp.pop("files")
+        if not files or any(_sha256_file(store / name) != digest for name, digest in files.items()):
+            return None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+    return stamp
 
 
 def output_shapes(manifest: dict) -> list[tuple[int, ...]]:

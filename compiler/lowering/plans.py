@@ -277,9 +277,8 @@ def softmax_exp(profile: Profile, exponents: float | None) -> ApproxUse:
     peaky rows feel it beyond what the absolute bounds say (trained digits vit_1_4_8: 0.008 max logit error with
     limit2 n = 5, 0.04 with limit3 n = 3 clipped at −8). Unless ``--approx exp=`` forced another choice than the
     profile's own, a limit is therefore picked per call site: limit3 without its clip where the exponents times
-    the margin stay above −8
-    (n = 3, 5 products) or −16 (n = 4, 6 products, at most a quarter of limit2's relative error there), else limit2 (n = 5) as
-    without calibration."""
+    the margin stay above −8 (n = 3, 5 products) or −16 (n = 4, 6 products, at most a quarter of limit2's relative
+    error there), else limit2 (n = 5) as without calibration."""
     choice = profile.approx.get("exp")
     automatic = choice == ((profile.justification or {}).get("exp") or {}).get("chosen", choice)
     if not automatic or choice not in ("limit2", "limit3"):
@@ -835,7 +834,7 @@ def _plan(node: Node, profile: Profile, graph: Graph, reveal: str) -> NodePlan:
     p.steps += _param_inputs(node, graph)
     if node.op == "input":
         # the round in which party 0 inputs every weight tensor (their bytes: each node's "weights" steps)
-        p.steps += [Step("input", 0, party=0)] * any(True for _ in graph.params()) + [Step("input", out.size, party=1)]
+        p.steps += [Step("input", 0, party=0)] * any(graph.params()) + [Step("input", out.size, party=1)]
     elif node.op == "linear":
         raw = p.params["raw_input"] = layernorm_raw_input(node, graph, profile)
         x_shape = graph.values[node.inputs[0]].shape

@@ -19,7 +19,7 @@ from compiler.cost import Step, estimate
 from compiler.errors import FixedPointRangeError
 from compiler.ir import Graph, Node, Value
 from compiler.lowering import get_profile, lower
-from compiler.lowering.plans import MAGNITUDE_MARGIN, SOFTMAX_MAX_GAP
+from compiler.lowering.plans import MAGNITUDE_MARGIN, SOFTMAX_MAX_GAP, UNSHIFTED_REACH
 from compiler.lowering.profiles import PROTOCOLS, SEMI_HONEST_CORE
 from compiler.reference import execute
 from general_ops_ir import many_ops, quantised
@@ -66,15 +66,23 @@ def test_comparison_bits_follow_the_calibrated_range():
         assert plans["the_reduce_max_3"].approx["rowmax"].kwargs["bits"] == \
             expected_bits(calib.sites["the_reduce_max_3"]["in_abs"])
         softmax = plans["the_softmax_4"].approx
-        # exponents s - m, m up to SOFTMAX_MAX_GAP above the row max (the rowmax's drop; the gap needs no margin),
-        # and the exp's clipping bound 2^n
         exp = REGISTRY["exp"][softmax["exp"].choice]
-        assert softmax["exp"].kwargs["bits"] == expected_bits(
-            2 * calib.sites["the_softmax_4"]["in_abs"] + SOFTMAX_MAX_GAP / MAGNITUDE_MARGIN,
-            exp.compared(**exp.split_bits(softmax["exp"].kwargs)[0]))
-        # the row sum's exact bound [1, 7] (newton compares up to 2·hi), whatever the calibration
+        compared = exp.compared(**exp.split_bits(softmax["exp"].kwargs)[0])
+        scores = calib.sites["the_softmax_4"]["in_abs"]
         assert softmax["reciprocal"].label == "reciprocal:newton"
-        assert softmax["reciprocal"].kwargs["bits"] == expected_bits(0.0, 2 * 7)
+        if scale == 0.5:  # |scores|·margin within the reach: exp of the scores themselves, sums in [7e^-r, 7e^r]
+            reach = scores * MAGNITUDE_MARGIN
+            assert reach <= UNSHIFTED_REACH and "rowmax" not in softmax and softmax["exp"].kwargs["top"] == reach
+            assert softmax["exp"].kwargs["bits"] == expected_bits(scores, compared)
+            assert softmax["reciprocal"].kwargs["bits"] == expected_bits(0.0, 2 * 7 * math.exp(reach))
+        else:
+            # exponents s - m, m up to SOFTMAX_MAX_GAP above the row max (the rowmax's drop; the gap needs no
+            # margin), and the exp's clipping bound 2^n
+            assert "top" not in softmax["exp"].kwargs
+            assert softmax["exp"].kwargs["bits"] == expected_bits(2 * scores + SOFTMAX_MAX_GAP / MAGNITUDE_MARGIN,
+                                                                  compared)
+            # the row sum's exact bound [1, 7] (newton compares up to 2·hi), whatever the calibration
+            assert softmax["reciprocal"].kwargs["bits"] == expected_bits(0.0, 2 * 7)
         # segments: |x|·4 below the cut drops the cut comparisons (GeLU and tanh cut at 4, erf at 3, sigmoid at 8)
         inner = {op: plans[name].approx[op].kwargs.get("inner", False)
                  for name, op in (("the_gelu_5", "gelu"), ("the_tanh_6", "tanh"), ("the_erf_7", "erf"),
@@ -160,18 +168,45 @@ def attention_graph(tokens: int = 16) -> Graph:
 
 def test_attention_comparisons_follow_the_calibrated_scores():
     g = attention_graph()
-    calib = calibrate(g, samples(g, 0.8, 4, seed=0))
+    calib = calibrate(g, samples(g, 1.6, 4, seed=0))  # scores up to ~2.5: beyond the unshifted reach
     # replicated-ring (each site keeps its own length) with the Newton reciprocal, whose thresholds compare
     plan = lower(calib.annotate(g), get_profile("replicated-ring", approx={"reciprocal": "newton"})).node_plans[1]
     scores = calib.sites["att"]["cmp_abs"]
+    assert scores * MAGNITUDE_MARGIN > UNSHIFTED_REACH
     # the row max compares the scores in units of 2^(drop - f) (compiler.approx.rowmax)
     drop = plan.approx["softmax.rowmax"].kwargs["drop"]
     assert drop == F + math.log2(SOFTMAX_MAX_GAP) - 1
-    assert plan.approx["softmax.rowmax"].kwargs["bits"] == expected_bits(scores * 2.0 ** -drop) == 7
+    assert plan.approx["softmax.rowmax"].kwargs["bits"] == expected_bits(scores * 2.0 ** -drop) == 9
     # the row sums lie in [e^-gap, N], an exact bound (no margin); the thresholds below 2N
     assert plan.approx["softmax.reciprocal"].kwargs["bits"] == expected_bits(0, 2 * 16)
     assert plan.params["relu_softmax.bits"] == expected_bits(scores)
     assert any(s.prim == "relu" and s.bits == expected_bits(scores) for s in plan.steps)
+
+
+def test_small_scores_take_exp_without_a_row_max():
+    """|scores|·margin within UNSHIFTED_REACH: no row max (no comparison, no selection), exp:limit3 on [−r, r] and
+    the row sums' reciprocal on [N·e^-r, N·e^r]; the probabilities stay within 1e-3 of float softmax, as close as
+    with the row max (the same graph forced through the tree by a larger calibration range)."""
+    g = attention_graph()
+    calib = calibrate(g, samples(g, 0.8, 4, seed=0))
+    program = lower(calib.annotate(g), get_profile("replicated-ring"))
+    plan = program.node_plans[1]
+    reach = calib.sites["att"]["cmp_abs"] * MAGNITUDE_MARGIN
+    assert reach <= UNSHIFTED_REACH and "softmax.rowmax" not in plan.approx
+    assert not [s for s in plan.steps if s.prim == "ltz" and s.bits == 7]  # the tree's comparisons are gone
+    rec = plan.approx["softmax.reciprocal"].kwargs
+    assert rec["lo"] == pytest.approx(16 * math.exp(-reach)) and rec["hi"] == pytest.approx(16 * math.exp(reach))
+    exp = plan.approx["softmax.exp"]
+    assert exp.label == "exp:limit3" and exp.kwargs["inner"] and exp.kwargs["top"] == reach
+    assert REGISTRY["exp"]["limit3"].bounds(n=3, inner=True, top=reach)[0] == (-8.0, reach)
+    x = {"x": samples(g, 0.8, 3, seed=1)[:1].reshape(g.values["x"].shape)}
+    tree = lower(calibrate(g, samples(g, 1.6, 4, seed=0)).annotate(attention_graph()), get_profile("replicated-ring"))
+    assert "softmax.rowmax" in tree.node_plans[1].approx
+    errors = []
+    for prog in (program, tree):
+        result = execute(prog, x)
+        errors.append(float(np.max(np.abs(result.outputs["y"][..., 0] - result.float_outputs["y"][..., 0]))))
+    assert errors[0] < 1e-3 and errors[0] <= 2 * errors[1]
 
 
 def test_softmax_exp_follows_the_calibrated_exponents():
@@ -215,7 +250,7 @@ def test_softmax_probabilities_stay_unreduced_below_a_calibrated_v():
     bound = (0.5 * 16 * np.abs(x[..., 2]).max() + 1) * 2.0 ** -F
     assert np.abs(execute(program, {"x": x}).outputs["y"] - execute(lower(g, get_profile("replicated-ring")),
                                                                       {"x": x}).outputs["y"]).max() <= bound
-    x[..., 2] *= 2.0 ** (RING_TOP + 1 - 3 * F - q - b)  # the softmax head's v beyond its calibrated range
+    x[..., 2] *= 2.0 ** (RING_TOP + 3 - 3 * F - q - b)  # the softmax head's v far beyond its calibrated range
     with pytest.raises(FixedPointRangeError, match="unreduced P·V .* calibrate on inputs like these"):
         execute(program, {"x": x})
 

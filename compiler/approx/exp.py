@@ -21,6 +21,11 @@
   product truncated once, the 1/3 as the public K = round(2^S/3) and y as a public multiple of x added before
   the truncation (S = :func:`third_bits`: the raw sum below 2^61 whatever f). Cost: n + 2 products (5 at n = 3,
   against limit2's 6 at n = 5).
+* ``top`` (limit3, with ``inner``) — the call site's largest positive exponent: softmax rows whose scores stay small
+  take exp(s) without a row max (compiler.lowering.plans.softmax_uses), x ∈ [−top, top]. Nothing changes in the
+  computation for 0 < x <= 2^(n−1): the base exceeds 1, every raw sum stays below the negative side's (h <= 1/8,
+  x + 3·2^n <= 3.5·2^n) and the squarings below e^(2^(n−1)) <= e^4; the relative error is the same x⁴/(24·8^n),
+  the absolute one e^x times it, as ``exp_limit3_bounds`` takes over [−2^n, top].
 * ``inner=True`` (every limit; chosen per call site when the calibrated |x| times the margin stays below 2^n, e.g.
   softmax exponents x − max of scores bounded by B, |x| <= 2B): the clipping comparison and its selection are
   dropped (x is already in [−2^n, 0]), with the same bound on [−2^n, 0], its domain; below −2^n the base goes
@@ -122,7 +127,8 @@ def limit3_constants(n: int, f: int) -> dict[str, int]:
             "second_bits": 2 * f + n + bits + 1}
 
 
-def exp_limit3_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 3, inner: bool = False) -> np.ndarray:
+def exp_limit3_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 3, inner: bool = False,
+                         top: float = 0.0) -> np.ndarray:
     c = limit3_constants(n, fx.f)
     x = _clip(x_int, fx, n, inner)
     h = fx.trunc(x * x, fx.f + 2 * n + 1)  # y²/2
@@ -133,24 +139,27 @@ def exp_limit3_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 3, inner: b
     return z
 
 
-def exp_limit3_steps(size: int, profile: object, n: int = 3, inner: bool = False) -> list[Step]:
+def exp_limit3_steps(size: int, profile: object, n: int = 3, inner: bool = False, top: float = 0.0) -> list[Step]:
     return _clip_steps(size, inner) + [Step("mul", size)] * (n + 2)
 
 
 @lru_cache(maxsize=None)
-def exp_limit3_bounds(n: int = 3, inner: bool = False, f: int = 16) -> tuple[tuple[float, float], float]:
-    """max over x ∈ [-2^n, 0] of the limit's own error plus rounding, to first order: the base carries <= 1.05 LSB
+def exp_limit3_bounds(n: int = 3, inner: bool = False, top: float = 0.0,
+                      f: int = 16) -> tuple[tuple[float, float], float]:
+    """max over x ∈ [-2^n, top] of the limit's own error plus rounding, to first order: the base carries <= 1.05 LSB
     (its truncation's 0.5, h's 0.5 times 1 + y/3 <= 1, K's < 2^-S < 0.05 LSB at f = 16), moving the result by
     2^n·base^(2^n − 1) times that; squaring i's 0.5 LSB moves it by 2^(n−i)·base^(2^n − 2^i) times that (the last
     one's 0.5 LSB unamplified)."""
     third_bits(n, f)
     m = 2 ** n
-    x = np.linspace(-m, 0.0, 200_001)
+    if top and (not inner or not 0.0 < top <= m / 2):
+        raise ValueError(f"exp:limit3 takes a positive top only inner and up to 2^(n-1) = {m // 2}, not {top}")
+    x = np.linspace(-m, float(top), 200_001)
     y = x / m
     base = 1.0 + y + y * y / 2 + y ** 3 / 6
     rounding = 1.05 * m * base ** (m - 1) + sum(0.5 * 2 ** (n - i) * base ** (m - 2 ** i) for i in range(1, n + 1))
     bound = np.max(np.abs(np.exp(x) - base ** m) + rounding * 2.0 ** -f)
-    return (-float(m) if inner else -8000.0, 0.0), float(max(bound, 0.0 if inner else math.exp(-m)))
+    return (-float(m) if inner else -8000.0, float(top)), float(max(bound, 0.0 if inner else math.exp(-m)))
 
 
 def exp_mpspdz_reference(x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
@@ -171,8 +180,8 @@ register(Approximation(
 
 register(Approximation(
     op="exp", choice="limit3", reference=exp_limit3_reference, template="approx/exp_limit3.mpc.j2",
-    steps=exp_limit3_steps, exact=np.exp, bounds=exp_limit3_bounds, params={"n": 3, "inner": False},
-    constants=lambda fx, params: limit3_constants(params["n"], fx.f), compared=lambda n, inner: 2.0 ** n,
+    steps=exp_limit3_steps, exact=np.exp, bounds=exp_limit3_bounds, params={"n": 3, "inner": False, "top": 0.0},
+    constants=lambda fx, params: limit3_constants(params["n"], fx.f), compared=lambda n, inner, top: 2.0 ** n,
     doc="(1 + y + y^2/2 + y^3/6)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]"))
 
 register(Approximation(

@@ -209,7 +209,8 @@ class _Renderer:
                 qk_cols.append((*cols[0], *cols[1]))
                 v_cols.append((h, *cols[2]))
             if kind == "softmax":
-                group.update(rowmax=p.approx["softmax.rowmax"].fn_name, exp=p.approx["softmax.exp"].fn_name,
+                rowmax = p.approx.get("softmax.rowmax")  # None: exp of the scores themselves
+                group.update(rowmax=rowmax.fn_name if rowmax else None, exp=p.approx["softmax.exp"].fn_name,
                              reciprocal=p.approx["softmax.reciprocal"].fn_name, shift=p.params["softmax.scale"].shift,
                              unreduced=p.params.get("softmax.unreduced"))  # plans.softmax_unreduced_bits
                 if group["unreduced"]:  # these slots' products are truncated by 2f + q

@@ -77,18 +77,22 @@ ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 1, "replicated-ring": 1}
 SHORT_TRUNC = {"replicated-ring": (24, 16.0)}  # (largest input bits, bytes per value, all parties)
 BIT_DECOMPOSING = {"ltz", "relu", "exp:mpspdz", "reciprocal:mpspdz", "rsqrt:mpspdz", "gelu:mpspdz", "apprcr",
                    "fpdiv_nearest"}
-PRIMITIVES = ("matmul", "mul", "mul_int", "trunc", "ltz", "ltz2", "relu", "input", "weights", "reveal")
+PRIMITIVES = ("matmul", "mul", "mul_int", "dot", "trunc", "ltz", "ltz2", "relu", "input", "weights", "reveal")
+# Protocols that reshare a dot product Σ x_i·y_i as ONE value (MP-SPDZ's prepare_dotprod/finalize_dotprod in
+# Protocols/Replicated.hpp, Rep4.hpp, Astra.hpp): a "dot" step costs a mul_int per output there, per term elsewhere
+# (Beaver: semi2k, dealer, hemi; ps-rep-ring; sy-rep-ring's SpdzWise checks every term)
+DOT_PER_OUTPUT = {"replicated-ring", "rep4-ring", "trio", "astra"}
 
 
 @dataclass(frozen=True)
 class Step:
-    # "matmul" | "mul" | "mul_int" | "trunc" | "ltz" | "ltz2" | "relu" | "input" | "weights" | "reveal" |
+    # "matmul" | "mul" | "mul_int" | "dot" | "trunc" | "ltz" | "ltz2" | "relu" | "input" | "weights" | "reveal" |
     # "<op>:<choice>";
     # "weights": party 0's input of one weight tensor, bytes only: the program inputs every weight tensor in one
     # round (spdz_templates/program.mpc.j2), priced once by the input node's zero-size party-0 "input" step
     prim: str
     n: int  # elements of the one vectorised call (matmul: M*P outputs)
-    shape: tuple[int, ...] = ()  # matmul: (M, K, P) per instance
+    shape: tuple[int, ...] = ()  # matmul: (M, K, P) per instance; dot: (terms,) per output
     instances: int = 1  # independent copies issued together (heads, images)
     party: int | None = None  # "input"/"weights": the party providing it
     # comparisons: the bit length k they decompose (None: the profile's k); trunc: its inputs' bit length
@@ -311,6 +315,9 @@ def step_cost(step: Step, profile: Any) -> Cost:
     if step.parallel:
         return replace(step_cost(replace(step, parallel=False), profile), online_rounds=0.0)
     protocol, k, budget, batch = profile_params(profile)
+    if step.prim == "dot":  # n outputs of shape[0] terms each, no truncation
+        terms = 1 if protocol in DOT_PER_OUTPUT else int(step.shape[0])
+        return step_cost(Step("mul_int", step.n * terms, instances=step.instances), profile)
     if step.prim == "relu" and step.bits and step.bits != k:  # measured: relu = ltz + one bit x value product
         return steps_cost([Step("ltz", step.n, instances=step.instances, bits=step.bits),
                            Step("mul_int", step.n, instances=step.instances)], profile)

@@ -219,10 +219,10 @@ def softmax_sum_top(tokens: int) -> float:
     return float(max(tokens, 2))
 
 
-def softmax_scale(tokens: int, profile: Profile, lo: float = 1.0) -> DenominatorScale:
+def softmax_scale(tokens: int, profile: Profile, lo: float = 1.0, hi: float | None = None) -> DenominatorScale:
     """Softmax rows: Σ exp(s - m) lies in [lo, N] whatever the scores (m the row max, lo = 1; or up to g above it,
-    lo = e^-g), so the shift needs no calibration."""
-    return DenominatorScale(0, balanced_shift(lo, softmax_sum_top(tokens), profile.fx), 0)
+    lo = e^-g), so the shift needs no calibration; without a row max, in [lo, hi] (:func:`softmax_uses`)."""
+    return DenominatorScale(0, balanced_shift(lo, hi or softmax_sum_top(tokens), profile.fx), 0)
 
 
 # How far above the true row maximum softmax's shift m may lie (rowmax ``drop``, compiler.approx.rowmax): softmax is
@@ -231,6 +231,10 @@ def softmax_scale(tokens: int, profile: Profile, lo: float = 1.0) -> Denominator
 # 0.0082 at a gap of 1/16, 0.0084 at 1/8, 0.0091 at 1/4, 0.014 at 1). A gap of 1/8 compares the scores in units of
 # 1/16 (f − 4 bits dropped): 8-bit comparisons for |scores| <= 2 (calibrated, times the margin), 6 rounds, not 8.
 SOFTMAX_MAX_GAP = 0.125
+# Rows whose calibrated |scores| times the margin stay within this reach take exp(s) itself, without a row max
+# (softmax is invariant to the shift; :func:`softmax_uses`): 2^(n-1) for limit3's n = 3, the most its raw sums allow
+# on the positive side (compiler/approx/exp.py).
+UNSHIFTED_REACH = 4.0
 # Segments per octave of the softmax reciprocal's guess: 2 leave a series of order 8 (4 products deep) where 1
 # needs order 16 (5 deep), for 2·log2(N/lo) comparisons per row instead of log2(N/lo) (in the same round). Fixed, so
 # that an attention's rounds do not depend on its rows (8 per octave: 3 deep, but 8 times the comparisons).
@@ -241,7 +245,7 @@ SOFTMAX_PER_OCTAVE = 2
 class SoftmaxUses:
     """The approximations of one softmax call site (rows of ``cols`` values) and its denominator scale."""
 
-    rowmax: ApproxUse
+    rowmax: ApproxUse | None  # None: exp of the scores themselves (:func:`softmax_uses`)
     exp: ApproxUse
     reciprocal: ApproxUse
     scale: DenominatorScale
@@ -249,7 +253,8 @@ class SoftmaxUses:
     def steps(self, rows: int, cols: int, profile: Profile, unreduced: bool = False) -> list[Step]:
         """Row max, exp, one reciprocal per row, then the normalising product (``unreduced``: left untruncated,
         :func:`softmax_unreduced_bits`)."""
-        return [*_approx_steps(self.rowmax, rows * cols, profile), *_approx_steps(self.exp, rows * cols, profile),
+        return [*(_approx_steps(self.rowmax, rows * cols, profile) if self.rowmax else []),
+                *_approx_steps(self.exp, rows * cols, profile),
                 *_approx_steps(self.reciprocal, rows, profile), Step("mul_int" if unreduced else "mul", rows * cols)]
 
 
@@ -293,11 +298,31 @@ def softmax_exp(profile: Profile, exponents: float | None) -> ApproxUse:
 def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> SoftmaxUses:
     """Softmax over rows of ``cols`` values whose calibrated largest magnitude is ``top`` (None: uncalibrated).
 
-    Calibrated, the row max is taken on the values truncated by ``drop`` = f + log2(SOFTMAX_MAX_GAP) − 1 bits (its
+    Where top times the margin (the reach r) stays within :data:`UNSHIFTED_REACH` and the rows' sums N·e^r inside
+    the comparison range, no row max at all (``rowmax`` None): the exponents are the scores themselves, in [−r, r]
+    rather than [−2r − gap, 0], so limit3's relative error x⁴/(24·8^n) is lower on calibrated rows (|s| <= top)
+    than after a max-subtraction (2·top + gap), and the tournament's comparisons, selections and rounds are gone
+    (vit_7_4_32 under replicated-ring: 2.4 MB of party 0's bytes and 30 rounds per layer). The row sums lie in
+    [N·e^-r, N·e^r]. Beyond the margin the exponents leave exp's domain, as the scores would leave the tree's
+    comparison range.
+
+    Otherwise, calibrated, the row max is taken on the values truncated by ``drop`` = f + log2(SOFTMAX_MAX_GAP) − 1 bits (its
     comparisons that many bits shorter; uncalibrated they stay at k bits, where dropping saves nothing), its
     tournament groups least latency on ``RANK_NETWORK``; the exponents then reach −(2·top + gap), the row sums
     [e^-gap, N]. The reciprocal (``newton``) takes :data:`SOFTMAX_PER_OCTAVE` segments per octave and its series
     without the final Newton step (``final``, error bound in compiler.approx.reciprocal)."""
+    sum_top = softmax_sum_top(cols)
+    newton = {"per_octave": SOFTMAX_PER_OCTAVE, "final": False} if profile.approx.get("reciprocal") == "newton" else {}
+    reach = None if top is None else top * MAGNITUDE_MARGIN
+    if reach is not None and 0.0 < reach <= UNSHIFTED_REACH and sum_top * math.exp(reach) <= profile.fx.max_abs / 2:
+        exp = softmax_exp(profile, top)
+        if exp.choice == "limit3" and exp.kwargs.get("inner") and exp.kwargs.get("n", 3) == 3:
+            exp = ApproxUse("exp", "limit3", tuple(sorted({**exp.kwargs, "top": reach}.items())))
+            lo, hi = sum_top * math.exp(-reach), sum_top * math.exp(reach)
+            scale = softmax_scale(cols, profile, lo, hi)
+            shift = {"shift": scale.shift} if scale.shift else {}
+            rec = _compare_use(profile, "reciprocal", None, hi, lo=lo, hi=hi, **shift, **newton)
+            return SoftmaxUses(None, exp, rec, scale)
     drop = profile.f + round(math.log2(SOFTMAX_MAX_GAP)) - 1 if top is not None else 0
     gap = 2.0 ** (drop + 1 - profile.f) if drop else 0.0
     coarse = None if top is None else top * 2.0 ** -drop  # the compared values' magnitude, in units of 2^(drop-f)
@@ -310,9 +335,7 @@ def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> S
     lo = math.exp(-gap)
     scale = softmax_scale(cols, profile, lo)
     # the row sums lie in [lo, N] whatever the scores: an exact bound for the reciprocal's comparisons
-    sum_top = softmax_sum_top(cols)
     shift = {"shift": scale.shift} if scale.shift else {}
-    newton = {"per_octave": SOFTMAX_PER_OCTAVE, "final": False} if profile.approx.get("reciprocal") == "newton" else {}
     rec = _compare_use(profile, "reciprocal", None, sum_top, lo=lo, hi=sum_top, **shift, **newton)
     return SoftmaxUses(rowmax, exp, rec, scale)
 
@@ -381,8 +404,8 @@ def _attention(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         n = rows * tokens
         if kind == "softmax":
             uses = softmax_uses(profile, scores, rows, tokens)
-            p.approx.update({"softmax.rowmax": uses.rowmax, "softmax.exp": uses.exp,
-                             "softmax.reciprocal": uses.reciprocal})
+            p.approx.update({"softmax.exp": uses.exp, "softmax.reciprocal": uses.reciprocal,
+                             **({"softmax.rowmax": uses.rowmax} if uses.rowmax else {})})
             p.params["softmax.scale"] = uses.scale
             unreduced = p.params["softmax.unreduced"] = softmax_unreduced_bits(node, profile, uses.scale.shift)
             p.steps += uses.steps(rows, tokens, profile, unreduced is not None)
@@ -524,7 +547,8 @@ def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     elif op == "softmax":  # as an attention softmax head: max-subtraction, exp, one reciprocal per row
         rows, cols, _ = reduction_block(node, x_shape)
         uses = softmax_uses(profile, calibrated_abs(node), rows, cols)
-        p.approx.update({"rowmax": uses.rowmax, "exp": uses.exp, "reciprocal": uses.reciprocal})
+        p.approx.update({"exp": uses.exp, "reciprocal": uses.reciprocal,
+                         **({"rowmax": uses.rowmax} if uses.rowmax else {})})
         p.params["softmax.scale"] = uses.scale  # 2^q/sum: free bits for long rows
         p.steps += uses.steps(rows, cols, profile)
     elif op in ("exp", "reciprocal"):
@@ -777,7 +801,9 @@ def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     if scale.moments:  # x², (Σx)², (C·x - Σx)·γ in one round, both truncations in the next
         raw = p.params["raw_output"] = any(layernorm_raw_input(c, graph, profile) is not None
                                            for c in graph.consumers(node.outputs[0]))
-        p.steps += [Step("mul_int", (1 + affine) * rows * cols + rows), Step("trunc", affine * rows * cols + rows),
+        # affine: x², (Σx)², (C·x − Σx)·γ in one call; else C·Σx² − (Σx)² as one dot product per row
+        products = [Step("mul_int", 2 * rows * cols + rows)] if affine else [Step("dot", rows, (cols + 1,))]
+        p.steps += [*products, Step("trunc", affine * rows * cols + rows),
                     *_approx_steps(rsqrt, rows, profile), Step("mul_int" if raw else "mul", rows * cols)]
         return
     p.steps += [Step("trunc", rows * cols if scale.exact else rows),

@@ -202,7 +202,8 @@ class _Executor:
     def softmax(self, p: NodePlan, xi: list[np.ndarray], xf: list[np.ndarray]) -> np.ndarray:
         x, cols, perm = self.block(p, xi[0])
         name = p.node.outputs[0]
-        m = self.approx(p.approx["rowmax"], x, f"{name} (softmax input)")
+        m = self.approx(p.approx["rowmax"], x, f"{name} (softmax input)") if "rowmax" in p.approx else \
+            np.zeros(len(x), np.int64)  # exp of the input itself (plans.softmax_uses)
         e = self.approx(p.approx["exp"], x - m[:, None], f"{name} (softmax exponent)")
         r = self.approx(p.approx["reciprocal"], e.sum(-1), f"{name} (softmax row sums)")
         y = self.fx.trunc(e * r[:, None], self.fx.f + p.params["softmax.scale"].shift)  # r is 2^q/sum
@@ -310,8 +311,10 @@ class _Executor:
         for kind, members in attention_groups(node).items():
             s_i, s_f = si[members], sf[members]
             if kind == "softmax":
-                m = self.approx(p.approx["softmax.rowmax"], s_i.reshape(-1, tokens), f"{name} (softmax scores)")
-                z = s_i - m.reshape(s_i.shape[:-1])[..., None]
+                z = s_i
+                if "softmax.rowmax" in p.approx:  # else exp of the scores themselves (plans.softmax_uses)
+                    m = self.approx(p.approx["softmax.rowmax"], s_i.reshape(-1, tokens), f"{name} (softmax scores)")
+                    z = s_i - m.reshape(s_i.shape[:-1])[..., None]
                 e = self.approx(p.approx["softmax.exp"], z, f"{name} (softmax exponent)")
                 r = self.approx(p.approx["softmax.reciprocal"], e.sum(-1), f"{name} (softmax row sums)")
                 shift = p.params["softmax.scale"].shift

@@ -211,6 +211,27 @@ def test_layernorm_rsqrt_takes_the_fewest_steps_then_the_fewest_segments():
     assert rsqrt_segments(2.0 ** -16, 64.0) == 1
 
 
+def test_exp_limit3_takes_positive_exponents_and_a_short_first_product():
+    """Softmax without a row max: exponents on [−8, top] (top <= 2^(n−1)) within the bound; ``short``: x' = x
+    truncated by f + n − 11 bits, both truncations told at most 24-bit inputs, the first product a plain one (no
+    truncation of its own), its extra error inside the (larger) bound."""
+    approx = get("exp", "limit3")
+    x = np.linspace(-8.0, 4.0, 40_001)
+    for short in (0, 8):
+        (lo, hi), bound = approx.bounds(inner=True, top=4.0, short=short)
+        assert (lo, hi) == (-8.0, 4.0)
+        err = np.abs(fx.decode(approx.run(fx.encode(x), fx, inner=True, top=4.0, short=short)) - np.exp(x))
+        assert err.max() <= bound
+    assert approx.bounds(inner=True, top=4.0, short=8)[1] > approx.bounds(inner=True, top=4.0)[1]
+    steps = approx.call_steps(100, CostProfile(), inner=True, top=4.0, short=8)
+    assert steps[:3] == [Step("trunc", 100, bits=20), Step("mul_int", 100), Step("trunc", 100, bits=23)]
+    assert [s.prim for s in steps[3:]] == ["mul"] * 4
+    with pytest.raises(ValueError, match="short takes t = f \\+ n - 11 = 8"):
+        approx.bounds(inner=True, short=5)
+    with pytest.raises(ValueError, match="positive top only inner and up to 2\\^\\(n-1\\) = 4"):
+        approx.bounds(inner=True, top=5.0)
+
+
 def test_rowmax_tree_is_exact_for_odd_and_even_widths():
     approx = get("rowmax", "tree")
     for cols in (1, 2, 7, 64, 65, 197):

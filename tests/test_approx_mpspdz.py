@@ -71,6 +71,10 @@ def _cases() -> list[Case]:
         Case("exp", "limit3", np.concatenate([rng.uniform(-8, 0, 200), [0.0, -8.0]]), 2 ** 5, {"inner": True}),
         Case("exp", "limit3", np.concatenate([rng.uniform(-16, 0, 200), [0.0, -16.0]]), 2 ** 6,
              {"n": 4, "inner": True}),
+        # softmax without a row max (plans.softmax_uses): exponents in [-4, 4], h from x truncated by 8 bits; up to
+        # e^4 the base's and x''s LSBs are amplified 8·base^7 <= 265-fold (x': 16 LSB of h at x = 4)
+        Case("exp", "limit3", np.concatenate([rng.uniform(-4, 4, 200), [0.0, -4.0, 4.0]]), 2 ** 13,
+             {"inner": True, "top": 4.0, "short": 8}),
         # the tournaments that lowering picks for softmax rows on a LAN and on a WAN (compiler/approx/rowmax.py);
         # semi2k's bytes of a 9-row call swing with its OT batches (the pairwise case measured 1.06 and 2.6 MB in
         # two runs against 1.73 MB modelled), so only the honest-majority protocols price them

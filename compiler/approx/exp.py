@@ -26,6 +26,12 @@
   computation for 0 < x <= 2^(n−1): the base exceeds 1, every raw sum stays below the negative side's (h <= 1/8,
   x + 3·2^n <= 3.5·2^n) and the squarings below e^(2^(n−1)) <= e^4; the relative error is the same x⁴/(24·8^n),
   the absolute one e^x times it, as ``exp_limit3_bounds`` takes over [−2^n, top].
+* ``short`` t (limit3; chosen per call site where the protocol truncates inputs of at most 24 bits with a large gap
+  to its ring, compiler.cost.primitives.SHORT_TRUNC): h from x' = trunc(x, t) instead of x, t = f + n − 11, so that
+  both x' (f + n + 1 bits) and x'·x' (below 2^22) are such short truncations (no message from party 0 under
+  replicated-ring) and the first product is a plain one: 8 B per value at party 0 instead of 16. x' is off by up to
+  1 LSB at f − t bits, h by up to (2|x| + 2^(t−f))·2^(t−f)/2^(2n+1) more, which ``exp_limit3_bounds`` adds (3.1e-4
+  relative at |x| = 0.6, f = 16).
 * ``inner=True`` (every limit; chosen per call site when the calibrated |x| times the margin stays below 2^n, e.g.
   softmax exponents x − max of scores bounded by B, |x| <= 2B): the clipping comparison and its selection are
   dropped (x is already in [−2^n, 0]), with the same bound on [−2^n, 0], its domain; below −2^n the base goes
@@ -119,19 +125,30 @@ def third_bits(n: int, f: int) -> int:
     return bits
 
 
-def limit3_constants(n: int, f: int) -> dict[str, int]:
-    """S, K = round(2^S/3), and the bit lengths of the two truncations' inputs (x·x below 2^(2f+2n), the second
-    raw sum below 2^(2f+n+S))."""
+SHORT_BITS = 23  # x'·x' below 2^22 (``short``): a truncation input of at most 24 bits, with a bit to spare
+
+
+def short_shift(n: int, f: int) -> int:
+    """t of ``short``: x' = trunc(x, t) at f − t = 11 − n bits, so x'·x' < (2^n·2^(f−t))² = 2^22 for |x| <= 2^n."""
+    return f + n - (SHORT_BITS - 1) // 2
+
+
+def limit3_constants(n: int, f: int, short: int = 0) -> dict[str, int]:
+    """S, K = round(2^S/3), and the bit lengths of the truncations' inputs (x·x below 2^(2f+2n), or x'·x' below
+    2^(2(f−t)+2n) with x' = trunc(x, t) of f + n + 1 bits; the second raw sum below 2^(2f+n+S))."""
     bits = third_bits(n, f)
-    return {"third_bits": bits, "third": round(2 ** bits / 3), "first_bits": 2 * f + 2 * n + 1,
-            "second_bits": 2 * f + n + bits + 1}
+    if short and short != short_shift(n, f):
+        raise ValueError(f"exp:limit3 short takes t = f + n - 11 = {short_shift(n, f)}, not {short}")
+    return {"third_bits": bits, "third": round(2 ** bits / 3), "second_bits": 2 * f + n + bits + 1,
+            "first_bits": 2 * (f - short) + 2 * n + 1, "x_bits": f + n + 1, "h_shift": f + 2 * n + 1 - 2 * short}
 
 
 def exp_limit3_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 3, inner: bool = False,
-                         top: float = 0.0) -> np.ndarray:
-    c = limit3_constants(n, fx.f)
+                         top: float = 0.0, short: int = 0) -> np.ndarray:
+    c = limit3_constants(n, fx.f, short)
     x = _clip(x_int, fx, n, inner)
-    h = fx.trunc(x * x, fx.f + 2 * n + 1)  # y²/2
+    xs = fx.trunc(x, short) if short else x
+    h = fx.trunc(xs * xs, c["h_shift"])  # y²/2
     raw = h * (x + 3 * (fx.scale << n)) * c["third"] + x * (fx.scale << c["third_bits"])
     z = fx.scale + fx.trunc(raw, fx.f + n + c["third_bits"])  # 1 + y + y²/2·(1 + y/3)
     for _ in range(n):
@@ -139,18 +156,24 @@ def exp_limit3_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 3, inner: b
     return z
 
 
-def exp_limit3_steps(size: int, profile: object, n: int = 3, inner: bool = False, top: float = 0.0) -> list[Step]:
-    return _clip_steps(size, inner) + [Step("mul", size)] * (n + 2)
+def exp_limit3_steps(size: int, profile: object, n: int = 3, inner: bool = False, top: float = 0.0,
+                     short: int = 0) -> list[Step]:
+    if not short:
+        return _clip_steps(size, inner) + [Step("mul", size)] * (n + 2)
+    c = limit3_constants(n, int(getattr(profile, "f", 16)), short)
+    return _clip_steps(size, inner) + [Step("trunc", size, bits=c["x_bits"]), Step("mul_int", size),
+                                       Step("trunc", size, bits=c["first_bits"])] + [Step("mul", size)] * (n + 1)
 
 
 @lru_cache(maxsize=None)
-def exp_limit3_bounds(n: int = 3, inner: bool = False, top: float = 0.0,
+def exp_limit3_bounds(n: int = 3, inner: bool = False, top: float = 0.0, short: int = 0,
                       f: int = 16) -> tuple[tuple[float, float], float]:
     """max over x ∈ [-2^n, top] of the limit's own error plus rounding, to first order: the base carries <= 1.05 LSB
     (its truncation's 0.5, h's 0.5 times 1 + y/3 <= 1, K's < 2^-S < 0.05 LSB at f = 16), moving the result by
     2^n·base^(2^n − 1) times that; squaring i's 0.5 LSB moves it by 2^(n−i)·base^(2^n − 2^i) times that (the last
-    one's 0.5 LSB unamplified)."""
-    third_bits(n, f)
+    one's 0.5 LSB unamplified). ``short``: h's extra error from x' (see the module doc), amplified like the
+    base's."""
+    limit3_constants(n, f, short)
     m = 2 ** n
     if top and (not inner or not 0.0 < top <= m / 2):
         raise ValueError(f"exp:limit3 takes a positive top only inner and up to 2^(n-1) = {m // 2}, not {top}")
@@ -158,6 +181,10 @@ def exp_limit3_bounds(n: int = 3, inner: bool = False, top: float = 0.0,
     y = x / m
     base = 1.0 + y + y * y / 2 + y ** 3 / 6
     rounding = 1.05 * m * base ** (m - 1) + sum(0.5 * 2 ** (n - i) * base ** (m - 2 ** i) for i in range(1, n + 1))
+    if short:  # x' off by <= 1 LSB at f − t bits: h by (2|x| + 2^(t−f))·2^(t−f)/2^(2n+1), times 1 + y/3
+        lsb = 2.0 ** (short - f)
+        rounding = rounding + m * base ** (m - 1) * (2 * np.abs(x) + lsb) * lsb / 2 ** (2 * n + 1) * \
+            (1 + np.abs(y) / 3) * 2.0 ** f
     bound = np.max(np.abs(np.exp(x) - base ** m) + rounding * 2.0 ** -f)
     return (-float(m) if inner else -8000.0, float(top)), float(max(bound, 0.0 if inner else math.exp(-m)))
 
@@ -180,8 +207,10 @@ register(Approximation(
 
 register(Approximation(
     op="exp", choice="limit3", reference=exp_limit3_reference, template="approx/exp_limit3.mpc.j2",
-    steps=exp_limit3_steps, exact=np.exp, bounds=exp_limit3_bounds, params={"n": 3, "inner": False, "top": 0.0},
-    constants=lambda fx, params: limit3_constants(params["n"], fx.f), compared=lambda n, inner, top: 2.0 ** n,
+    steps=exp_limit3_steps, exact=np.exp, bounds=exp_limit3_bounds,
+    params={"n": 3, "inner": False, "top": 0.0, "short": 0},
+    constants=lambda fx, params: limit3_constants(params["n"], fx.f, params["short"]),
+    compared=lambda n, inner, top, short: 2.0 ** n,
     doc="(1 + y + y^2/2 + y^3/6)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]"))
 
 register(Approximation(

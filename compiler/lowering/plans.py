@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from compiler.approx import REGISTRY
+from compiler.approx.exp import SHORT_BITS, short_shift
 from compiler.approx.gelu import CUT as GELU_CUT
 from compiler.approx.rowmax import best_groups
 from compiler.approx.rsqrt import RING_TOP, rsqrt_segments
-from compiler.cost.primitives import Step
+from compiler.cost.primitives import SHORT_TRUNC, Step
 from compiler.errors import CompileError, UserError
 from compiler.ir import Graph, Node
 from compiler.lowering.profiles import RANK_NETWORK, Profile
@@ -317,7 +318,11 @@ def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> S
     if reach is not None and 0.0 < reach <= UNSHIFTED_REACH and sum_top * math.exp(reach) <= profile.fx.max_abs / 2:
         exp = softmax_exp(profile, top)
         if exp.choice == "limit3" and exp.kwargs.get("inner") and exp.kwargs.get("n", 3) == 3:
-            exp = ApproxUse("exp", "limit3", tuple(sorted({**exp.kwargs, "top": reach}.items())))
+            limit = SHORT_TRUNC.get(profile.protocol, (0, 0.0))[0]
+            short = short_shift(3, profile.f)
+            # h from x truncated by `short` bits where both truncations are short ones (compiler/approx/exp.py)
+            shorten = {"short": short} if short > 0 and max(profile.f + 4, SHORT_BITS) <= limit else {}
+            exp = ApproxUse("exp", "limit3", tuple(sorted({**exp.kwargs, "top": reach, **shorten}.items())))
             lo, hi = sum_top * math.exp(-reach), sum_top * math.exp(reach)
             scale = softmax_scale(cols, profile, lo, hi)
             shift = {"shift": scale.shift} if scale.shift else {}

@@ -5,7 +5,7 @@ from typing import Any
 
 from compiler.cost.primitives import Step, normalise_protocol, steps_cost
 
-DEFAULT_APPROX = {"exp": "limit", "reciprocal": "newton", "rowmax": "tree", "gelu": "poly", "rsqrt": "newton"}
+DEFAULT_APPROX = {"exp": "limit", "reciprocal": "newton", "gelu": "poly", "rsqrt": "newton"}
 
 
 def search_profile(protocol: str) -> Any:
@@ -28,9 +28,10 @@ def head_steps(kind: str, tokens: int, head_dim: int, profile: Any) -> list[Step
     n, d = tokens, head_dim
     scores = [Step("matmul", n * n, (n, d, n))]
     values = [Step("matmul", n * d, (n, n, d))]
-    if kind == "softmax":  # max-subtraction, exp, one reciprocal per row, multiply
-        norm = (_approx_steps("rowmax", n * n, profile, cols=n) + _approx_steps("exp", n * n, profile)
-                + _approx_steps("reciprocal", n, profile, lo=1.0, hi=float(n)) + [Step("mul", n * n)])
+    if kind == "softmax":  # as lowering prices an uncalibrated row: max-subtraction, exp, reciprocal, multiply
+        from compiler.lowering.plans import softmax_uses  # lowering imports the cost model: import when called
+
+        norm = softmax_uses(profile, None, n, n).steps(n, n, profile)
     elif kind == "relu_softmax":  # row sums in [ε, comparison range], ε rounded up to 1 LSB (as lowering does)
         f, k = int(getattr(profile, "f", 16)), int(getattr(profile, "k", 31))
         norm = ([Step("relu", n * n)] + _approx_steps("reciprocal", n, profile, lo=2.0 ** -f, hi=2.0 ** (k - f - 1))

@@ -79,9 +79,10 @@ BIT_DECOMPOSING = {"ltz", "relu", "exp:mpspdz", "reciprocal:mpspdz", "rsqrt:mpsp
                    "fpdiv_nearest"}
 PRIMITIVES = ("matmul", "mul", "mul_int", "dot", "trunc", "ltz", "ltz2", "relu", "input", "weights", "reveal")
 # Protocols that reshare a dot product Σ x_i·y_i as ONE value (MP-SPDZ's prepare_dotprod/finalize_dotprod in
-# Protocols/Replicated.hpp, Rep4.hpp, Astra.hpp): a "dot" step costs a mul_int per output there, per term elsewhere
-# (Beaver: semi2k, dealer, hemi; ps-rep-ring; sy-rep-ring's SpdzWise checks every term)
-DOT_PER_OUTPUT = {"replicated-ring", "rep4-ring", "trio", "astra"}
+# Protocols/Replicated.hpp, Rep4.hpp, Astra.hpp, SpdzWise.hpp): a "dot" step costs a mul_int per output there, per
+# term elsewhere (Beaver: semi2k, dealer, hemi; ps-rep-ring, whose PostSacrifice multiplies term by term). Measured
+# on a LayerNorm's dot products (tests/test_cost_model.py)
+DOT_PER_OUTPUT = {"replicated-ring", "rep4-ring", "trio", "astra", "sy-rep-ring"}
 
 
 @dataclass(frozen=True)

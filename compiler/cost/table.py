@@ -53,7 +53,8 @@ def mlp_steps(kind: str, tokens: int, dim: int, hidden: int, profile: Any) -> li
 
 def cost_table(depth: int, heads: int, dim: int, tokens: int, mlp_ratio: float, protocol: str,
                network: str = "lan", profile: Any = None) -> dict[str, Any]:
-    """Seconds of one head of each attention kind and of one MLP of each kind (JSON layout in DESIGN.md)."""
+    """Seconds of one head of each attention kind and of one MLP of each kind (JSON layout in DESIGN.md).
+    ``profile``: a lowering :class:`~compiler.lowering.profiles.Profile` (default: ``protocol``'s own)."""
     profile = profile if profile is not None else search_profile(protocol)
     head_dim, hidden = dim // heads, int(round(dim * mlp_ratio))
     return {

@@ -253,11 +253,12 @@ def load_calibration_images(path: str | Path, input_name: str | None = None) -> 
                         "np.savez(path, x=images)") from None
 
 
-def check_client_images(manifest: dict[str, Any], images: np.ndarray) -> None:
+def check_client_images(manifest: dict[str, Any], images: np.ndarray, source: str = "the images") -> None:
     """Party 1's guard, run on its own plaintext images before anything is secret-shared (reveals nothing).
 
-    Raises one line when a value leaves the manifest's ``calibration.input_bound``: the parameters chosen for
-    the program would not cover it, and MPC would compute wrapped values without noticing.
+    Raises one line, naming ``source`` (e.g. ``--data x.npz``), when a value leaves the manifest's
+    ``calibration.input_bound``: the parameters chosen for the program would not cover it, and MPC would compute
+    wrapped values without noticing.
     """
     calib = manifest.get("calibration")
     if not calib:
@@ -266,7 +267,7 @@ def check_client_images(manifest: dict[str, Any], images: np.ndarray) -> None:
     if images.size == 0:
         return
     if not np.all(np.isfinite(images)):
-        raise UserError("the images hold NaN or infinite values; give finite, normalised inputs")
+        raise UserError(f"{source} hold NaN or infinite values; give finite, normalised inputs")
     worst = float(np.max(np.abs(images)))
     if worst > float(calib["input_bound"]):
         signed = float(images.max()) if abs(float(images.max())) >= abs(float(images.min())) else float(images.min())
@@ -274,5 +275,7 @@ def check_client_images(manifest: dict[str, Any], images: np.ndarray) -> None:
         meta = (manifest.get("model_config") or {})
         norm = ", ".join(f"{k.split('.')[-1].replace('input_', '')} {meta[k]}" for k in ("mpcvit.input_mean",
                                                                                      "mpcvit.input_std") if k in meta)
-        raise UserError(f"image values reach {signed:.4g}; the model was calibrated for [{lo:.2g}, {hi:.2g}]: "
-                        f"normalise the input ({norm or 'mean/std'} in the model metadata)")
+        raise UserError(f"{source}: image values reach {signed:.4g}; the model was calibrated for [{lo:.2g}, "
+                        f"{hi:.2g}]: normalise them as in training"
+                        + (f" ({norm} in the model metadata)" if norm else "")
+                        + ", or recompile calibrated on images like these (mpcvit-compile --calibrate FILE.npz)")

@@ -3,18 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
 
-from compiler.errors import fail, run_cli
+from compiler.errors import OneLineParser, run_cli
 from compiler.lowering import parse_approx_flags
 from compiler.lowering.profiles import PROTOCOLS
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Flag errors as one ``error:`` line and exit 2, like every other bad input (argparse prints its usage too)."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{message} (see {self.prog} --help)")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ Anything else escaping is a bug in mpcvit, not in the user's input.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable, NoReturn
 
@@ -30,6 +31,14 @@ class MPSPDZError(UserError):
 def fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Flag errors as one ``error:`` line and exit 2, like every other bad input (argparse prints its usage too).
+    Sub-command parsers made from it (``add_subparsers``) are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see {self.prog} --help)")
 
 
 def run_cli(main: Callable[[], int | None]) -> int:

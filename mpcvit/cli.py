@@ -12,7 +12,7 @@ from typing import Any, Callable
 # tiny models ~10x slower. Must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from compiler.errors import UserError, run_cli  # noqa: E402
+from compiler.errors import OneLineParser, UserError, run_cli  # noqa: E402
 from mpcvit.catalog import DATASETS, MODEL_CONFIGS  # noqa: E402
 from mpcvit.config import HEAD_KINDS, MLP_KINDS, RunConfig, TrainConfig, load_json_config  # noqa: E402
 from mpcvit.recipes import DEFAULT_MODELS, recipe  # noqa: E402
@@ -66,8 +66,8 @@ def _add_train_args(p: argparse.ArgumentParser, from_checkpoint: str | None = No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mpcvit", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="mpcvit", description=__doc__)
+    sub = parser.commands = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model with fixed attention kinds (e.g. the softmax teacher)")
     _add_train_args(p)
@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
 
     def body() -> int:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # named by the sub-command's parser: its --help lists the flags it takes
+            parser.commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
         run: Callable[[argparse.Namespace], int | None] = args.run if hasattr(args, "run") else args.func
         return int(run(args) or 0)
 

@@ -172,3 +172,17 @@ def test_run_with_shared_weights_is_for_all_parties_on_one_host(tmp_path, capsys
     code, _, err = run(capsys, "run", str(tmp_path), "--party", "0", "--hosts", str(tmp_path / "hosts"),
                        "--weights", "shared")
     assert code == 2 and "--weights shared" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "{tmp}", "--images", "abc"], "argument --images: invalid int value: 'abc' (see mpcvit run --help)"),
+    (["run", "{tmp}", "--bogus"], "unrecognized arguments: --bogus (see mpcvit run --help)"),
+    (["frobnicate"], "argument command: invalid choice: 'frobnicate'"),
+    (["run", "{tmp}/model.onnx"], "{tmp}/model.onnx is a file, not a compiled program's folder: compile it first "
+                                  "(mpcvit-compile {tmp}/model.onnx -o DIR), then run DIR"),
+])
+def test_bad_flags_and_paths_are_one_line(capsys, tmp_path, argv: list[str], message: str) -> None:
+    """Like mpcvit-compile's: one `error:` line naming the flag (and the sub-command's --help), exit 2."""
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    code, out, err = run(capsys, *(a.format(tmp=tmp_path) for a in argv))
+    assert code == 2 and out == "" and err.count("\n") == 1 and message.format(tmp=tmp_path) in err, err

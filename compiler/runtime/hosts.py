@@ -238,7 +238,8 @@ def run_party(out_dir: str | Path, party: int, hosts_path: str | Path, protocol:
     if compiled_in:
         x = read_client_input(manifest, client_file)
     if x is not None:
-        check_client_images(manifest, x)
+        check_client_images(manifest, x, f"--data {data}" if data is not None else
+                            "the compiled-in images" if compiled_in else "the images")
         if batches is not None and batches != -(-len(x) // int(manifest["batch"])):
             raise UserError(f"--batches {batches}: party 1's {len(x)} images are {-(-len(x) // int(manifest['batch']))} "
                             f"batches of {manifest['batch']}; give that number on every host")

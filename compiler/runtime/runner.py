@@ -81,6 +81,9 @@ def read_json_object(path: Path, what: str, remedy: str) -> dict[str, Any]:
 def load_manifest(out_dir: Path) -> dict[str, Any]:
     path = out_dir / "manifest.json"
     if not path.is_file():
+        if out_dir.is_file():  # e.g. the .onnx model itself
+            raise UserError(f"{out_dir} is a file, not a compiled program's folder: compile it first "
+                            f"(mpcvit-compile {out_dir} -o DIR), then run DIR")
         raise UserError(f"{out_dir}: no manifest.json; compile a model into it first (mpcvit-compile MODEL.onnx -o {out_dir})")
     manifest = read_json_object(path, str(path), f"recompile into {out_dir} with mpcvit-compile")
     required = ["name", "protocol", "compile_flags", "batch", "output_shape"]
@@ -144,7 +147,7 @@ def run(out_dir: str | Path, protocol: str | None = None, *, images: int | None 
     batch = int(manifest["batch"])
     x, y = _select_images(manifest, images, data)
     if x is not None:  # party 1's guard on all its images, before any party starts (compiler.calibrate)
-        check_client_images(manifest, x)
+        check_client_images(manifest, x, f"--data {data}" if data is not None else "the images")
     files = input_files(manifest)
     client_file = out_dir / files[1]
     needed = [out_dir / f"{manifest['name']}.mpc", out_dir / files[0]]

@@ -307,9 +307,9 @@ def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> S
     [N·e^-r, N·e^r]. Beyond the margin the exponents leave exp's domain, as the scores would leave the tree's
     comparison range.
 
-    Otherwise, calibrated, the row max is taken on the values truncated by ``drop`` = f + log2(SOFTMAX_MAX_GAP) − 1 bits (its
-    comparisons that many bits shorter; uncalibrated they stay at k bits, where dropping saves nothing), its
-    tournament groups least latency on ``RANK_NETWORK``; the exponents then reach −(2·top + gap), the row sums
+    Otherwise, calibrated, the row max is taken on the values truncated by ``drop`` = f + log2(SOFTMAX_MAX_GAP) − 1
+    bits (its comparisons that many bits shorter; uncalibrated they stay at k bits, where dropping saves nothing),
+    its tournament groups least latency on ``RANK_NETWORK``; the exponents then reach −(2·top + gap), the row sums
     [e^-gap, N]. The reciprocal (``newton``) takes :data:`SOFTMAX_PER_OCTAVE` segments per octave and its series
     without the final Newton step (``final``, error bound in compiler.approx.reciprocal)."""
     sum_top = softmax_sum_top(cols)

@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the runtime sub-commands to the `mpcvit` command line."""
     p = subparsers.add_parser("run", help="run a compiled program (mpcvit-compile output) under MP-SPDZ")
     p.add_argument("out", help="the compiler's output folder (with manifest.json)")
-    p.add_argument("--protocol", help=f"{', '.join(PROTOCOLS)} (default: the one it was compiled for)")
+    p.add_argument("--protocol", help="the protocol the folder was compiled for (the default); any other is refused: "
+                                      f"recompile with mpcvit-compile --protocol ({', '.join(PROTOCOLS)})")
     p.add_argument("--images", type=int, help="run N test images of the model's dataset, in batches of the program's "
                                               "batch size, and report top-1 agreement with the plaintext model")
     p.add_argument("--per-execution", type=int, metavar="N",

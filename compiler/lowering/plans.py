@@ -220,10 +220,10 @@ def softmax_sum_top(tokens: int) -> float:
     return float(max(tokens, 2))
 
 
-def softmax_scale(tokens: int, profile: Profile, lo: float = 1.0, hi: float | None = None) -> DenominatorScale:
-    """Softmax rows: Σ exp(s - m) lies in [lo, N] whatever the scores (m the row max, lo = 1; or up to g above it,
-    lo = e^-g), so the shift needs no calibration; without a row max, in [lo, hi] (:func:`softmax_uses`)."""
-    return DenominatorScale(0, balanced_shift(lo, hi or softmax_sum_top(tokens), profile.fx), 0)
+def softmax_scale(profile: Profile, lo: float, hi: float) -> DenominatorScale:
+    """Softmax rows whose sums lie in [lo, hi] (:func:`softmax_uses`: after a row max [e^-gap, N] whatever the
+    scores; without one [N·e^-r, N·e^r]): the reciprocal's free shift, no truncation."""
+    return DenominatorScale(0, balanced_shift(lo, hi, profile.fx), 0)
 
 
 # How far above the true row maximum softmax's shift m may lie (rowmax ``drop``, compiler.approx.rowmax): softmax is
@@ -233,8 +233,8 @@ def softmax_scale(tokens: int, profile: Profile, lo: float = 1.0, hi: float | No
 # 1/16 (f − 4 bits dropped): 8-bit comparisons for |scores| <= 2 (calibrated, times the margin), 6 rounds, not 8.
 SOFTMAX_MAX_GAP = 0.125
 # Rows whose calibrated |scores| times the margin stay within this reach take exp(s) itself, without a row max
-# (softmax is invariant to the shift; :func:`softmax_uses`): 2^(n-1) for limit3's n = 3, the most its raw sums allow
-# on the positive side (compiler/approx/exp.py).
+# (softmax is invariant to the shift; :func:`softmax_uses`): 2^(n-1) for limit3's n = 3, up to which its raw sums
+# stay below the negative side's whatever f (compiler/approx/exp.py).
 UNSHIFTED_REACH = 4.0
 # Segments per octave of the softmax reciprocal's guess: 2 leave a series of order 8 (4 products deep) where 1
 # needs order 16 (5 deep), for 2·log2(N/lo) comparisons per row instead of log2(N/lo) (in the same round). Fixed, so
@@ -313,35 +313,31 @@ def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> S
     [e^-gap, N]. The reciprocal (``newton``) takes :data:`SOFTMAX_PER_OCTAVE` segments per octave and its series
     without the final Newton step (``final``, error bound in compiler.approx.reciprocal)."""
     sum_top = softmax_sum_top(cols)
-    newton = {"per_octave": SOFTMAX_PER_OCTAVE, "final": False} if profile.approx.get("reciprocal") == "newton" else {}
     reach = None if top is None else top * MAGNITUDE_MARGIN
-    if reach is not None and 0.0 < reach <= UNSHIFTED_REACH and sum_top * math.exp(reach) <= profile.fx.max_abs / 2:
-        exp = softmax_exp(profile, top)
-        if exp.choice == "limit3" and exp.kwargs.get("inner") and exp.kwargs.get("n", 3) == 3:
-            limit = SHORT_TRUNC.get(profile.protocol, (0, 0.0))[0]
-            short = short_shift(3, profile.f)
-            # h from x truncated by `short` bits where both truncations are short ones (compiler/approx/exp.py)
-            shorten = {"short": short} if short > 0 and max(profile.f + 4, SHORT_BITS) <= limit else {}
-            exp = ApproxUse("exp", "limit3", tuple(sorted({**exp.kwargs, "top": reach, **shorten}.items())))
-            lo, hi = sum_top * math.exp(-reach), sum_top * math.exp(reach)
-            scale = softmax_scale(cols, profile, lo, hi)
-            shift = {"shift": scale.shift} if scale.shift else {}
-            rec = _compare_use(profile, "reciprocal", None, hi, lo=lo, hi=hi, **shift, **newton)
-            return SoftmaxUses(None, exp, rec, scale)
-    drop = profile.f + round(math.log2(SOFTMAX_MAX_GAP)) - 1 if top is not None else 0
-    gap = 2.0 ** (drop + 1 - profile.f) if drop else 0.0
-    coarse = None if top is None else top * 2.0 ** -drop  # the compared values' magnitude, in units of 2^(drop-f)
-    dropped = {"drop": drop} if drop else {}
-    rowmax = _compare_use(profile, "rowmax", coarse, cols=cols, **dropped)
-    groups = best_groups(cols, rows, profile, rowmax.kwargs.get("bits"), RANK_NETWORK)
-    rowmax = _compare_use(profile, "rowmax", coarse, cols=cols, **dropped, **({"groups": groups} if groups else {}))
-    # the margin applies to the scores, not to the gap (exact)
-    exp = softmax_exp(profile, None if top is None else 2 * top + gap / MAGNITUDE_MARGIN)
-    lo = math.exp(-gap)
-    scale = softmax_scale(cols, profile, lo)
-    # the row sums lie in [lo, N] whatever the scores: an exact bound for the reciprocal's comparisons
+    exp = softmax_exp(profile, top) if reach is not None and 0.0 < reach <= UNSHIFTED_REACH and \
+        sum_top * math.exp(reach) <= profile.fx.max_abs / 2 else None
+    if exp is not None and exp.choice == "limit3" and exp.kwargs.get("inner") and exp.kwargs.get("n", 3) == 3:
+        short = short_shift(3, profile.f)
+        # h from x truncated by `short` bits where both truncations are short ones (compiler/approx/exp.py)
+        shorten = {"short": short} if short > 0 and \
+            max(profile.f + 4, SHORT_BITS) <= SHORT_TRUNC.get(profile.protocol, (0, 0.0))[0] else {}
+        rowmax, exp = None, ApproxUse("exp", "limit3", tuple(sorted({**exp.kwargs, "top": reach, **shorten}.items())))
+        lo, hi = sum_top * math.exp(-reach), sum_top * math.exp(reach)
+    else:
+        drop = profile.f + round(math.log2(SOFTMAX_MAX_GAP)) - 1 if top is not None else 0
+        gap = 2.0 ** (drop + 1 - profile.f) if drop else 0.0
+        coarse = None if top is None else top * 2.0 ** -drop  # the compared values' magnitude, in units of 2^(drop-f)
+        dropped = {"drop": drop} if drop else {}
+        rowmax = _compare_use(profile, "rowmax", coarse, cols=cols, **dropped)
+        groups = best_groups(cols, rows, profile, rowmax.kwargs.get("bits"), RANK_NETWORK)
+        rowmax = _compare_use(profile, "rowmax", coarse, cols=cols, **dropped, **({"groups": groups} if groups else {}))
+        # the margin applies to the scores, not to the gap (exact)
+        exp = softmax_exp(profile, None if top is None else 2 * top + gap / MAGNITUDE_MARGIN)
+        lo, hi = math.exp(-gap), sum_top  # whatever the scores: an exact bound for the reciprocal's comparisons
+    scale = softmax_scale(profile, lo, hi)
     shift = {"shift": scale.shift} if scale.shift else {}
-    rec = _compare_use(profile, "reciprocal", None, sum_top, lo=lo, hi=sum_top, **shift, **newton)
+    newton = {"per_octave": SOFTMAX_PER_OCTAVE, "final": False} if profile.approx.get("reciprocal") == "newton" else {}
+    rec = _compare_use(profile, "reciprocal", None, hi, lo=lo, hi=hi, **shift, **newton)
     return SoftmaxUses(rowmax, exp, rec, scale)
 
 
@@ -747,8 +743,8 @@ def layernorm_raw_input(node: Node, graph: Graph, profile: Profile) -> RawInput 
     R·W = y·2^(3f+g) by 2f + g instead of f: the LayerNorm's last product becomes local (−2 rounds under
     replicated-ring). Where nothing else takes the output, its truncation is gone too; otherwise (a residual
     add) trunc(R, f + g) is still formed, in one truncation with the linear's (``RawInput.truncate``, where R·2^f
-    fits the ring). R·W must stay in the ring: bits = ⌈log2(margin·|R·W|max/2^(3f+g))⌉ + 3f + g + 1 <= RING_TOP + 1, from the linear's
-    calibrated largest product ``product_abs`` (:mod:`compiler.calibrate`). Returns the fusion of linear ``node``
+    fits the ring). R·W must stay in the ring: bits = ⌈log2(margin·|R·W|max/2^(3f+g))⌉ + 3f + g + 1 <= RING_TOP + 1,
+    from the linear's calibrated largest product ``product_abs`` (:mod:`compiler.calibrate`). Returns the fusion of linear ``node``
     (None where it does not apply: not calibrated, an affine LayerNorm, or a product too wide).
     """
     ln = graph.producer(node.inputs[0]) if node.op == "linear" and len(node.inputs) > 1 else None

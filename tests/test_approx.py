@@ -211,25 +211,41 @@ def test_layernorm_rsqrt_takes_the_fewest_steps_then_the_fewest_segments():
     assert rsqrt_segments(2.0 ** -16, 64.0) == 1
 
 
-def test_exp_limit3_takes_positive_exponents_and_a_short_first_product():
-    """Softmax without a row max: exponents on [−8, top] (top <= 2^(n−1)) within the bound; ``short``: x' = x
-    truncated by f + n − 11 bits, both truncations told at most 24-bit inputs, the first product a plain one (no
-    truncation of its own), its extra error inside the (larger) bound."""
-    approx = get("exp", "limit3")
-    x = np.linspace(-8.0, 4.0, 40_001)
-    for short in (0, 8):
-        (lo, hi), bound = approx.bounds(inner=True, top=4.0, short=short)
-        assert (lo, hi) == (-8.0, 4.0)
-        err = np.abs(fx.decode(approx.run(fx.encode(x), fx, inner=True, top=4.0, short=short)) - np.exp(x))
+@pytest.mark.parametrize("choice, n, top, short", [("limit3", 3, 4.0, 8), ("limit4", 2, 4.0, 7)])
+def test_exp_series_take_positive_exponents_and_a_short_first_product(choice, n, top, short):
+    """Softmax without a row max: exponents on [−2^n, top] (limit3: top <= 2^(n−1), limit4: <= 2^n) within the
+    bound; ``short``: x' = x truncated by f + n − 11 bits, both truncations told at most 24-bit inputs, the first
+    product a plain one (no truncation of its own), its extra error inside the (larger) bound."""
+    approx = get("exp", choice)
+    x = np.linspace(-2.0 ** n, top, 40_001)
+    for t in (0, short):
+        (lo, hi), bound = approx.bounds(n=n, inner=True, top=top, short=t)
+        assert (lo, hi) == (-2.0 ** n, top)
+        err = np.abs(fx.decode(approx.run(fx.encode(x), fx, n=n, inner=True, top=top, short=t)) - np.exp(x))
         assert err.max() <= bound
-    assert approx.bounds(inner=True, top=4.0, short=8)[1] > approx.bounds(inner=True, top=4.0)[1]
-    steps = approx.call_steps(100, CostProfile(), inner=True, top=4.0, short=8)
-    assert steps[:3] == [Step("trunc", 100, bits=20), Step("mul_int", 100), Step("trunc", 100, bits=23)]
-    assert [s.prim for s in steps[3:]] == ["mul"] * 4
-    with pytest.raises(ValueError, match="short takes t = f \\+ n - 11 = 8"):
-        approx.bounds(inner=True, short=5)
-    with pytest.raises(ValueError, match="positive top only inner and up to 2\\^\\(n-1\\) = 4"):
-        approx.bounds(inner=True, top=5.0)
+    assert approx.bounds(n=n, inner=True, top=top, short=short)[1] > approx.bounds(n=n, inner=True, top=top)[1]
+    steps = approx.call_steps(100, CostProfile(), n=n, inner=True, top=top, short=short)
+    assert steps[:3] == [Step("trunc", 100, bits=17 + n), Step("mul_int", 100), Step("trunc", 100, bits=23)]
+    assert [s.prim for s in steps[3:]] == ["mul"] * (n + 1)
+    with pytest.raises(ValueError, match=f"short takes t = f \\+ n - 11 = {short}"):
+        approx.bounds(n=n, inner=True, short=5)
+    with pytest.raises(ValueError, match=f"positive top only inner and up to .* = {int(top)}, not 5.0"):
+        approx.bounds(n=n, inner=True, top=5.0)
+
+
+def test_exp_limit4_matches_limit3_with_one_product_fewer_on_unshifted_scores():
+    """On softmax's unshifted exponents [−r, r] the fourth-order base with 2 squarings stays within limit3's
+    (3 squarings) absolute bound up to r ≈ 3, one product fewer (4 against 5); beyond, limit3's is smaller."""
+    third, fourth = get("exp", "limit3"), get("exp", "limit4")
+    for r in (2.0, 2.5, 3.0):
+        assert fourth.bounds(n=2, inner=True, top=r)[1] < third.bounds(n=3, inner=True, top=r)[1]
+        x = np.linspace(-r, r, 20_001)
+        errors = [np.abs(fx.decode(a.run(fx.encode(x), fx, n=n, inner=True, top=r)) - np.exp(x)).max()
+                  for a, n in ((third, 3), (fourth, 2))]
+        assert errors[1] <= errors[0]
+    assert fourth.bounds(n=2, inner=True, top=4.0)[1] > third.bounds(n=3, inner=True, top=4.0)[1]
+    assert len(fourth.call_steps(10, CostProfile(), n=2, inner=True)) == 4
+    assert len(third.call_steps(10, CostProfile(), n=3, inner=True)) == 5
 
 
 def test_rowmax_tree_is_exact_for_odd_and_even_widths():

@@ -75,6 +75,12 @@ def _cases() -> list[Case]:
         # e^4 the base's and x''s LSBs are amplified 8·base^7 <= 265-fold (x': 16 LSB of h at x = 4)
         Case("exp", "limit3", np.concatenate([rng.uniform(-4, 4, 200), [0.0, -4.0, 4.0]]), 2 ** 13,
              {"inner": True, "top": 4.0, "short": 8}),
+        # the fourth-order base on softmax's unshifted exponents (plans.softmax_uses), h from x truncated by 7 bits:
+        # x' 1 LSB (2^-9) off moves h by 2|x|·2^-9/2^5 (20 LSB at x = 2.5), the base by 1.27 times that plus its own
+        # LSBs (<= 28 LSB), amplified 4·base^3 <= 26-fold up to e^2.5
+        Case("exp", "limit4", np.concatenate([rng.uniform(-2.5, 2.5, 200), [0.0, -2.5, 2.5]]), 2 ** 10,
+             {"inner": True, "top": 2.5, "short": 7}),
+        Case("exp", "limit4", np.concatenate([rng.uniform(-6, 0, 200), [0.0, -4.0, -300.0]]), 2 ** 5),
         # the tournaments that lowering picks for softmax rows on a LAN and on a WAN (compiler/approx/rowmax.py);
         # semi2k's bytes of a 9-row call swing with its OT batches (the pairwise case measured 1.06 and 2.6 MB in
         # two runs against 1.73 MB modelled), so only the honest-majority protocols price them

@@ -184,7 +184,7 @@ def test_attention_comparisons_follow_the_calibrated_scores():
 
 
 def test_small_scores_take_exp_without_a_row_max():
-    """|scores|·margin within UNSHIFTED_REACH: no row max (no comparison, no selection), exp:limit3 on [−r, r] and
+    """|scores|·margin within UNSHIFTED_REACH: no row max (no comparison, no selection), exp:limit4 on [−r, r] and
     the row sums' reciprocal on [N·e^-r, N·e^r]; the probabilities stay within 1e-3 of float softmax, as close as
     with the row max (the same graph forced through the tree by a larger calibration range)."""
     g = attention_graph()
@@ -197,8 +197,10 @@ def test_small_scores_take_exp_without_a_row_max():
     rec = plan.approx["softmax.reciprocal"].kwargs
     assert rec["lo"] == pytest.approx(16 * math.exp(-reach)) and rec["hi"] == pytest.approx(16 * math.exp(reach))
     exp = plan.approx["softmax.exp"]
-    assert exp.label == "exp:limit3" and exp.kwargs["inner"] and exp.kwargs["top"] == reach
-    assert REGISTRY["exp"]["limit3"].bounds(n=3, inner=True, top=reach)[0] == (-8.0, reach)
+    # the fourth-order base with 2 squarings where its bound on [−4, r] is within limit3's (n = 3) on [−8, r]
+    assert 1.5 < reach < 3.0 and exp.label == "exp:limit4" and exp.kwargs["inner"] and exp.kwargs["top"] == reach
+    fourth = REGISTRY["exp"]["limit4"].bounds(n=2, inner=True, top=reach)
+    assert fourth[0] == (-4.0, reach) and fourth[1] <= REGISTRY["exp"]["limit3"].bounds(n=3, inner=True, top=reach)[1]
     x = {"x": samples(g, 0.8, 3, seed=1)[:1].reshape(g.values["x"].shape)}
     tree = lower(calibrate(g, samples(g, 1.6, 4, seed=0)).annotate(attention_graph()), get_profile("replicated-ring"))
     assert "softmax.rowmax" in tree.node_plans[1].approx

@@ -245,7 +245,12 @@ def test_layernorm_dot_product_is_priced_as_the_engine_pays(mpspdz, tmp_path, pr
     compiled = compile_onnx(onnx_path, tmp_path / "out", protocol=protocol)
     dots = [s for p in compiled.program.node_plans for s in p.steps if s.prim == "dot"]
     assert dots == [Step("dot", 17, (257,))]
+    # the rows' scaling as one diag(r)·X matrix product where Beaver matrix triples make it cheaper (plans._row_scaling)
+    norm = next(p for p in compiled.program.node_plans if p.node.op == "layernorm")
+    assert norm.params["diagonal_scaling"] == (protocol == "dealer")
     result = run(tmp_path / "out", protocol, mpspdz=mpspdz, log=lambda message: None)
+    # against float LayerNorm: the mean of 17 normalised values, a few LSB (2^-16) of fixed-point rounding each
+    assert result.max_logit_error is not None and result.max_logit_error < 1e-3, result.max_logit_error
     profile = compiled.program.profile
     per_output, per_term = (step_cost(Step("mul_int", n), profile).bytes_p0 for n in (17, 17 * 257))
     other = compiled.cost.total.bytes_p0 + (per_term - per_output if protocol in DOT_PER_OUTPUT
@@ -273,3 +278,27 @@ def test_shared_weights_leave_party_0s_weight_input_out_of_the_estimate():
     assert full.bytes_p0 - shared.bytes_p0 == pytest.approx(8 * weights, abs=1e-6)
     assert full.bytes_all - shared.bytes_all == pytest.approx(8 * weights, abs=1e-6)
     assert full.rounds - shared.rounds == 1
+
+
+def test_layernorm_row_scaling_is_one_matrix_product_where_beaver_triples_make_it_cheaper(tmp_path):
+    """diag(r)·X opens rows² + rows·cols values of a Beaver matrix triple against 2·rows·cols for element-wise
+    products: the dealer takes it (party 0 pays fewer bytes in fewer rounds), replicated-ring and trio, whose
+    products reshare each output once either way, keep the element-wise form (plans._row_scaling)."""
+    import torch
+
+    from compiler.api import compile_onnx
+
+    onnx_path = tmp_path / "norm.onnx"
+    torch.onnx.export(torch.nn.Sequential(torch.nn.LayerNorm(64, elementwise_affine=False), torch.nn.Linear(64, 8)),
+                      torch.randn(1, 17, 64), onnx_path, input_names=["x"], output_names=["y"], opset_version=17,
+                      dynamo=False)
+    for protocol, diagonal in (("dealer", True), ("replicated-ring", False), ("trio", False)):
+        program = compile_onnx(onnx_path, tmp_path / protocol, protocol=protocol).program
+        norm = next(p for p in program.node_plans if p.node.op == "layernorm")
+        scaling = norm.steps[-1]
+        assert norm.params["diagonal_scaling"] == diagonal and scaling.prim == ("matmul_int" if diagonal else "mul_int")
+        if diagonal:  # party 0 opens 17² + 17·64 values instead of 2·17·64, 8 B each
+            elementwise = Step("mul_int", scaling.n)
+            saved = step_cost(elementwise, program.profile).variable_bytes_p0 - \
+                step_cost(scaling, program.profile).variable_bytes_p0
+            assert saved == pytest.approx(8 * (17 * 64 - 17 * 17), rel=0.05)

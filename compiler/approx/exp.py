@@ -21,12 +21,20 @@
   product truncated once, the 1/3 as the public K = round(2^S/3) and y as a public multiple of x added before
   the truncation (S = :func:`third_bits`: the raw sum below 2^61 whatever f). Cost: n + 2 products (5 at n = 3,
   against limit2's 6 at n = 5).
-* ``top`` (limit3, with ``inner``) — the call site's largest positive exponent: softmax rows whose scores stay small
+* ``limit4`` — a fourth-order base: exp(x) ≈ (1 + y + y²/2 + y³/6 + y⁴/24)^(2^n), y = x/2^n. The base costs what
+  limit3's does: y + h·(1 + y/3 + h/6) (h = y²/2, so h·h/6 = y⁴/24) is the same ONE second product, its factor
+  x + 3·2^n + h·2^(n−1) one local addition longer. ln(base) = y − y⁵/120 + O(y⁶): the limit's own error is about
+  e^x·|x|⁵/(120·16^n), so n = 2 squarings (4 products) reach limit3's n = 3 (5 products) on the softmax's unshifted
+  exponents: over [−r, r] its absolute bound is the smaller up to r ≈ 3 (2.4e-4 against 6.1e-4 at r = 1, 1.3e-2
+  against 1.9e-2 at r = 2.3), and its rounding is amplified 2^n-fold instead of 2^(n+1)-fold. The base stays ≥ 3/8
+  at y = −1; the raw second sum reaches 1.71·2^(2f+n+S) at y = 1, one bit more than limit3's, so positive exponents
+  go up to 2^n (``top``).
+* ``top`` (limit3/limit4, with ``inner``) — the call site's largest positive exponent: softmax rows whose scores stay small
   take exp(s) without a row max (compiler.lowering.plans.softmax_uses), x ∈ [−top, top]. Nothing changes in the
   computation for 0 < x <= 2^(n−1): the base exceeds 1, every raw sum stays below the negative side's (h <= 1/8,
   x + 3·2^n <= 3.5·2^n) and the squarings below e^(2^(n−1)) <= e^4; the relative error is the same x⁴/(24·8^n),
   the absolute one e^x times it, as ``exp_limit3_bounds`` takes over [−2^n, top].
-* ``short`` t (limit3; chosen per call site where the protocol truncates inputs of at most 24 bits with a large gap
+* ``short`` t (limit3/limit4; chosen per call site where the protocol truncates inputs of at most 24 bits with a large gap
   to its ring, compiler.cost.primitives.SHORT_TRUNC): h from x' = trunc(x, t) instead of x, t = f + n − 11, so that
   both x' (f + n + 1 bits) and x'·x' (below 2^22) are such short truncations (no message from party 0 under
   replicated-ring) and the first product is a plain one: 8 B per value at party 0 instead of 16. x' is off by up to
@@ -112,16 +120,17 @@ def exp_limit2_bounds(n: int = 5, inner: bool = False, f: int = 16) -> tuple[tup
     return (-float(m) if inner else -8000.0, 0.0), float(bound)
 
 
-def third_bits(n: int, f: int) -> int:
-    """S of K = round(2^S/3): the largest (up to 20) with the second raw sum, |h·(x + 3·2^n)·K| <= 2^(2f+n+S-1) and
-    |x·2^(f+S)| <= 2^(2f+n+S), below 2^RING_TOP (61); K's relative error 1.5·2^-S moves the base by < 2^-S."""
+def third_bits(n: int, f: int, order: int = 3) -> int:
+    """S of K = round(2^S/3): the largest (up to 20) with the second raw sum below 2^(2f+n+S+order−3) (limit3:
+    |h·(x + 3·2^n)·K| <= 2^(2f+n+S-1) and |x·2^(f+S)| <= 2^(2f+n+S); limit4: their sum <= 1.71·2^(2f+n+S)) below
+    2^RING_TOP (61); K's relative error 1.5·2^-S moves the base by < 2^-S."""
     from compiler.approx.rsqrt import RING_TOP
 
     if not 1 <= n <= 4:
-        raise ValueError(f"exp:limit3 takes 1 <= n <= 4 squarings, not {n}")
-    bits = min(20, RING_TOP - 2 * f - n)
+        raise ValueError(f"exp:limit{order} takes 1 <= n <= 4 squarings, not {n}")
+    bits = min(20, RING_TOP - 2 * f - n - (order - 3))
     if bits < 12:
-        raise ValueError(f"exp:limit3 at f = {f} leaves 1/3 only {bits} bits in the ring; use exp:limit2")
+        raise ValueError(f"exp:limit{order} at f = {f} leaves 1/3 only {bits} bits in the ring; use exp:limit2")
     return bits
 
 
@@ -133,60 +142,98 @@ def short_shift(n: int, f: int) -> int:
     return f + n - (SHORT_BITS - 1) // 2
 
 
-def limit3_constants(n: int, f: int, short: int = 0) -> dict[str, int]:
+def limit3_constants(n: int, f: int, short: int = 0, order: int = 3) -> dict[str, int]:
     """S, K = round(2^S/3), and the bit lengths of the truncations' inputs (x·x below 2^(2f+2n), or x'·x' below
-    2^(2(f−t)+2n) with x' = trunc(x, t) of f + n + 1 bits; the second raw sum below 2^(2f+n+S))."""
-    bits = third_bits(n, f)
+    2^(2(f−t)+2n) with x' = trunc(x, t) of f + n + 1 bits; the second raw sum below 2^(2f+n+S+order−3)), for the
+    third-order base (``order`` 3) or the fourth (4: ``fourth``, the factor's h·2^(n−1))."""
+    bits = third_bits(n, f, order)
     if short and short != short_shift(n, f):
-        raise ValueError(f"exp:limit3 short takes t = f + n - 11 = {short_shift(n, f)}, not {short}")
-    return {"third_bits": bits, "third": round(2 ** bits / 3), "second_bits": 2 * f + n + bits + 1,
-            "first_bits": 2 * (f - short) + 2 * n + 1, "x_bits": f + n + 1, "h_shift": f + 2 * n + 1 - 2 * short}
+        raise ValueError(f"exp:limit{order} short takes t = f + n - 11 = {short_shift(n, f)}, not {short}")
+    return {"third_bits": bits, "third": round(2 ** bits / 3), "second_bits": 2 * f + n + bits + order - 2,
+            "first_bits": 2 * (f - short) + 2 * n + 1, "x_bits": f + n + 1, "h_shift": f + 2 * n + 1 - 2 * short,
+            "fourth": order == 4}
 
 
-def exp_limit3_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 3, inner: bool = False,
-                         top: float = 0.0, short: int = 0) -> np.ndarray:
-    c = limit3_constants(n, fx.f, short)
+def _series_reference(x_int: np.ndarray, fx: FixedPoint, n: int, inner: bool, short: int,
+                      order: int) -> np.ndarray:
+    c = limit3_constants(n, fx.f, short, order)
     x = _clip(x_int, fx, n, inner)
     xs = fx.trunc(x, short) if short else x
     h = fx.trunc(xs * xs, c["h_shift"])  # y²/2
-    raw = h * (x + 3 * (fx.scale << n)) * c["third"] + x * (fx.scale << c["third_bits"])
-    z = fx.scale + fx.trunc(raw, fx.f + n + c["third_bits"])  # 1 + y + y²/2·(1 + y/3)
+    factor = x + 3 * (fx.scale << n) + (h << np.int64(n - 1) if c["fourth"] else 0)  # 2^n·(3 + y [+ h/2])
+    raw = h * factor * c["third"] + x * (fx.scale << c["third_bits"])
+    z = fx.scale + fx.trunc(raw, fx.f + n + c["third_bits"])  # 1 + y + h·(1 + y/3 [+ h/6])
     for _ in range(n):
         z = fx.mul(z, z)
     return z
 
 
-def exp_limit3_steps(size: int, profile: object, n: int = 3, inner: bool = False, top: float = 0.0,
-                     short: int = 0) -> list[Step]:
+def exp_limit3_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 3, inner: bool = False,
+                         top: float = 0.0, short: int = 0) -> np.ndarray:
+    return _series_reference(x_int, fx, n, inner, short, 3)
+
+
+def exp_limit4_reference(x_int: np.ndarray, fx: FixedPoint, n: int = 2, inner: bool = False,
+                         top: float = 0.0, short: int = 0) -> np.ndarray:
+    return _series_reference(x_int, fx, n, inner, short, 4)
+
+
+def _series_steps(size: int, profile: object, n: int, inner: bool, short: int, order: int) -> list[Step]:
     if not short:
         return _clip_steps(size, inner) + [Step("mul", size)] * (n + 2)
-    c = limit3_constants(n, int(getattr(profile, "f", 16)), short)
+    c = limit3_constants(n, int(getattr(profile, "f", 16)), short, order)
     return _clip_steps(size, inner) + [Step("trunc", size, bits=c["x_bits"]), Step("mul_int", size),
                                        Step("trunc", size, bits=c["first_bits"])] + [Step("mul", size)] * (n + 1)
 
 
+def exp_limit3_steps(size: int, profile: object, n: int = 3, inner: bool = False, top: float = 0.0,
+                     short: int = 0) -> list[Step]:
+    return _series_steps(size, profile, n, inner, short, 3)
+
+
+def exp_limit4_steps(size: int, profile: object, n: int = 2, inner: bool = False, top: float = 0.0,
+                     short: int = 0) -> list[Step]:
+    return _series_steps(size, profile, n, inner, short, 4)
+
+
 @lru_cache(maxsize=None)
-def exp_limit3_bounds(n: int = 3, inner: bool = False, top: float = 0.0, short: int = 0,
-                      f: int = 16) -> tuple[tuple[float, float], float]:
-    """max over x ∈ [-2^n, top] of the limit's own error plus rounding, to first order: the base carries <= 1.05 LSB
-    (its truncation's 0.5, h's 0.5 times 1 + y/3 <= 1, K's < 2^-S < 0.05 LSB at f = 16), moving the result by
-    2^n·base^(2^n − 1) times that; squaring i's 0.5 LSB moves it by 2^(n−i)·base^(2^n − 2^i) times that (the last
-    one's 0.5 LSB unamplified). ``short``: h's extra error from x' (see the module doc), amplified like the
-    base's."""
-    limit3_constants(n, f, short)
+def _series_bounds(n: int, inner: bool, top: float, short: int, f: int,
+                   order: int) -> tuple[tuple[float, float], float]:
+    """max over x ∈ [-2^n, top] of the limit's own error plus rounding, to first order: the base carries its
+    truncation's 0.5 LSB, h's 0.5 times ∂base/∂h = 1 + y/3 (+ h/3 at order 4) and K's < 2^-S < 0.05 LSB (f = 16),
+    moving the result by 2^n·base^(2^n − 1) times that; squaring i's 0.5 LSB moves it by 2^(n−i)·base^(2^n − 2^i)
+    times that (the last one's 0.5 LSB unamplified). ``short``: h's extra error from x' (see the module doc),
+    amplified like the base's."""
+    limit3_constants(n, f, short, order)
     m = 2 ** n
-    if top and (not inner or not 0.0 < top <= m / 2):
-        raise ValueError(f"exp:limit3 takes a positive top only inner and up to 2^(n-1) = {m // 2}, not {top}")
+    reach = m if order == 4 else m // 2  # positive exponents: where the raw second sum keeps its bit length
+    if top and (not inner or not 0.0 < top <= reach):
+        raise ValueError(f"exp:limit{order} takes a positive top only inner and up to "
+                         f"{'2^n' if order == 4 else '2^(n-1)'} = {reach}, not {top}")
     x = np.linspace(-m, float(top), 200_001)
     y = x / m
-    base = 1.0 + y + y * y / 2 + y ** 3 / 6
-    rounding = 1.05 * m * base ** (m - 1) + sum(0.5 * 2 ** (n - i) * base ** (m - 2 ** i) for i in range(1, n + 1))
-    if short:  # x' off by <= 1 LSB at f − t bits: h by (2|x| + 2^(t−f))·2^(t−f)/2^(2n+1), times 1 + y/3
+    h = y * y / 2
+    base = 1.0 + y + h + y ** 3 / 6 + (y ** 4 / 24 if order == 4 else 0.0)
+    slope = np.abs(1 + y / 3 + (h / 3 if order == 4 else 0.0))
+    rounding = (0.55 + 0.5 * slope) * m * base ** (m - 1) + \
+        sum(0.5 * 2 ** (n - i) * base ** (m - 2 ** i) for i in range(1, n + 1))
+    if short:  # x' off by <= 1 LSB at f − t bits: h by (2|x| + 2^(t−f))·2^(t−f)/2^(2n+1), times ∂base/∂h
         lsb = 2.0 ** (short - f)
-        rounding = rounding + m * base ** (m - 1) * (2 * np.abs(x) + lsb) * lsb / 2 ** (2 * n + 1) * \
-            (1 + np.abs(y) / 3) * 2.0 ** f
+        rounding = rounding + m * base ** (m - 1) * (2 * np.abs(x) + lsb) * lsb / 2 ** (2 * n + 1) * slope * 2.0 ** f
     bound = np.max(np.abs(np.exp(x) - base ** m) + rounding * 2.0 ** -f)
-    return (-float(m) if inner else -8000.0, float(top)), float(max(bound, 0.0 if inner else math.exp(-m)))
+    # below −2^n the clipped input gives the result at −2^n (x[0]), against an e^x in (0, e^-2^n)
+    clipped = max(base[0] ** m + rounding[0] * 2.0 ** -f, math.exp(-m))
+    return (-float(m) if inner else -8000.0, float(top)), float(max(bound, 0.0 if inner else clipped))
+
+
+def exp_limit3_bounds(n: int = 3, inner: bool = False, top: float = 0.0, short: int = 0,
+                      f: int = 16) -> tuple[tuple[float, float], float]:
+    return _series_bounds(n, inner, top, short, f, 3)
+
+
+def exp_limit4_bounds(n: int = 2, inner: bool = False, top: float = 0.0, short: int = 0,
+                      f: int = 16) -> tuple[tuple[float, float], float]:
+    return _series_bounds(n, inner, top, short, f, 4)
 
 
 def exp_mpspdz_reference(x_int: np.ndarray, fx: FixedPoint) -> np.ndarray:
@@ -212,6 +259,14 @@ register(Approximation(
     constants=lambda fx, params: limit3_constants(params["n"], fx.f, params["short"]),
     compared=lambda n, inner, top, short: 2.0 ** n,
     doc="(1 + y + y^2/2 + y^3/6)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]"))
+
+register(Approximation(
+    op="exp", choice="limit4", reference=exp_limit4_reference, template="approx/exp_limit3.mpc.j2",
+    steps=exp_limit4_steps, exact=np.exp, bounds=exp_limit4_bounds,
+    params={"n": 2, "inner": False, "top": 0.0, "short": 0},
+    constants=lambda fx, params: limit3_constants(params["n"], fx.f, params["short"], 4),
+    compared=lambda n, inner, top, short: 2.0 ** n,
+    doc="(1 + y + y^2/2 + y^3/6 + y^4/24)^(2^n), y = x/2^n, after clipping x to [-2^n, 0]"))
 
 register(Approximation(
     op="exp", choice="mpspdz", reference=exp_mpspdz_reference, template="approx/exp_mpspdz.mpc.j2",

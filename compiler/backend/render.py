@@ -185,6 +185,7 @@ class _Renderer:
                    model_eps=repr(float(node.attrs.get("eps", 1e-5))), rsqrt=p.approx["rsqrt"].fn_name, f=fx.f, k=fx.k, scale=scale, eps=repr(scale.eps_int / fx.scale),
                    ring_top=RING_TOP + 1, affine=p.params.get("affine", True),
                    raw_output=p.params.get("raw_output", False),
+                   diagonal_scaling=p.params.get("diagonal_scaling", False),
                    gamma=gamma.expr(self.tensor(node.inputs[1]).var + ".address"),
                    beta=beta.expr(self.tensor(node.inputs[2]).var + ".address"))
 

@@ -77,7 +77,7 @@ ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 1, "replicated-ring": 1}
 SHORT_TRUNC = {"replicated-ring": (24, 16.0)}  # (largest input bits, bytes per value, all parties)
 BIT_DECOMPOSING = {"ltz", "relu", "exp:mpspdz", "reciprocal:mpspdz", "rsqrt:mpspdz", "gelu:mpspdz", "apprcr",
                    "fpdiv_nearest"}
-PRIMITIVES = ("matmul", "mul", "mul_int", "dot", "trunc", "ltz", "ltz2", "relu", "input", "weights", "reveal")
+PRIMITIVES = ("matmul", "matmul_int", "mul", "mul_int", "dot", "trunc", "ltz", "ltz2", "relu", "input", "weights", "reveal")
 # Protocols that reshare a dot product Σ x_i·y_i as ONE value (MP-SPDZ's prepare_dotprod/finalize_dotprod in
 # Protocols/Replicated.hpp, Rep4.hpp, Astra.hpp, SpdzWise.hpp): a "dot" step costs a mul_int per output there, per
 # term elsewhere (Beaver: semi2k, dealer, hemi; ps-rep-ring, whose PostSacrifice multiplies term by term). Measured
@@ -87,13 +87,13 @@ DOT_PER_OUTPUT = {"replicated-ring", "rep4-ring", "trio", "astra", "sy-rep-ring"
 
 @dataclass(frozen=True)
 class Step:
-    # "matmul" | "mul" | "mul_int" | "dot" | "trunc" | "ltz" | "ltz2" | "relu" | "input" | "weights" | "reveal" |
+    # "matmul" | "matmul_int" | "mul" | "mul_int" | "dot" | "trunc" | "ltz" | "ltz2" | "relu" | "input" | "weights" | "reveal" |
     # "<op>:<choice>";
     # "weights": party 0's input of one weight tensor, bytes only: the program inputs every weight tensor in one
     # round (spdz_templates/program.mpc.j2), priced once by the input node's zero-size party-0 "input" step
     prim: str
     n: int  # elements of the one vectorised call (matmul: M*P outputs)
-    shape: tuple[int, ...] = ()  # matmul: (M, K, P) per instance; dot: (terms,) per output
+    shape: tuple[int, ...] = ()  # matmul(_int): (M, K, P) per instance; dot: (terms,) per output
     instances: int = 1  # independent copies issued together (heads, images)
     party: int | None = None  # "input"/"weights": the party providing it
     # comparisons: the bit length k they decompose (None: the profile's k); trunc: its inputs' bit length
@@ -333,6 +333,12 @@ def step_cost(step: Step, profile: Any) -> Cost:
     if step.prim == "trunc" and step.bits and step.bits <= SHORT_TRUNC.get(protocol, (0, 0.0))[0]:
         total = SHORT_TRUNC[protocol][1] * step.n * copies
         return Cost(variable_bytes_all=total, online_bytes_all=total)
+    if step.prim == "matmul_int":  # left untruncated: the fitted product less its outputs' truncation
+        product = step_cost(replace(step, prim="matmul"), profile)
+        trunc = step_cost(Step("trunc", step.n, instances=step.instances), profile)
+        return replace(product, **{name: max(getattr(product, name) - getattr(trunc, name), 0.0) for name in (
+            "variable_bytes_p0", "variable_bytes_all", "online_bytes_all", "online_rounds", "offline_rounds",
+            "seconds")})
     if step.prim == "matmul":
         if len(step.shape) != 3:
             raise CompileError(f"matmul step needs shape (M, K, P), got {step.shape!r}")

@@ -14,7 +14,7 @@ from compiler.approx.exp import SHORT_BITS, short_shift
 from compiler.approx.gelu import CUT as GELU_CUT
 from compiler.approx.rowmax import best_groups
 from compiler.approx.rsqrt import RING_TOP, rsqrt_segments
-from compiler.cost.primitives import SHORT_TRUNC, Step
+from compiler.cost.primitives import SHORT_TRUNC, Step, steps_cost
 from compiler.errors import CompileError, UserError
 from compiler.ir import Graph, Node
 from compiler.lowering.profiles import RANK_NETWORK, Profile
@@ -296,6 +296,32 @@ def softmax_exp(profile: Profile, exponents: float | None) -> ApproxUse:
     return _compare_use(replace(profile, approx={**profile.approx, "exp": "limit2"}), "exp", exponents)
 
 
+def _unshifted_exp(profile: Profile, top: float) -> ApproxUse:
+    """exp on the unshifted scores, calibrated |s| <= ``top`` (reach r = top times the margin): limit4 with n = 2
+    (4 products) where its bound is no larger than limit3's with n = 3 (5 products), up to r ≈ 3
+    (compiler/approx/exp.py); either without its clip, with positive exponents up to r, and h from x truncated by
+    ``short`` bits where both its truncations are short ones for the protocol."""
+    reach = top * MAGNITUDE_MARGIN
+
+    def use(choice: str, n: int) -> ApproxUse:
+        site = _compare_use(replace(profile, approx={**profile.approx, "exp": choice}), "exp", top, n=n)
+        short = short_shift(n, profile.f)
+        shorten = {"short": short} if short > 0 and \
+            max(profile.f + 4, SHORT_BITS) <= SHORT_TRUNC.get(profile.protocol, (0, 0.0))[0] else {}
+        return ApproxUse("exp", choice, tuple(sorted({**site.kwargs, "top": reach, **shorten}.items())))
+
+    def bound(site: ApproxUse) -> float:
+        approx = REGISTRY["exp"][site.choice]
+        return approx.bounds(**approx.split_bits(site.kwargs)[0], f=profile.f)[1]
+
+    third = use("limit3", 3)
+    if reach < 4.0:
+        fourth = use("limit4", 2)
+        if fourth.kwargs.get("inner") and bound(fourth) <= bound(third):
+            return fourth
+    return third
+
+
 def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> SoftmaxUses:
     """Softmax over rows of ``cols`` values whose calibrated largest magnitude is ``top`` (None: uncalibrated).
 
@@ -317,11 +343,7 @@ def softmax_uses(profile: Profile, top: float | None, rows: int, cols: int) -> S
     exp = softmax_exp(profile, top) if reach is not None and 0.0 < reach <= UNSHIFTED_REACH and \
         sum_top * math.exp(reach) <= profile.fx.max_abs / 2 else None
     if exp is not None and exp.choice == "limit3" and exp.kwargs.get("inner") and exp.kwargs.get("n", 3) == 3:
-        short = short_shift(3, profile.f)
-        # h from x truncated by `short` bits where both truncations are short ones (compiler/approx/exp.py)
-        shorten = {"short": short} if short > 0 and \
-            max(profile.f + 4, SHORT_BITS) <= SHORT_TRUNC.get(profile.protocol, (0, 0.0))[0] else {}
-        rowmax, exp = None, ApproxUse("exp", "limit3", tuple(sorted({**exp.kwargs, "top": reach, **shorten}.items())))
+        rowmax, exp = None, _unshifted_exp(profile, top)
         lo, hi = sum_top * math.exp(-reach), sum_top * math.exp(reach)
     else:
         drop = profile.f + round(math.log2(SOFTMAX_MAX_GAP)) - 1 if top is not None else 0
@@ -774,6 +796,20 @@ def layernorm_raw_input(node: Node, graph: Graph, profile: Profile) -> RawInput 
     return RawInput(ln.outputs[0], 2 * fx.f + scale.shift, product_bits(node), truncate)
 
 
+def _row_scaling(rows: int, cols: int, raw: bool, profile: Profile, p: NodePlan) -> list[Step]:
+    """The centred rows times their rsqrt: element-wise (one product per element), or as ONE matrix product
+    diag(r)·X where that costs party 0 fewer bytes in no more rounds: Beaver matrix triples (dealer) open
+    rows² + rows·cols values, element-wise products 2·rows·cols (−99 kB per vit_7_4_32 LayerNorm). ``raw``: left
+    untruncated for the linears that take it (:func:`layernorm_raw_input`)."""
+    suffix = "_int" if raw else ""
+    elementwise, diagonal = [Step("mul" + suffix, rows * cols)], [Step("matmul" + suffix, rows * cols, (rows, rows, cols))]
+    # marginal costs: a program with linears has paid the matrix products' one-time setup already
+    costs = [steps_cost(steps, profile) for steps in (elementwise, diagonal)]
+    p.params["diagonal_scaling"] = costs[1].variable_bytes_p0 < costs[0].variable_bytes_p0 and \
+        costs[1].online_rounds <= costs[0].online_rounds
+    return diagonal if p.params["diagonal_scaling"] else elementwise
+
+
 def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
     shape = graph.values[node.inputs[0]].shape
     cols = shape[-1]
@@ -805,7 +841,7 @@ def _layernorm(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:
         # affine: x², (Σx)², (C·x − Σx)·γ in one call; else C·Σx² − (Σx)² as one dot product per row
         products = [Step("mul_int", 2 * rows * cols + rows)] if affine else [Step("dot", rows, (cols + 1,))]
         p.steps += [*products, Step("trunc", affine * rows * cols + rows),
-                    *_approx_steps(rsqrt, rows, profile), Step("mul_int" if raw else "mul", rows * cols)]
+                    *_approx_steps(rsqrt, rows, profile), *_row_scaling(rows, cols, raw, profile, p)]
         return
     p.steps += [Step("trunc", rows * cols if scale.exact else rows),
                 Step("mul_int" if scale.raw_squares else "mul", rows * cols), Step("trunc", rows),

@@ -140,7 +140,8 @@ def test_reciprocal_series_without_the_final_newton_step(lo, hi, shift, per_octa
     steps, with_newton = approx.steps(10, CostProfile(), **params), approx.steps(10, CostProfile(),
                                                                                    **{**params, "final": True})
     assert len(steps) == len(with_newton) - 1 == newton_iterations(lo, hi, 16, per_octave) + 2
-    assert steps[0] == Step("ltz", 10 * int(np.ceil(np.log2(hi / lo) * per_octave - 1e-9)))
+    thresholds = int(np.ceil(np.log2(hi / lo) * per_octave - 1e-9))
+    assert steps[0] == Step("ltz", 10 * thresholds, (thresholds,))  # every threshold on one mask per value
     if (lo, hi) == (np.exp(-1.0), 65.0):
         assert newton_iterations(lo, hi, 16, per_octave) == {1: 4, 2: 3, 8: 2}[per_octave]
 
@@ -297,14 +298,14 @@ def test_rowmax_rounds_do_not_depend_on_rows():
 
 def test_steps_describe_the_reference_computation():
     gelu_steps = get("gelu", "poly").steps(100, None)
-    assert gelu_steps[0] == Step("ltz", 300)  # one comparison call on [x, x-4, x+4]
+    assert gelu_steps[0] == Step("ltz", 300, (3,))  # one comparison call: x against 0, 4 and -4
     exp_steps = get("exp", "limit").steps(10, None, n=6)
     assert [s.prim for s in exp_steps].count("mul") == 6
     recip = get("reciprocal", "newton").steps(65, CostProfile(), lo=1.0, hi=65.0)
     order = newton_iterations(1.0, 65.0)
     # Newton's first I - 1 steps as one series, then one step: 2I products of 65 rows, I + 2 deep (the middle ones
     # two side by side)
-    assert recip[0] == Step("ltz", 65 * 7) and len(recip) == 1 + order + 2
+    assert recip[0] == Step("ltz", 65 * 7, (7,)) and len(recip) == 1 + order + 2
     assert sum(s.n for s in recip[1:]) == 2 * order * 65
     assert get("exp", "mpspdz").steps(5, None) == [Step("exp:mpspdz", 5)]
 

@@ -118,7 +118,10 @@ def _fixed_point_program() -> list[str]:
 
 
 def _program(cases: list[Case]) -> str:
-    lines = ["from Compiler import ml, mpc_math", ""]
+    from compiler.approx import _templates
+
+    # the approximations call the programs' shared helpers (spdz_templates/helpers.mpc.j2, e.g. mpcvit_below)
+    lines = ["from Compiler import ml, mpc_math", "", _templates().get_template("helpers.mpc.j2").render(), ""]
     for i, case in enumerate(cases):
         lines.append(get(case.op, case.choice).render(f"approx_{i}", fx, **case.params))
     for i, case in enumerate(cases):

@@ -332,4 +332,4 @@ def test_gelu_form_follows_the_calibrated_range(scale, form):
                                   expected_bits(calib.sites[use.node.name]["in_abs"], 4.0)), kwargs
         compared = [s for s in use.steps if s.prim.startswith("ltz")]
         assert compared == [Step("ltz2", 80, bits=F + 3)] if expected == "band" else \
-            [Step("ltz", 80 * {"inner": 1, "cut": 3}[expected], bits=kwargs["bits"])]
+            [Step("ltz", 80 * {"inner": 1, "cut": 3}[expected], {"inner": (), "cut": (3,)}[expected], bits=kwargs["bits"])]

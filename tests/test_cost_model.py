@@ -302,3 +302,19 @@ def test_layernorm_row_scaling_is_one_matrix_product_where_beaver_triples_make_i
             saved = step_cost(elementwise, program.profile).variable_bytes_p0 - \
                 step_cost(scaling, program.profile).variable_bytes_p0
             assert saved == pytest.approx(8 * (17 * 64 - 17 * 17), rel=0.05)
+
+
+def test_comparisons_against_several_thresholds_share_one_mask_where_the_protocol_opens_one():
+    """An ltz step of shape (J,) compares each value with J thresholds through one masked opening (helpers'
+    mpcvit_below): under the dealer each value's further J − 1 comparisons skip their ring element from each
+    computing party (8 B at party 0, measured); protocols whose comparisons split shares (-Z, MP-SPDZ's default for
+    replicated-ring, semi2k, ...) open no mask and pay as before."""
+    from compiler.cost.primitives import SHARED_MASK_SAVING
+
+    assert set(SHARED_MASK_SAVING) == {"dealer"}
+    for protocol in ("dealer", "replicated-ring", "semi2k"):
+        separate, shared = (step_cost(Step("ltz", 71 * 65, shape, bits=26), protocol) for shape in ((), (71,)))
+        saved = SHARED_MASK_SAVING.get(protocol, (0.0, 0.0))
+        assert separate.bytes_p0 - shared.bytes_p0 == pytest.approx(saved[0] * 70 * 65)
+        assert separate.bytes_all - shared.bytes_all == pytest.approx(saved[1] * 70 * 65)
+        assert separate.rounds == shared.rounds

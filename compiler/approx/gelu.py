@@ -99,7 +99,7 @@ def poly_reference(x_int: np.ndarray, fx: FixedPoint, inner: bool = False, band:
 def poly_steps(size: int, profile: object, inner: bool = False, band: bool = False) -> list[Step]:
     plan = centred_scales(int(getattr(profile, "f", 16)))  # band: its comparisons at k' = f + 3 = s + 2
     compared = [Step("ltz", size)] if inner else [Step("ltz2", size, bits=plan["s"] + 2)] if band else \
-        [Step("ltz", 3 * size)]
+        [Step("ltz", 3 * size, (3,))]
     return [*compared, Step("mul_int", 2 * size), Step("trunc", size), Step("mul_int", size),
             *([Step("trunc", size)] if plan["b_shift"] else []), Step("mul_int", size),
             *([] if inner else [Step("mul_int", size)]), Step("trunc", size)]

@@ -120,7 +120,7 @@ def newton_steps(size: int, profile: object, lo: float = 1.0, hi: float = 64.0, 
     order = _order(lo, hi, iterations, f, per_octave, final)
     series = [Step("mul", size)] + [Step("mul", 2 * size)] * (order - 1) + [Step("mul", size)] if order > 0 else []
     newton = [Step("mul", size)] * 2 if final and order >= 0 else []
-    return [Step("ltz", size * len(thresholds))] + series + newton
+    return [Step("ltz", size * len(thresholds), (len(thresholds),))] + series + newton
 
 
 def newton_bounds(lo: float = 1.0, hi: float = 64.0, iterations: int | None = None, shift: int = 0,

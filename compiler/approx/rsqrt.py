@@ -222,7 +222,7 @@ def newton_steps(size: int, profile: object, eps: float = 1e-5, hi: float = 64.0
     thresholds = linear_guess(eps, hi, fx, per_octave)[0]
     step = [Step("mul_int", size), *([Step("trunc", size)] if square_shift(fx) else []), Step("mul_int", size),
             Step("trunc", size), Step("mul", size)]
-    return [Step("ltz", size * len(thresholds)), Step("mul", size)] + \
+    return [Step("ltz", size * len(thresholds), (len(thresholds),)), Step("mul", size)] + \
         step * newton_errors(eps, hi, f, per_octave, iterations)[0]
 
 

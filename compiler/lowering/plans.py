@@ -530,7 +530,7 @@ def _matmul(node: Node, graph: Graph, p: NodePlan) -> None:
 
 def _clip_steps(size: int, bounds: int, bits: int) -> list[Step]:
     """One comparison call and one bit x value call over the given bounds (see helpers' mpcvit_clip)."""
-    return [Step("ltz", bounds * size, bits=bits), Step("mul_int", bounds * size)] if bounds else []
+    return [Step("ltz", bounds * size, (bounds,), bits=bits), Step("mul_int", bounds * size)] if bounds else []
 
 
 def _generic(node: Node, graph: Graph, profile: Profile, p: NodePlan) -> None:

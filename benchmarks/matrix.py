@@ -277,7 +277,10 @@ def check_arguments(args: argparse.Namespace) -> None:
                                                               args.mlp):
         model_cfg(ModelSpec(model, attention, mlp, overrides=overrides))
     for protocol in args.protocols:
-        protocol_spec(protocol)
+        try:
+            protocol_spec(protocol)
+        except UserError as exc:  # the flag here is --protocols
+            raise UserError(str(exc).replace("--protocol ", "--protocols ", 1)) from None
     for network in args.networks:
         get_network(network)
     if "spu" in args.peer:
@@ -311,8 +314,14 @@ def main_from_args(args: argparse.Namespace) -> int:
     done = done_keys(args.results, args.real, args.images)
     todo = [c for c in cells(args) if c.key not in done]
     print(f"{len(todo)} cell(s) to measure, results in {args.results}", file=sys.stderr)
+    measured = []
     for record in run_matrix(todo, args, progress=not args.no_progress):
         append_record(args.results, record)
+        measured.append(record)
+    if measured and not args.peer:  # this invocation's cells, one row each (the whole file: --report)
+        from benchmarks.report import flat, markdown_table
+
+        print(markdown_table([flat(r) for r in measured]))
     if args.peer:
         from benchmarks.report import load, markdown_table, peer_rows
 

@@ -291,7 +291,8 @@ def two_party_alternative(semi2k: Program, hemi: Program) -> str:
     return (f"2PC without a dealer: --protocol hemi sends {a.bytes_all / max(b.bytes_all, 1):.1f}x fewer bytes "
             f"({b.bytes_all / 1e6:,.0f} MB vs {a.bytes_all / 1e6:,.0f} MB all parties, cost model); estimated "
             f"LAN {b.latency('lan'):,.0f} s vs {a.latency('lan'):,.0f} s, WAN {b.latency('wan'):,.0f} s vs "
-            f"{a.latency('wan'):,.0f} s: {lan} is faster on a LAN, {wan} on a WAN")
+            f"{a.latency('wan'):,.0f} s: " + (f"{lan} is faster on both a LAN and a WAN" if lan == wan else
+                                                f"{lan} is faster on a LAN, {wan} on a WAN"))
 
 
 def compile_onnx(onnx_path: str | Path, out_dir: str | Path, protocol: str = "replicated-ring", batch: int = 1,

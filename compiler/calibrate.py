@@ -275,7 +275,8 @@ def check_client_images(manifest: dict[str, Any], images: np.ndarray, source: st
         meta = (manifest.get("model_config") or {})
         norm = ", ".join(f"{k.split('.')[-1].replace('input_', '')} {meta[k]}" for k in ("mpcvit.input_mean",
                                                                                      "mpcvit.input_std") if k in meta)
-        raise UserError(f"{source}: image values reach {signed:.4g}; the model was calibrated for [{lo:.2g}, "
-                        f"{hi:.2g}]: normalise them as in training"
+        raise UserError(f"{source}: image values reach {signed:.4g}, beyond the |v| <= "
+                        f"{float(calib['input_bound']):.3g} the program accepts (calibrated on [{lo:.2g}, {hi:.2g}], "
+                        "with its margin): normalise them as in training"
                         + (f" ({norm} in the model metadata)" if norm else "")
                         + ", or recompile calibrated on images like these (mpcvit-compile --calibrate FILE.npz)")

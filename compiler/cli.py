@@ -19,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frac-bits", type=int, default=None, help="fixed-point fractional bits f (default 16)")
     p.add_argument("--approx", action="append", metavar="OP=CHOICE", help="force an approximation, e.g. gelu=poly")
     p.add_argument("--check", action="store_true", help="compare the fixed-point reference with onnxruntime")
-    p.add_argument("--check-samples", type=int, default=200, help="inputs for --check (default 200)")
+    p.add_argument("--check-samples", type=int, default=None, help="inputs for --check (default 200)")
     p.add_argument("--data", metavar="FILE.npz", default=None, help="your own inputs for --check: the array named "
                    "like the model input, else the first one, shaped [N, ...input shape without the batch] "
                    "(default: the digits test set when the model was trained on it, else random N(0, 1) inputs)")
@@ -64,12 +64,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from compiler.api import compile_onnx
+        from compiler.errors import UserError
 
+        if args.check_samples is not None and not args.check:
+            raise UserError(f"--check-samples {args.check_samples} counts the inputs of --check; add --check")
         out = args.out or f"{Path(args.model).with_suffix('')}-{args.protocol}"
         dump = (lambda g: print(g.dump())) if args.dump_ir else None
         result = compile_onnx(args.model, out, protocol=args.protocol, batch=args.batch, frac_bits=args.frac_bits,
                               approx=parse_approx_flags(args.approx), check=args.check,
-                              check_samples=args.check_samples, reveal=args.reveal, template_set=args.template_set,
+                              check_samples=200 if args.check_samples is None else args.check_samples,
+                              reveal=args.reveal, template_set=args.template_set,
                               on_graph=dump, check_data=args.data,
                               calibration=args.calibrate)
         print(summary(result))  # a check beyond its tolerance is one of its warnings

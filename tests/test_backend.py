@@ -147,7 +147,7 @@ def test_emit_writes_program_inputs_manifest_and_run_script(compiled):
     assert data["expected"]["bytes_all"] > 0 and data["expected"]["rounds"] > 0
     assert data["model_config"]["mpcvit.head_kinds"] == [list(tiny_vit_ir.KINDS)]
     script = (out / "run.sh").read_text()
-    assert "./compile.py -E dealer-ring" in script and "Scripts/dealer-ring.sh -d -b 100000 tiny_vit" in script
+    assert "./compile.py -E dealer-ring" in script and "Scripts/dealer-ring.sh tiny_vit -d -b 100000" in script
     assert Manifest.load(out).weight_sha256 == manifest.weight_sha256
 
 

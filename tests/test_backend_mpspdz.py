@@ -1,6 +1,7 @@
 """The emitted programs under real MP-SPDZ: compile, run each protocol, match the reference executor."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import tiny_vit_ir
 from compiler.backend import emit, write_client_input
 from compiler.lowering import get_profile, lower
 from compiler.reference import execute
+from compiler.runtime.parser import revealed_matrix
 
 pytestmark = pytest.mark.mpspdz
 # approximations whose reference emulates the MPC computation step by step (the built-ins' references are exact)
@@ -35,6 +37,27 @@ def test_protocol_runs_match_the_reference_executor(mpspdz, tmp_path, protocol):
     result = run(out, mpspdz=mpspdz, log=lambda _: None)
     assert result.logits.shape == expected.shape
     assert np.abs(result.logits - expected).max() <= 1e-2
+
+
+@pytest.mark.parametrize("protocol", ["dealer", "replicated-ring"])
+def test_run_script_runs_the_program_in_an_mpspdz_tree(mpspdz, tmp_path, protocol):
+    """OUT/run.sh, the manual path: compiles and runs in $MP_SPDZ_HOME (here a tree of links to the built one with
+    its own Programs/ and logs/) and prints the revealed logits from the client's log, which MP-SPDZ's scripts
+    name after their first argument: the program, before the run flags (the dealer's -d -b)."""
+    expected, out = _compile_and_reference(tmp_path, protocol)
+    home = tmp_path / "home"
+    home.mkdir()
+    for entry in mpspdz.home.iterdir():
+        if entry.name not in ("Programs", "logs"):
+            (home / entry.name).symlink_to(entry)
+    for folder in ("Source", "Bytecode", "Schedules"):
+        (home / "Programs" / folder).mkdir(parents=True)
+    done = subprocess.run(["bash", str(out / "run.sh")], env={**os.environ, "MP_SPDZ_HOME": str(home)},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # the printed values, as the runner reads them, within the engine's few LSB per truncation (1e-2, as above)
+    logits = revealed_matrix(done.stdout, *expected.shape)
+    assert np.abs(logits - expected).max() <= 1e-2
 
 
 @pytest.mark.parametrize("frac_bits", [15, 18, 22])

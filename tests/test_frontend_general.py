@@ -362,6 +362,9 @@ def test_a_constant_node_that_cannot_be_evaluated_is_named(tmp_path: Path) -> No
     ([helper.make_node("ArgMax", ["x"], ["y"], axis=-1, name="a")], {},
      r"op ArgMax \(opset 17\) is not supported; .*; to reveal only the class, export the logits and compile with "
      r"--reveal argmax$"),
+    ([helper.make_node("LogSoftmax", ["x"], ["y"], axis=-1, name="l")], {},
+     r"op LogSoftmax \(opset 17\) is not supported; .*; a classifier's final log_softmax keeps the logits' order: "
+     r"export the logits without it \(or end in Softmax\)$"),
 ])
 def test_unsupported_uses_are_one_line_naming_node_and_op(tmp_path: Path, nodes: list, inits: dict,
                                                           expect: str) -> None:

@@ -104,8 +104,10 @@ def test_client_refuses_unnormalised_images_in_one_line():
     calib = calibrate(g, tokens(1.0, 8, seed=4))
     manifest = {"calibration": calib.as_dict(), "model_config": {"mpcvit.input_mean": 0.5, "mpcvit.input_std": 0.25}}
     check_client_images(manifest, tokens(1.0, 1, seed=5))  # in range: nothing
-    with pytest.raises(UserError, match=r"^the images: image values reach 255; the model was calibrated for "
-                                        r"\[-\d.*\]: normalise them as in training \(mean 0.5, std 0.25 in the "
+    bound = calib.as_dict()["input_bound"]
+    with pytest.raises(UserError, match=rf"^the images: image values reach 255, beyond the \|v\| <= {bound:.3g} the "
+                                        r"program accepts \(calibrated on \[-\d.*\], with its margin\): normalise "
+                                        r"them as in training \(mean 0.5, std 0.25 in the "
                                         r"model metadata\), or recompile calibrated on images like these"):
         check_client_images(manifest, np.full((1, 17, 192), 255.0))
     # without normalisation metadata the line names none
@@ -141,9 +143,9 @@ def test_vit_given_0_255_images_stops_before_any_party_starts(tmp_path, monkeypa
         main(["run", str(out), "--data", str(tmp_path / "raw.npz")])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: --data {tmp_path / 'raw.npz'}: image values reach 255; "
-                                               f"the model was calibrated for [")
-    assert "]: normalise them as in training (mean [0.3], std [0.4] in the model metadata), or recompile" in err[0]
+    assert len(err) == 1 and err[0].startswith(f"error: --data {tmp_path / 'raw.npz'}: image values reach 255, "
+                                               f"beyond the |v| <= ")
+    assert "with its margin): normalise them as in training (mean [0.3], std [0.4] in the model metadata), or recompile" in err[0]
     assert not (home / "compiled.txt").exists()  # not even compile.py ran
 
 

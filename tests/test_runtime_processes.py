@@ -568,6 +568,38 @@ def test_party_port_in_use_is_one_line_before_mpspdz_starts(fake_mpspdz: MPSPDZ,
         run_party(looped_dir, 1, hosts, certs=certs, mpspdz=fake_mpspdz, log=lambda m: None)
 
 
+def test_a_port_left_in_time_wait_by_a_finished_run_is_free() -> None:
+    """A rerun right after a run: the earlier listener's accepted connection lingers in TIME_WAIT (closed by the
+    listener's side first), which MP-SPDZ's SO_REUSEADDR bind ignores, so the probe must too; a live listener is
+    still refused."""
+    from compiler.runtime.hosts import check_port_free
+
+    port = free_port_base(1)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen()
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    with pytest.raises(UserError, match=rf"party 1: port {port} on this host is in use"):
+        check_port_free(port, 1, "hosts.txt")
+    accepted.close()  # the listening side closes first: its end of the connection enters TIME_WAIT
+    listener.close()
+    client.close()
+    check_port_free(port, 1, "hosts.txt")
+
+
+def test_certificates_refuse_a_bad_folder_or_validity_in_one_line(tmp_path: Path) -> None:
+    from compiler.runtime.hosts import make_certificates
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match=r"mpcvit certs: cannot make the folder .*afile \(Not a directory\)"):
+        make_certificates(tmp_path / "afile", 3)
+    with pytest.raises(UserError, match=r"--days 0: certificates must stay valid for at least 1 day"):
+        make_certificates(tmp_path / "certs", 3, days=0)
+    assert not (tmp_path / "certs").exists()
+
+
 def test_an_unwritable_json_path_fails_before_any_party_starts(fake_mpspdz: MPSPDZ, program_dir: Path) -> None:
     """/proc passes a permission check as root but takes no new file: probed with a real file, not os.access."""
     with pytest.raises(UserError, match=r"--json /proc/x\.json: cannot create it under /proc"):

@@ -38,6 +38,7 @@ def find_converter(node: onnx.NodeProto, opset: int) -> Converter:
             f"ONNX node {node.name or node.output[0]!r}: op {node.op_type} (opset {opset}) is not supported; "
             f"supported ops: {', '.join(supported_ops())}; any other op folds only when all its inputs are "
             f"compile-time constants, and this node's depend on the secret input"
-            + ("; to reveal only the class, export the logits and compile with --reveal argmax"
-               if node.op_type == "ArgMax" else ""))
+            + ({"ArgMax": "; to reveal only the class, export the logits and compile with --reveal argmax",
+                "LogSoftmax": "; a classifier's final log_softmax keeps the logits' order: export the logits without "
+                              "it (or end in Softmax)"}.get(node.op_type, "")))
     return candidates[-1]

@@ -200,7 +200,9 @@ class Profile:
         return list(self.spec.run_extra)
 
     def run_command(self, program: str) -> str:
-        return " ".join([self.spec.script, *self.run_flags, program])
+        """The MP-SPDZ script's command line: the program first, as Scripts/run-common.sh names its logs after its
+        first argument (logs/<program>-<party>), then the run flags."""
+        return " ".join([self.spec.script, program, *self.run_flags])
 
     def as_dict(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "mpspdz_protocol": self.mpspdz_protocol, "binary": self.binary,

@@ -30,7 +30,8 @@ PICKLED = ("--data {path}: holds pickled Python objects, which are not loaded (u
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """The images (float; see :func:`image_array`) and optionally the labels `y` from `path`."""
     if not path.is_file():
-        raise UserError(f"--data {path}: no such file; give an .npz with arrays x (images) and y (labels)")
+        raise UserError(f"--data {path}: no such file; give an .npz with an array x (images) and optionally "
+                        "y (labels)")
     try:
         archive = np.load(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -130,8 +131,8 @@ def eval_images(metadata: dict[str, str], count: int, data: Path | None = None) 
         if dataset != "digits":
             named = f"for dataset {dataset!r} (ONNX metadata mpcvit.dataset)" if dataset else \
                 "(the model's ONNX metadata names no dataset)"
-            raise UserError(f"--images: no built-in test set {named}: pass --data FILE.npz with arrays x "
-                            "(normalised images) and y (labels)")
+            raise UserError(f"--images: no built-in test set {named}: pass --data FILE.npz with an array x "
+                            "(normalised images) and optionally y (labels)")
         x, y = digits_test_set()
         x = normalise(x, metadata)
     if count > len(x):

@@ -100,8 +100,11 @@ def explain_failure(exc: PartyFailure, party: int, hosts: list[tuple[str, int]],
 
 
 def check_port_free(port: int, party: int, hosts_path: str | Path) -> None:
-    """UserError now, when this party's port is taken (MP-SPDZ would retry binding it for 10 minutes)."""
+    """UserError now, when this party's port is taken (MP-SPDZ would retry binding it for 10 minutes). Probed as
+    MP-SPDZ's listener binds it (SO_REUSEADDR, Networking/ServerSocket.cpp): sockets of a finished run lingering
+    in TIME_WAIT do not block a rerun."""
     probe = socket.socket()
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind(("", port))
     except OSError as exc:
@@ -158,10 +161,16 @@ def make_certificates(out: Path, parties: int, days: int = 365) -> list[Path]:
     folders; UserError when openssl is missing or fails."""
     if parties < 2:
         raise UserError(f"--parties {parties}: give the protocol's number of parties (2 or more)")
+    if days < 1:
+        raise UserError(f"--days {days}: certificates must stay valid for at least 1 day")
     if shutil.which("openssl") is None:
         raise UserError("mpcvit certs needs the openssl command line tool; install openssl")
     keys = out / "keys"
-    keys.mkdir(parents=True, exist_ok=True)
+    try:
+        keys.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"mpcvit certs: cannot make the folder {out} ({exc.strerror}); give a new or existing "
+                        f"writable folder") from None
     for i in range(parties):
         done = subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-x509", "-days", str(days),
                                "-out", str(keys / f"P{i}.pem"), "-keyout", str(keys / f"P{i}.key"), "-subj",

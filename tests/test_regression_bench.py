@@ -132,7 +132,7 @@ def test_damaged_results_and_empty_reports_are_one_line_errors(tmp_path: Path) -
     (["--attention", "mu1.5"], r"attention config 'mu1.5'"),
     (["--attention", "mufoo"], r"attention config 'mufoo'"),
     (["--mlp", "gelu", "swish"], r"MLP config 'swish'"),
-    (["--protocols", "semi2k", "spdz"], r"--protocol 'spdz' is unknown"),
+    (["--protocols", "semi2k", "spdz"], r"--protocols 'spdz' is unknown"),
     (["--networks", "lan", "5g"], r"unknown network '5g'"),
     (["--models", "vit_1_4_8", "vit_x"], r"unknown model 'vit_x'"),
     (["--repeats", "0"], r"--repeats 0: give a positive number"),

@@ -277,10 +277,7 @@ def check_arguments(args: argparse.Namespace) -> None:
                                                               args.mlp):
         model_cfg(ModelSpec(model, attention, mlp, overrides=overrides))
     for protocol in args.protocols:
-        try:
-            protocol_spec(protocol)
-        except UserError as exc:  # the flag here is --protocols
-            raise UserError(str(exc).replace("--protocol ", "--protocols ", 1)) from None
+        protocol_spec(protocol, "--protocols")
     for network in args.networks:
         get_network(network)
     if "spu" in args.peer:

@@ -83,7 +83,8 @@ class OddPoly:
         return p
 
     def steps(self, size: int, profile: object, inner: bool = False) -> list[Step]:
-        return [Step("ltz", (1 if inner else 3) * size, () if inner else (3,)), Step("mul_int", (1 if inner else 2) * size),
+        compared = [Step("ltz", size)] if inner else [Step("ltz", 3 * size, (3,))]  # x against 0, cut, −cut
+        return [*compared, Step("mul_int", (1 if inner else 2) * size),
                 Step("trunc", size), Step("trunc", size)] + \
             [Step("mul", size)] * (self.degree - 1) + [Step("mul_int", size)]
 

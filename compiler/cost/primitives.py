@@ -77,7 +77,8 @@ ROUNDS_PER_LEVEL = {"semi2k": 2, "dealer": 1, "replicated-ring": 1}
 SHORT_TRUNC = {"replicated-ring": (24, 16.0)}  # (largest input bits, bytes per value, all parties)
 BIT_DECOMPOSING = {"ltz", "relu", "exp:mpspdz", "reciprocal:mpspdz", "rsqrt:mpspdz", "gelu:mpspdz", "apprcr",
                    "fpdiv_nearest"}
-PRIMITIVES = ("matmul", "matmul_int", "mul", "mul_int", "dot", "trunc", "ltz", "ltz2", "relu", "input", "weights", "reveal")
+PRIMITIVES = ("matmul", "matmul_int", "mul", "mul_int", "dot", "trunc", "ltz", "ltz2", "relu", "input", "weights",
+              "reveal")
 # Protocols that reshare a dot product Σ x_i·y_i as ONE value (MP-SPDZ's prepare_dotprod/finalize_dotprod in
 # Protocols/Replicated.hpp, Rep4.hpp, Astra.hpp, SpdzWise.hpp): a "dot" step costs a mul_int per output there, per
 # term elsewhere (Beaver: semi2k, dealer, hemi; ps-rep-ring, whose PostSacrifice multiplies term by term). Measured
@@ -95,8 +96,8 @@ SHARED_MASK_SAVING = {"dealer": (8.0, 16.0)}
 
 @dataclass(frozen=True)
 class Step:
-    # "matmul" | "matmul_int" | "mul" | "mul_int" | "dot" | "trunc" | "ltz" | "ltz2" | "relu" | "input" | "weights" | "reveal" |
-    # "<op>:<choice>";
+    # "matmul" | "matmul_int" | "mul" | "mul_int" | "dot" | "trunc" | "ltz" | "ltz2" | "relu" | "input" | "weights" |
+    # "reveal" | "<op>:<choice>";
     # "weights": party 0's input of one weight tensor, bytes only: the program inputs every weight tensor in one
     # round (spdz_templates/program.mpc.j2), priced once by the input node's zero-size party-0 "input" step
     prim: str

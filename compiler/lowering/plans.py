@@ -766,8 +766,8 @@ def layernorm_raw_input(node: Node, graph: Graph, profile: Profile) -> RawInput 
     replicated-ring). Where nothing else takes the output, its truncation is gone too; otherwise (a residual
     add) trunc(R, f + g) is still formed, in one truncation with the linear's (``RawInput.truncate``, where R·2^f
     fits the ring). R·W must stay in the ring: bits = ⌈log2(margin·|R·W|max/2^(3f+g))⌉ + 3f + g + 1 <= RING_TOP + 1,
-    from the linear's calibrated largest product ``product_abs`` (:mod:`compiler.calibrate`). Returns the fusion of linear ``node``
-    (None where it does not apply: not calibrated, an affine LayerNorm, or a product too wide).
+    from the linear's calibrated largest product ``product_abs`` (:mod:`compiler.calibrate`). Returns the fusion of
+    linear ``node`` (None where it does not apply: not calibrated, an affine LayerNorm, or a product too wide).
     """
     ln = graph.producer(node.inputs[0]) if node.op == "linear" and len(node.inputs) > 1 else None
     if ln is None or ln.op != "layernorm" or ln.outputs[0] in graph.outputs:
@@ -802,7 +802,8 @@ def _row_scaling(rows: int, cols: int, raw: bool, profile: Profile, p: NodePlan)
     rows² + rows·cols values, element-wise products 2·rows·cols (−99 kB per vit_7_4_32 LayerNorm). ``raw``: left
     untruncated for the linears that take it (:func:`layernorm_raw_input`)."""
     suffix = "_int" if raw else ""
-    elementwise, diagonal = [Step("mul" + suffix, rows * cols)], [Step("matmul" + suffix, rows * cols, (rows, rows, cols))]
+    elementwise = [Step("mul" + suffix, rows * cols)]
+    diagonal = [Step("matmul" + suffix, rows * cols, (rows, rows, cols))]
     # marginal costs: a program with linears has paid the matrix products' one-time setup already
     costs = [steps_cost(steps, profile) for steps in (elementwise, diagonal)]
     p.params["diagonal_scaling"] = costs[1].variable_bytes_p0 < costs[0].variable_bytes_p0 and \

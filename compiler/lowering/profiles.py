@@ -214,10 +214,11 @@ class Profile:
                    if self.spec.prep_binary else {})}
 
 
-def protocol_spec(protocol: str) -> ProtocolSpec:
+def protocol_spec(protocol: str, flag: str = "--protocol") -> ProtocolSpec:
+    """The protocol's spec; UserError naming ``flag`` (the option it came from) when it is unknown."""
     name = ALIASES.get(protocol, protocol)
     if name not in PROTOCOLS:
-        raise UserError(f"--protocol {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
+        raise UserError(f"{flag} {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
 
 
